@@ -1,0 +1,26 @@
+# electrode-ml: Ma et al. 2022 as a workflow. Wiring only; the logic lives in src/electrode_ml.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/tune.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/ensemble.smk"
+
+
+rule all:
+    input:
+        f"{RESULTS}/data/data_report.json",
+        expand(f"{RESULTS}/ensemble/{{model}}/metrics.json", model=MODELS),
+        expand(f"{RESULTS}/figures/{{model}}/parity.png", model=MODELS),
+    default_target: True

@@ -1,0 +1,56 @@
+"""Formula parsing and the stoichiometric quantities that follow from a formula alone."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from pymatgen.core import Composition, Element
+
+from electrode_ml.errors import InputError
+from electrode_ml.schema import ION_CHARGE
+
+N_ELEMENTS = 118
+FARADAY = 96485.33212  # C/mol
+
+
+@lru_cache(maxsize=65536)
+def parse_formula(formula: str) -> Composition:
+    """Parse with pymatgen, refusing what pymatgen tolerates but chemistry does not.
+
+    pymatgen turns an unknown symbol such as ``Xx`` into a dummy species, so real elements
+    are checked explicitly. Zero amounts (``Na0VO2``, the empty ion site of a charged
+    electrode) are legal and simply vanish from the composition.
+    """
+    if not isinstance(formula, str) or not formula.strip():
+        raise InputError("empty formula")
+    try:
+        composition = Composition(formula)
+    except Exception as exc:  # pymatgen raises ValueError, KeyError, ... for malformed strings
+        raise InputError(f"malformed formula {formula!r} ({exc})") from None
+    for species in composition:
+        if not isinstance(species, Element):
+            raise InputError(f"unknown element {str(species)!r} in formula {formula!r}")
+    if composition.num_atoms <= 0:
+        raise InputError(f"formula {formula!r} has no atoms")
+    return composition
+
+
+def element_fractions(formula: str) -> np.ndarray:
+    """Atomic fractions over the 118 elements, indexed by atomic number - 1 (the paper's 'manual coding')."""
+    vector = np.zeros(N_ELEMENTS)
+    for element, fraction in parse_formula(formula).fractional_composition.items():
+        vector[element.Z - 1] = fraction
+    return vector
+
+
+def ion_count(formula: str, working_ion: str) -> float:
+    """Working-ion atoms per formula unit as written (the snapshot normalises to the framework)."""
+    return float(parse_formula(formula)[working_ion])
+
+
+def stoichiometric_capacity(formula_charge: str, formula_discharge: str, working_ion: str) -> float:
+    """Gravimetric capacity in mAh/g: C = n z F / (3.6 M), M the molar mass of the discharged formula."""
+    gained = ion_count(formula_discharge, working_ion) - ion_count(formula_charge, working_ion)
+    molar_mass = parse_formula(formula_discharge).weight
+    return gained * ION_CHARGE[working_ion] * FARADAY / (3.6 * molar_mass)

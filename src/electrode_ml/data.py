@@ -1,0 +1,187 @@
+"""Loading the electrode table and refusing (or counting) rows that later stages could not trust."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from electrode_ml.chemistry import parse_formula
+from electrode_ml.errors import InputError
+from electrode_ml.schema import CRYSTAL_SYSTEMS, ELECTRODE_COLUMNS, TARGETS, WORKING_IONS
+
+log = logging.getLogger(__name__)
+
+FORMULA_FIELDS = ("formula_charge", "formula_discharge", "framework_formula")
+NUMERIC_FIELDS = tuple(name for name, dtype in ELECTRODE_COLUMNS.items() if dtype in ("float64", "int64"))
+SPACE_GROUP_FIELDS = ("charge_space_group_number", "discharge_space_group_number")
+MISSING_TEXT = ("", "nan", "na", "n/a", "null", "none")
+CRYSTAL_SYSTEM_FIELDS = ("charge_crystal_system", "discharge_crystal_system")
+
+
+@dataclass
+class BadRow:
+    battery_id: str
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"battery_id={self.battery_id!r}, field {self.field!r}: {self.reason}"
+
+
+@dataclass
+class DataReport:
+    """What went in, what came out, and why rows were left behind."""
+
+    source: str
+    rows_in: int = 0
+    rows_out: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    bad_rows: list[str] = field(default_factory=list)
+    rows_per_ion: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "rows_per_ion": self.rows_per_ion,
+            "dropped": self.dropped,
+            "bad_rows": self.bad_rows,
+        }
+
+
+def read_electrode_csv(path: str | Path) -> pd.DataFrame:
+    """Read a CSV of electrodes as text; typing happens in :func:`coerce_types` so errors can name rows."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: empty file, expected a header row and electrodes") from None
+    except pd.errors.ParserError as exc:
+        raise InputError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    if frame.empty:
+        raise InputError(f"{path}: no rows after the header")
+    return frame
+
+
+def require_columns(frame: pd.DataFrame, columns, where: str) -> None:
+    missing = [name for name in columns if name not in frame.columns]
+    if missing:
+        raise InputError(f"{where}: missing column(s) {', '.join(missing)}")
+
+
+def coerce_types(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[BadRow]]:
+    """Cast each column to the schema dtype, collecting the rows whose text is not a number."""
+    frame = frame.copy()
+    ids = frame["battery_id"].astype(str)
+    bad: list[BadRow] = []
+    for name in NUMERIC_FIELDS:
+        if name not in frame.columns:
+            continue
+        text = frame[name].astype(str)
+        missing = text.str.strip().str.lower().isin(MISSING_TEXT)
+        values = pd.to_numeric(text.where(~missing), errors="coerce")
+        for idx in frame.index[values.isna() & ~missing]:
+            bad.append(BadRow(ids[idx], name, f"not a number: {text[idx]!r}"))
+        for idx in frame.index[missing]:
+            bad.append(BadRow(ids[idx], name, "missing value"))
+        frame[name] = values.astype("float64")
+    return frame, bad
+
+
+def find_bad_rows(frame: pd.DataFrame) -> list[BadRow]:
+    """Every row/field that breaks the contract in DESIGN.md (after numeric coercion)."""
+    ids = frame["battery_id"].astype(str)
+    bad: list[BadRow] = []
+
+    for name in NUMERIC_FIELDS:
+        if name not in frame.columns:
+            continue
+        values = frame[name].to_numpy(dtype=float)
+        for idx in np.flatnonzero(np.isinf(values)):
+            bad.append(BadRow(ids.iloc[idx], name, "infinite value"))
+    for name in SPACE_GROUP_FIELDS:
+        values = frame[name]
+        out_of_range = values.notna() & ((values < 1) | (values > 230) | (values != values.round()))
+        for idx in frame.index[out_of_range]:
+            bad.append(BadRow(ids[idx], name, f"space group {values[idx]:g} is not an integer in 1..230"))
+    for name in CRYSTAL_SYSTEM_FIELDS:
+        unknown = ~frame[name].isin(CRYSTAL_SYSTEMS)
+        for idx in frame.index[unknown]:
+            bad.append(BadRow(ids[idx], name, f"unknown crystal system {frame[name][idx]!r}"))
+    unknown_ion = ~frame["working_ion"].isin(WORKING_IONS)
+    for idx in frame.index[unknown_ion]:
+        bad.append(BadRow(ids[idx], "working_ion", f"unknown working ion {frame['working_ion'][idx]!r}"))
+    for name in FORMULA_FIELDS:
+        for idx, formula in frame[name].items():
+            try:
+                parse_formula(formula)
+            except InputError as exc:
+                bad.append(BadRow(ids[idx], name, str(exc)))
+    for idx in frame.index[ids.str.strip().eq("")]:
+        bad.append(BadRow(f"row {idx + 2}", "battery_id", "empty id"))
+    duplicated = ids.duplicated(keep="first") & ids.str.strip().ne("")
+    for idx in frame.index[duplicated]:
+        bad.append(BadRow(ids[idx], "battery_id", "duplicate id"))
+    return bad
+
+
+def validate_electrodes(
+    frame: pd.DataFrame,
+    *,
+    ions: list[str],
+    voltage_window: tuple[float, float],
+    on_bad_row: str = "error",
+    source: str = "snapshot",
+    where: str = "input",
+) -> tuple[pd.DataFrame, DataReport]:
+    """Type, check and filter an electrode table; return the clean table and a report of what was dropped.
+
+    Bad rows stop everything with one line (``on_bad_row='error'``) or are dropped and counted
+    (``'drop'``). Rows of ions outside ``ions`` and voltages outside the open ``voltage_window``
+    are not errors: they are the configured selection, and are counted separately.
+    """
+    require_columns(frame, ELECTRODE_COLUMNS, where)
+    report = DataReport(source=source, rows_in=len(frame))
+    frame = frame[list(ELECTRODE_COLUMNS)].reset_index(drop=True)
+    frame, bad = coerce_types(frame)
+    bad += find_bad_rows(frame)
+
+    if bad:
+        if on_bad_row == "error":
+            more = f" (and {len(bad) - 1} more problem(s))" if len(bad) > 1 else ""
+            raise InputError(f"{where}: {bad[0]}{more}")
+        bad_ids = {row.battery_id for row in bad}
+        reasons = Counter(f"bad {row.field}" for row in bad)
+        report.dropped.update(dict(sorted(reasons.items())))
+        report.bad_rows = [str(row) for row in bad]
+        log.warning("dropping %d bad row(s); first: %s", len(bad_ids), bad[0])
+        frame = frame[~frame["battery_id"].isin(bad_ids)]
+
+    selected_ion = frame["working_ion"].isin(ions)
+    report.dropped["working ion not selected"] = int((~selected_ion).sum())
+    frame = frame[selected_ion]
+    low, high = voltage_window
+    inside = frame["average_voltage"].gt(low) & frame["average_voltage"].lt(high)
+    report.dropped["average_voltage outside window"] = int((~inside).sum())
+    frame = frame[inside]
+
+    frame = frame.astype(ELECTRODE_COLUMNS).reset_index(drop=True)
+    report.rows_out = len(frame)
+    report.rows_per_ion = {ion: int(n) for ion, n in frame["working_ion"].value_counts().items()}
+    if frame.empty:
+        raise InputError(f"{where}: no electrodes left after validation and filtering ({report.dropped})")
+    return frame, report
+
+
+def target_matrix(frame: pd.DataFrame) -> np.ndarray:
+    return frame[list(TARGETS)].to_numpy(dtype=np.float64)

@@ -1,0 +1,92 @@
+"""Which device a training job runs on, and how concurrent jobs on one host get one GPU each.
+
+Snakemake's ``--resources gpu=K`` only counts GPUs; it does not say which one a job may use.
+So a job claims a GPU itself: it takes an exclusive ``flock`` on a per-GPU lock file and keeps it
+for its lifetime. At most K jobs run at once, so one of the K locks is always free, and the
+kernel releases the lock when the process ends, even on SIGKILL. Under SLURM each job already
+sees exactly its own GPU(s) through ``CUDA_VISIBLE_DEVICES``; index 0 is then that GPU.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+log = logging.getLogger(__name__)
+
+LOCK_DIR = Path(os.environ.get("ELECTRODE_ML_GPU_LOCK_DIR", tempfile.gettempdir())) / "electrode-ml-gpu-locks"
+
+
+def resolve_device(preference: str = "auto") -> str:
+    """auto = cuda when a GPU is visible; cuda without one is an error, never a silent CPU run."""
+    if preference == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is cuda but no CUDA device is visible")
+    return preference
+
+
+@contextmanager
+def claim_gpu(n_devices: int, lock_dir: Path = LOCK_DIR, wait_s: float = 24 * 3600,
+              poll_s: float = 2.0) -> Iterator[int]:
+    """Hold an exclusive lock on a free GPU index in ``range(n_devices)`` and yield it.
+
+    When all are taken (more concurrent jobs than GPUs, e.g. no ``--resources gpu=K`` was given),
+    wait for one to be released rather than sharing a GPU.
+    """
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "all").replace(",", "_")
+    deadline = time.monotonic() + wait_s
+    waited = False
+    while True:
+        claimed = _try_claim(n_devices, lock_dir, visible)
+        if claimed is not None:
+            index, handle = claimed
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no free GPU among {n_devices} after {wait_s:.0f} s; "
+                               "run with --resources gpu=N where N is the number of GPUs")
+        if not waited:
+            log.info("all %d GPU(s) are claimed by other jobs; waiting", n_devices)
+            waited = True
+        time.sleep(poll_s)
+    try:
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield index
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _try_claim(n_devices: int, lock_dir: Path, visible: str):
+    for index in range(n_devices):
+        handle = open(lock_dir / f"gpu{index}-of-{visible}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        return index, handle
+    return None
+
+
+@contextmanager
+def job_device(preference: str = "auto") -> Iterator[str]:
+    """The torch device string for one job: a claimed ``cuda:i`` or ``cpu``."""
+    device = resolve_device(preference)
+    if device != "cuda":
+        yield device
+        return
+    with claim_gpu(torch.cuda.device_count()) as index:
+        log.info("using GPU %d of %d (CUDA_VISIBLE_DEVICES=%s)", index, torch.cuda.device_count(),
+                 os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+        yield f"cuda:{index}"

@@ -1,0 +1,129 @@
+"""Feature sets 1 and 2 of the paper's Table 1, as scikit-learn transformers fitted on the training split.
+
+Model 1 needs no DFT: formulas, crystal systems, space groups and the working ion.
+Model 2 adds the DFT properties of both end members.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.decomposition import PCA
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import MinMaxScaler, OneHotEncoder
+
+from electrode_ml.chemistry import N_ELEMENTS, element_fractions
+from electrode_ml.errors import InputError
+from electrode_ml.schema import CRYSTAL_SYSTEMS, TARGETS, WORKING_IONS
+
+# The DFT inputs of feature set 2 (Table 1: formation energy, band gap, Fermi level, stability, energy per atom).
+DFT_FIELDS = tuple(
+    f"{end}_{name}"
+    for end in ("charge", "discharge")
+    for name in ("formation_energy_per_atom", "band_gap", "efermi", "energy_per_atom")
+) + ("stability_charge", "stability_discharge")
+
+# Human-readable origin of each transformer block, written into features.json.
+ORIGINS = {
+    "formula_charge": "charged formula: element fractions over 118 elements -> PCA -> min-max",
+    "formula_discharge": "discharged formula: element fractions over 118 elements -> PCA -> min-max",
+    "crystal_system": "crystal system of charged and discharged material, one-hot",
+    "space_group": "space group of charged and discharged material, one-hot -> PCA",
+    "working_ion": "working ion, one-hot",
+    "dft": "DFT property (formation energy, band gap, Fermi level, energy per atom, stability), min-max",
+}
+
+FEATURE_SETS = {"model1": False, "model2": True}  # model name -> uses DFT inputs
+
+
+class ElementFractions(BaseEstimator, TransformerMixin):
+    """Formula strings -> element-fraction vectors (the paper's 'manual coding' of a formula)."""
+
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        formulas = np.asarray(X).ravel()
+        return np.vstack([element_fractions(formula) for formula in formulas]) if len(formulas) else np.zeros((0, N_ELEMENTS))
+
+    def get_feature_names_out(self, input_features=None):
+        return np.array([f"Z{z}" for z in range(1, N_ELEMENTS + 1)], dtype=object)
+
+
+def uses_dft(model: str) -> bool:
+    base = model.removesuffix("_phys")
+    if base not in FEATURE_SETS:
+        raise InputError(f"models: unknown model {model!r} (known: {', '.join(FEATURE_SETS)})")
+    return FEATURE_SETS[base]
+
+
+def build_featurizer(model: str, *, formula_variance: float = 0.99, space_group_variance: float = 0.99,
+                     seed: int = 0) -> ColumnTransformer:
+    """The unfitted transformer for one model's feature set."""
+
+    def formula_block() -> Pipeline:
+        return Pipeline([
+            ("fractions", ElementFractions()),
+            ("pca", PCA(n_components=formula_variance, svd_solver="full", random_state=seed)),
+            ("minmax", MinMaxScaler()),
+        ])
+
+    blocks = [
+        ("formula_charge", formula_block(), ["formula_charge"]),
+        ("formula_discharge", formula_block(), ["formula_discharge"]),
+        ("crystal_system",
+         OneHotEncoder(categories=[list(CRYSTAL_SYSTEMS)] * 2, handle_unknown="ignore", sparse_output=False),
+         ["charge_crystal_system", "discharge_crystal_system"]),
+        ("space_group", Pipeline([
+            ("onehot", OneHotEncoder(categories=[list(range(1, 231))] * 2, handle_unknown="ignore",
+                                     sparse_output=False)),
+            ("pca", PCA(n_components=space_group_variance, svd_solver="full", random_state=seed)),
+        ]), ["charge_space_group_number", "discharge_space_group_number"]),
+        ("working_ion", OneHotEncoder(categories=[list(WORKING_IONS)], handle_unknown="ignore",
+                                      sparse_output=False), ["working_ion"]),
+    ]
+    if uses_dft(model):
+        blocks.append(("dft", MinMaxScaler(), list(DFT_FIELDS)))
+    return ColumnTransformer(blocks, remainder="drop", verbose_feature_names_out=True)
+
+
+def feature_frame(featurizer: ColumnTransformer, electrodes: pd.DataFrame) -> pd.DataFrame:
+    """battery_id, the three targets (when present), then the feature columns."""
+    values = featurizer.transform(electrodes)
+    names = featurizer.get_feature_names_out()
+    features = pd.DataFrame(values, columns=names, index=electrodes.index)
+    kept = ["battery_id"] + [name for name in TARGETS if name in electrodes.columns]
+    return pd.concat([electrodes[kept], features], axis=1).reset_index(drop=True)
+
+
+def fit_feature_sets(electrodes: pd.DataFrame, split: pd.DataFrame, model: str, **options):
+    """Fit on the training split only; return the fitted transformer and one frame per split."""
+    labelled = electrodes.merge(split, on="battery_id", how="inner", validate="one_to_one")
+    if len(labelled) != len(electrodes):
+        raise InputError(f"split: {len(electrodes) - len(labelled)} electrode(s) have no split label")
+    train = labelled[labelled["split"] == "train"]
+    featurizer = build_featurizer(model, **options).fit(train)
+    frames = {name: feature_frame(featurizer, labelled[labelled["split"] == name]) for name in ("train", "val", "test")}
+    return featurizer, frames
+
+
+def describe_features(featurizer: ColumnTransformer) -> dict:
+    """Each output column with the block it came from, and each block's in/out dimensions."""
+    columns = []
+    blocks = {}
+    for name, transformer, inputs in featurizer.transformers_:
+        if name == "remainder":
+            continue
+        out_names = list(transformer.get_feature_names_out())
+        columns += [{"column": f"{name}__{out}", "block": name, "origin": ORIGINS[name]} for out in out_names]
+        blocks[name] = {"inputs": list(inputs), "n_out": len(out_names), "origin": ORIGINS[name]}
+        if isinstance(transformer, Pipeline) and "pca" in transformer.named_steps:
+            pca = transformer.named_steps["pca"]
+            blocks[name]["pca"] = {
+                "n_in": int(pca.n_features_in_),
+                "n_components": int(pca.n_components_),
+                "explained_variance": float(pca.explained_variance_ratio_.sum()),
+            }
+    return {"n_features": len(columns), "blocks": blocks, "columns": columns}

@@ -1,0 +1,173 @@
+"""The paper's network (3 x Dense + Dropout, 3 outputs), its training loop, and prediction."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from electrode_ml.schema import TARGETS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NetworkParams:
+    """The seven hyperparameters the paper tunes (Table 2)."""
+
+    units_1: int
+    units_2: int
+    units_3: int
+    dropout_1: float
+    dropout_2: float
+    dropout_3: float
+    lr: float
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "NetworkParams":
+        return cls(**{name: values[name] for name in cls.__dataclass_fields__})
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# Table 2 of the paper: the Bayesian-optimisation optimum of each model.
+PAPER_PARAMS = {
+    "model1": NetworkParams(404, 116, 276, 0.162, 0.207, 0.254, 3.23e-4),
+    "model2": NetworkParams(230, 160, 318, 0.245, 0.247, 0.343, 5.29e-4),
+}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 1000
+    batch_size: int | None = None  # None = full batch
+    patience: int | None = None  # None = train all epochs
+    seed: int = 0
+    device: str = "cpu"
+    log_every: int = 100
+
+
+class MLP(nn.Module):
+    def __init__(self, n_inputs: int, params: NetworkParams, n_outputs: int = len(TARGETS)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = n_inputs
+        for units, rate in ((params.units_1, params.dropout_1), (params.units_2, params.dropout_2),
+                            (params.units_3, params.dropout_3)):
+            layers += [nn.Linear(width, units), nn.ReLU(), nn.Dropout(rate)]
+            width = units
+        layers.append(nn.Linear(width, n_outputs))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+@dataclass
+class TrainedNetwork:
+    """Weights plus what is needed to map standardised outputs back to physical units."""
+
+    n_inputs: int
+    params: NetworkParams
+    state_dict: dict
+    target_mean: np.ndarray
+    target_std: np.ndarray
+    history: pd.DataFrame
+    best_epoch: int
+    seconds: float
+
+    def module(self, device: str = "cpu") -> MLP:
+        network = MLP(self.n_inputs, self.params)
+        network.load_state_dict(self.state_dict)
+        return network.to(device).eval()
+
+    def to_checkpoint(self) -> dict:
+        return {
+            "n_inputs": self.n_inputs, "params": self.params.as_dict(), "state_dict": self.state_dict,
+            "target_mean": self.target_mean, "target_std": self.target_std,
+            "best_epoch": self.best_epoch, "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict) -> "TrainedNetwork":
+        return cls(
+            n_inputs=checkpoint["n_inputs"], params=NetworkParams.from_dict(checkpoint["params"]),
+            state_dict=checkpoint["state_dict"], target_mean=np.asarray(checkpoint["target_mean"]),
+            target_std=np.asarray(checkpoint["target_std"]), history=pd.DataFrame(),
+            best_epoch=checkpoint["best_epoch"], seconds=checkpoint["seconds"],
+        )
+
+
+def train_network(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                  params: NetworkParams, settings: TrainSettings) -> TrainedNetwork:
+    """RMSprop on MSE of standardised targets; keeps the weights of the best validation epoch."""
+    started = time.perf_counter()
+    torch.manual_seed(settings.seed)
+    shuffler = torch.Generator().manual_seed(settings.seed)
+    device = torch.device(settings.device)
+
+    target_mean = y_train.mean(axis=0)
+    target_std = y_train.std(axis=0)
+    target_std[target_std == 0] = 1.0
+
+    def tensors(x, y):
+        return (torch.as_tensor(x, dtype=torch.float32, device=device),
+                torch.as_tensor((y - target_mean) / target_std, dtype=torch.float32, device=device))
+
+    xt, yt = tensors(x_train, y_train)
+    xv, yv = tensors(x_val, y_val)
+    network = MLP(xt.shape[1], params).to(device)
+    # Keras defaults (rho 0.9, eps 1e-7): the paper trained with Keras.
+    optimiser = torch.optim.RMSprop(network.parameters(), lr=params.lr, alpha=0.9, eps=1e-7)
+    loss_fn = nn.MSELoss()
+    n_rows = xt.shape[0]
+    batch = settings.batch_size or n_rows
+
+    best_loss, best_epoch, best_state, waited = float("inf"), 0, None, 0
+    records = []
+    for epoch in range(1, settings.epochs + 1):
+        network.train()
+        order = torch.randperm(n_rows, generator=shuffler).to(device) if batch < n_rows else None
+        train_loss = 0.0
+        for start in range(0, n_rows, batch):
+            index = order[start:start + batch] if order is not None else slice(None)
+            optimiser.zero_grad(set_to_none=True)
+            loss = loss_fn(network(xt[index]), yt[index])
+            loss.backward()
+            optimiser.step()
+            train_loss += loss.detach() * (min(batch, n_rows - start))
+        network.eval()
+        with torch.no_grad():
+            val_loss = float(loss_fn(network(xv), yv))
+        train_loss = float(train_loss) / n_rows
+        records.append((epoch, train_loss, val_loss))
+        if val_loss < best_loss:
+            best_loss, best_epoch, waited = val_loss, epoch, 0
+            best_state = {name: tensor.detach().clone() for name, tensor in network.state_dict().items()}
+        else:
+            waited += 1
+        if settings.log_every and epoch % settings.log_every == 0:
+            log.info("epoch %d/%d  train loss %.4f  val loss %.4f  (best %.4f at %d)",
+                     epoch, settings.epochs, train_loss, val_loss, best_loss, best_epoch)
+        if settings.patience and waited >= settings.patience:
+            log.info("early stop at epoch %d: no val improvement for %d epochs", epoch, settings.patience)
+            break
+
+    history = pd.DataFrame(records, columns=["epoch", "train_loss", "val_loss"])
+    state = {name: tensor.cpu() for name, tensor in (best_state or network.state_dict()).items()}
+    return TrainedNetwork(xt.shape[1], params, state, target_mean, target_std, history, best_epoch,
+                          time.perf_counter() - started)
+
+
+def predict(network: TrainedNetwork, x: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """Predictions in physical units (V, mAh/g, Wh/kg)."""
+    module = network.module(device)
+    with torch.no_grad():
+        scaled = module(torch.as_tensor(x, dtype=torch.float32, device=device)).cpu().numpy()
+    return scaled * network.target_std + network.target_mean

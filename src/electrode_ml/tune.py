@@ -1,0 +1,453 @@
+"""Bayesian optimisation of the MLP's hyperparameters with Ax (the paper tuned its network this way).
+
+One public entry point, :func:`run_tuning`, drives an Ax 1.3 ``Client`` (not the deprecated
+``AxClient``) one trial at a time:
+
+* seven parameters: ``lr`` (log scale), ``units_1..3`` (int), ``dropout_1..3`` (float);
+* the objective returns a validation loss, which is minimised;
+* the first ``min(5, trials)`` trials are quasi-random (the centre of the search space, then a
+  scrambled Sobol sequence), the rest come from BoTorch (Ax's "fast" modular BoTorch model);
+* after every trial the Ax state is written to ``state_path`` (JSON) and the table of trials to
+  ``trials_csv``, both atomically, so a killed run resumes where it stopped;
+* the same ``seed`` gives the same sequence of suggestions.
+
+The best parameterisation returned is the completed trial with the lowest *observed* score; see
+:func:`run_tuning` for why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import os
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("electrode_ml.tune")
+
+PARAM_NAMES: tuple[str, ...] = (
+    "lr", "units_1", "units_2", "units_3", "dropout_1", "dropout_2", "dropout_3",
+)
+INT_PARAMS: frozenset[str] = frozenset({"units_1", "units_2", "units_3"})
+CSV_COLUMNS: tuple[str, ...] = ("trial", *PARAM_NAMES, "score", "seconds", "status")
+
+METRIC = "val_loss"
+# Quasi-random trials before BoTorch takes over (the centre point counts as one of them).
+MAX_INITIAL_TRIALS = 5
+# Written into the Ax experiment's description so a resumed run can check it is the same tuning.
+_STATE_TAG = "electrode_ml.tune"
+_STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Bounds of the paper's hyperparameters (inclusive)."""
+
+    lr: tuple[float, float] = (1e-4, 1e-2)  # log scale
+    units: tuple[int, int] = (16, 512)  # for units_1, units_2, units_3
+    dropout: tuple[float, float] = (0.0, 0.5)  # for dropout_1, dropout_2, dropout_3
+
+    def __post_init__(self) -> None:
+        # Accept lists (as read from YAML) and normalise the element types.
+        lr = tuple(float(x) for x in self.lr)
+        units = tuple(self.units)
+        dropout = tuple(float(x) for x in self.dropout)
+        for name, pair in (("lr", lr), ("units", units), ("dropout", dropout)):
+            if len(pair) != 2 or not pair[0] < pair[1]:
+                raise ValueError(f"search space {name}: need (low, high) with low < high, got {pair!r}")
+        if lr[0] <= 0:
+            raise ValueError(f"search space lr: log scale needs low > 0, got {lr!r}")
+        if any(isinstance(u, bool) or int(u) != u for u in units) or units[0] < 1:
+            raise ValueError(f"search space units: need positive integers, got {units!r}")
+        if dropout[0] < 0 or dropout[1] >= 1:
+            raise ValueError(f"search space dropout: need 0 <= low < high < 1, got {dropout!r}")
+        object.__setattr__(self, "lr", lr)
+        object.__setattr__(self, "units", (int(units[0]), int(units[1])))
+        object.__setattr__(self, "dropout", dropout)
+
+    def bounds(self) -> dict[str, tuple[float, float]]:
+        """Each of the seven parameters with its (low, high)."""
+        out: dict[str, tuple[float, float]] = {"lr": self.lr}
+        for i in (1, 2, 3):
+            out[f"units_{i}"] = self.units
+        for i in (1, 2, 3):
+            out[f"dropout_{i}"] = self.dropout
+        return out
+
+
+def run_tuning(
+    objective: Callable[[dict], float],
+    *,
+    trials: int,
+    seed: int,
+    state_path: Path,
+    trials_csv: Path,
+    space: SearchSpace = SearchSpace(),
+    name: str = "mlp",
+) -> dict:
+    """Minimise ``objective`` over ``space`` with Ax until ``trials`` trials have completed.
+
+    ``objective(params)`` gets a dict with the seven parameters (``int`` units, ``float`` rest)
+    and returns the validation loss to minimise; it must be finite. If the objective raises,
+    or returns NaN/inf, the trial is recorded as FAILED (state and CSV are written) and the
+    error propagates.
+
+    Resume: when ``state_path`` exists it is loaded and tuning continues until ``trials``
+    trials are COMPLETED in total (completed trials are never re-run). A trial that was in
+    flight when the previous process died (RUNNING or CANDIDATE in the saved state) is marked
+    ABANDONED, which makes Ax treat its point as taken, so a new one is generated instead.
+    The saved state must come from the same ``name``, ``space`` and ``seed``, otherwise
+    ``ValueError``. The number of quasi-random initial trials is fixed by the first run.
+
+    Returns the completed trial with the lowest observed score: the seven parameters plus
+    ``"score"``. The observed minimum (rather than Ax's model-predicted best) is used because
+    it is the number in ``trials_csv``, it needs no GP (a run of a few trials has none),
+    and the caller retrains the chosen network from scratch with many seeds anyway, which is
+    where the noise in a single score is averaged out.
+    """
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"trials must be a positive integer, got {trials!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if not isinstance(space, SearchSpace):
+        raise TypeError(f"space must be a SearchSpace, got {type(space).__name__}")
+    state_path, trials_csv = Path(state_path), Path(trials_csv)
+
+    with _quiet_ax_warnings():
+        _import_ax_quietly()
+        from ax.utils.common.random import with_rng_seed
+
+        if state_path.exists():
+            client = _load_client(state_path, space=space, name=name, seed=seed)
+            n_abandoned = _abandon_interrupted(client)
+            log.info(
+                "resuming %s from %s: %d of %d trials complete%s",
+                name, state_path, _n_completed(client), trials,
+                f", {n_abandoned} interrupted trial(s) abandoned" if n_abandoned else "",
+            )
+        else:
+            client = _new_client(space=space, name=name, seed=seed, trials=trials)
+        _save(client, state_path, trials_csv)
+
+        experiment = _experiment(client)
+        while (done := _n_completed(client)) < trials:
+            # The Client seeds its own RNG context only when it was constructed with a seed,
+            # which a loaded Client is not (the seed is not part of the JSON snapshot), so
+            # seed here: every generation call starts from `seed`.
+            with with_rng_seed(seed):
+                ((index, suggested),) = client.get_next_trials(max_trials=1).items()
+            params = _plain_params(suggested)
+            # Save before evaluating, so a crash mid-trial leaves a RUNNING trial behind
+            # that the next run abandons instead of regenerating the same point.
+            _save(client, state_path, trials_csv)
+
+            start = time.perf_counter()
+            try:
+                score = objective(dict(params))
+            except Exception as exc:
+                seconds = time.perf_counter() - start
+                experiment.trials[index].update_run_metadata({"seconds": seconds})
+                client.mark_trial_failed(index, failed_reason=f"{type(exc).__name__}: {exc}"[:500])
+                _save(client, state_path, trials_csv)
+                log.error("trial %d/%d (#%d) failed after %.1f s: %s", done + 1, trials, index, seconds, exc)
+                raise
+            seconds = time.perf_counter() - start
+
+            returned = score
+            try:
+                score = float(score)
+            except (TypeError, ValueError):
+                score = math.nan
+            if not math.isfinite(score):
+                experiment.trials[index].update_run_metadata({"seconds": seconds})
+                client.mark_trial_failed(index, failed_reason=f"objective returned {returned!r}, not a finite score")
+                _save(client, state_path, trials_csv)
+                raise ValueError(
+                    f"tuning {name}: objective returned {returned!r} for trial {index} {params}; "
+                    "it must return a finite validation loss"
+                )
+
+            # The exact score goes into the run metadata too: Ax stores observations in its
+            # JSON through DataFrame.to_json, which rounds them to 10 decimal places.
+            experiment.trials[index].update_run_metadata({"seconds": seconds, "score": score})
+            client.complete_trial(index, raw_data={METRIC: score})
+            _save(client, state_path, trials_csv)
+            log.info(
+                "trial %d/%d (#%d): %s -> score %.6g in %.1f s",
+                done + 1, trials, index, _format_params(params), score, seconds,
+            )
+
+        best = _best_observed(client)
+        log.info(
+            "best of %d completed trials: #%d %s score %.6g",
+            _n_completed(client), best["trial"], _format_params(best), best["score"],
+        )
+    best.pop("trial")
+    return best
+
+
+# ----------------------------------------------------------------------------- Ax client set-up
+
+
+def _new_client(*, space: SearchSpace, name: str, seed: int, trials: int) -> Any:
+    from ax import Client, RangeParameterConfig
+
+    parameters = [
+        RangeParameterConfig(name="lr", bounds=space.lr, parameter_type="float", scaling="log"),
+        *(
+            RangeParameterConfig(name=f"units_{i}", bounds=space.units, parameter_type="int")
+            for i in (1, 2, 3)
+        ),
+        *(
+            RangeParameterConfig(name=f"dropout_{i}", bounds=space.dropout, parameter_type="float")
+            for i in (1, 2, 3)
+        ),
+    ]
+    client = Client(random_seed=seed)
+    client.configure_experiment(
+        parameters=parameters,
+        name=name,
+        description=json.dumps({"tag": _STATE_TAG, "version": _STATE_VERSION, "seed": seed}),
+    )
+    client.configure_optimization(objective=f"-{METRIC}")
+    # Centre point + Sobol for the first min(5, trials) trials, then BoTorch ("fast" = Ax's
+    # modular BoTorch defaults). The Sobol seed is separate from the Client's random_seed: the
+    # latter only seeds torch/numpy around each generation call, and an unseeded Sobol
+    # generator scrambles differently every time.
+    client.configure_generation_strategy(
+        method="fast",
+        initialization_budget=min(MAX_INITIAL_TRIALS, trials),
+        initialization_random_seed=seed,
+        initialize_with_center=True,
+    )
+    return client
+
+
+def _load_client(state_path: Path, *, space: SearchSpace, name: str, seed: int) -> Any:
+    from ax import Client
+
+    try:
+        client = Client.load_from_json_file(filepath=str(state_path))
+    except Exception as exc:
+        raise ValueError(f"cannot load the tuning state {state_path}: {type(exc).__name__}: {exc}") from exc
+    experiment = _experiment(client)
+    problems: list[str] = []
+
+    if experiment.name != name:
+        problems.append(f"experiment name is {experiment.name!r}, expected {name!r}")
+    try:
+        meta = json.loads(experiment.description or "")
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("tag") != _STATE_TAG:
+        problems.append("it was not written by electrode_ml.tune")
+    elif meta.get("seed") != seed:
+        problems.append(f"seed is {meta.get('seed')!r}, expected {seed!r}")
+
+    saved = _space_summary(experiment.search_space)
+    wanted = _space_summary(_experiment(_new_client(space=space, name=name, seed=seed, trials=1)).search_space)
+    for pname in sorted(saved.keys() | wanted.keys(), key=_param_order):
+        if saved.get(pname) != wanted.get(pname):
+            problems.append(
+                f"parameter {pname}: saved {_describe(saved.get(pname))}, expected {_describe(wanted.get(pname))}"
+            )
+
+    opt = experiment.optimization_config
+    if opt is None or set(opt.objective.metric_names) != {METRIC} or not opt.objective.minimize:
+        problems.append(f"objective is not 'minimise {METRIC}'")
+    if getattr(client, "_maybe_generation_strategy", None) is None:
+        problems.append("it has no generation strategy")
+
+    if problems:
+        raise ValueError(
+            f"tuning state {state_path} does not match this run ({'; '.join(problems)}); "
+            "delete it to start afresh or point state_path elsewhere"
+        )
+    return client
+
+
+def _space_summary(search_space: Any) -> dict[str, tuple]:
+    out = {}
+    for pname, p in search_space.parameters.items():
+        lower, upper = getattr(p, "lower", None), getattr(p, "upper", None)
+        out[pname] = (
+            type(p).__name__,
+            p.parameter_type.name.lower(),
+            None if lower is None else float(lower),
+            None if upper is None else float(upper),
+            bool(getattr(p, "log_scale", False)),
+        )
+    return out
+
+
+def _describe(summary: tuple | None) -> str:
+    if summary is None:
+        return "absent"
+    _kind, ptype, lower, upper, log_scale = summary
+    return f"{ptype} [{lower:g}, {upper:g}]{' log' if log_scale else ''}"
+
+
+def _param_order(pname: str) -> tuple[int, str]:
+    return (PARAM_NAMES.index(pname) if pname in PARAM_NAMES else len(PARAM_NAMES), pname)
+
+
+def _experiment(client: Any) -> Any:
+    # The 1.3 Client exposes no public accessor for its Experiment; trial statuses, run
+    # metadata and observed data are only reachable through it.
+    return client._experiment
+
+
+def _abandon_interrupted(client: Any) -> int:
+    from ax.core.trial_status import TrialStatus
+
+    experiment = _experiment(client)
+    n = 0
+    for trial in list(experiment.trials.values()):
+        if trial.status in (TrialStatus.RUNNING, TrialStatus.CANDIDATE, TrialStatus.STAGED):
+            trial.mark_abandoned(reason="interrupted: the tuning process ended before the trial completed")
+            n += 1
+    return n
+
+
+def _n_completed(client: Any) -> int:
+    from ax.core.trial_status import TrialStatus
+
+    return sum(t.status == TrialStatus.COMPLETED for t in _experiment(client).trials.values())
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def _plain_params(parameters: dict) -> dict[str, int | float]:
+    return {k: (int(parameters[k]) if k in INT_PARAMS else float(parameters[k])) for k in PARAM_NAMES}
+
+
+def _rows(client: Any) -> list[dict[str, Any]]:
+    experiment = _experiment(client)
+    df = experiment.lookup_data().df
+    scores: dict[int, float] = {}
+    if len(df):
+        df = df[df["metric_name"] == METRIC]
+        scores = {int(i): float(m) for i, m in zip(df["trial_index"], df["mean"])}
+    rows = []
+    for index in sorted(experiment.trials):
+        trial = experiment.trials[index]
+        arm = trial.arm
+        if arm is None:
+            continue
+        row: dict[str, Any] = {"trial": index, **_plain_params(arm.parameters)}
+        row["score"] = trial.run_metadata.get("score", scores.get(index)) if index in scores else None
+        row["seconds"] = trial.run_metadata.get("seconds")
+        row["status"] = trial.status.name
+        rows.append(row)
+    return rows
+
+
+def _best_observed(client: Any) -> dict:
+    completed = [r for r in _rows(client) if r["status"] == "COMPLETED" and r["score"] is not None]
+    if not completed:
+        raise RuntimeError("no completed trial to choose the best from")
+    best = min(completed, key=lambda r: (r["score"], r["trial"]))
+    return {"trial": best["trial"], **{k: best[k] for k in PARAM_NAMES}, "score": float(best["score"])}
+
+
+def _save(client: Any, state_path: Path, trials_csv: Path) -> None:
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    with _temporary_sibling(state_path) as tmp:
+        client.save_to_json_file(filepath=str(tmp))
+        _fsync(tmp)
+        os.replace(tmp, state_path)
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in _rows(client):
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    trials_csv.parent.mkdir(parents=True, exist_ok=True)
+    with _temporary_sibling(trials_csv) as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
+        _fsync(tmp)
+        os.replace(tmp, trials_csv)
+
+
+@contextlib.contextmanager
+def _temporary_sibling(path: Path) -> Iterator[Path]:
+    """A fresh temporary path next to ``path`` (same file system, so os.replace is atomic),
+    removed again if it was not moved into place. Not mkstemp: its 0600 mode would stick."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _format_params(params: dict) -> str:
+    units = ", ".join(str(params[f"units_{i}"]) for i in (1, 2, 3))
+    dropout = ", ".join(f"{params[f'dropout_{i}']:.3f}" for i in (1, 2, 3))
+    return f"lr={params['lr']:.3g} units=({units}) dropout=({dropout})"
+
+
+# ----------------------------------------------------------------------------- noise control
+
+
+def _import_ax_quietly() -> None:
+    """Import Ax with its INFO chatter off and its loggers at WARNING.
+
+    Ax sends its records to its own stderr handler on the non-propagating "ax" logger and sets
+    every module logger to INFO (one line is logged while ``ax`` is being imported), so the
+    import runs under ``logging.disable(INFO)`` and Ax's ``set_ax_logger_levels`` then lowers
+    the handler and all Ax loggers to WARNING. BoTorch's own logger defaults to CRITICAL; it is
+    only raised to WARNING if someone set it lower.
+    """
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.INFO))
+    try:
+        import ax  # noqa: F401
+        from ax.utils.common.logger import set_ax_logger_levels
+    finally:
+        logging.disable(previous)
+    set_ax_logger_levels(logging.WARNING)
+    botorch_logger = logging.getLogger("botorch")
+    if botorch_logger.level < logging.WARNING:
+        botorch_logger.setLevel(logging.WARNING)
+
+
+_NOISY_MODULES = r"(ax|botorch|gpytorch|linear_operator|pyro)(\.|$)"
+
+
+@contextlib.contextmanager
+def _quiet_ax_warnings() -> Iterator[None]:
+    """Silence warnings that are pure noise for a user of run_tuning: deprecations raised inside
+    Ax/BoTorch (Ax 1.3.1 trips pandas 3's Pandas4Warning dozens of times per trial and its own
+    ``add_tracking_metric`` deprecation) and BoTorch/GPyTorch numerical notices that the
+    library handles itself."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=_NOISY_MODULES)
+        warnings.filterwarnings("ignore", category=PendingDeprecationWarning, module=_NOISY_MODULES)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=_NOISY_MODULES)
+        # Raised from inside torch when GPyTorch/linear_operator are imported.
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning)
+        with contextlib.suppress(ImportError):
+            from botorch.exceptions.warnings import BadInitialCandidatesWarning, InputDataWarning
+
+            warnings.filterwarnings("ignore", category=InputDataWarning)
+            warnings.filterwarnings("ignore", category=BadInitialCandidatesWarning)
+        with contextlib.suppress(ImportError):
+            from gpytorch.utils.warnings import NumericalWarning
+
+            warnings.filterwarnings("ignore", category=NumericalWarning)
+        yield

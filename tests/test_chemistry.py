@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from electrode_ml.chemistry import element_fractions, ion_count, parse_formula, stoichiometric_capacity
+from electrode_ml.errors import InputError
+
+
+def test_zero_ion_count_is_legal_and_vanishes():
+    assert ion_count("Na0VO2", "Na") == 0.0
+    assert ion_count("Li0.75TiO2", "Li") == 0.75
+
+
+def test_element_fractions_sum_to_one_and_sit_at_atomic_number():
+    vector = element_fractions("LiFePO4")
+    assert vector.shape == (118,)
+    assert np.isclose(vector.sum(), 1.0)
+    assert np.isclose(vector[2], 1 / 7)  # Li, Z = 3
+    assert np.isclose(vector[7], 4 / 7)  # O, Z = 8
+
+
+@pytest.mark.parametrize("formula, message", [
+    ("Xx2O", "unknown element"),
+    ("Li-1O", "malformed"),
+    ("", "empty"),
+    ("Li2O)", "malformed"),
+])
+def test_bad_formulas_are_refused_with_a_reason(formula, message):
+    with pytest.raises(InputError, match=message):
+        parse_formula(formula)
+
+
+def test_capacity_of_lifepo4_matches_textbook():
+    # LiFePO4: 1 Li per 157.76 g/mol -> 169.9 mAh/g
+    assert stoichiometric_capacity("Li0FePO4", "LiFePO4", "Li") == pytest.approx(169.9, abs=0.2)
+
+
+def test_capacity_uses_ion_charge():
+    # One Mg2+ carries two electrons.
+    single = stoichiometric_capacity("Li0TiS2", "Li1TiS2", "Li")
+    double = stoichiometric_capacity("Mg0TiS2", "Mg1TiS2", "Mg")
+    assert double > single
+    assert double == pytest.approx(2 * 96485.33212 / (3.6 * parse_formula("MgTiS2").weight))
+
+
+ELEMENTS = ["Li", "Na", "Mg", "Fe", "Mn", "Co", "Ni", "O", "S", "P", "F", "Ti", "V"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(amounts=st.dictionaries(st.sampled_from(ELEMENTS), st.integers(1, 12), min_size=1, max_size=4),
+       factor=st.integers(2, 5), gained=st.integers(1, 4))
+def test_capacity_is_nonnegative_and_invariant_to_whole_scaling(amounts, factor, gained):
+    framework = {el: n for el, n in amounts.items() if el != "Li"} or {"O": 2}
+    charged = "Li0" + "".join(f"{el}{n}" for el, n in framework.items())
+    discharged = f"Li{gained}" + "".join(f"{el}{n}" for el, n in framework.items())
+    scaled_charged = "Li0" + "".join(f"{el}{n * factor}" for el, n in framework.items())
+    scaled_discharged = f"Li{gained * factor}" + "".join(f"{el}{n * factor}" for el, n in framework.items())
+    capacity = stoichiometric_capacity(charged, discharged, "Li")
+    assert capacity > 0
+    assert stoichiometric_capacity(scaled_charged, scaled_discharged, "Li") == pytest.approx(capacity)
+
+
+@settings(max_examples=60, deadline=None)
+@given(amounts=st.dictionaries(st.sampled_from(ELEMENTS), st.floats(0.05, 20), min_size=1, max_size=5))
+def test_parsing_round_trips_and_fractions_are_finite(amounts):
+    formula = "".join(f"{el}{n:.3f}" for el, n in amounts.items())
+    composition = parse_formula(formula)
+    assert parse_formula(composition.formula.replace(" ", "")).almost_equals(composition)
+    vector = element_fractions(formula)
+    assert np.all(np.isfinite(vector)) and np.isclose(vector.sum(), 1.0)
+
+
+def test_stoichiometric_capacity_matches_snapshot_for_most_rows(snapshot_text):
+    rows = snapshot_text.sample(400, random_state=0)
+    computed = np.array([stoichiometric_capacity(c, d, ion) for c, d, ion in
+                         zip(rows.formula_charge, rows.formula_discharge, rows.working_ion)])
+    relative = np.abs(computed - rows.capacity_grav.astype(float)) / rows.capacity_grav.astype(float)
+    assert (relative < 0.01).mean() > 0.9

@@ -1,0 +1,68 @@
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from electrode_ml.config import check_config
+from electrode_ml.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
+
+
+@pytest.fixture
+def config():
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_default_config_is_valid(config):
+    validate(copy.deepcopy(config), SCHEMA)
+    check_config(config)
+
+
+@pytest.mark.parametrize("path, value, words", [
+    (("data", "colour"), "blue", "colour"),
+    (("train", "n_seeds"), 1, "n_seeds"),
+    (("train", "n_seeds"), "fifty", "n_seeds"),
+    (("data", "ions"), [], "ions"),
+    (("data", "ions"), ["Li", "Xe"], "Xe"),
+    (("models",), ["model9"], "model9"),
+    (("data", "source"), "web", "source"),
+    (("tune", "lr"), [-0.1, 0.1], "lr"),
+    (("split", "fractions"), [0.8, 0.1], "fractions"),
+])
+def test_schema_refuses_and_names_the_key(config, path, value, words):
+    target = config
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(Exception) as error:
+        validate(config, SCHEMA)
+    assert words in str(error.value)
+
+
+@pytest.mark.parametrize("section, key, value, words", [
+    ("split", "fractions", [0.8, 0.1, 0.2], "split.fractions"),
+    ("data", "voltage_window", [7, -1], "data.voltage_window"),
+    ("tune", "units", [512, 32], "tune.units"),
+])
+def test_inconsistent_values_are_refused_naming_the_key(config, section, key, value, words):
+    config[section][key] = value
+    with pytest.raises(InputError, match=words):
+        check_config(config)
+
+
+def test_bad_config_stops_snakemake_before_any_job(tmp_path, config):
+    config["train"]["n_seeds"] = 1
+    config["results"] = str(tmp_path / "results")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad), "--cores", "1"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "n_seeds" in run.stdout + run.stderr
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,71 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from electrode_ml.data import read_electrode_csv, validate_electrodes
+from electrode_ml.features import DFT_FIELDS, build_featurizer, describe_features, fit_feature_sets
+from electrode_ml.schema import TARGETS, WORKING_IONS
+from electrode_ml.split import make_split
+
+
+@pytest.fixture(scope="module")
+def electrodes(snapshot_path):
+    table = validate_electrodes(read_electrode_csv(snapshot_path), ions=list(WORKING_IONS), voltage_window=(-1, 7))[0]
+    return table.sample(600, random_state=3).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def split(electrodes):
+    return make_split(electrodes, method="random", fractions=(0.8, 0.1, 0.1), seed=0)
+
+
+@pytest.mark.parametrize("model", ["model1", "model2"])
+def test_frames_have_ids_targets_then_finite_features(electrodes, split, model):
+    featurizer, frames = fit_feature_sets(electrodes, split, model)
+    for name, frame in frames.items():
+        assert list(frame.columns[:4]) == ["battery_id", *TARGETS]
+        assert len(frame) == (split["split"] == name).sum()
+        assert np.isfinite(frame.iloc[:, 4:].to_numpy()).all()
+    assert frames["train"].columns.equals(frames["test"].columns)
+
+
+def test_model1_has_no_dft_column_and_model2_has_all(electrodes, split):
+    model1 = describe_features(fit_feature_sets(electrodes, split, "model1")[0])
+    model2 = describe_features(fit_feature_sets(electrodes, split, "model2")[0])
+    assert "dft" not in model1["blocks"]
+    assert not any(field in column["column"] for column in model1["columns"] for field in DFT_FIELDS)
+    assert model2["blocks"]["dft"]["inputs"] == list(DFT_FIELDS)
+    assert model2["n_features"] == model1["n_features"] + len(DFT_FIELDS)
+
+
+def test_pca_keeps_requested_variance(electrodes, split):
+    description = describe_features(fit_feature_sets(electrodes, split, "model1")[0])
+    for block in ("formula_charge", "formula_discharge", "space_group"):
+        pca = description["blocks"][block]["pca"]
+        assert pca["explained_variance"] >= 0.99 and pca["n_components"] < pca["n_in"]
+
+
+def test_validation_and_test_rows_do_not_influence_the_fit(electrodes, split):
+    """Changing every non-training row leaves the fitted transformers, hence train features, unchanged."""
+    featurizer, frames = fit_feature_sets(electrodes, split, "model2")
+    held_out = electrodes["battery_id"].isin(split.loc[split["split"] != "train", "battery_id"])
+    altered = electrodes.copy()
+    altered.loc[held_out, "charge_band_gap"] = 1e6
+    altered.loc[held_out, "formula_charge"] = "Li0U3O8"
+    altered.loc[held_out, "charge_space_group_number"] = 1
+    _, altered_frames = fit_feature_sets(altered, split, "model2")
+    pd.testing.assert_frame_equal(frames["train"], altered_frames["train"])
+    assert not frames["test"].equals(altered_frames["test"])
+
+
+def test_min_max_columns_span_unit_interval_on_train(electrodes, split):
+    featurizer, frames = fit_feature_sets(electrodes, split, "model2")
+    dft = frames["train"][[c for c in frames["train"].columns if c.startswith("dft__")]]
+    assert np.allclose(dft.min(), 0) and np.allclose(dft.max(), 1)
+
+
+def test_unknown_categories_in_new_data_do_not_crash(electrodes, split):
+    featurizer = build_featurizer("model1").fit(electrodes)
+    novel = electrodes.head(2).copy()
+    novel["charge_space_group_number"] = 230
+    assert np.isfinite(featurizer.transform(novel)).all()

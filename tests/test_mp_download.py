@@ -1,0 +1,606 @@
+"""electrode_ml.mp_download against a stand-in Materials Project API.
+
+The stand-in is a ThreadingHTTPServer on 127.0.0.1 that the real mp_api MPRester is pointed at through
+``endpoint=``. It answers the routes the installed client (mp-api 0.46.5) calls:
+
+- ``GET /heartbeat`` (twice per MPRester construction, plain ``requests.get``, no API key),
+- ``GET /materials/insertion_electrodes/?working_ion=K&_limit=..&_fields=..[&_skip=..]``,
+- ``GET /materials/summary/?material_ids=mp-1,mp-2&batch_id_not_eq=..&_limit=..&_fields=..``,
+
+with the API's ``{"data": [...], "meta": {"total_doc": ..}}`` envelope, serving documents rebuilt from
+real snapshot rows (MP's reduced formulas from the merged file, the adj_pairs parsed back into dicts).
+Faults are injected per route, in order: HTTP 429 with Retry-After, 5xx, a response slower than the
+timeout, a truncated body, invalid JSON, a connection reset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    import electrode_ml  # noqa: F401
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(ROOT / "src"))
+
+from electrode_ml import mp_download  # noqa: E402
+from electrode_ml.errors import InputError  # noqa: E402
+from electrode_ml.mp_download import download_electrodes, format_adj_pairs, to_classic_id  # noqa: E402
+from electrode_ml.schema import ELECTRODE_COLUMNS  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "mp_insertion_electrodes"
+SNAPSHOT = DATA / "ma2022_mp_insertion_electrodes_4300.csv"
+MERGED = DATA / "ma2022_mp_insertion_electrodes_4300_merged.csv"
+
+# A distinctive, validly shaped (32 characters) fake key: it must never surface anywhere.
+FAKE_KEY = "LEAKCANARY0123456789abcdefABCDEF"
+OTHER_KEY = "ServerExpectsThisKey000000000000"
+
+WINDOW = (0.0, 5.0)
+IONS = ["K", "Li"]
+# Snapshot rows the stand-in serves. Inside the window: several steps, fractional and non-zero charged
+# counts (K0.38FeSe, Li3Mn3O8), battery ids from an unstable matched material below every adj_pairs id
+# (the Li rows). Outside: 5.47 V, -0.84 V, 5.12 V. Not asked for: the Cs row.
+EXPECTED_IDS = ["mp-19395_K", "mp-1070735_K", "mp-28849_K", "mp-758915_Li", "mp-758802_Li", "mp-26103_Li"]
+OUTSIDE_WINDOW_IDS = ["mp-1111695_K", "mp-8634_K", "mp-768456_Li"]
+OTHER_ION_IDS = ["mp-867522_Cs"]
+SERVED_IDS = EXPECTED_IDS + OUTSIDE_WINDOW_IDS + OTHER_ION_IDS
+
+SLOW_S = 1.0  # how long a "slow" answer takes; the download's timeout in those tests is shorter
+
+
+# ---------------------------------------------------------------------------------------------------
+# Snapshot rows -> API documents
+# ---------------------------------------------------------------------------------------------------
+
+_PAIR_VALUE = re.compile(r"(\w+)=(MPID\(([^)]*)\)|'([^']*)'|None|[-+0-9.eE]+)")
+
+
+def parse_adj_pairs(text: str) -> list[dict]:
+    """The snapshot's adj_pairs repr back into the API's per-step dicts (ids as plain strings)."""
+    pairs: list[dict] = []
+    for match in _PAIR_VALUE.finditer(text):
+        field, raw, mpid, quoted = match.groups()
+        if field == "max_delta_volume":
+            pairs.append({})
+        if mpid is not None:
+            value = mpid
+        elif quoted is not None:
+            value = quoted
+        elif raw == "None":
+            value = None
+        else:
+            value = float(raw)
+        pairs[-1][field] = value
+    return pairs
+
+
+def letter_id(classic: str) -> str:
+    """mp-1111695 -> mp-aaaclgnn, the padded letter form of newer emmet / API builds."""
+    from emmet.core.mpid import AlphaID
+
+    prefix, number = classic.rsplit("-", 1)
+    return str(AlphaID(int(number), prefix=prefix, padlen=8))
+
+
+def canonical_id(identifier: str) -> tuple[str, int]:
+    from emmet.core.mpid import AlphaID
+
+    alpha = AlphaID(identifier)
+    return alpha._prefix or "mp", int(alpha)
+
+
+@pytest.fixture(scope="module")
+def snapshot_rows() -> pd.DataFrame:
+    snapshot = pd.read_csv(SNAPSHOT)
+    merged = pd.read_csv(MERGED, usecols=["battery_id", "formula_charge_mp", "formula_discharge_mp"])
+    rows = snapshot[snapshot["battery_id"].isin(SERVED_IDS)].merge(merged, on="battery_id", how="left")
+    assert sorted(rows["battery_id"]) == sorted(SERVED_IDS)
+    return rows.set_index("battery_id", drop=False).rename_axis(None)
+
+
+@pytest.fixture(scope="module")
+def expected(snapshot_rows) -> pd.DataFrame:
+    """What the download must return: the snapshot rows inside the window, typed and sorted."""
+    rows = snapshot_rows.loc[EXPECTED_IDS, list(ELECTRODE_COLUMNS)]
+    return rows.astype(ELECTRODE_COLUMNS).sort_values("battery_id", ignore_index=True)
+
+
+def build_documents(rows: pd.DataFrame, letter_ids: bool = False) -> tuple[list[dict], list[dict]]:
+    """Insertion-electrode and summary documents shaped like the API's, from snapshot rows."""
+    fmt = letter_id if letter_ids else str
+    electrodes: list[dict] = []
+    summaries: dict[str, dict] = {}
+    for row in rows.itertuples(index=False):
+        pairs = parse_adj_pairs(row.adj_pairs)
+        pair_ids = [pair[field] for pair in pairs for field in ("id_charge", "id_discharge")]
+        battery_material = row.battery_id.rsplit("_", 1)[0]
+        for pair in pairs:
+            pair["id_charge"], pair["id_discharge"] = fmt(pair["id_charge"]), fmt(pair["id_discharge"])
+        electrodes.append({
+            "battery_type": "insertion",
+            "battery_formula": row.battery_formula,
+            "framework_formula": row.framework_formula,
+            "working_ion": row.working_ion,
+            "num_steps": int(row.num_steps),
+            "max_voltage_step": 0.5,
+            "formula_charge": row.formula_charge_mp,  # MP's reduced formulas, not the snapshot's form
+            "formula_discharge": row.formula_discharge_mp,
+            "average_voltage": row.average_voltage,
+            "capacity_grav": row.capacity_grav,
+            "capacity_vol": row.capacity_vol,
+            "energy_grav": row.energy_grav,
+            "energy_vol": row.energy_vol,
+            "fracA_charge": pairs[0]["fracA_charge"],
+            "fracA_discharge": pairs[-1]["fracA_discharge"],
+            "stability_charge": row.stability_charge,
+            "stability_discharge": row.stability_discharge,
+            "id_charge": fmt(row.id_charge),
+            "id_discharge": fmt(row.id_discharge),
+            "material_ids": [fmt(idx) for idx in sorted(set(pair_ids) | {battery_material})],
+            "adj_pairs": pairs,
+            "last_updated": "2025-09-25T00:00:00",
+        })
+        for end in ("charge", "discharge"):
+            material = getattr(row, f"id_{end}")
+            summaries[material] = {
+                "material_id": fmt(material),
+                "formula_pretty": "X",
+                "symmetry": {
+                    "crystal_system": getattr(row, f"{end}_crystal_system"),
+                    "symbol": "P1",
+                    "number": int(getattr(row, f"{end}_space_group_number")),
+                    "point_group": "1",
+                    "symprec": 0.1,
+                    "version": "2.5.0",
+                },
+                "energy_per_atom": getattr(row, f"{end}_energy_per_atom"),
+                "formation_energy_per_atom": getattr(row, f"{end}_formation_energy_per_atom"),
+                "band_gap": getattr(row, f"{end}_band_gap"),
+                "efermi": getattr(row, f"{end}_efermi"),
+                "deprecated": False,
+            }
+    return electrodes, list(summaries.values())
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stand-in server
+# ---------------------------------------------------------------------------------------------------
+
+ROUTES = {
+    "/heartbeat": "heartbeat",
+    "/materials/insertion_electrodes/": "insertion_electrodes",
+    "/materials/summary/": "summary",
+}
+
+
+class FakeMP:
+    """A tiny Materials Project API: heartbeat, insertion_electrodes and summary, with fault injection."""
+
+    def __init__(self, electrodes: list[dict], summaries: list[dict], key: str = FAKE_KEY) -> None:
+        self.electrodes = electrodes
+        self.summaries = summaries
+        self.key = key
+        self.faults: dict[str, list[str]] = {}
+        self.requests: list[dict] = []
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep the test output clean
+                pass
+
+            def do_GET(self):
+                fake._handle(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.handle_error = lambda request, address: None  # writes after a client timeout fail
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                                        daemon=True)
+
+    def start(self) -> FakeMP:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def inject(self, route: str, *faults: str) -> None:
+        self.faults.setdefault(route, []).extend(faults)
+
+    def hits(self, route: str) -> list[dict]:
+        return [request for request in self.requests if request["route"] == route]
+
+    # -- request handling -------------------------------------------------------------------------
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(handler.path)
+        params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        route = ROUTES.get(parts.path)
+        sent_key = handler.headers.get("x-api-key")
+        with self._lock:
+            fault = self.faults.get(route, []).pop(0) if self.faults.get(route) else "ok"
+            self.requests.append({"route": route or parts.path, "params": params, "key": sent_key,
+                                  "fault": fault, "time": time.monotonic()})
+        if route is None:
+            return self._send(handler, 404, {"detail": "Not Found"})
+        if fault == "reset":  # close with RST, no answer
+            handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            handler.close_connection = True
+            return None
+        if fault == "slow":
+            time.sleep(SLOW_S)
+        if fault == "429":
+            return self._send(handler, 429, {"detail": "Rate limit exceeded"}, {"Retry-After": "1"})
+        if fault.isdigit():
+            return self._send(handler, int(fault), {"detail": f"server trouble {fault}"})
+        if route != "heartbeat" and sent_key != self.key:
+            # Echo the key the way a careless gateway might: the client puts this text in its error.
+            return self._send(handler, 401, {"detail": f"Invalid API key {sent_key!s}"})
+        if route == "heartbeat":
+            body = {"db_version": "2025.09.25", "access_controlled_batch_ids": [], "version": "0.87.3"}
+        elif route == "insertion_electrodes":
+            ions = set(params.get("working_ion", "").split(",")) - {""}
+            docs = [doc for doc in self.electrodes if not ions or doc["working_ion"] in ions]
+            body = self._page(docs, params)
+        else:
+            wanted = {canonical_id(idx) for idx in params.get("material_ids", "").split(",") if idx}
+            docs = [doc for doc in self.summaries if canonical_id(doc["material_id"]) in wanted]
+            body = self._page(docs, params)
+        payload = json.dumps(body).encode()
+        if fault == "truncated":
+            return self._send_raw(handler, 200, payload, cut=len(payload) // 2)
+        if fault == "badjson":
+            return self._send_raw(handler, 200, payload[: len(payload) // 2] + b"<html>oops</html>")
+        return self._send_raw(handler, 200, payload)
+
+    @staticmethod
+    def _page(docs: list[dict], params: dict) -> dict:
+        fields = [f for f in params.get("_fields", "").split(",") if f]
+        skip = int(params.get("_skip", 0) or 0)
+        limit = int(params.get("_limit", 1000) or 1000)
+        page = docs[skip: skip + limit]
+        if fields:
+            page = [{k: v for k, v in doc.items() if k in fields} for doc in page]
+        return {"data": page, "meta": {"api_version": "0.87.3", "time_stamp": "2025-09-25T00:00:00",
+                                       "total_doc": len(docs), "max_limit": 1000, "facet": {}}}
+
+    def _send(self, handler, status: int, body: dict, headers: dict | None = None) -> None:
+        self._send_raw(handler, status, json.dumps(body).encode(), headers=headers)
+
+    @staticmethod
+    def _send_raw(handler, status: int, payload: bytes, headers: dict | None = None,
+                  cut: int | None = None) -> None:
+        try:
+            handler.send_response(status)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(payload)))
+            for name, value in (headers or {}).items():
+                handler.send_header(name, value)
+            handler.end_headers()
+            handler.wfile.write(payload if cut is None else payload[:cut])
+            handler.wfile.flush()
+        except OSError:  # the client gave up (timeout) before the answer
+            pass
+        handler.close_connection = True
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch):
+    """Short backoff (Retry-After stays honoured), small pages and id chunks to exercise pagination."""
+    monkeypatch.setattr(mp_download, "BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr(mp_download, "BACKOFF_MAX_S", 0.05)
+    monkeypatch.setattr(mp_download, "PAGE_SIZE", 2)
+    monkeypatch.setattr(mp_download, "SUMMARY_IDS_PER_QUERY", 3)
+    monkeypatch.delenv("MP_API_KEY", raising=False)
+    monkeypatch.delenv("MP_API_ENDPOINT", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def fresh_heartbeat_cache():
+    """mp_api caches the heartbeat per endpoint; a port reused by a later server must not hit that."""
+    from mp_api.client import MPRester
+    from mp_api.client.core.client import _Rester
+
+    MPRester.get_emmet_version.cache_clear()
+    _Rester._get_heartbeat_info.cache_clear()
+    yield
+
+
+def _serve(rows, **kwargs):
+    letter_ids = kwargs.pop("letter_ids", False)
+    electrodes, summaries = build_documents(rows, letter_ids=letter_ids)
+    return FakeMP(electrodes, summaries, **kwargs).start()
+
+
+@pytest.fixture
+def server(snapshot_rows):
+    fake = _serve(snapshot_rows)
+    yield fake
+    fake.stop()
+
+
+def download(fake: FakeMP, **kwargs) -> pd.DataFrame:
+    options = {"api_key": FAKE_KEY, "endpoint": fake.url, "max_retries": 3, "timeout_s": 5.0}
+    options.update(kwargs)
+    return download_electrodes(IONS, WINDOW, **options)
+
+
+def assert_one_line_error(error: InputError) -> str:
+    text = str(error)
+    assert text and "\n" not in text and "Traceback" not in text
+    assert error.__cause__ is None and error.__context__ is None  # nothing chained to print
+    rendered = "".join(traceback.format_exception(error))
+    assert FAKE_KEY not in rendered and FAKE_KEY not in repr(error)
+    assert "mp_api" not in rendered
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. columns, dtypes and values
+# ---------------------------------------------------------------------------------------------------
+
+def test_download_matches_snapshot_rows(server, expected, snapshot_rows):
+    table = download(server)
+
+    assert list(table.columns) == list(ELECTRODE_COLUMNS)
+    assert {c: str(t) for c, t in table.dtypes.items()} == {c: str(pd.Series(dtype=t).dtype)
+                                                            for c, t in ELECTRODE_COLUMNS.items()}
+    # Same dtypes as the snapshot file loaded per the contract, and the very same values.
+    snapshot_typed = pd.read_csv(SNAPSHOT, nrows=5).astype(ELECTRODE_COLUMNS)
+    assert table.dtypes.equals(snapshot_typed.dtypes)
+    pd.testing.assert_frame_equal(table, expected, check_exact=True)
+
+    # Window applied (strictly), only the asked ions, sorted by battery_id.
+    assert table["battery_id"].tolist() == sorted(EXPECTED_IDS)
+    assert ((table["average_voltage"] > WINDOW[0]) & (table["average_voltage"] < WINDOW[1])).all()
+    assert set(table["working_ion"]) == set(IONS)
+
+    # Spot checks of the conversions the comparison above relies on.
+    row = table.set_index("battery_id").loc["mp-1070735_K"]
+    assert snapshot_rows.loc["mp-1070735_K", "formula_charge_mp"] == "K3(FeSe)8"  # what the API sent
+    assert (row["formula_charge"], row["formula_discharge"]) == ("K0.38FeSe", "K0.5FeSe")
+    assert row["adj_pairs"].startswith("[InsertionVoltagePairDoc(max_delta_volume=")
+    assert re.fullmatch(r"mp-\d+", row["id_charge"]) and re.fullmatch(r"mp-\d+", row["id_discharge"])
+
+    # The client paged (PAGE_SIZE = 2), asked only for its fields, and queried end members in chunks.
+    electrode_hits = server.hits("insertion_electrodes")
+    assert {hit["params"]["working_ion"] for hit in electrode_hits} == set(IONS)
+    assert any("_skip" in hit["params"] for hit in electrode_hits)
+    assert "material_ids" in electrode_hits[0]["params"]["_fields"].split(",")
+    summary_hits = server.hits("summary")
+    asked = [idx for hit in summary_hits for idx in hit["params"]["material_ids"].split(",")]
+    assert len(summary_hits) >= 2 and all(len(hit["params"]["material_ids"].split(",")) <= 3
+                                          for hit in summary_hits)
+    needed = set(expected["id_charge"]) | set(expected["id_discharge"])
+    assert set(asked) == needed  # nothing asked for rows outside the window
+    assert all(hit["key"] == FAKE_KEY for hit in electrode_hits + summary_hits)
+
+
+def test_api_key_from_environment(server, expected, monkeypatch):
+    monkeypatch.setenv("MP_API_KEY", FAKE_KEY)
+    table = download_electrodes(IONS, WINDOW, endpoint=server.url, max_retries=1, timeout_s=5.0)
+    pd.testing.assert_frame_equal(table, expected, check_exact=True)
+
+
+def test_helpers_reproduce_snapshot_formats(snapshot_rows):
+    for row in snapshot_rows.itertuples(index=False):
+        pairs = parse_adj_pairs(row.adj_pairs)
+        assert len(pairs) == row.num_steps
+        assert format_adj_pairs(pairs) == row.adj_pairs
+        assert mp_download.normalise_formulas(row.formula_charge_mp, row.formula_discharge_mp,
+                                              row.working_ion) == (
+            row.formula_charge, row.formula_discharge, row.battery_formula)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. transient failures are retried
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fault", ["429", "500", "502", "503", "504", "slow", "truncated", "badjson", "reset"])
+def test_transient_fault_is_retried(server, expected, fault):
+    server.inject("insertion_electrodes", fault)
+    server.inject("summary", fault)
+    table = download(server, timeout_s=SLOW_S / 3 if fault == "slow" else 5.0)
+    pd.testing.assert_frame_equal(table, expected, check_exact=True)
+    assert server.faults["insertion_electrodes"] == [] and server.faults["summary"] == []
+    if fault == "429":  # Retry-After: 1 was honoured
+        hits = server.hits("insertion_electrodes")
+        assert hits[0]["fault"] == "429" and hits[1]["time"] - hits[0]["time"] >= 0.9
+
+
+def test_many_faults_in_a_row_then_success(server, expected, caplog):
+    # heartbeat: our probe gets a 500 (retried by the adapter); MPRester's own heartbeat gets garbage
+    # (its constructor is retried as a whole).
+    server.inject("heartbeat", "500", "ok", "badjson")
+    # One search: 3 transport retries (429, 500, slow) then a truncated body; re-run: invalid JSON;
+    # re-run: a reset (transport retry) then the answer.
+    server.inject("insertion_electrodes", "429", "500", "slow", "truncated", "badjson", "reset")
+    server.inject("summary", "503", "truncated", "reset")
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        table = download(server, timeout_s=SLOW_S / 3)
+    pd.testing.assert_frame_equal(table, expected, check_exact=True)
+    assert all(not pending for pending in server.faults.values())
+    assert "retry" in caplog.text
+    assert time.monotonic() - started < 15
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. rejected key, 4. unreachable / persistently failing server
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_rejected_key_is_one_line_input_error(snapshot_rows, status):
+    fake = _serve(snapshot_rows, key=OTHER_KEY)
+    try:
+        if status == 403:
+            fake.inject("insertion_electrodes", "403")
+        with pytest.raises(InputError) as caught:
+            download(fake)
+    finally:
+        fake.stop()
+    text = assert_one_line_error(caught.value)
+    assert f"HTTP {status}" in text and "MP_API_KEY" in text and "rejected the API key" in text
+    assert fake.hits("insertion_electrodes")[0]["key"] == FAKE_KEY  # the key did go out, in the header
+    assert len(fake.hits("insertion_electrodes")) == 1  # permanent: not retried
+
+
+def test_closed_port_is_one_line_input_error_after_bounded_retries():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(InputError) as caught:
+        download_electrodes(IONS, WINDOW, api_key=FAKE_KEY, endpoint=f"http://127.0.0.1:{port}/",
+                            max_retries=2, timeout_s=2.0)
+    text = assert_one_line_error(caught.value)
+    assert "could not reach" in text and "connection refused" in text and "after 2 retries" in text
+    assert time.monotonic() - started < 5
+
+
+def test_persistent_5xx_stops_after_max_retries(server):
+    server.inject("insertion_electrodes", *["503"] * 20)
+    with pytest.raises(InputError) as caught:
+        download(server, max_retries=2)
+    text = assert_one_line_error(caught.value)
+    assert "HTTP 503" in text and "after 2 retries" in text
+    assert len(server.hits("insertion_electrodes")) == 3
+
+
+def test_persistent_invalid_json_stops_after_max_retries(server):
+    server.inject("insertion_electrodes", *["badjson"] * 20)
+    with pytest.raises(InputError) as caught:
+        download(server, max_retries=2)
+    text = assert_one_line_error(caught.value)
+    assert "not valid JSON" in text and "after 2 retries" in text
+    assert len(server.hits("insertion_electrodes")) == 3
+
+
+def test_wrong_endpoint_is_one_line_input_error(server):
+    with pytest.raises(InputError) as caught:
+        download(server, endpoint=server.url + "nowhere/")
+    assert "HTTP 404" in assert_one_line_error(caught.value)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"api_key": None}, "MP_API_KEY"),
+    ({"api_key": "  "}, "MP_API_KEY"),
+    ({"api_key": "tooshort-LEAKCANARY"}, "32 characters"),
+])
+def test_missing_or_malformed_key(server, kwargs, message):
+    with pytest.raises(InputError) as caught:
+        download(server, **kwargs)
+    text = assert_one_line_error(caught.value)
+    assert message in text and "LEAKCANARY" not in text
+    assert server.hits("insertion_electrodes") == []
+
+
+@pytest.mark.parametrize(("ions", "window"), [(["Xx"], WINDOW), ([], WINDOW), (IONS, (5.0, 0.0)),
+                                              (IONS, ("a", 1))])
+def test_bad_arguments(ions, window):
+    with pytest.raises(InputError) as caught:
+        download_electrodes(ions, window, api_key=FAKE_KEY, endpoint="http://127.0.0.1:9/")
+    assert_one_line_error(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5. the key never leaks
+# ---------------------------------------------------------------------------------------------------
+
+def test_key_never_in_logs_output_or_errors(snapshot_rows, caplog, capsys):
+    for name in ("", "urllib3", "mp_api", "requests", "electrode_ml"):
+        caplog.set_level(logging.DEBUG, logger=name or None)
+    good = _serve(snapshot_rows)
+    bad = _serve(snapshot_rows, key=OTHER_KEY)
+    try:
+        good.inject("insertion_electrodes", "429", "truncated", "badjson", "500")
+        good.inject("summary", "reset", "badjson")
+        download(good)
+        with pytest.raises(InputError) as caught:
+            download(bad)
+    finally:
+        good.stop()
+        bad.stop()
+    out, err = capsys.readouterr()
+    assert bad.hits("insertion_electrodes")[0]["key"] == FAKE_KEY
+    assert "Retrying" in caplog.text or "retry" in caplog.text  # the logs did see the trouble
+    assert "GET /materials/insertion_electrodes/" in caplog.text  # urllib3 debug lines were captured
+    for text in (caplog.text, out, err, str(caught.value), repr(caught.value),
+                 "".join(traceback.format_exception(caught.value)),
+                 " ".join(str(record.args) for record in caplog.records)):
+        assert FAKE_KEY not in text
+        assert "LEAKCANARY" not in text
+
+
+def test_redaction_of_client_messages():
+    guard = mp_download._Guard(key=FAKE_KEY, endpoint="http://x/", max_retries=0, timeout_s=1)
+    assert FAKE_KEY not in guard.redact(f"headers {{'x-api-key': '{FAKE_KEY}'}} detail {FAKE_KEY}")
+    assert "***" in guard.redact(f"x-api-key: {FAKE_KEY}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# 6. letter-format ids
+# ---------------------------------------------------------------------------------------------------
+
+def test_letter_ids_come_back_classic(snapshot_rows, expected):
+    fake = _serve(snapshot_rows, letter_ids=True)
+    try:
+        assert fake.electrodes[0]["id_charge"].startswith("mp-aaa")  # the server really speaks letters
+        table = download(fake)
+    finally:
+        fake.stop()
+    pd.testing.assert_frame_equal(table, expected, check_exact=True)
+    for column in ("id_charge", "id_discharge"):
+        assert table[column].str.fullmatch(r"mp-\d+").all()
+    assert not table["adj_pairs"].str.contains("aaa").any()
+
+
+@pytest.mark.parametrize(("given", "classic"), [
+    ("mp-aaaabcdl", "mp-19017"),
+    ("mp-bcdl", "mp-19017"),
+    ("aaaabcdl", "mp-19017"),
+    ("mp-aaaclgnn", "mp-1111695"),
+    ("mp-19017", "mp-19017"),
+    (" mp-19017 ", "mp-19017"),
+    (19017, "mp-19017"),
+    ("19017", "mp-19017"),
+    ("mvc-11882", "mvc-11882"),
+])
+def test_to_classic_id(given, classic):
+    assert to_classic_id(given) == classic
+
+
+def test_to_classic_id_objects_and_new_ids():
+    from emmet.core.mpid import MPID, AlphaID
+
+    assert to_classic_id(MPID("mp-19017")) == "mp-19017"
+    assert to_classic_id(AlphaID(19017, prefix="mp", padlen=8)) == "mp-19017"
+    assert to_classic_id(AlphaID("mp-19017")) == "mp-19017"
+    # Minted after the letter format: no legacy form in emmet, the number still round-trips.
+    new = AlphaID("mp-aaaaaaaaaitpee")
+    assert AlphaID(to_classic_id(new)) == new and re.fullmatch(r"mp-\d+", to_classic_id(new))
+    for junk in (None, "", "MP-12", "mp-12x", "not an id", True):
+        with pytest.raises(ValueError):
+            to_classic_id(junk)

@@ -1,0 +1,40 @@
+import pandas as pd
+import pytest
+
+from electrode_ml.data import read_electrode_csv, validate_electrodes
+from electrode_ml.schema import WORKING_IONS
+from electrode_ml.split import make_split, split_sizes
+
+
+@pytest.fixture(scope="module")
+def electrodes(snapshot_path):
+    return validate_electrodes(read_electrode_csv(snapshot_path), ions=list(WORKING_IONS), voltage_window=(-1, 7))[0]
+
+
+def test_paper_sizes_on_snapshot(electrodes):
+    split = make_split(electrodes, method="random", fractions=(0.81, 0.0902, 0.0998), seed=42)
+    assert split["split"].value_counts().to_dict() == {"train": 3483, "val": 388, "test": 429}
+    assert split["battery_id"].is_unique and set(split["battery_id"]) == set(electrodes["battery_id"])
+
+
+def test_sizes_always_add_up():
+    for n in (1, 7, 99, 4300, 4351):
+        assert sum(split_sizes(n, (0.81, 0.09, 0.10))) == n
+    assert split_sizes(4300, (0.81, 0.09, 0.10)) == (3483, 387, 430)
+
+
+def test_random_split_is_seeded(electrodes):
+    first = make_split(electrodes, method="random", fractions=(0.8, 0.1, 0.1), seed=1)
+    again = make_split(electrodes, method="random", fractions=(0.8, 0.1, 0.1), seed=1)
+    other = make_split(electrodes, method="random", fractions=(0.8, 0.1, 0.1), seed=2)
+    assert first.equals(again)
+    assert not first.equals(other)
+
+
+def test_group_split_keeps_frameworks_on_one_side(electrodes):
+    split = make_split(electrodes, method="group", fractions=(0.81, 0.09, 0.10), seed=42)
+    sides = split.assign(framework=electrodes["framework_formula"].to_numpy()).groupby("framework")["split"].nunique()
+    assert (sides == 1).all()
+    counts = split["split"].value_counts()
+    assert abs(counts["train"] / len(split) - 0.81) < 0.02
+    assert counts["val"] > 0 and counts["test"] > 0

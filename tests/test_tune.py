@@ -1,0 +1,210 @@
+"""Tests for electrode_ml.tune: Ax Client loop, state/CSV files, resume, seeding, mismatches."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from electrode_ml.tune import CSV_COLUMNS, PARAM_NAMES, SearchSpace, run_tuning
+
+torch.set_num_threads(1)
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TESTS = Path(__file__).resolve().parent
+
+
+def quadratic(params: dict) -> float:
+    """Known minimum 0 at lr=1e-3, units=128, dropout=0.1."""
+    return (
+        (math.log10(params["lr"]) + 3.0) ** 2
+        + sum(((params[f"units_{i}"] - 128) / 256) ** 2 for i in (1, 2, 3))
+        + sum((params[f"dropout_{i}"] - 0.1) ** 2 for i in (1, 2, 3))
+    )
+
+
+class Counting:
+    def __init__(self, fn=quadratic):
+        self.fn, self.calls = fn, []
+
+    def __call__(self, params: dict) -> float:
+        self.calls.append(dict(params))
+        return self.fn(params)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames) == CSV_COLUMNS
+        return list(reader)
+
+
+def params_of(row: dict[str, str]) -> dict:
+    return {k: (int(row[k]) if k.startswith("units") else float(row[k])) for k in PARAM_NAMES}
+
+
+def tune(tmp: Path, objective, **kwargs) -> dict:
+    args = dict(trials=6, seed=7, state_path=tmp / "state.json", trials_csv=tmp / "trials.csv")
+    args.update(kwargs)
+    return run_tuning(objective, **args)
+
+
+def test_run_writes_state_csv_and_returns_lowest_observed(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="electrode_ml.tune")
+    objective = Counting()
+    best = tune(tmp_path, objective)
+
+    assert len(objective.calls) == 6
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["experiment"]["name"] == "mlp"
+    rows = read_rows(tmp_path / "trials.csv")
+    assert [r["status"] for r in rows] == ["COMPLETED"] * 6
+    assert [int(r["trial"]) for r in rows] == list(range(6))
+    assert all(float(r["seconds"]) >= 0 for r in rows)
+    # The CSV holds exactly what the objective saw and returned.
+    assert [params_of(r) for r in rows] == objective.calls
+    assert [float(r["score"]) for r in rows] == [quadratic(p) for p in objective.calls]
+    # No temporary files left behind by the atomic writes.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "trials.csv"]
+
+    assert set(best) == {*PARAM_NAMES, "score"}
+    lowest = min(rows, key=lambda r: float(r["score"]))
+    assert best == {**params_of(lowest), "score": float(lowest["score"])}
+    space = SearchSpace()
+    for k in PARAM_NAMES:
+        expected_type = int if k.startswith("units") else float
+        assert type(best[k]) is expected_type, k
+        lo, hi = space.bounds()[k]
+        assert lo <= best[k] <= hi, k
+    assert type(best["score"]) is float
+
+    progress = [r.getMessage() for r in caplog.records if r.name == "electrode_ml.tune" and "trial" in r.getMessage()]
+    assert sum(m.startswith("trial ") for m in progress) == 6
+    assert progress[0].startswith("trial 1/6 (#0): lr=")
+    # Ax's own INFO chatter does not reach the root logger.
+    assert not [r for r in caplog.records if r.name.startswith(("ax", "botorch")) and r.levelno < logging.WARNING]
+
+    # Running again on the finished state evaluates nothing and gives the same answer.
+    again = Counting()
+    assert tune(tmp_path, again) == best
+    assert again.calls == []
+
+
+def test_resume_after_the_process_dies_mid_trial(tmp_path):
+    child = textwrap.dedent(
+        f"""
+        import os, sys
+        from pathlib import Path
+        import torch
+        torch.set_num_threads(1)
+        sys.path.insert(0, {str(TESTS)!r})
+        from test_tune import quadratic
+        from electrode_ml.tune import run_tuning
+
+        calls = 0
+        def dies_on_fourth(params):
+            global calls
+            calls += 1
+            if calls == 4:
+                os._exit(3)  # like a kill: no cleanup, no exception handling
+            return quadratic(params)
+
+        run_tuning(dies_on_fourth, trials=6, seed=7, state_path=Path({str(tmp_path / "state.json")!r}),
+                   trials_csv=Path({str(tmp_path / "trials.csv")!r}))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+
+    before = read_rows(tmp_path / "trials.csv")
+    assert [r["status"] for r in before] == ["COMPLETED"] * 3 + ["RUNNING"]
+
+    objective = Counting()
+    best = tune(tmp_path, objective)
+
+    assert len(objective.calls) == 3  # only the missing trials ran
+    rows = read_rows(tmp_path / "trials.csv")
+    completed = [r for r in rows if r["status"] == "COMPLETED"]
+    assert len(completed) == 6
+    # The three trials finished before the crash are kept as they were, not re-run.
+    assert rows[:3] == before[:3]
+    assert [params_of(r) for r in completed[3:]] == objective.calls
+    assert all(params_of(before[i]) not in objective.calls for i in range(3))
+    # The trial in flight at the crash is abandoned, and a new point was generated instead.
+    assert rows[3]["status"] == "ABANDONED" and params_of(rows[3]) == params_of(before[3])
+    assert params_of(before[3]) not in objective.calls
+    assert best["score"] == min(float(r["score"]) for r in completed)
+
+
+def test_same_seed_same_suggestions(tmp_path):
+    runs = {}
+    for folder, seed in (("a", 11), ("b", 11), ("c", 12)):
+        objective = Counting()
+        tune(tmp_path / folder, objective, seed=seed)
+        runs[folder] = objective.calls
+    # 6 trials: the centre point, 4 Sobol points and one BoTorch suggestion.
+    assert runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"]
+    assert runs["a"][0] == runs["c"][0]  # both start at the centre of the space
+    assert runs["a"][1:] != runs["c"][1:]
+
+
+def test_mismatching_saved_state_is_refused(tmp_path):
+    tune(tmp_path, quadratic, trials=1)
+    state = (tmp_path / "state.json").read_bytes()
+
+    never = Counting()
+    with pytest.raises(ValueError, match=r"parameter units_1: saved int \[16, 512\], expected int \[32, 512\]"):
+        tune(tmp_path, never, space=SearchSpace(units=(32, 512)))
+    with pytest.raises(ValueError, match=r"experiment name is 'mlp', expected 'other'"):
+        tune(tmp_path, never, name="other")
+    with pytest.raises(ValueError, match=r"seed is 7, expected 8"):
+        tune(tmp_path, never, seed=8)
+    assert never.calls == []
+    assert (tmp_path / "state.json").read_bytes() == state  # left untouched
+
+    (tmp_path / "state.json").write_text("{}")
+    with pytest.raises(ValueError, match="cannot load the tuning state"):
+        tune(tmp_path, never)
+
+
+def test_failing_objective_is_recorded_then_resumed(tmp_path):
+    def breaks_on_second(params, calls=[]):
+        calls.append(params)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return quadratic(params)
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        tune(tmp_path, breaks_on_second, trials=3)
+    assert [r["status"] for r in read_rows(tmp_path / "trials.csv")] == ["COMPLETED", "FAILED"]
+
+    with pytest.raises(ValueError, match="finite"):
+        tune(tmp_path, lambda p: float("nan"), trials=3)
+    assert [r["status"] for r in read_rows(tmp_path / "trials.csv")] == ["COMPLETED", "FAILED", "FAILED"]
+
+    objective = Counting()
+    tune(tmp_path, objective, trials=3)
+    assert len(objective.calls) == 2
+    statuses = [r["status"] for r in read_rows(tmp_path / "trials.csv")]
+    assert statuses.count("COMPLETED") == 3 and statuses.count("FAILED") == 2
+
+
+def test_search_space_validation():
+    assert SearchSpace(lr=[1e-4, 1e-2], units=[32, 512], dropout=[0, 0.5]).units == (32, 512)
+    with pytest.raises(ValueError, match="lr"):
+        SearchSpace(lr=(0.0, 1e-2))
+    with pytest.raises(ValueError, match="units"):
+        SearchSpace(units=(512, 16))
+    with pytest.raises(ValueError, match="trials"):
+        run_tuning(quadratic, trials=0, seed=0, state_path=Path("x"), trials_csv=Path("y"))

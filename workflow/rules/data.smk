@@ -1,0 +1,30 @@
+# Stage 1: the electrode table (MP download or snapshot) and its train/val/test split.
+
+
+rule data:
+    input:
+        snapshot=data_source_input,
+    output:
+        electrodes=f"{RESULTS}/data/electrodes.parquet",
+        report=f"{RESULTS}/data/data_report.json",
+    log:
+        f"{RESULTS}/logs/data.log",
+    params:
+        data=config["data"],
+    threads: 1
+    script:
+        "../scripts/data.py"
+
+
+rule split:
+    input:
+        electrodes=rules.data.output.electrodes,
+    output:
+        split=f"{RESULTS}/split/split.parquet",
+    log:
+        f"{RESULTS}/logs/split.log",
+    params:
+        split=config["split"],
+    threads: 1
+    script:
+        "../scripts/split.py"

@@ -1,0 +1,21 @@
+# Stage 2: feature sets 1 and 2 (paper Table 1), transformers fitted on the training split only.
+
+
+rule features:
+    input:
+        electrodes=rules.data.output.electrodes,
+        split=rules.split.output.split,
+    output:
+        train=f"{RESULTS}/features/{{model}}/train.parquet",
+        val=f"{RESULTS}/features/{{model}}/val.parquet",
+        test=f"{RESULTS}/features/{{model}}/test.parquet",
+        transformers=f"{RESULTS}/features/{{model}}/transformers.joblib",
+        description=f"{RESULTS}/features/{{model}}/features.json",
+    log:
+        f"{RESULTS}/logs/features/{{model}}.log",
+    params:
+        model=lambda wildcards: wildcards.model,
+        features=config["features"],
+    threads: 1
+    script:
+        "../scripts/features.py"

@@ -1,0 +1,24 @@
+# Stage 4: the tuned network trained once per Monte Carlo seed (one job each, one GPU each on CUDA).
+
+
+rule train:
+    input:
+        train=rules.features.output.train,
+        val=rules.features.output.val,
+        test=rules.features.output.test,
+        params=rules.tune.output.best,
+    output:
+        model=f"{RESULTS}/train/{{model}}/seed_{{seed}}/model.pt",
+        history=f"{RESULTS}/train/{{model}}/seed_{{seed}}/history.csv",
+        predictions=f"{RESULTS}/train/{{model}}/seed_{{seed}}/predictions.parquet",
+    log:
+        f"{RESULTS}/logs/train/{{model}}/seed_{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{model}}/seed_{{seed}}.tsv"
+    params:
+        train=config["train"],
+    threads: 1
+    resources:
+        gpu=GPU_PER_JOB,
+    script:
+        "../scripts/train.py"
