@@ -20,7 +20,6 @@ import logging
 import re
 import socket
 import struct
-import sys
 import threading
 import time
 import traceback
@@ -31,16 +30,13 @@ from urllib.parse import parse_qs, urlsplit
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import electrode_ml  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(ROOT / "src"))
+from electrode_ml import mp_download
+from electrode_ml.data import read_electrode_csv, validate_electrodes
+from electrode_ml.errors import InputError
+from electrode_ml.mp_download import download_electrodes, format_adj_pairs, to_classic_id
+from electrode_ml.schema import ELECTRODE_COLUMNS
 
-from electrode_ml import mp_download  # noqa: E402
-from electrode_ml.errors import InputError  # noqa: E402
-from electrode_ml.mp_download import download_electrodes, format_adj_pairs, to_classic_id  # noqa: E402
-from electrode_ml.schema import ELECTRODE_COLUMNS  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DATA = ROOT.parent / "shared" / "data" / "mp_insertion_electrodes"
 SNAPSHOT = DATA / "ma2022_mp_insertion_electrodes_4300.csv"
@@ -398,6 +394,15 @@ def test_download_matches_snapshot_rows(server, expected, snapshot_rows):
     assert all(hit["key"] == FAKE_KEY for hit in electrode_hits + summary_hits)
 
 
+def test_download_and_snapshot_load_alike(server):
+    """Through the workflow's own loader, a download and the snapshot give the same table."""
+    downloaded, _ = validate_electrodes(download(server), ions=IONS, voltage_window=WINDOW)
+    text = read_electrode_csv(SNAPSHOT)
+    text = text[text["battery_id"].isin(EXPECTED_IDS)].sort_values("battery_id")
+    from_snapshot, _ = validate_electrodes(text, ions=IONS, voltage_window=WINDOW)
+    pd.testing.assert_frame_equal(downloaded, from_snapshot, check_exact=True)
+
+
 def test_api_key_from_environment(server, expected, monkeypatch):
     monkeypatch.setenv("MP_API_KEY", FAKE_KEY)
     table = download_electrodes(IONS, WINDOW, endpoint=server.url, max_retries=1, timeout_s=5.0)
@@ -418,7 +423,8 @@ def test_helpers_reproduce_snapshot_formats(snapshot_rows):
 # 2. transient failures are retried
 # ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fault", ["429", "500", "502", "503", "504", "slow", "truncated", "badjson", "reset"])
+@pytest.mark.parametrize("fault", ["429", "500", "502", "503", "504", "slow", "truncated", "badjson",
+                                   "reset"])
 def test_transient_fault_is_retried(server, expected, fault):
     server.inject("insertion_electrodes", fault)
     server.inject("summary", fault)

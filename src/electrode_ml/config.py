@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import math
+import os
 
 from electrode_ml.errors import InputError
 
@@ -22,3 +24,31 @@ def check_config(config: dict) -> None:
 def seeds(config: dict) -> list[int]:
     first = config["train"]["first_seed"]
     return list(range(first, first + config["train"]["n_seeds"]))
+
+
+def cuda_visible(environ=os.environ) -> bool:
+    """Whether this host shows an NVIDIA GPU, checked without importing torch in the scheduler."""
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return visible.strip() not in ("", "-1")
+    return bool(glob.glob(os.path.join(os.sep, "dev", "nvidia[0-9]*")))
+
+
+def gpu_per_job(config: dict) -> int:
+    """GPUs a training or tuning job declares: 1 on CUDA, so ``--resources gpu=K`` runs K at a time."""
+    device = config["train"]["device"]
+    return int(device == "cuda" or (device == "auto" and cuda_visible()))
+
+
+def resolve_source(source: str, environ=os.environ) -> str:
+    """auto -> mp_api when MP_API_KEY is set, else the snapshot."""
+    if source == "auto":
+        return "mp_api" if environ.get("MP_API_KEY") else "snapshot"
+    if source == "mp_api" and not environ.get("MP_API_KEY"):
+        raise InputError("data.source is mp_api but MP_API_KEY is not set in the environment")
+    return source
+
+
+def snapshot_input(config: dict) -> list[str]:
+    """The snapshot is a rule input only when it is the source, so a download run does not need it."""
+    return [config["data"]["snapshot"]] if resolve_source(config["data"]["source"]) == "snapshot" else []

@@ -20,8 +20,13 @@ Failure handling. Every HTTP request goes through one ``requests`` adapter that 
 ``timeout_s`` and retries connection errors, resets, timeouts, HTTP 429 (honouring ``Retry-After``, capped
 at ``RETRY_AFTER_MAX_S``) and HTTP 5xx up to ``max_retries`` times with exponential backoff. Failures that
 only show once the body is read (truncated body, invalid JSON) are retried by re-running the whole query,
-again at most ``max_retries`` times. Anything permanent (bad key, wrong endpoint, retries exhausted)
-raises `InputError` with one line that never contains the API key.
+again at most ``max_retries`` times. So a query page costs at most (max_retries + 1)**2 requests of at
+most ``timeout_s`` each, plus capped sleeps. This adapter replaces mp_api's own (urllib3: 3 retries of
+429/502/504 only, Retry-After honoured up to 6 h, 20 s timeout), so the retries do not multiply. One gap
+is mp_api's: ``MPRester()`` GETs ``/heartbeat`` twice with a bare ``requests.get`` (no timeout, no retry);
+a bounded heartbeat probe runs first, and the construction is retried as a whole.
+Anything permanent (bad key, wrong endpoint, retries exhausted) raises `InputError` with one line that
+never contains the API key.
 """
 
 from __future__ import annotations
@@ -116,8 +121,16 @@ def download_electrodes(
             "(get a key at https://materialsproject.org/api)"
         )
 
-    from mp_api.client import MPRester  # heavy import (pymatgen, boto3, deltalake): only when downloading
-    from mp_api.client.core.utils import validate_endpoint
+    try:  # heavy import (pymatgen, boto3, deltalake): only when downloading
+        from mp_api.client import MPRester
+        from mp_api.client.core.utils import validate_endpoint
+    except ImportError as exc:
+        missing = exc.name or "mp_api"
+    else:
+        missing = None
+    if missing:
+        raise InputError(f"downloading from the Materials Project needs the mp-api package ({missing} "
+                         "is not importable); install it or use the snapshot")
 
     _quiet_third_party_logging()
     base = validate_endpoint(endpoint)  # what MPRester does: default endpoint, trailing slash
@@ -196,6 +209,8 @@ def to_classic_id(identifier: Any) -> str:
     from emmet.core.mpid import AlphaID  # AlphaID parses classic, letter and MPID forms alike
 
     text = str(identifier).strip()  # MPID and AlphaID stringify to their classic / letter text
+    if not text:
+        raise ValueError("not a Materials Project material id: ''")
     try:
         alpha = AlphaID(identifier if isinstance(identifier, int) else text)
         value = int(alpha)
@@ -352,7 +367,7 @@ class _Guard:
                             what, self.redact(problem.message), attempt, self.max_retries, delay)
                 time.sleep(delay)
                 continue
-            suffix = f" (after {attempt} retries)" if problem.transient and attempt else ""
+            suffix = f" (after {_retries(attempt)})" if problem.transient and attempt else ""
             # Raised outside the except block: no chained client exception (whose text may hold the key).
             raise InputError(_one_line(self.redact(f"{what} failed: {problem.message}{suffix}")))
 
@@ -378,7 +393,7 @@ class _Guard:
         if status is not None:
             if "too many" in text and status in RETRY_STATUSES:
                 return _Problem(False, f"the server at {where} kept answering HTTP {status} "
-                                       f"after {self.max_retries} retries")
+                                       f"after {_retries(self.max_retries)}")
             if status in (401, 403):
                 return _Problem(False, f"Materials Project rejected the API key (HTTP {status}); "
                                        "check MP_API_KEY")
@@ -402,7 +417,7 @@ class _Guard:
             reason = _network_reason(text, self.timeout_s)
             if transport_retried:
                 return _Problem(False, f"could not reach the Materials Project API at {where} after "
-                                       f"{self.max_retries} retries ({reason})")
+                                       f"{_retries(self.max_retries)} ({reason})")
             return _Problem(True, reason)
         if any(isinstance(error, KeyError) for error in chain):
             return _Problem(True, f"unexpected response layout (missing {_detail(text)})")
@@ -451,6 +466,10 @@ def _detail(text: str) -> str:
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     detail = lines[-1] if lines else "no detail"
     return detail[:200]
+
+
+def _retries(count: int) -> str:
+    return f"{count} {'retry' if count == 1 else 'retries'}"
 
 
 def _one_line(text: str) -> str:

@@ -19,7 +19,7 @@ import torch
 from electrode_ml import data as data_mod
 from electrode_ml import ensemble, plots
 from electrode_ml.devices import job_device
-from electrode_ml.errors import InputError
+from electrode_ml.config import resolve_source
 from electrode_ml.features import describe_features, fit_feature_sets
 from electrode_ml.fileio import atomic_path, read_json, write_csv, write_json, write_parquet
 from electrode_ml.model import NetworkParams, TrainSettings, predict, train_network
@@ -28,15 +28,6 @@ from electrode_ml.split import make_split
 from electrode_ml.tune import SearchSpace, run_tuning
 
 log = logging.getLogger(__name__)
-
-
-def resolve_source(source: str, environ=os.environ) -> str:
-    """auto -> mp_api when MP_API_KEY is set, else the snapshot."""
-    if source == "auto":
-        return "mp_api" if environ.get("MP_API_KEY") else "snapshot"
-    if source == "mp_api" and not environ.get("MP_API_KEY"):
-        raise InputError("data.source is mp_api but MP_API_KEY is not set in the environment")
-    return source
 
 
 def data_step(input, output, params, threads, **_):

@@ -3,7 +3,7 @@
 
 rule data:
     input:
-        snapshot=data_source_input,
+        snapshot=SNAPSHOT,
     output:
         electrodes=f"{RESULTS}/data/electrodes.parquet",
         report=f"{RESULTS}/data/data_report.json",
@@ -12,6 +12,8 @@ rule data:
     params:
         data=config["data"],
     threads: 1
+    conda:
+        "../../envs/electrode-ml.yaml"
     script:
         "../scripts/data.py"
 
@@ -26,5 +28,7 @@ rule split:
     params:
         split=config["split"],
     threads: 1
+    conda:
+        "../../envs/electrode-ml.yaml"
     script:
         "../scripts/split.py"

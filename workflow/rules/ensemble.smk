@@ -17,5 +17,7 @@ rule ensemble:
     params:
         model=lambda wildcards: wildcards.model,
     threads: 1
+    conda:
+        "../../envs/electrode-ml.yaml"
     script:
         "../scripts/ensemble.py"

@@ -17,5 +17,7 @@ rule features:
         model=lambda wildcards: wildcards.model,
         features=config["features"],
     threads: 1
+    conda:
+        "../../envs/electrode-ml.yaml"
     script:
         "../scripts/features.py"

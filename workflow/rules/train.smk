@@ -20,5 +20,7 @@ rule train:
     threads: 1
     resources:
         gpu=GPU_PER_JOB,
+    conda:
+        "../../envs/electrode-ml.yaml"
     script:
         "../scripts/train.py"

@@ -20,5 +20,7 @@ rule tune:
     threads: 1
     resources:
         gpu=GPU_PER_JOB,
+    conda:
+        "../../envs/electrode-ml.yaml"
     script:
         "../scripts/tune.py"

@@ -1,0 +1,132 @@
+"""End to end: the workflow on the real snapshot with a tiny recipe (3 seeds, 30 epochs, 3 trials)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from electrode_ml.schema import TARGETS
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
+
+
+def tiny_config(results: Path, snapshot: Path, **overrides) -> dict:
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["results"] = str(results)
+    config["data"]["snapshot"] = str(snapshot)
+    config["data"]["source"] = "snapshot"
+    config["tune"].update(trials=3, epochs=5)
+    config["train"].update(n_seeds=3, epochs=30, patience=None, batch_size=256, device="cpu")
+    for section, values in overrides.items():
+        config[section].update(values)
+    return config
+
+
+def snakemake(config: dict, workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    config_path = workdir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args, "--cores", "2", "--configfile", str(config_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    if check and run.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}")
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, snapshot_path):
+    workdir = tmp_path_factory.mktemp("tiny")
+    results = workdir / "results"
+    config = tiny_config(results, snapshot_path)
+    snakemake(config, workdir)
+    return config, results, workdir
+
+
+def test_data_split_and_features_outputs(tiny_run):
+    _, results, _ = tiny_run
+    electrodes = pd.read_parquet(results / "data" / "electrodes.parquet")
+    report = json.loads((results / "data" / "data_report.json").read_text())
+    assert len(electrodes) == 4300 and report["rows_out"] == 4300 and report["source"] == "snapshot"
+    split = pd.read_parquet(results / "split" / "split.parquet")
+    assert split["split"].value_counts().to_dict() == {"train": 3483, "val": 388, "test": 429}
+    for model in ("model1", "model2"):
+        description = json.loads((results / "features" / model / "features.json").read_text())
+        train = pd.read_parquet(results / "features" / model / "train.parquet")
+        assert train.shape == (3483, 1 + len(TARGETS) + description["n_features"])
+        assert (results / "features" / model / "transformers.joblib").stat().st_size > 0
+
+
+def test_tune_outputs(tiny_run):
+    _, results, _ = tiny_run
+    for model in ("model1", "model2"):
+        best = json.loads((results / "tune" / model / "best_params.json").read_text())
+        trials = pd.read_csv(results / "tune" / model / "trials.csv")
+        assert (trials["status"] == "COMPLETED").sum() == 3
+        assert best["score"] == pytest.approx(trials["score"].min())
+        assert json.loads((results / "tune" / model / "ax_state.json").read_text())
+
+
+def test_train_outputs_per_seed(tiny_run):
+    _, results, _ = tiny_run
+    for model in ("model1", "model2"):
+        for seed in range(3):
+            folder = results / "train" / model / f"seed_{seed}"
+            history = pd.read_csv(folder / "history.csv")
+            assert list(history.columns) == ["epoch", "train_loss", "val_loss"] and len(history) == 30
+            predictions = pd.read_parquet(folder / "predictions.parquet")
+            assert len(predictions) == 4300 and set(predictions["split"]) == {"train", "val", "test"}
+            assert np.isfinite(predictions[list(TARGETS)].to_numpy()).all()
+            assert (folder / "model.pt").stat().st_size > 0
+            assert (results / "logs" / "train" / model / f"seed_{seed}.log").exists()
+            assert (results / "benchmarks" / "train" / model / f"seed_{seed}.tsv").exists()
+
+
+def test_ensemble_is_well_formed_and_beats_the_mean(tiny_run):
+    _, results, _ = tiny_run
+    for model in ("model1", "model2"):
+        summary = pd.read_parquet(results / "ensemble" / model / "predictions.parquet")
+        assert len(summary) == 4300 * 3
+        assert (summary["n"] == 3).all()
+        assert (summary["ci_low"] <= summary["mean"]).all() and (summary["mean"] <= summary["ci_high"]).all()
+        metrics = json.loads((results / "ensemble" / model / "metrics.json").read_text())
+        for target in TARGETS:
+            ours = metrics["ensemble_mean"]["val"][target]["mae"]
+            baseline = metrics["train_mean_baseline"]["val"][target]["mae"]
+            assert ours < baseline, (model, target, ours, baseline)
+            assert metrics["best_single_seed"][target]["seed"] in (0, 1, 2)
+        for figure in ("parity.png", "error_histograms.png"):
+            assert (results / "figures" / model / figure).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_same_seed_gives_identical_predictions(tiny_run, tmp_path):
+    config, results, _ = tiny_run
+    rerun_results = tmp_path / "results"
+    rerun = tiny_config(rerun_results, Path(config["data"]["snapshot"]), train={"n_seeds": 2})
+    rerun["models"] = ["model1"]
+    snakemake(rerun, tmp_path, f"{rerun_results}/train/model1/seed_1/predictions.parquet")
+    first = pd.read_parquet(results / "train" / "model1" / "seed_1" / "predictions.parquet")
+    second = pd.read_parquet(rerun_results / "train" / "model1" / "seed_1" / "predictions.parquet")
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_default_dry_run_plans_fifty_train_jobs_per_model():
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    counts = dict(line.split()[:2] for line in run.stdout.splitlines() if line.strip().startswith("train "))
+    assert counts["train"] == "100"
+
+
+def test_lint_is_clean():
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
