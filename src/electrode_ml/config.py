@@ -49,6 +49,6 @@ def resolve_source(source: str, environ=os.environ) -> str:
     return source
 
 
-def snapshot_input(config: dict) -> list[str]:
+def snapshot_input(config: dict) -> str | list:
     """The snapshot is a rule input only when it is the source, so a download run does not need it."""
-    return [config["data"]["snapshot"]] if resolve_source(config["data"]["source"]) == "snapshot" else []
+    return config["data"]["snapshot"] if resolve_source(config["data"]["source"]) == "snapshot" else []

@@ -27,8 +27,8 @@ DFT_FIELDS = tuple(
 
 # Human-readable origin of each transformer block, written into features.json.
 ORIGINS = {
-    "formula_charge": "charged formula: element fractions over 118 elements -> PCA -> min-max",
-    "formula_discharge": "discharged formula: element fractions over 118 elements -> PCA -> min-max",
+    "formula_charge": "charged formula: element fractions over 118 elements, min-max and PCA",
+    "formula_discharge": "discharged formula: element fractions over 118 elements, min-max and PCA",
     "crystal_system": "crystal system of charged and discharged material, one-hot",
     "space_group": "space group of charged and discharged material, one-hot -> PCA",
     "working_ion": "working ion, one-hot",
@@ -60,15 +60,20 @@ def uses_dft(model: str) -> bool:
 
 
 def build_featurizer(model: str, *, formula_variance: float = 0.99, space_group_variance: float = 0.99,
-                     seed: int = 0) -> ColumnTransformer:
-    """The unfitted transformer for one model's feature set."""
+                     formula_scaling: str = "before_pca", seed: int = 0) -> ColumnTransformer:
+    """The unfitted transformer for one model's feature set.
+
+    ``formula_scaling`` places the formula's min-max normalisation: ``before_pca`` scales each
+    element's fraction to [0, 1] and then runs PCA (the default); ``after_pca`` scales each PCA
+    component to [0, 1], which blows the low-variance, mostly-noise components up to the size of
+    the leading ones and cost model1 0.07 V of single-network validation MAE on the snapshot.
+    """
 
     def formula_block() -> Pipeline:
-        return Pipeline([
-            ("fractions", ElementFractions()),
-            ("pca", PCA(n_components=formula_variance, svd_solver="full", random_state=seed)),
-            ("minmax", MinMaxScaler()),
-        ])
+        pca = ("pca", PCA(n_components=formula_variance, svd_solver="full", random_state=seed))
+        minmax = ("minmax", MinMaxScaler())
+        steps = [minmax, pca] if formula_scaling == "before_pca" else [pca, minmax]
+        return Pipeline([("fractions", ElementFractions()), *steps])
 
     blocks = [
         ("formula_charge", formula_block(), ["formula_charge"]),

@@ -1,0 +1,140 @@
+"""`make bench`: training speed against the machine's matmul peak, and ensemble prediction latency.
+
+Prints figures and writes them to ``{results}/bench.json``; asserts nothing (timings belong here,
+not in tests that flake on a busy machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from electrode_ml.data import read_electrode_csv, validate_electrodes
+from electrode_ml.features import fit_feature_sets
+from electrode_ml.fileio import read_json, write_json
+from electrode_ml.model import PAPER_PARAMS, NetworkParams, StackedEnsemble, TrainedNetwork, TrainSettings, train_network
+from electrode_ml.runner import setup_logging
+from electrode_ml.schema import TARGETS, WORKING_IONS
+from electrode_ml.split import make_split
+
+log = logging.getLogger("electrode_ml.bench")
+
+DEFAULT_SNAPSHOT = "../shared/data/mp_insertion_electrodes/ma2022_mp_insertion_electrodes_4300.csv"
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """Best-of-N float32 GEMM rate with the current thread count: the ceiling a dense MLP can reach."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(2):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
+def layer_shapes(n_inputs: int, params: NetworkParams) -> list[tuple[int, int]]:
+    widths = [n_inputs, params.units_1, params.units_2, params.units_3, len(TARGETS)]
+    return list(zip(widths[:-1], widths[1:]))
+
+
+def training_flops(n_train: int, n_val: int, n_inputs: int, params: NetworkParams, epochs: int) -> float:
+    """Dense-layer FLOPs of one training: forward, weight gradients and input gradients (none for
+    the first layer, whose input needs no gradient), plus the validation forward every epoch."""
+    shapes = layer_shapes(n_inputs, params)
+    forward = sum(2 * i * o for i, o in shapes)
+    backward = sum(2 * i * o for i, o in shapes) + sum(2 * i * o for i, o in shapes[1:])
+    return epochs * (n_train * (forward + backward) + n_val * forward)
+
+
+def load_ensemble(results: Path, model: str) -> list[TrainedNetwork]:
+    paths = sorted((results / "train" / model).glob("seed_*/model.pt"))
+    return [TrainedNetwork.from_checkpoint(torch.load(p, weights_only=False)) for p in paths]
+
+
+def time_prediction(ensemble: StackedEnsemble, x: np.ndarray, repeats: int = 50) -> float:
+    """Median wall time of predicting ``x`` with every network of the ensemble, in ms."""
+    features = torch.as_tensor(x, dtype=torch.float32)
+    for _ in range(3):
+        ensemble.predict_scaled(features)
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        ensemble.predict_scaled(features)
+        samples.append(time.perf_counter() - started)
+    return 1000 * float(np.median(samples))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="results", type=Path)
+    parser.add_argument("--snapshot", default=DEFAULT_SNAPSHOT)
+    parser.add_argument("--model", default="model1")
+    parser.add_argument("--epochs", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--n-networks", type=int, default=50)
+    args = parser.parse_args(argv)
+    setup_logging()
+    torch.set_num_threads(args.threads)
+
+    electrodes, _ = validate_electrodes(read_electrode_csv(args.snapshot), ions=list(WORKING_IONS), voltage_window=(-1, 7))
+    split = make_split(electrodes, method="random", fractions=(0.81, 0.0902, 0.0998), seed=42)
+    _, frames = fit_feature_sets(electrodes, split, args.model)
+    x = {name: frame.iloc[:, 1 + len(TARGETS):].to_numpy(np.float32) for name, frame in frames.items()}
+    y = {name: frame[list(TARGETS)].to_numpy() for name, frame in frames.items()}
+
+    peak = matmul_peak_gflops()
+    params = PAPER_PARAMS[args.model]
+    log.info("training one %s network at the paper's settings (full batch, %d epochs, %d threads)",
+             args.model, args.epochs, args.threads)
+    network = train_network(x["train"], y["train"], x["val"], y["val"], params,
+                            TrainSettings(epochs=args.epochs, batch_size=None, seed=0, log_every=250))
+    flops = training_flops(len(x["train"]), len(x["val"]), x["train"].shape[1], params, args.epochs)
+    train_gflops = flops / network.seconds / 1e9
+
+    trained = load_ensemble(args.results, args.model)
+    if len(trained) >= 2:
+        networks, source = trained, f"{len(trained)} trained networks from {args.results}/train/{args.model}"
+    else:
+        networks = [network] * args.n_networks
+        source = f"{args.n_networks} copies of the benchmark network (no trained ensemble under {args.results})"
+    ensemble_ms = time_prediction(StackedEnsemble(networks), x["val"])
+    widths = sorted({(n.params.units_1, n.params.units_2, n.params.units_3) for n in networks})
+
+    figures = {
+        "machine": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "matmul_peak_gflops": round(peak, 1),
+        "train_one_network_s": round(network.seconds, 2),
+        "train_epochs": args.epochs,
+        "train_gflops": round(train_gflops, 1),
+        "train_fraction_of_peak": round(train_gflops / peak, 3),
+        "paper_train_one_network_s_A40": 238.5,
+        "ensemble_predict_val_ms": round(ensemble_ms, 2),
+        "ensemble_networks": len(networks),
+        "ensemble_source": source,
+        "ensemble_widths": widths,
+        "val_electrodes": len(x["val"]),
+        "paper_predict_val_ms_one_network_A40": 72.9,
+    }
+    out = args.results / "bench.json"
+    previous = read_json(out) if out.exists() else {}
+    write_json({**previous, args.model: figures}, out)
+    print(f"\nmatmul peak (float32, {args.threads} threads): {peak:8.1f} GFLOP/s")
+    print(f"one {args.model} training, {args.epochs} epochs full batch: {network.seconds:8.2f} s  "
+          f"({train_gflops:.1f} GFLOP/s = {100 * train_gflops / peak:.0f} % of peak; paper 238.5 s on an A40)")
+    print(f"predict {len(x['val'])} val electrodes with {len(networks)} networks: {ensemble_ms:8.2f} ms  "
+          f"(paper: 72.9 ms for one network on an A40)  [{source}]")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
