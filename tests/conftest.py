@@ -39,3 +39,15 @@ def _no_mp_key(monkeypatch):
     """Tests decide the data source themselves; a developer's real key must never leak into them."""
     monkeypatch.delenv("MP_API_KEY", raising=False)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, snapshot_path):
+    """The whole default workflow once, on the snapshot, with a tiny recipe (3 seeds, 30 epochs, 3 trials)."""
+    from test_workflow import snakemake, tiny_config
+
+    workdir = tmp_path_factory.mktemp("tiny")
+    results = workdir / "results"
+    config = tiny_config(results, snapshot_path)
+    snakemake(config, workdir)
+    return config, results, workdir

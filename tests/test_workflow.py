@@ -42,15 +42,6 @@ def snakemake(config: dict, workdir: Path, *args: str, check: bool = True) -> su
     return run
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, snapshot_path):
-    workdir = tmp_path_factory.mktemp("tiny")
-    results = workdir / "results"
-    config = tiny_config(results, snapshot_path)
-    snakemake(config, workdir)
-    return config, results, workdir
-
-
 def test_data_split_and_features_outputs(tiny_run):
     _, results, _ = tiny_run
     electrodes = pd.read_parquet(results / "data" / "electrodes.parquet")
@@ -92,19 +83,41 @@ def test_train_outputs_per_seed(tiny_run):
 
 def test_ensemble_is_well_formed_and_beats_the_mean(tiny_run):
     _, results, _ = tiny_run
-    for model in ("model1", "model2"):
+    for model in ("model1", "model2", "model1_phys", "model2_phys"):
         summary = pd.read_parquet(results / "ensemble" / model / "predictions.parquet")
         assert len(summary) == 4300 * 3
         assert (summary["n"] == 3).all()
         assert (summary["ci_low"] <= summary["mean"]).all() and (summary["mean"] <= summary["ci_high"]).all()
+        assert (summary["pi_low"] <= summary["ci_low"]).all() and (summary["ci_high"] <= summary["pi_high"]).all()
         metrics = json.loads((results / "ensemble" / model / "metrics.json").read_text())
         for target in TARGETS:
             ours = metrics["ensemble_mean"]["val"][target]["mae"]
             baseline = metrics["train_mean_baseline"]["val"][target]["mae"]
             assert ours < baseline, (model, target, ours, baseline)
             assert metrics["best_single_seed"][target]["seed"] in (0, 1, 2)
+        for kind in ("ci", "pi"):
+            assert 0 <= metrics["coverage"][kind]["test"]["average_voltage"] <= 1
         for figure in ("parity.png", "error_histograms.png"):
             assert (results / "figures" / model / figure).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_physics_models_reuse_base_networks_and_keep_energy_consistent(tiny_run):
+    _, results, _ = tiny_run
+    assert not (results / "train" / "model1_phys").exists()
+    physics = json.loads((results / "physics" / "model2_phys" / "physics.json").read_text())
+    assert physics["physics_applies"] > 0.95 * physics["rows"]
+    summary = pd.read_parquet(results / "ensemble" / "model2_phys" / "predictions.parquet")
+    wide = summary.pivot(index="battery_id", columns="target", values="mean")
+    exact = pd.read_parquet(results / "physics" / "model2_phys" / "physics.parquet").set_index("battery_id")
+    held = exact["average_voltage"].notna()
+    # where physics holds every seed agrees, and energy is exactly voltage x capacity
+    assert held.mean() > 0.95
+    rows = wide.loc[held[held].index]
+    np.testing.assert_allclose(rows["energy_grav"], rows["average_voltage"] * rows["capacity_grav"], rtol=1e-9)
+    np.testing.assert_allclose(rows["capacity_grav"], exact.loc[rows.index, "capacity_grav"], rtol=1e-9)
+    metrics = {m: json.loads((results / "ensemble" / m / "metrics.json").read_text()) for m in ("model2", "model2_phys")}
+    assert (metrics["model2_phys"]["ensemble_mean"]["test"]["capacity_grav"]["mae"]
+            < metrics["model2"]["ensemble_mean"]["test"]["capacity_grav"]["mae"])
 
 
 def test_same_seed_gives_identical_predictions(tiny_run, tmp_path):
@@ -118,8 +131,9 @@ def test_same_seed_gives_identical_predictions(tiny_run, tmp_path):
     pd.testing.assert_frame_equal(first, second)
 
 
-def test_default_dry_run_plans_fifty_train_jobs_per_model():
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules"], cwd=REPO,
+def test_default_dry_run_plans_fifty_train_jobs_per_model(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules",
+                          "--config", f"results={tmp_path / 'results'}"], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     counts = dict(line.split()[:2] for line in run.stdout.splitlines() if line.strip().startswith("train "))

@@ -52,8 +52,17 @@ class ElementFractions(BaseEstimator, TransformerMixin):
         return np.array([f"Z{z}" for z in range(1, N_ELEMENTS + 1)], dtype=object)
 
 
+def is_physics_model(model: str) -> bool:
+    return model.endswith("_phys")
+
+
+def base_model(model: str) -> str:
+    """The model whose features and networks a physics model reuses (model2_phys -> model2)."""
+    return model.removesuffix("_phys")
+
+
 def uses_dft(model: str) -> bool:
-    base = model.removesuffix("_phys")
+    base = base_model(model)
     if base not in FEATURE_SETS:
         raise InputError(f"models: unknown model {model!r} (known: {', '.join(FEATURE_SETS)})")
     return FEATURE_SETS[base]

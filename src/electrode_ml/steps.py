@@ -20,9 +20,10 @@ from electrode_ml import data as data_mod
 from electrode_ml import ensemble, plots
 from electrode_ml.devices import job_device
 from electrode_ml.config import resolve_source
-from electrode_ml.features import describe_features, fit_feature_sets
+from electrode_ml.features import describe_features, fit_feature_sets, uses_dft
 from electrode_ml.fileio import atomic_path, read_json, write_csv, write_json, write_parquet
 from electrode_ml.model import NetworkParams, TrainSettings, predict, train_network
+from electrode_ml.physics import PhysicsBaseline, combine
 from electrode_ml.schema import TARGETS
 from electrode_ml.split import make_split
 from electrode_ml.tune import SearchSpace, run_tuning
@@ -77,7 +78,23 @@ def feature_matrices(path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """(table, X, Y) from a features parquet: X = feature columns, Y = the three targets."""
     table = pd.read_parquet(path)
     feature_columns = [name for name in table.columns if name != "battery_id" and name not in TARGETS]
-    return table, table[feature_columns].to_numpy(np.float32), table[list(TARGETS)].to_numpy(np.float64)
+    return table, table[feature_columns].to_numpy(np.float32, copy=True), table[list(TARGETS)].to_numpy(np.float64)
+
+
+def physics_step(input, output, params, threads, **_):
+    """Fit a physics model's ion references on the training split and evaluate its physics for every electrode."""
+    electrodes = pd.read_parquet(input.electrodes)
+    split = pd.read_parquet(input.split)
+    labelled = electrodes.merge(split, on="battery_id", validate="one_to_one")
+    physics = PhysicsBaseline(uses_voltage=uses_dft(params.model)).fit(labelled[labelled["split"] == "train"])
+    values = pd.DataFrame(physics.transform(labelled), columns=list(TARGETS))
+    table = pd.concat([labelled[["battery_id", "split"]].reset_index(drop=True), values], axis=1)
+    summary = physics.summary(labelled)
+    log.info("%s physics: %s", params.model, summary)
+    write_parquet(table, output.table)
+    with atomic_path(output.fitted) as tmp:
+        joblib.dump(physics, tmp)
+    write_json(summary, output.summary)
 
 
 def train_settings(settings: dict, seed: int, device: str, epochs: int | None = None) -> TrainSettings:
@@ -106,8 +123,7 @@ def tune_step(input, output, params, threads, **_):
 def train_step(input, output, params, threads, wildcards=None, **_):
     torch.set_num_threads(threads)
     seed = int(wildcards.seed)
-    tables = {}
-    matrices = {}
+    tables, matrices = {}, {}
     for split in ("train", "val", "test"):
         tables[split], x, y = feature_matrices(input[split])
         matrices[split] = (x, y)
@@ -128,11 +144,21 @@ def train_step(input, output, params, threads, wildcards=None, **_):
     write_parquet(predictions[["battery_id", "split", "seed", *TARGETS]], output.predictions)
 
 
+def with_physics(predictions: pd.DataFrame, physics: pd.DataFrame) -> pd.DataFrame:
+    """One seed's network predictions with physics taking over where it holds (physics models)."""
+    aligned = physics.set_index("battery_id").loc[predictions["battery_id"], list(TARGETS)].to_numpy()
+    combined = predictions.copy()
+    combined[list(TARGETS)] = combine(aligned, predictions[list(TARGETS)].to_numpy())
+    return combined
+
+
 def ensemble_step(input, output, params, threads, **_):
     per_seed = [pd.read_parquet(path) for path in input.predictions]
+    if input.get("physics"):
+        per_seed = [with_physics(frame, pd.read_parquet(input.physics)) for frame in per_seed]
     truth = ensemble.true_values({split: pd.read_parquet(input[split]) for split in ("train", "val", "test")})
     stacked = ensemble.stack_predictions(per_seed)
-    summary = ensemble.aggregate(stacked, truth)
+    summary = ensemble.add_prediction_intervals(ensemble.aggregate(stacked, truth))
     metrics = ensemble.ensemble_metrics(stacked, truth, summary)
     log.info("validation MAE of the ensemble mean: %s",
              {target: round(values["mae"], 4) for target, values in metrics["ensemble_mean"]["val"].items()})
@@ -140,3 +166,130 @@ def ensemble_step(input, output, params, threads, **_):
     write_json(metrics, output.metrics)
     plots.save(plots.parity_figure(summary, f"{params.model}: ensemble of {metrics['n_seeds']} networks"), output.parity)
     plots.save(plots.error_histogram_figure(summary, f"{params.model}: prediction errors"), output.errors)
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue #4: applications (section 3.2), feature contribution, timings and the report.
+# ------------------------------------------------------------------------------------------------
+
+def _by_model(paths, models, model_of) -> dict[str, list[str]]:
+    """Group rule input paths by the model their path names (``model_of(path) -> model``)."""
+    grouped: dict[str, list[str]] = {model: [] for model in models}
+    for path in paths:
+        grouped.setdefault(model_of(Path(path)), []).append(str(path))
+    return grouped
+
+
+def _load_ensembles(input, models, device: str = "cpu") -> dict:
+    """predict.TrainedEnsemble per model, from exactly the transformers and checkpoints the rule lists."""
+    from electrode_ml.model import StackedEnsemble, TrainedNetwork
+    from electrode_ml.predict import TrainedEnsemble
+
+    transformers = _by_model(input.transformers, models, lambda path: path.parent.name)
+    checkpoints = _by_model(input.checkpoints, models, lambda path: path.parents[1].name)
+    ensembles = {}
+    for model in models:
+        networks = [TrainedNetwork.from_checkpoint(torch.load(path, map_location="cpu", weights_only=False))
+                    for path in sorted(checkpoints[model])]
+        ensembles[model] = TrainedEnsemble(model, joblib.load(transformers[model][0]),
+                                           StackedEnsemble(networks, device=device))
+    return ensembles
+
+
+def screen_na_step(input, output, params, threads, wildcards=None, **_):
+    from electrode_ml import screening
+    from electrode_ml.fileio import write_text
+
+    electrodes = pd.read_parquet(input.electrodes)
+    split = pd.read_parquet(input.split)
+    models = list(params.models)
+    predictions = dict(zip(models, (pd.read_parquet(path) for path in input.predictions)))
+    thresholds = dict(params.thresholds)
+    test = screening.screen_table(electrodes, split, predictions, thresholds, splits=("test",))
+    everything = screening.screen_table(electrodes, split, predictions, thresholds, splits=None)
+    metrics = {
+        "filter": screening.filter_text(thresholds), "thresholds": thresholds,
+        "test": screening.screen_metrics(test, models),
+        "all_na": screening.screen_metrics(everything, models),
+        "paper": screening.PAPER_NA_SCREEN,
+    }
+    for model in models:
+        score = metrics["test"][model]["all"]
+        log.info("%s on the %d test Na electrodes: %d picks, precision %s, recall %s", model, len(test),
+                 score["picks"], score["precision"], score["recall"])
+    write_csv(test, output.screening)
+    write_csv(everything, output.all)
+    write_text(screening.table5_markdown(test, models, thresholds, metrics["test"]), output.table5)
+    write_text(screening.table6_markdown(test, models, thresholds), output.table6)
+    write_json(metrics, output.metrics)
+
+
+def screen_k_step(input, output, params, threads, wildcards=None, **_):
+    from electrode_ml import screening
+
+    torch.set_num_threads(threads)
+    electrodes = pd.read_parquet(input.electrodes)
+    split = pd.read_parquet(input.split)
+    models = list(params.models)
+    ensembles = _load_ensembles(input, models)
+    table = screening.k_substitution(electrodes, split, {model: ensembles[model].predict for model in models})
+    summary = screening.k_summary(table, models)
+    log.info("K substitution of %d test Li electrodes: %s", len(table), summary)
+    write_csv(table, output.table)
+    write_json(summary, output.summary)
+    plots.save(screening.k_substitution_figure(table, models), output.figure)
+
+
+def feature_contribution_step(input, output, params, threads, wildcards=None, **_):
+    from electrode_ml import contribution
+
+    torch.set_num_threads(threads)
+    frames = {split: pd.read_parquet(input[split]) for split in ("train", "val", "test")}
+    network_params = NetworkParams.from_dict(read_json(input.params))
+    first = params.train["first_seed"]
+    seeds = list(range(first, first + int(params.seeds)))
+    with job_device(params.train["device"]) as device:
+        def trainer(x_train, y_train, x_val, y_val, seed):
+            settings = replace(train_settings(params.train, seed, device), log_every=0)
+            network = train_network(x_train, y_train, x_val, y_val, network_params, settings)
+            return lambda x: predict(network, x, device)
+
+        per_seed = contribution.run_contribution(frames, trainer, seeds)
+    summary = contribution.summarise(per_seed)
+    log.info("feature contribution (Eq. 9, %d seeds): %s", len(seeds),
+             dict(zip(summary["group"], summary["contribution_mean"].round(4))))
+    write_csv(summary, output.summary)
+    write_csv(per_seed, output.per_seed)
+    plots.save(contribution.contribution_figure(summary, per_seed, f"{params.model}: feature contribution "
+                                                f"(Eq. 9, {len(seeds)} seeds, validation set)"), output.figure)
+
+
+def timing_step(input, output, params, threads, wildcards=None, **_):
+    from electrode_ml import timing
+
+    torch.set_num_threads(threads)
+    models = list(params.models)
+    tune_files = _by_model(input.tune, models, lambda path: path.stem)
+    train_files = _by_model(input.train, models, lambda path: path.parent.name)
+    electrodes = pd.read_parquet(input.electrodes)
+    split = pd.read_parquet(input.split)
+    val = electrodes[electrodes["battery_id"].isin(split.loc[split["split"] == "val", "battery_id"])]
+    tables = []
+    with job_device(params.device) as device:
+        ensembles = _load_ensembles(input, models, device=device)
+        for model in models:
+            prediction = timing.measure_prediction(ensembles[model], val, repeats=int(params.repeats))
+            log.info("%s: prediction timing %s", model, prediction)
+            tune_s = timing.read_benchmark(tune_files[model][0]) if tune_files[model] else None
+            note = f"{params.tune['trials']} trials of at most {params.tune['epochs']} epochs; device {device}"
+            tables.append(timing.timing_table(model, tune_s, [timing.read_benchmark(path) for path in train_files[model]],
+                                              prediction, tune_note=note))
+    write_csv(pd.concat(tables, ignore_index=True), output.timing)
+
+
+def report_step(input, output, params, threads, wildcards=None, **_):
+    from electrode_ml import report
+    from electrode_ml.fileio import write_text
+
+    html = report.build_report(report.collect(input, params))
+    write_text(html, output.html)

@@ -6,6 +6,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from electrode_ml.config import check_config, gpu_per_job, seeds, snapshot_input
 from electrode_ml.errors import InputError
+from electrode_ml.features import base_model, is_physics_model
 
 try:
     check_config(config)
@@ -15,6 +16,9 @@ except InputError as error:
 
 RESULTS = config["results"].rstrip("/")
 MODELS = config["models"]
+# Physics models reuse the networks of their base model; only base models are featurised and trained.
+BASE_MODELS = sorted({base_model(model) for model in MODELS})
+PHYSICS_MODELS = [model for model in MODELS if is_physics_model(model)]
 SEEDS = seeds(config)
 # Training and tuning jobs each claim one GPU when the workflow runs on CUDA (see devices.py).
 GPU_PER_JOB = gpu_per_job(config)

@@ -11,6 +11,8 @@ rule features:
         test=f"{RESULTS}/features/{{model}}/test.parquet",
         transformers=f"{RESULTS}/features/{{model}}/transformers.joblib",
         description=f"{RESULTS}/features/{{model}}/features.json",
+    wildcard_constraints:
+        model="model1|model2",
     log:
         f"{RESULTS}/logs/features/{{model}}.log",
     params:

@@ -11,6 +11,8 @@ rule train:
         model=f"{RESULTS}/train/{{model}}/seed_{{seed}}/model.pt",
         history=f"{RESULTS}/train/{{model}}/seed_{{seed}}/history.csv",
         predictions=f"{RESULTS}/train/{{model}}/seed_{{seed}}/predictions.parquet",
+    wildcard_constraints:
+        model="model1|model2",
     log:
         f"{RESULTS}/logs/train/{{model}}/seed_{{seed}}.log",
     benchmark:

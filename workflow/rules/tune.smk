@@ -9,6 +9,8 @@ rule tune:
         best=f"{RESULTS}/tune/{{model}}/best_params.json",
         trials=f"{RESULTS}/tune/{{model}}/trials.csv",
         state=f"{RESULTS}/tune/{{model}}/ax_state.json",
+    wildcard_constraints:
+        model="model1|model2",
     log:
         f"{RESULTS}/logs/tune/{{model}}.log",
     benchmark:

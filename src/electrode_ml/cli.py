@@ -1,0 +1,123 @@
+"""`electrode-ml predict` and `electrode-ml screen`: score new materials with a trained ensemble."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from electrode_ml.data import coerce_types, find_bad_rows, read_electrode_csv, require_columns
+from electrode_ml.errors import InputError
+from electrode_ml.features import DFT_FIELDS, uses_dft
+from electrode_ml.fileio import write_csv
+from electrode_ml.predict import TrainedEnsemble
+from electrode_ml.runner import setup_logging
+from electrode_ml.schema import TARGETS
+
+log = logging.getLogger("electrode_ml.cli")
+
+STRUCTURE_FIELDS = ("formula_charge", "formula_discharge", "working_ion",
+                    "charge_crystal_system", "charge_space_group_number",
+                    "discharge_crystal_system", "discharge_space_group_number")
+
+
+def candidate_columns(model: str) -> list[str]:
+    """Input columns a candidate file needs for this model (DFT fields only for model2 variants)."""
+    return ["battery_id", *STRUCTURE_FIELDS, *(DFT_FIELDS if uses_dft(model) else ())]
+
+
+def validate_candidates(frame: pd.DataFrame, model: str, where: str, skip_bad: bool):
+    """Typed candidates and a table of rejected rows with their reason."""
+    needed = candidate_columns(model)
+    require_columns(frame, needed, where)
+    frame = frame.reset_index(drop=True)
+    typed, bad = coerce_types(frame[needed])
+    bad += find_bad_rows(typed)
+    if bad and not skip_bad:
+        more = f" (and {len(bad) - 1} more problem(s); --skip-bad scores the rest)" if len(bad) > 1 else ""
+        raise InputError(f"{where}: {bad[0]}{more}")
+    rejected_ids = {row.battery_id for row in bad}
+    rejects = pd.DataFrame([{"battery_id": row.battery_id, "field": row.field, "reason": row.reason} for row in bad],
+                           columns=["battery_id", "field", "reason"])
+    good = typed[~typed["battery_id"].astype(str).isin(rejected_ids)].copy()
+    for name in ("charge_space_group_number", "discharge_space_group_number"):
+        good[name] = good[name].astype("int64")
+    return good, rejects
+
+
+def score(input_path: Path, model: str, results: Path, skip_bad: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    candidates, rejects = validate_candidates(read_electrode_csv(input_path), model, str(input_path), skip_bad)
+    if candidates.empty:
+        return pd.DataFrame(columns=["battery_id"]), rejects
+    ensemble = TrainedEnsemble.load(results, model)
+    predictions = ensemble.predict(candidates)
+    predictions.insert(1, "working_ion", candidates["working_ion"].to_numpy())
+    predictions.insert(2, "model", model)
+    return predictions, rejects
+
+
+def passes(predictions: pd.DataFrame, voltage: float, capacity: float, energy: float, column: str = "mean") -> pd.Series:
+    """The paper's screen (Table 5) on a prediction column: all three at or above their threshold."""
+    thresholds = dict(zip(TARGETS, (voltage, capacity, energy)))
+    result = pd.Series(True, index=predictions.index)
+    for target, threshold in thresholds.items():
+        result &= predictions[f"{target}_{column}"] >= threshold
+    return result
+
+
+def write_outputs(predictions: pd.DataFrame, rejects: pd.DataFrame, output: Path) -> None:
+    write_csv(predictions, output)
+    if not rejects.empty:
+        rejects_path = output.with_name(output.stem + ".rejects.csv")
+        write_csv(rejects, rejects_path)
+        log.warning("%d row(s) rejected; reasons in %s", rejects["battery_id"].nunique(), rejects_path)
+    log.info("wrote %d prediction(s) to %s", len(predictions), output)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="electrode-ml", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(sub):
+        sub.add_argument("input", type=Path, help="CSV of candidate electrodes (the snapshot's input columns)")
+        sub.add_argument("-o", "--output", type=Path, required=True, help="CSV to write (atomically)")
+        sub.add_argument("--model", default="model1_phys",
+                         help="model1, model2, model1_phys or model2_phys (default model1_phys: needs no DFT)")
+        sub.add_argument("--results", type=Path, default=Path("results"), help="the workflow's results folder")
+        sub.add_argument("--skip-bad", action="store_true",
+                         help="write bad rows with their reason to OUTPUT.rejects.csv and score the rest")
+
+    common(commands.add_parser("predict", help="mean, paper CI and calibrated 95 %% interval per target"))
+    screen = commands.add_parser("screen", help="predict, then apply the paper's filter (Table 5)")
+    common(screen)
+    screen.add_argument("--ion", help="keep only candidates of this working ion (any ion; default all)")
+    screen.add_argument("--voltage", type=float, default=2.0, help="minimum average voltage, V (default 2.0)")
+    screen.add_argument("--capacity", type=float, default=100.0, help="minimum capacity, mAh/g (default 100)")
+    screen.add_argument("--energy", type=float, default=200.0, help="minimum specific energy, Wh/kg (default 200)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        predictions, rejects = score(args.input, args.model, args.results, args.skip_bad)
+        if args.command == "screen":
+            if args.ion:
+                predictions = predictions[predictions["working_ion"] == args.ion]
+            thresholds = (args.voltage, args.capacity, args.energy)
+            predictions = predictions.assign(passes=passes(predictions, *thresholds) if len(predictions) else [])
+            if "average_voltage_pi_low" in predictions:
+                predictions["passes_at_pi_low"] = passes(predictions, *thresholds, column="pi_low")
+        write_outputs(predictions, rejects, args.output)
+    except InputError as error:
+        print(f"electrode-ml: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Individual contribution of input feature groups (paper Eq. 9, Fig 6), for feature set 2.
+
+    Contribution_i = ((PC_v + PC_c + PC_e) / 3) / ((PC_v,i + PC_c,i + PC_e,i) / 3)
+
+PC_x is the Pearson r between DFT and predicted target x of the network trained on every feature;
+PC_x,i the same for a network retrained without feature group i. A value above 1 means that leaving
+the group out lowers the correlation. The chemical formula takes no part (the paper: without it the
+model does not work). Every group is retrained with the same seeds as the full model, and each seed's
+contribution pairs the two networks of that seed, so seed noise cancels where it can.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from electrode_ml.errors import InputError
+from electrode_ml.metrics import regression_metrics
+from electrode_ml.schema import TARGETS
+
+log = logging.getLogger(__name__)
+
+FULL = "all features"
+
+# Fig 6's eight input features -> the feature-set-2 columns they produce (exact names or block prefixes).
+FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
+    "formation energy": ("dft__charge_formation_energy_per_atom", "dft__discharge_formation_energy_per_atom"),
+    "energy per atom": ("dft__charge_energy_per_atom", "dft__discharge_energy_per_atom"),
+    "ion type": ("working_ion__*",),
+    "band gap": ("dft__charge_band_gap", "dft__discharge_band_gap"),
+    "Fermi level": ("dft__charge_efermi", "dft__discharge_efermi"),
+    "stability": ("dft__stability_charge", "dft__stability_discharge"),
+    "crystal system": ("crystal_system__*",),
+    "space group": ("space_group__*",),
+}
+
+
+def group_columns(columns: Iterable[str], group: str, groups: Mapping[str, tuple[str, ...]] = FEATURE_GROUPS) -> list[str]:
+    """The feature columns of ``group``: exact names, or every column starting with a ``prefix*``."""
+    columns = list(columns)
+    chosen = []
+    for pattern in groups[group]:
+        if pattern.endswith("*"):
+            chosen += [name for name in columns if name.startswith(pattern[:-1])]
+        elif pattern in columns:
+            chosen.append(pattern)
+        else:
+            raise InputError(f"feature contribution: group {group!r} needs column {pattern!r}, "
+                             "which the feature table lacks (feature set 2 is required)")
+    if not chosen:
+        raise InputError(f"feature contribution: no column of group {group!r} in the feature table")
+    return chosen
+
+
+def pearson_by_target(true: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Pearson r per target column (the paper's PC_v, PC_c, PC_e)."""
+    return np.array([regression_metrics(true[:, index], predicted[:, index])["r"] for index in range(true.shape[1])])
+
+
+def contribution(r_full: np.ndarray, r_without: np.ndarray) -> float:
+    """Eq. 9: mean Pearson r with every feature over the mean Pearson r without the group."""
+    return float(np.mean(r_full) / np.mean(r_without))
+
+
+# train(x_train, y_train, x_val, y_val, seed) -> predict(x) callable
+Trainer = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int], Callable[[np.ndarray], np.ndarray]]
+
+
+def run_contribution(frames: Mapping[str, pd.DataFrame], trainer: Trainer, seeds: Iterable[int],
+                     groups: Mapping[str, tuple[str, ...]] = FEATURE_GROUPS, evaluate: str = "val") -> pd.DataFrame:
+    """Train the full network and one per left-out group, for every seed; one row per (group, seed).
+
+    ``frames`` are the feature tables (battery_id, targets, feature columns) of the train, val and
+    test splits. Columns: group, seed, n_removed, the Pearson r and MAE of each target on ``evaluate``
+    and on test, mean_r, and contribution (Eq. 9 against the full network of the same seed).
+    """
+    features = [name for name in frames["train"].columns if name != "battery_id" and name not in TARGETS]
+    runs = [(FULL, [])] + [(group, group_columns(features, group, groups)) for group in groups]
+    y = {split: frame[list(TARGETS)].to_numpy(np.float64) for split, frame in frames.items()}
+    rows = []
+    for group, removed in runs:
+        kept = [name for name in features if name not in set(removed)]
+        x = {split: frame[kept].to_numpy(np.float32) for split, frame in frames.items()}
+        for seed in seeds:
+            predict = trainer(x["train"], y["train"], x["val"], y["val"], int(seed))
+            row = {"group": group, "seed": int(seed), "n_removed": len(removed), "n_features": len(kept)}
+            for split in dict.fromkeys((evaluate, "test")):
+                if split not in x:
+                    continue
+                predicted = predict(x[split])
+                r = pearson_by_target(y[split], predicted)
+                for index, target in enumerate(TARGETS):
+                    row[f"{split}_r_{target}"] = float(r[index])
+                    row[f"{split}_mae_{target}"] = float(np.mean(np.abs(predicted[:, index] - y[split][:, index])))
+                row[f"{split}_mean_r"] = float(np.mean(r))
+            rows.append(row)
+            log.info("%s, seed %d: mean r on %s %.4f", group, seed, evaluate, row[f"{evaluate}_mean_r"])
+    table = pd.DataFrame(rows)
+    return add_contributions(table, evaluate)
+
+
+def add_contributions(table: pd.DataFrame, evaluate: str = "val") -> pd.DataFrame:
+    """Per-seed Eq. 9 against the full network of the same seed (NaN for the full network itself)."""
+    table = table.copy()
+    for split in dict.fromkeys((evaluate, "test")):
+        column = f"{split}_mean_r"
+        if column not in table:
+            continue
+        full = table[table["group"] == FULL].set_index("seed")[column]
+        paired = table["seed"].map(full)
+        name = "contribution" if split == evaluate else f"contribution_{split}"
+        table[name] = np.where(table["group"] == FULL, np.nan, paired / table[column])
+    return table
+
+
+def summarise(per_seed: pd.DataFrame, evaluate: str = "val") -> pd.DataFrame:
+    """One row per left-out group, largest contribution first: mean, std, min and max over seeds, the
+    contribution of the seed-averaged correlations, and the mean Pearson r of each target without it."""
+    rows = []
+    full = per_seed[per_seed["group"] == FULL]
+    for group, part in per_seed[per_seed["group"] != FULL].groupby("group", sort=False):
+        values = part["contribution"]
+        row = {
+            "group": group,
+            "n_removed": int(part["n_removed"].iloc[0]),
+            "n_seeds": int(len(part)),
+            "contribution_mean": float(values.mean()),
+            "contribution_std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+            "contribution_min": float(values.min()),
+            "contribution_max": float(values.max()),
+            "contribution_of_mean_r": contribution(full[f"{evaluate}_mean_r"].mean(), part[f"{evaluate}_mean_r"].mean()),
+        }
+        if "contribution_test" in part:
+            row["contribution_test_mean"] = float(part["contribution_test"].mean())
+        for target in TARGETS:
+            row[f"{evaluate}_r_{target}_without"] = float(part[f"{evaluate}_r_{target}"].mean())
+            row[f"{evaluate}_r_{target}_full"] = float(full[f"{evaluate}_r_{target}"].mean())
+        rows.append(row)
+    summary = pd.DataFrame(rows)
+    return summary.sort_values("contribution_mean", ascending=False).reset_index(drop=True)
+
+
+def contribution_figure(summary: pd.DataFrame, per_seed: pd.DataFrame, title: str):
+    """Fig 6: Eq. 9 per left-out group, bars = mean over seeds, error bars = std, dots = seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ordered = summary.sort_values("contribution_mean")
+    figure, axis = plt.subplots(figsize=(7.5, 0.5 * len(ordered) + 1.6))
+    positions = np.arange(len(ordered))
+    colors = ["#1b9e77" if value >= 1 else "#d95f02" for value in ordered["contribution_mean"]]
+    axis.barh(positions, ordered["contribution_mean"] - 1, left=1, color=colors, alpha=0.75,
+              xerr=ordered["contribution_std"].fillna(0), error_kw={"elinewidth": 1, "capsize": 3})
+    for position, group in zip(positions, ordered["group"]):
+        values = per_seed.loc[per_seed["group"] == group, "contribution"]
+        axis.scatter(values, np.full(len(values), position), s=12, color="black", zorder=3)
+    axis.axvline(1, color="black", linewidth=0.8)
+    axis.set_yticks(positions, ordered["group"])
+    axis.set_xlabel("Contribution (Eq. 9): mean r with all features / mean r without the group")
+    axis.set_title(title)
+    figure.tight_layout()
+    return figure

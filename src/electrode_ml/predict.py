@@ -1,0 +1,83 @@
+"""Scoring electrodes with a trained ensemble: the fitted featuriser plus every seed's network."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import torch
+
+from electrode_ml.ensemble import Z_95, interval_scale
+from electrode_ml.errors import InputError
+from electrode_ml.features import base_model, is_physics_model
+from electrode_ml.fileio import read_json
+from electrode_ml.model import StackedEnsemble, TrainedNetwork
+from electrode_ml.physics import PhysicsBaseline, combine
+from electrode_ml.schema import TARGETS
+
+
+@dataclass
+class TrainedEnsemble:
+    """What a workflow run leaves for later use: featuriser + networks of one model."""
+
+    model: str
+    featurizer: object
+    networks: StackedEnsemble
+    physics: PhysicsBaseline | None = None
+
+    intervals: dict | None = None
+
+    @classmethod
+    def load(cls, results: str | Path, model: str, device: str = "cpu") -> "TrainedEnsemble":
+        """A physics model reuses its base model's featuriser and networks (see physics.py)."""
+        results = Path(results)
+        base = base_model(model)
+        transformer_path = results / "features" / base / "transformers.joblib"
+        checkpoints = sorted((results / "train" / base).glob("seed_*/model.pt"))
+        if not transformer_path.exists() or not checkpoints:
+            raise InputError(f"no trained {model} under {results} (run the workflow first, "
+                             f"or pass --results pointing at its output folder)")
+        networks = [TrainedNetwork.from_checkpoint(torch.load(path, map_location="cpu", weights_only=False))
+                    for path in checkpoints]
+        physics = joblib.load(results / "physics" / model / "physics.joblib") if is_physics_model(model) else None
+        metrics_path = results / "ensemble" / model / "metrics.json"
+        intervals = read_json(metrics_path).get("prediction_interval") if metrics_path.exists() else None
+        return cls(model, joblib.load(transformer_path), StackedEnsemble(networks, device=device), physics, intervals)
+
+    def features(self, electrodes: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.featurizer.transform(electrodes), dtype=np.float32)
+
+    def predict_members(self, electrodes: pd.DataFrame, chunk_rows: int = 20000) -> np.ndarray:
+        """Per-network predictions, shape (n_networks, n_rows, 3), computed in chunks to bound memory."""
+        parts = [self._predict_chunk(electrodes.iloc[start:start + chunk_rows])
+                 for start in range(0, len(electrodes), chunk_rows)]
+        return np.concatenate(parts, axis=1) if parts else np.zeros((len(self.networks), 0, len(TARGETS)))
+
+    def _predict_chunk(self, electrodes: pd.DataFrame) -> np.ndarray:
+        members = self.networks.predict(self.features(electrodes))
+        if self.physics is None:
+            return members
+        return combine(self.physics.transform(electrodes)[np.newaxis], members)
+
+    def predict(self, electrodes: pd.DataFrame) -> pd.DataFrame:
+        """Wide table: battery_id and, per target, mean, std and the paper's 95 % CI of the mean."""
+        members = self.predict_members(electrodes)
+        n = members.shape[0]
+        mean = members.mean(axis=0)
+        std = members.std(axis=0, ddof=1)
+        half = Z_95 * std / np.sqrt(n)
+        columns = {"battery_id": electrodes["battery_id"].to_numpy()}
+        for index, target in enumerate(TARGETS):
+            columns[f"{target}_mean"] = mean[:, index]
+            columns[f"{target}_std"] = std[:, index]
+            columns[f"{target}_ci_low"] = mean[:, index] - half[:, index]
+            columns[f"{target}_ci_high"] = mean[:, index] + half[:, index]
+            if self.intervals:
+                pi_half = self.intervals["quantile"][target] * interval_scale(
+                    std[:, index], self.intervals["spread_floor"][target])
+                columns[f"{target}_pi_low"] = mean[:, index] - pi_half
+                columns[f"{target}_pi_high"] = mean[:, index] + pi_half
+        return pd.DataFrame(columns)

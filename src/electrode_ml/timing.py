@@ -1,0 +1,84 @@
+"""Table 4: wall time of tuning, training and prediction, beside the paper's NVIDIA A40 numbers.
+
+Tuning and training times come from the Snakemake benchmark files of those rules (column ``s``).
+Prediction is measured here: the trained ensemble (all networks stacked into one batched forward
+pass, model.StackedEnsemble) predicting the validation electrodes, best of several repeats.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+from electrode_ml.errors import InputError
+
+# Paper Table 4 (NVIDIA A40): BO total over 30 iterations, training one network (mean of 50),
+# predicting the 388 validation electrodes with one network (mean of 50).
+PAPER_TIMING = {
+    "model1": {"tune_s": 6309.53, "train_mean_s": 238.51, "predict_ms": 72.9},
+    "model2": {"tune_s": 7354.65, "train_mean_s": 245.60, "predict_ms": 75.7},
+}
+PAPER_SEEDS = 50
+
+
+def read_benchmark(path: str | Path) -> float:
+    """Wall seconds of one Snakemake benchmark file (mean when it holds repeats)."""
+    table = pd.read_csv(path, sep="\t")
+    if "s" not in table.columns or table.empty:
+        raise InputError(f"{path}: not a Snakemake benchmark file (no column 's')")
+    return float(table["s"].mean())
+
+
+def best_time(call: Callable[[], object], repeats: int = 20, warmup: int = 2) -> dict:
+    """Best and median wall seconds of ``call`` over ``repeats`` runs after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return {"best_s": float(np.min(times)), "median_s": float(np.median(times)), "repeats": repeats}
+
+
+def measure_prediction(ensemble, electrodes: pd.DataFrame, repeats: int = 20) -> dict:
+    """Time a predict.TrainedEnsemble on ``electrodes``: networks only (features precomputed) and end
+    to end (featurisation + networks + mean/CI)."""
+    x = ensemble.features(electrodes)
+    networks = best_time(lambda: ensemble.networks.predict(x), repeats)
+    end_to_end = best_time(lambda: ensemble.predict(electrodes), max(3, repeats // 4))
+    return {"n_networks": len(ensemble.networks), "n_rows": int(len(electrodes)),
+            "networks_s": networks["best_s"], "networks_median_s": networks["median_s"],
+            "end_to_end_s": end_to_end["best_s"], "end_to_end_median_s": end_to_end["median_s"]}
+
+
+def timing_table(model: str, tune_s: float | None, train_s: Iterable[float], prediction: dict,
+                 tune_note: str = "") -> pd.DataFrame:
+    """Rows of Table 4 for one model: stage, unit, ours, paper, ratio ours/paper, note."""
+    train_s = list(train_s)
+    paper = PAPER_TIMING.get(model.removesuffix("_phys"), {})
+    n = prediction["n_networks"]
+    rows = [
+        ("Bayesian optimisation (total)", "s", tune_s, paper.get("tune_s"), tune_note),
+        ("Training, one network (mean over seeds)", "s", float(np.mean(train_s)) if train_s else None,
+         paper.get("train_mean_s"), f"{len(train_s)} networks; paper: mean of {PAPER_SEEDS}"),
+        ("Training, all networks (sum)", "s", float(np.sum(train_s)) if train_s else None,
+         paper["train_mean_s"] * PAPER_SEEDS if paper else None,
+         f"sum over {len(train_s)} networks; paper: {PAPER_SEEDS} x its mean"),
+        ("Prediction of the validation set, one network", "ms", 1000 * prediction["networks_s"] / n,
+         paper.get("predict_ms"), f"{prediction['n_rows']} electrodes; ensemble time / {n} networks (stacked)"),
+        ("Prediction of the validation set, whole ensemble", "ms", 1000 * prediction["networks_s"],
+         paper["predict_ms"] * PAPER_SEEDS if paper else None,
+         f"{n} networks in one batched pass; paper: {PAPER_SEEDS} x one network"),
+        ("Prediction incl. featurisation, whole ensemble", "ms", 1000 * prediction["end_to_end_s"], None,
+         "formula parsing, PCA, one-hot + networks + mean and CI"),
+    ]
+    table = pd.DataFrame(rows, columns=["stage", "unit", "ours", "paper_a40", "note"])
+    table.insert(0, "model", model)
+    table[["ours", "paper_a40"]] = table[["ours", "paper_a40"]].astype(float)
+    table["ratio"] = table["ours"] / table["paper_a40"]
+    return table[["model", "stage", "unit", "ours", "paper_a40", "ratio", "note"]]

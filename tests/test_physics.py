@@ -1,0 +1,74 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from electrode_ml.chemistry import parse_formula
+from electrode_ml.data import read_electrode_csv, validate_electrodes
+from electrode_ml.physics import (PhysicsBaseline, baseline_reasons, combine, fit_ion_references,
+                                  stoichiometric_capacity_array, thermodynamic_voltage)
+from electrode_ml.schema import WORKING_IONS
+
+
+@pytest.fixture(scope="module")
+def electrodes(snapshot_path):
+    return validate_electrodes(read_electrode_csv(snapshot_path), ions=list(WORKING_IONS), voltage_window=(-1, 7))[0]
+
+
+def test_stoichiometric_capacity_matches_snapshot_where_it_applies(electrodes):
+    applies = baseline_reasons(electrodes) == ""
+    capacity = stoichiometric_capacity_array(electrodes)
+    relative = np.abs(capacity - electrodes["capacity_grav"]) / electrodes["capacity_grav"]
+    assert applies.mean() > 0.99
+    # within 1 % for 97 % of rows: the rest are the snapshot's rounded or mis-normalised formulas
+    assert (relative[applies] < 0.01).mean() > 0.97
+
+
+def test_thermodynamic_voltage_reproduces_a_handmade_cell():
+    # LiCoO2 toy energies: mu_Li = -1.9 eV/atom; inserting 1 Li lowers N e by 1.9 + 3.9 eV -> 3.9 V.
+    charged_energy, atoms_charged = -6.0, 3  # CoO2
+    discharged_total = atoms_charged * charged_energy + (-1.9) - 3.9
+    cell = pd.DataFrame({
+        "formula_charge": ["Li0CoO2"], "formula_discharge": ["LiCoO2"], "working_ion": ["Li"],
+        "charge_energy_per_atom": [charged_energy], "discharge_energy_per_atom": [discharged_total / 4],
+        "average_voltage": [3.9],
+    })
+    assert thermodynamic_voltage(cell, {"Li": -1.9})[0] == pytest.approx(3.9)
+    assert fit_ion_references(cell)["Li"] == pytest.approx(-1.9)
+    # a divalent ion carries two electrons: the same energy change gives half the voltage
+    mg = cell.assign(formula_charge="Mg0CoO2", formula_discharge="MgCoO2", working_ion="Mg")
+    assert thermodynamic_voltage(mg, {"Mg": -1.9})[0] == pytest.approx(3.9 / 2)
+
+
+def test_thermodynamic_voltage_holds_for_most_snapshot_rows(electrodes):
+    train = electrodes.sample(frac=0.8, random_state=0)
+    voltage = thermodynamic_voltage(electrodes, fit_ion_references(train))
+    assert (np.abs(voltage - electrodes["average_voltage"]) < 0.01).mean() > 0.94
+
+
+def test_rows_physics_cannot_describe_are_left_to_the_network():
+    rows = pd.DataFrame({
+        "formula_charge": ["Li4Mn3V5O16", "Li0FePO4", "Mg0Cr"],
+        "formula_discharge": ["Li1Mn3V5O16", "Li1FePO4", "Mg3Cr"],
+        "framework_formula": ["Mn3V5O16", "FePO4", "Cr"],
+        "working_ion": ["Li", "Li", "Mg"],
+    })
+    reasons = baseline_reasons(rows)
+    assert reasons[0].startswith("no working ion gained") and reasons[1] == "" and reasons[2] == ""
+    physics = PhysicsBaseline(uses_voltage=False).transform(rows)
+    assert np.isnan(physics[0, 1]) and physics[1, 1] == pytest.approx(169.9, abs=0.2)
+    assert np.isnan(physics[:, 0]).all()  # model1_phys: voltage always from the network
+
+
+def test_framework_is_derived_when_not_given():
+    rows = pd.DataFrame({"formula_charge": ["Li0.12FeBO3"], "formula_discharge": ["Li0.88FeBO3"], "working_ion": ["Li"]})
+    assert baseline_reasons(rows)[0] == ""
+
+
+def test_combine_takes_physics_where_it_holds_and_energy_is_v_times_c():
+    physics = np.array([[np.nan, 150.0, np.nan], [np.nan, np.nan, np.nan]])
+    network = np.array([[3.0, 140.0, 999.0], [2.0, 80.0, 999.0]])
+    combined = combine(physics, network)
+    np.testing.assert_allclose(combined, [[3.0, 150.0, 450.0], [2.0, 80.0, 160.0]])
+    # several networks at once (ensemble members on the first axis)
+    stacked = combine(physics[np.newaxis], np.stack([network, network]))
+    assert stacked.shape == (2, 2, 3) and stacked[1, 0, 1] == 150.0

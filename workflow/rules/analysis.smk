@@ -1,0 +1,60 @@
+# Stage 7: feature contribution of feature set 2 (Eq. 9, Fig 6) and the timings of Table 4.
+
+
+# One job: the full network and one per left-out feature group (8 groups), each trained with
+# analysis.contribution_seeds seeds using the tuned parameters and the train section's recipe.
+rule feature_contribution:
+    input:
+        train=f"{RESULTS}/features/model2/train.parquet",
+        val=f"{RESULTS}/features/model2/val.parquet",
+        test=f"{RESULTS}/features/model2/test.parquet",
+        params=f"{RESULTS}/tune/model2/best_params.json",
+    output:
+        summary=f"{RESULTS}/analysis/feature_contribution.csv",
+        per_seed=f"{RESULTS}/analysis/feature_contribution_seeds.csv",
+        figure=report(
+            f"{RESULTS}/analysis/feature_contribution.png",
+            caption="../report/feature_contribution.rst",
+            category="Analysis",
+        ),
+    log:
+        f"{RESULTS}/logs/analysis/feature_contribution.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/analysis/feature_contribution.tsv"
+    params:
+        model="model2",
+        seeds=config["analysis"]["contribution_seeds"],
+        train=config["train"],
+    threads: 1
+    resources:
+        gpu=GPU_PER_JOB,
+    conda:
+        "../../envs/electrode-ml.yaml"
+    script:
+        "../scripts/feature_contribution.py"
+
+
+rule timing:
+    input:
+        tune=expand(f"{RESULTS}/benchmarks/tune/{{model}}.tsv", model=MODELS),
+        train=expand(f"{RESULTS}/benchmarks/train/{{model}}/seed_{{seed}}.tsv", model=MODELS, seed=SEEDS),
+        electrodes=rules.data.output.electrodes,
+        split=rules.split.output.split,
+        transformers=expand(f"{RESULTS}/features/{{model}}/transformers.joblib", model=MODELS),
+        checkpoints=expand(f"{RESULTS}/train/{{model}}/seed_{{seed}}/model.pt", model=MODELS, seed=SEEDS),
+    output:
+        timing=f"{RESULTS}/analysis/timing.csv",
+    log:
+        f"{RESULTS}/logs/analysis/timing.log",
+    params:
+        models=MODELS,
+        tune=config["tune"],
+        device=config["train"]["device"],
+        repeats=20,
+    threads: 1
+    resources:
+        gpu=GPU_PER_JOB,
+    conda:
+        "../../envs/electrode-ml.yaml"
+    script:
+        "../scripts/timing.py"

@@ -1,0 +1,33 @@
+# Stage 8: one self-contained HTML page with every table and figure beside the paper's numbers.
+
+
+rule report:
+    input:
+        data_report=rules.data.output.report,
+        electrodes=rules.data.output.electrodes,
+        split=rules.split.output.split,
+        metrics=expand(f"{RESULTS}/ensemble/{{model}}/metrics.json", model=MODELS),
+        parity=expand(f"{RESULTS}/figures/{{model}}/parity.png", model=MODELS),
+        errors=expand(f"{RESULTS}/figures/{{model}}/error_histograms.png", model=MODELS),
+        na_screening=rules.screen_na.output.screening,
+        na_all=rules.screen_na.output.all,
+        na_metrics=rules.screen_na.output.metrics,
+        k_table=rules.screen_k.output.table,
+        k_summary=rules.screen_k.output.summary,
+        fig7=rules.screen_k.output.figure,
+        timing=rules.timing.output.timing,
+        contribution=rules.feature_contribution.output.summary if "model2" in MODELS else [],
+        contribution_seeds=rules.feature_contribution.output.per_seed if "model2" in MODELS else [],
+        contribution_figure=rules.feature_contribution.output.figure if "model2" in MODELS else [],
+    output:
+        html=f"{RESULTS}/report/index.html",
+    log:
+        f"{RESULTS}/logs/report.log",
+    params:
+        models=MODELS,
+        config=config,
+    threads: 1
+    conda:
+        "../../envs/electrode-ml.yaml"
+    script:
+        "../scripts/report.py"
