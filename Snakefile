@@ -16,6 +16,7 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/tune.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/ensemble.smk"
+include: "workflow/rules/evaluation.smk"
 
 
 rule all:
@@ -23,4 +24,5 @@ rule all:
         f"{RESULTS}/data/data_report.json",
         expand(f"{RESULTS}/ensemble/{{model}}/metrics.json", model=MODELS),
         expand(f"{RESULTS}/figures/{{model}}/parity.png", model=MODELS),
+        expand(f"{RESULTS}/group/{{model}}/metrics.json", model=GROUP_MODELS),
     default_target: True

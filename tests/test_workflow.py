@@ -25,6 +25,7 @@ def tiny_config(results: Path, snapshot: Path, **overrides) -> dict:
     config["data"]["source"] = "snapshot"
     config["tune"].update(trials=3, epochs=5)
     config["train"].update(n_seeds=3, epochs=30, patience=None, batch_size=256, device="cpu")
+    config["evaluation"]["group_seeds"] = 2
     for section, values in overrides.items():
         config[section].update(values)
     return config
@@ -118,6 +119,19 @@ def test_physics_models_reuse_base_networks_and_keep_energy_consistent(tiny_run)
     metrics = {m: json.loads((results / "ensemble" / m / "metrics.json").read_text()) for m in ("model2", "model2_phys")}
     assert (metrics["model2_phys"]["ensemble_mean"]["test"]["capacity_grav"]["mae"]
             < metrics["model2"]["ensemble_mean"]["test"]["capacity_grav"]["mae"])
+
+
+def test_group_evaluation_runs_in_its_own_folder(tiny_run):
+    _, results, _ = tiny_run
+    for base, variants in (("model1", {"model1", "model1_phys"}), ("model2", {"model2", "model2_phys"})):
+        metrics = json.loads((results / "group" / base / "metrics.json").read_text())
+        assert set(metrics) == variants
+        for model in variants:
+            assert metrics[model]["n_seeds"] == 2
+            assert set(metrics[model]["ensemble_mean"]) == {"train", "val", "test"}
+            assert "pi" in metrics[model]["coverage"]
+        predictions = pd.read_parquet(results / "group" / base / "predictions.parquet")
+        assert set(predictions["model"]) == variants
 
 
 def test_same_seed_gives_identical_predictions(tiny_run, tmp_path):

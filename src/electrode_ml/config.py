@@ -14,6 +14,8 @@ def check_config(config: dict) -> None:
     fractions = config["split"]["fractions"]
     if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
         raise InputError(f"config key split.fractions: {fractions} sum to {sum(fractions):g}, not 1")
+    if config["evaluation"]["group_seeds"] == 1:
+        raise InputError("config key evaluation.group_seeds: 1 network gives no spread; use 0 (skip) or at least 2")
     for key in ("data.voltage_window", "tune.lr", "tune.units", "tune.dropout"):
         section, name = key.split(".")
         low, high = config[section][name]

@@ -142,6 +142,14 @@ class PhysicsBaseline:
         }
 
 
+def apply_physics(predictions: pd.DataFrame, physics: pd.DataFrame) -> pd.DataFrame:
+    """One seed's prediction table (battery_id + targets) with physics taking over where it holds."""
+    aligned = physics.set_index("battery_id").loc[predictions["battery_id"], list(TARGETS)].to_numpy()
+    combined = predictions.copy()
+    combined[list(TARGETS)] = combine(aligned, predictions[list(TARGETS)].to_numpy())
+    return combined
+
+
 def combine(physics: np.ndarray, network_output: np.ndarray) -> np.ndarray:
     """Physics where it holds (non-NaN), the network elsewhere; energy always equals voltage x capacity."""
     physics = np.broadcast_to(physics, network_output.shape)

@@ -20,10 +20,11 @@ from electrode_ml import data as data_mod
 from electrode_ml import ensemble, plots
 from electrode_ml.devices import job_device
 from electrode_ml.config import resolve_source
+from electrode_ml.evaluation import frame_matrices, grouped_evaluation, seed_predictions
 from electrode_ml.features import describe_features, fit_feature_sets, uses_dft
 from electrode_ml.fileio import atomic_path, read_json, write_csv, write_json, write_parquet
 from electrode_ml.model import NetworkParams, TrainSettings, predict, train_network
-from electrode_ml.physics import PhysicsBaseline, combine
+from electrode_ml.physics import PhysicsBaseline, apply_physics
 from electrode_ml.schema import TARGETS
 from electrode_ml.split import make_split
 from electrode_ml.tune import SearchSpace, run_tuning
@@ -74,13 +75,6 @@ def features_step(input, output, params, threads, wildcards=None, **_):
     write_json(description, output.description)
 
 
-def feature_matrices(path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """(table, X, Y) from a features parquet: X = feature columns, Y = the three targets."""
-    table = pd.read_parquet(path)
-    feature_columns = [name for name in table.columns if name != "battery_id" and name not in TARGETS]
-    return table, table[feature_columns].to_numpy(np.float32, copy=True), table[list(TARGETS)].to_numpy(np.float64)
-
-
 def physics_step(input, output, params, threads, **_):
     """Fit a physics model's ion references on the training split and evaluate its physics for every electrode."""
     electrodes = pd.read_parquet(input.electrodes)
@@ -104,8 +98,8 @@ def train_settings(settings: dict, seed: int, device: str, epochs: int | None = 
 
 def tune_step(input, output, params, threads, **_):
     torch.set_num_threads(threads)
-    _, x_train, y_train = feature_matrices(input.train)
-    _, x_val, y_val = feature_matrices(input.val)
+    x_train, y_train = frame_matrices(pd.read_parquet(input.train))
+    x_val, y_val = frame_matrices(pd.read_parquet(input.val))
     tune = params.tune
     with job_device(params.train["device"]) as device:
         def objective(values: dict) -> float:
@@ -123,39 +117,24 @@ def tune_step(input, output, params, threads, **_):
 def train_step(input, output, params, threads, wildcards=None, **_):
     torch.set_num_threads(threads)
     seed = int(wildcards.seed)
-    tables, matrices = {}, {}
-    for split in ("train", "val", "test"):
-        tables[split], x, y = feature_matrices(input[split])
-        matrices[split] = (x, y)
+    frames = {split: pd.read_parquet(input[split]) for split in ("train", "val", "test")}
+    (x_train, y_train), (x_val, y_val) = frame_matrices(frames["train"]), frame_matrices(frames["val"])
     network_params = NetworkParams.from_dict(read_json(input.params))
     with job_device(params.train["device"]) as device:
         log.info("training seed %d on %s with %s", seed, device, network_params)
-        network = train_network(*matrices["train"], *matrices["val"], network_params,
-                                train_settings(params.train, seed, device))
-        predictions = pd.concat([
-            pd.DataFrame(predict(network, matrices[split][0], device), columns=list(TARGETS))
-            .assign(battery_id=tables[split]["battery_id"].to_numpy(), split=split, seed=seed)
-            for split in ("train", "val", "test")
-        ], ignore_index=True)
+        network = train_network(x_train, y_train, x_val, y_val, network_params, train_settings(params.train, seed, device))
+        predictions = seed_predictions(frames, lambda x: predict(network, x, device), seed)
     log.info("seed %d: best epoch %d of %d, %.1f s", seed, network.best_epoch, len(network.history), network.seconds)
     with atomic_path(output.model) as tmp:
         torch.save(network.to_checkpoint(), tmp)
     write_csv(network.history, output.history)
-    write_parquet(predictions[["battery_id", "split", "seed", *TARGETS]], output.predictions)
-
-
-def with_physics(predictions: pd.DataFrame, physics: pd.DataFrame) -> pd.DataFrame:
-    """One seed's network predictions with physics taking over where it holds (physics models)."""
-    aligned = physics.set_index("battery_id").loc[predictions["battery_id"], list(TARGETS)].to_numpy()
-    combined = predictions.copy()
-    combined[list(TARGETS)] = combine(aligned, predictions[list(TARGETS)].to_numpy())
-    return combined
+    write_parquet(predictions, output.predictions)
 
 
 def ensemble_step(input, output, params, threads, **_):
     per_seed = [pd.read_parquet(path) for path in input.predictions]
     if input.get("physics"):
-        per_seed = [with_physics(frame, pd.read_parquet(input.physics)) for frame in per_seed]
+        per_seed = [apply_physics(frame, pd.read_parquet(input.physics)) for frame in per_seed]
     truth = ensemble.true_values({split: pd.read_parquet(input[split]) for split in ("train", "val", "test")})
     stacked = ensemble.stack_predictions(per_seed)
     summary = ensemble.add_prediction_intervals(ensemble.aggregate(stacked, truth))
@@ -293,3 +272,27 @@ def report_step(input, output, params, threads, wildcards=None, **_):
 
     html = report.build_report(report.collect(input, params))
     write_text(html, output.html)
+
+
+def group_evaluation_step(input, output, params, threads, wildcards=None, **_):
+    """The framework-grouped split, end to end for one base model and its physics variant(s)."""
+    torch.set_num_threads(threads)
+    electrodes = pd.read_parquet(input.electrodes)
+    network_params = NetworkParams.from_dict(read_json(input.params))
+    first = params.train["first_seed"]
+    seeds = list(range(first, first + int(params.seeds)))
+    with job_device(params.train["device"]) as device:
+        def trainer(x_train, y_train, x_val, y_val, seed):
+            settings = replace(train_settings(params.train, seed, device), log_every=0)
+            network = train_network(x_train, y_train, x_val, y_val, network_params, settings)
+            return lambda x: predict(network, x, device)
+
+        results = grouped_evaluation(electrodes, base=params.base, variants=list(params.variants),
+                                     split_settings=params.split, feature_settings=params.features,
+                                     seeds=seeds, trainer=trainer)
+    for model, (summary, metrics) in results.items():
+        log.info("group split, %s: test MAE %s", model,
+                 {target: round(values["mae"], 4) for target, values in metrics["ensemble_mean"]["test"].items()})
+    write_json({model: metrics for model, (_, metrics) in results.items()}, output.metrics)
+    write_parquet(pd.concat([summary.assign(model=model) for model, (summary, _) in results.items()],
+                            ignore_index=True), output.predictions)

@@ -113,6 +113,8 @@ MinJobAge=600
 # Lets the node declare more CPUs/GPUs than the hardware has (they are bookkeeping only).
 SlurmdParameters=config_overrides
 GresTypes=gpu
+# Records gres/gpu=N in the jobcomp Tres field (sacct -c -o ReqTRES).
+AccountingStorageTRES=gres/gpu
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$mem Gres=gpu:fake:$GPUS State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
@@ -134,7 +136,7 @@ EOF
     # TaskProlog runs in each task's environment; a "print" line also lands in the job's output file.
     cat >"$DIR/etc/task_prolog.sh" <<EOF
 #!/bin/sh
-line="job=\$SLURM_JOB_ID step=\${SLURM_STEP_ID:-} CUDA_VISIBLE_DEVICES=\${CUDA_VISIBLE_DEVICES:-unset} SLURM_JOB_GPUS=\${SLURM_JOB_GPUS:-unset} SLURM_STEP_GPUS=\${SLURM_STEP_GPUS:-unset}"
+line="job=\$SLURM_JOB_ID step=\${SLURM_STEP_ID:-batch} CUDA_VISIBLE_DEVICES=\${CUDA_VISIBLE_DEVICES:-unset} SLURM_JOB_GPUS=\${SLURM_JOB_GPUS:-unset} SLURM_STEP_GPUS=\${SLURM_STEP_GPUS:-unset}"
 echo "\$(date +%s.%N) \$line" >>"$DIR/log/task_env.log"
 echo "print local_slurm task: \$line"
 EOF
@@ -186,9 +188,21 @@ wait_for() {
     exit 1
 }
 
-# Stop the daemons `up` started, by PID, slurmd first; SIGKILL what is left after 10 s.
+# Cancel this cluster's jobs (their processes belong to slurmstepd, not to the daemons), then stop
+# the daemons `up` started, by PID, slurmd first; SIGKILL what is left after 10 s.
 down_quietly() {
-    local name pid i
+    local name pid i jobs
+    if alive_pid slurmctld >/dev/null; then
+        jobs=$(squeue -h -o %i 2>/dev/null || true)
+        if [ -n "$jobs" ]; then
+            # shellcheck disable=SC2086
+            scancel $jobs 2>/dev/null || true
+            for ((i = 0; i < 100; i++)); do
+                [ -z "$(squeue -h -t running,completing -o %i 2>/dev/null)" ] && break
+                sleep 0.1
+            done
+        fi
+    fi
     for name in slurmd slurmctld munged; do
         if pid=$(alive_pid "$name"); then
             kill -TERM "$pid" 2>/dev/null || true

@@ -19,6 +19,7 @@ MODELS = config["models"]
 # Physics models reuse the networks of their base model; only base models are featurised and trained.
 BASE_MODELS = sorted({base_model(model) for model in MODELS})
 PHYSICS_MODELS = [model for model in MODELS if is_physics_model(model)]
+GROUP_MODELS = BASE_MODELS if config["evaluation"]["group_seeds"] else []
 SEEDS = seeds(config)
 # Training and tuning jobs each claim one GPU when the workflow runs on CUDA (see devices.py).
 GPU_PER_JOB = gpu_per_job(config)

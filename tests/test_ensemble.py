@@ -1,0 +1,69 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from electrode_ml.ensemble import (Z_95, add_prediction_intervals, aggregate, best_single_seed, conformal_quantile,
+                                   coverage, stack_predictions)
+from electrode_ml.metrics import regression_metrics
+
+
+def test_metrics_on_a_hand_case():
+    metrics = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.5, 2.0, 2.0]))
+    assert metrics["mae"] == pytest.approx(0.5)
+    assert metrics["rmse"] == pytest.approx(np.sqrt((0.25 + 0 + 1) / 3))
+    assert metrics["r"] == pytest.approx(np.corrcoef([1, 2, 3], [1.5, 2, 2])[0, 1])
+
+
+def test_aggregate_gives_the_papers_ci():
+    per_seed = [pd.DataFrame({"battery_id": ["a", "b"], "split": ["val", "val"], "seed": seed,
+                              "average_voltage": [1.0 + seed, 2.0], "capacity_grav": [100.0, 100.0],
+                              "energy_grav": [100.0, 200.0]}) for seed in range(4)]
+    truth = stack_predictions(per_seed).drop_duplicates(["battery_id", "target"])[["battery_id", "split", "target"]]
+    truth["true"] = 0.0
+    summary = aggregate(stack_predictions(per_seed), truth)
+    row = summary[(summary["battery_id"] == "a") & (summary["target"] == "average_voltage")].iloc[0]
+    std = np.std([1, 2, 3, 4], ddof=1)
+    assert row["mean"] == pytest.approx(2.5) and row["std"] == pytest.approx(std)
+    assert row["ci_high"] - row["mean"] == pytest.approx(Z_95 * std / 2)
+
+
+def test_conformal_quantile_rank():
+    scores = np.arange(1, 20)  # n = 19: rank ceil(20 * 0.95) = 19
+    assert conformal_quantile(scores, 0.95) == 19
+    assert conformal_quantile(np.arange(1, 10), 0.95) == float("inf")  # too few points for 95 %
+
+
+def test_calibrated_intervals_cover_95_percent_where_the_papers_ci_does_not():
+    rng = np.random.default_rng(0)
+    n = 6000
+    spread = rng.uniform(0.2, 2.0, n)
+    summary = pd.DataFrame({
+        "battery_id": np.arange(n).astype(str), "split": np.where(np.arange(n) < 3000, "val", "test"),
+        "target": "average_voltage", "mean": 0.0, "std": spread, "n": 50,
+    })
+    summary["true"] = rng.normal(0.0, spread)
+    summary["ci_low"] = -Z_95 * spread / np.sqrt(50)
+    summary["ci_high"] = -summary["ci_low"]
+    result = coverage(add_prediction_intervals(summary))
+    assert result["pi"]["test"]["average_voltage"] == pytest.approx(0.95, abs=0.015)
+    assert result["pi"]["val"]["average_voltage"] >= 0.95
+    assert result["ci"]["test"]["average_voltage"] < 0.4
+
+
+def test_zero_spread_rows_still_get_an_interval():
+    summary = pd.DataFrame({"battery_id": [str(i) for i in range(40)], "split": "val", "target": "capacity_grav",
+                            "true": np.linspace(99, 101, 40), "mean": 100.0, "std": 0.0, "n": 50,
+                            "ci_low": 100.0, "ci_high": 100.0})
+    widths = add_prediction_intervals(summary).eval("pi_high - pi_low")
+    assert (widths > 0).all()
+
+
+def test_best_single_seed_is_chosen_on_validation():
+    rows = []
+    for seed, error in ((0, 0.5), (1, 0.1), (2, 0.3)):
+        rows.append(pd.DataFrame({"battery_id": ["a", "b"], "split": ["val", "test"], "seed": seed,
+                                  "average_voltage": [1 + error, 1 + 2 * error], "capacity_grav": [1.0, 1.0],
+                                  "energy_grav": [1.0, 1.0]}))
+    stacked = stack_predictions(rows)
+    truth = stacked.drop_duplicates(["battery_id", "target"])[["battery_id", "split", "target"]].assign(true=1.0)
+    assert best_single_seed(stacked, truth)["average_voltage"]["seed"] == 1

@@ -1,0 +1,30 @@
+# Honest evaluation: the pipeline again on a framework-grouped split (no host on both sides).
+
+
+rule group_evaluation:
+    input:
+        electrodes=rules.data.output.electrodes,
+        params=rules.tune.output.best,
+    output:
+        metrics=f"{RESULTS}/group/{{model}}/metrics.json",
+        predictions=f"{RESULTS}/group/{{model}}/predictions.parquet",
+    wildcard_constraints:
+        model="model1|model2",
+    log:
+        f"{RESULTS}/logs/group/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/group/{{model}}.tsv"
+    params:
+        base=lambda wildcards: wildcards.model,
+        variants=lambda wildcards: [m for m in MODELS if base_model(m) == wildcards.model],
+        seeds=config["evaluation"]["group_seeds"],
+        split=config["split"],
+        features=config["features"],
+        train=config["train"],
+    threads: 1
+    resources:
+        gpu=GPU_PER_JOB,
+    conda:
+        "../../envs/electrode-ml.yaml"
+    script:
+        "../scripts/group_evaluation.py"
