@@ -115,3 +115,13 @@ def test_passes_on_a_handmade_frame():
     frame = pd.DataFrame({"average_voltage_mean": [2.5, 1.9, 3.0], "capacity_grav_mean": [120, 150, 99],
                           "energy_grav_mean": [300, 285, 297]})
     assert passes(frame, 2.0, 100, 200).tolist() == [True, False, False]
+
+
+def test_readme_example_file_scores(tiny_run, tmp_path):
+    _, results, _ = tiny_run
+    example = Path(__file__).resolve().parents[1] / "docs" / "example_candidates.csv"
+    out = tmp_path / "example.csv"
+    assert main(["predict", str(example), "-o", str(out), "--model", "model1_phys", "--results", str(results)]) == 0
+    table = pd.read_csv(out).set_index("battery_id")
+    # olivine LiFePO4: the stoichiometric capacity, whatever the networks say
+    assert table.loc["olivine-LiFePO4", "capacity_grav_mean"] == pytest.approx(169.9, abs=0.2)

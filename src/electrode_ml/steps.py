@@ -109,7 +109,7 @@ def tune_step(input, output, params, threads, **_):
             return float(network.history["val_loss"].min())
 
         space = SearchSpace(lr=tuple(tune["lr"]), units=tuple(tune["units"]), dropout=tuple(tune["dropout"]))
-        best = run_tuning(objective, trials=tune["trials"], seed=tune["seed"], state_path=Path(output.state),
+        best = run_tuning(objective, trials=tune["trials"], seed=tune["seed"], state_path=Path(params.state),
                           trials_csv=Path(output.trials), space=space, name=params.model)
     write_json(best, output.best)
 

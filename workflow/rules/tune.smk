@@ -8,7 +8,6 @@ rule tune:
     output:
         best=f"{RESULTS}/tune/{{model}}/best_params.json",
         trials=f"{RESULTS}/tune/{{model}}/trials.csv",
-        state=f"{RESULTS}/tune/{{model}}/ax_state.json",
     wildcard_constraints:
         model="model1|model2",
     log:
@@ -17,6 +16,9 @@ rule tune:
         f"{RESULTS}/benchmarks/tune/{{model}}.tsv"
     params:
         model=lambda wildcards: wildcards.model,
+        # Saved after every trial. Deliberately not an output: Snakemake deletes the outputs of
+        # an interrupted job, and this file is what lets the rerun resume instead of start over.
+        state=lambda wildcards: f"{RESULTS}/tune/{wildcards.model}/ax_state.json",
         tune=config["tune"],
         train=config["train"],
     threads: 1
