@@ -53,6 +53,25 @@ class TrainSettings:
     log_every: int = 100
 
 
+class Dropout(nn.Module):
+    """Inverted dropout with the mask drawn by ``torch.rand``.
+
+    Same semantics as ``nn.Dropout``, but on the CPU torch's Bernoulli sampler is about three
+    times slower than a uniform draw and a compare; with full-batch training it took half of
+    every epoch. Seeded by ``torch.manual_seed`` like any torch RNG, so training stays deterministic.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        scaled_mask = (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        return x * scaled_mask
+
+
 class MLP(nn.Module):
     def __init__(self, n_inputs: int, params: NetworkParams, n_outputs: int = len(TARGETS)):
         super().__init__()
@@ -60,7 +79,7 @@ class MLP(nn.Module):
         width = n_inputs
         for units, rate in ((params.units_1, params.dropout_1), (params.units_2, params.dropout_2),
                             (params.units_3, params.dropout_3)):
-            layers += [nn.Linear(width, units), nn.ReLU(), nn.Dropout(rate)]
+            layers += [nn.Linear(width, units), nn.ReLU(), Dropout(rate)]
             width = units
         layers.append(nn.Linear(width, n_outputs))
         self.layers = nn.Sequential(*layers)

@@ -1,0 +1,95 @@
+import multiprocessing
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from electrode_ml.devices import claim_gpu, resolve_device
+from electrode_ml.model import MLP, Dropout, NetworkParams, StackedEnsemble, TrainedNetwork, TrainSettings, predict, train_network
+
+PARAMS = NetworkParams(32, 16, 8, 0.1, 0.1, 0.1, 1e-3)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.random((300, 12)).astype(np.float32)
+    y = np.column_stack([x[:, 0] * 3, x[:, 1] * 100 + 50, x[:, 0] * x[:, 1] * 300])
+    return x[:240], y[:240], x[240:], y[240:]
+
+
+def test_same_seed_same_network_other_seed_differs(data):
+    settings = TrainSettings(epochs=15, batch_size=64, seed=3, log_every=0)
+    first = train_network(*data, PARAMS, settings)
+    again = train_network(*data, PARAMS, settings)
+    other = train_network(*data, PARAMS, TrainSettings(epochs=15, batch_size=64, seed=4, log_every=0))
+    np.testing.assert_array_equal(predict(first, data[2]), predict(again, data[2]))
+    assert not np.array_equal(predict(first, data[2]), predict(other, data[2]))
+
+
+def test_training_learns_and_keeps_the_best_epoch(data):
+    network = train_network(*data, PARAMS, TrainSettings(epochs=200, batch_size=32, patience=20, seed=0, log_every=0))
+    history = network.history
+    assert history["val_loss"].iloc[network.best_epoch - 1] == history["val_loss"].min()
+    baseline = np.abs(data[3] - data[1].mean(axis=0)).mean(axis=0)
+    assert (np.abs(predict(network, data[2]) - data[3]).mean(axis=0) < baseline).all()
+    assert len(history) <= 200
+
+
+def test_dropout_is_identity_in_eval_and_unbiased_in_training():
+    layer = Dropout(0.3)
+    x = torch.ones(200_000)
+    layer.eval()
+    assert torch.equal(layer(x), x)
+    layer.train()
+    out = layer(x)
+    assert abs(float(out.mean()) - 1.0) < 0.01
+    assert abs(float((out == 0).float().mean()) - 0.3) < 0.01
+
+
+def test_stacked_ensemble_matches_one_by_one(data):
+    networks = [train_network(*data, PARAMS, TrainSettings(epochs=3, seed=seed, log_every=0)) for seed in range(4)]
+    stacked = StackedEnsemble(networks).predict(data[2])
+    for index, network in enumerate(networks):
+        np.testing.assert_allclose(stacked[index], predict(network, data[2]), rtol=1e-5, atol=1e-4)
+
+
+def test_checkpoint_round_trip(data):
+    network = train_network(*data, PARAMS, TrainSettings(epochs=3, seed=1, log_every=0))
+    restored = TrainedNetwork.from_checkpoint(network.to_checkpoint())
+    np.testing.assert_array_equal(predict(network, data[2]), predict(restored, data[2]))
+
+
+def test_device_choice_on_this_machine():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto") == expected
+    assert resolve_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+def _hold_gpu(lock_dir, n_devices, hold_s, queue):
+    with claim_gpu(n_devices, lock_dir=lock_dir, poll_s=0.05) as index:
+        started = time.monotonic()
+        time.sleep(hold_s)
+        queue.put((index, started, time.monotonic()))
+
+
+def test_concurrent_jobs_claim_distinct_gpus_and_extra_jobs_wait(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    jobs = [context.Process(target=_hold_gpu, args=(tmp_path, 2, 1.5, queue)) for _ in range(3)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(30)
+    holds_by_gpu: dict[int, list] = {}
+    for index, started, ended in (queue.get(timeout=5) for _ in range(3)):
+        holds_by_gpu.setdefault(index, []).append((started, ended))
+    assert set(holds_by_gpu) == {0, 1}
+    # on each GPU, claims never overlap: every hold ends before the next one begins
+    for holds in holds_by_gpu.values():
+        holds.sort()
+        assert all(end <= next_start for (_, end), (next_start, _) in zip(holds, holds[1:]))
