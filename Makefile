@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 SNAKEMAKE := $(BIN)/snakemake
 
-.PHONY: venv run dry-run test test-fast bench lint clean
+.PHONY: venv run dry-run test test-slurm test-fast bench lint dag clean
 
 venv: $(VENV)/.installed
 
@@ -24,17 +24,31 @@ run: venv
 dry-run: venv
 	$(SNAKEMAKE) -n --workflow-profile profiles/default
 
+# The SLURM test has its own target: it needs root and brings up a local cluster.
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slurm"
+
+# The tiny workflow through profiles/slurm on a real local SLURM (tests/cluster/local_slurm.sh, root).
+test-slurm: venv
+	$(BIN)/python -m pytest -q -m slurm
 
 test-fast: venv
-	$(BIN)/python -m pytest -q -m "not e2e"
+	$(BIN)/python -m pytest -q -m "not e2e and not slurm"
 
 bench: venv
 	$(BIN)/python -m electrode_ml.bench --results results
 
 lint: venv
 	$(SNAKEMAKE) --lint
+
+# The rule graph as SVG (docs/rulegraph.svg); installs Debian's graphviz when `dot` is missing.
+dag: venv
+	command -v dot >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then s=; else s=sudo; fi; \
+		$$s apt-get update -qq && $$s apt-get install -y -qq --no-install-recommends graphviz; }
+	mkdir -p docs
+	$(SNAKEMAKE) --rulegraph > docs/.rulegraph.dot
+	dot -Tsvg docs/.rulegraph.dot > docs/rulegraph.svg
+	rm -f docs/.rulegraph.dot
 
 clean:
 	rm -rf results .snakemake

@@ -19,6 +19,16 @@ include: "workflow/rules/ensemble.smk"
 include: "workflow/rules/evaluation.smk"
 
 
+# Light rules run where snakemake runs; on a cluster only the network training is submitted.
+localrules:
+    all,
+    data,
+    split,
+    features,
+    physics,
+    ensemble,
+
+
 rule all:
     input:
         f"{RESULTS}/data/data_report.json",

@@ -86,6 +86,13 @@ def job_device(preference: str = "auto") -> Iterator[str]:
     if device != "cuda":
         yield device
         return
+    if os.environ.get("SLURM_JOB_ID"):
+        # SLURM already gave this job its own GPU(s), usually all seen as index 0; a node-wide
+        # lock on that index would serialise jobs that each have a GPU of their own.
+        log.info("SLURM job %s: CUDA_VISIBLE_DEVICES=%s", os.environ["SLURM_JOB_ID"],
+                 os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+        yield "cuda:0"
+        return
     with claim_gpu(torch.cuda.device_count()) as index:
         log.info("using GPU %d of %d (CUDA_VISIBLE_DEVICES=%s)", index, torch.cuda.device_count(),
                  os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))

@@ -159,19 +159,24 @@ def _by_model(paths, models, model_of) -> dict[str, list[str]]:
     return grouped
 
 
-def _load_ensembles(input, models, device: str = "cpu") -> dict:
-    """predict.TrainedEnsemble per model, from exactly the transformers and checkpoints the rule lists."""
-    from electrode_ml.model import StackedEnsemble, TrainedNetwork
+def _load_ensembles(input, params, device: str = "cpu") -> dict:
+    """predict.TrainedEnsemble per model (physics models reuse their base model's networks).
+
+    The rule lists the checkpoints of the configured seeds as inputs; the count loaded must match,
+    so that a stale seed folder from an earlier, larger run cannot slip into the ensemble.
+    """
+    from electrode_ml.features import base_model
     from electrode_ml.predict import TrainedEnsemble
 
-    transformers = _by_model(input.transformers, models, lambda path: path.parent.name)
-    checkpoints = _by_model(input.checkpoints, models, lambda path: path.parents[1].name)
+    checkpoints = _by_model(input.checkpoints, [], lambda path: path.parents[1].name)
     ensembles = {}
-    for model in models:
-        networks = [TrainedNetwork.from_checkpoint(torch.load(path, map_location="cpu", weights_only=False))
-                    for path in sorted(checkpoints[model])]
-        ensembles[model] = TrainedEnsemble(model, joblib.load(transformers[model][0]),
-                                           StackedEnsemble(networks, device=device))
+    for model in params.models:
+        ensemble_ = TrainedEnsemble.load(params.results, model, device=device)
+        expected = len(checkpoints.get(base_model(model), []))
+        if len(ensemble_.networks) != expected:
+            raise ValueError(f"{model}: {len(ensemble_.networks)} networks under {params.results}/train/"
+                             f"{base_model(model)}, but the workflow lists {expected} seeds; remove stale seed folders")
+        ensembles[model] = ensemble_
     return ensembles
 
 
@@ -210,7 +215,7 @@ def screen_k_step(input, output, params, threads, wildcards=None, **_):
     electrodes = pd.read_parquet(input.electrodes)
     split = pd.read_parquet(input.split)
     models = list(params.models)
-    ensembles = _load_ensembles(input, models)
+    ensembles = _load_ensembles(input, params)
     table = screening.k_substitution(electrodes, split, {model: ensembles[model].predict for model in models})
     summary = screening.k_summary(table, models)
     log.info("K substitution of %d test Li electrodes: %s", len(table), summary)
@@ -245,24 +250,27 @@ def feature_contribution_step(input, output, params, threads, wildcards=None, **
 
 def timing_step(input, output, params, threads, wildcards=None, **_):
     from electrode_ml import timing
+    from electrode_ml.features import base_model, is_physics_model
 
     torch.set_num_threads(threads)
     models = list(params.models)
-    tune_files = _by_model(input.tune, models, lambda path: path.stem)
-    train_files = _by_model(input.train, models, lambda path: path.parent.name)
+    tune_files = _by_model(input.tune, [], lambda path: path.stem)
+    train_files = _by_model(input.train, [], lambda path: path.parent.name)
     electrodes = pd.read_parquet(input.electrodes)
     split = pd.read_parquet(input.split)
     val = electrodes[electrodes["battery_id"].isin(split.loc[split["split"] == "val", "battery_id"])]
     tables = []
     with job_device(params.device) as device:
-        ensembles = _load_ensembles(input, models, device=device)
+        ensembles = _load_ensembles(input, params, device=device)
         for model in models:
             prediction = timing.measure_prediction(ensembles[model], val, repeats=int(params.repeats))
             log.info("%s: prediction timing %s", model, prediction)
-            tune_s = timing.read_benchmark(tune_files[model][0]) if tune_files[model] else None
-            note = f"{params.tune['trials']} trials of at most {params.tune['epochs']} epochs; device {device}"
-            tables.append(timing.timing_table(model, tune_s, [timing.read_benchmark(path) for path in train_files[model]],
-                                              prediction, tune_note=note))
+            base = base_model(model)
+            tune_s = timing.read_benchmark(tune_files[base][0]) if tune_files.get(base) else None
+            note = f"{params.tune['trials']} trials of at most {params.tune['epochs']} epochs"
+            tables.append(timing.timing_table(
+                model, tune_s, [timing.read_benchmark(path) for path in train_files.get(base, [])], prediction,
+                tune_note=note, include_training=not is_physics_model(model), device=device))
     write_csv(pd.concat(tables, ignore_index=True), output.timing)
 
 

@@ -57,8 +57,12 @@ def measure_prediction(ensemble, electrodes: pd.DataFrame, repeats: int = 20) ->
 
 
 def timing_table(model: str, tune_s: float | None, train_s: Iterable[float], prediction: dict,
-                 tune_note: str = "") -> pd.DataFrame:
-    """Rows of Table 4 for one model: stage, unit, ours, paper, ratio ours/paper, note."""
+                 tune_note: str = "", include_training: bool = True, device: str = "cpu") -> pd.DataFrame:
+    """Rows of Table 4 for one model: stage, unit, ours, paper, ratio ours/paper, note.
+
+    A physics model reuses its base model's networks, so it gets only the end-to-end prediction row
+    (``include_training=False``), which includes evaluating its physics.
+    """
     train_s = list(train_s)
     paper = PAPER_TIMING.get(model.removesuffix("_phys"), {})
     n = prediction["n_networks"]
@@ -69,14 +73,18 @@ def timing_table(model: str, tune_s: float | None, train_s: Iterable[float], pre
         ("Training, all networks (sum)", "s", float(np.sum(train_s)) if train_s else None,
          paper["train_mean_s"] * PAPER_SEEDS if paper else None,
          f"sum over {len(train_s)} networks; paper: {PAPER_SEEDS} x its mean"),
+    ]
+    rows += [
         ("Prediction of the validation set, one network", "ms", 1000 * prediction["networks_s"] / n,
-         paper.get("predict_ms"), f"{prediction['n_rows']} electrodes; ensemble time / {n} networks (stacked)"),
+         paper.get("predict_ms"), f"{prediction['n_rows']} electrodes on {device}; ensemble time / {n} networks (stacked)"),
         ("Prediction of the validation set, whole ensemble", "ms", 1000 * prediction["networks_s"],
          paper["predict_ms"] * PAPER_SEEDS if paper else None,
          f"{n} networks in one batched pass; paper: {PAPER_SEEDS} x one network"),
         ("Prediction incl. featurisation, whole ensemble", "ms", 1000 * prediction["end_to_end_s"], None,
-         "formula parsing, PCA, one-hot + networks + mean and CI"),
+         "formula parsing, PCA, one-hot (+ physics) + networks + mean and CI"),
     ]
+    if not include_training:  # the networks are the base model's: only the end-to-end time is its own
+        rows = rows[-1:]
     table = pd.DataFrame(rows, columns=["stage", "unit", "ours", "paper_a40", "note"])
     table.insert(0, "model", model)
     table[["ours", "paper_a40"]] = table[["ours", "paper_a40"]].astype(float)

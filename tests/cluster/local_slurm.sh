@@ -16,6 +16,9 @@
 #   ELECTRODE_ML_SLURM_CPUS  CPUs the node declares [8]; bookkeeping only, so the fake GPUs, not the
 #                            real cores, limit how many GPU jobs run at once
 #
+# SLURM commands on this host find the cluster through /run/slurm/conf (slurmd runs configless), even
+# without SLURM_CONF. That matters: snakemake's slurm-jobstep drops SLURM_CONF before its inner srun.
+# An existing /etc/slurm/slurm.conf would win over it, so `up` warns about one.
 # The one partition is `debug` (the default). Jobs get their GPU index in CUDA_VISIBLE_DEVICES and
 # SLURM_JOB_GPUS. What SLURM allocated and what each task saw is logged, for the tests, in
 #   $DIR/log/gpu_alloc.log  (Prolog/Epilog: "<event> <epoch s> job=<id> gpus=<SLURM_JOB_GPUS>")
@@ -63,7 +66,7 @@ alive_pid() {
 
 node_ready() {
     local state
-    state=$(sinfo -h -n "$NODE" -o %t 2>/dev/null | head -1) || return 1
+    state=$(timeout 5 sinfo -h -n "$NODE" -o %t 2>/dev/null | head -1) || return 1
     case "$state" in idle* | mix* | alloc*) return 0 ;; *) return 1 ;; esac
 }
 
@@ -105,7 +108,11 @@ JobCompLoc=$DIR/log/jobcomp.txt
 Prolog=$DIR/etc/prolog.sh
 Epilog=$DIR/etc/epilog.sh
 TaskProlog=$DIR/etc/task_prolog.sh
+# Configless: slurmd fetches this file from slurmctld and links it at /run/slurm/conf, where SLURM
+# commands look when SLURM_CONF is unset (snakemake's slurm-jobstep drops SLURM_CONF before its srun).
+SlurmctldParameters=enable_configless
 MpiDefault=none
+MailProg=/bin/true
 ReturnToService=2
 SchedulerType=sched/backfill
 # Finished jobs stay visible to squeue for 10 min: snakemake's squeue status check relies on it.
@@ -113,8 +120,6 @@ MinJobAge=600
 # Lets the node declare more CPUs/GPUs than the hardware has (they are bookkeeping only).
 SlurmdParameters=config_overrides
 GresTypes=gpu
-# Records gres/gpu=N in the jobcomp Tres field (sacct -c -o ReqTRES).
-AccountingStorageTRES=gres/gpu
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$mem Gres=gpu:fake:$GPUS State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
@@ -160,6 +165,10 @@ up() {
         return 0
     fi
     down_quietly
+    if [ -e /etc/slurm/slurm.conf ]; then
+        log "warning: /etc/slurm/slurm.conf exists; SLURM commands run without SLURM_CONF (such as the srun"
+        log "inside snakemake's jobs) will use it, not this cluster"
+    fi
     write_config
     if alive_pid munged >/dev/null || munge_works; then
         log "munged already running; using it"
@@ -171,21 +180,39 @@ up() {
         wait_for "munged" munge_works 10
     fi
     start slurmctld slurmctld -D
-    start slurmd slurmd -D
+    # No SLURM_CONF for slurmd: with --conf-server it takes the configuration from slurmctld (configless).
+    start slurmd env -u SLURM_CONF slurmd -D --conf-server 127.0.0.1
     wait_for "node $NODE to be idle" node_ready 30
     log "up: node $NODE, $GPUS fake GPUs, $CPUS CPUs, partition debug (state in $DIR)"
-    log "use it with: export SLURM_CONF=$SLURM_CONF"
+    log "SLURM commands on this host find it through /run/slurm/conf; or export SLURM_CONF=$SLURM_CONF"
 }
 
+# Wait up to $3 seconds for check $2; fail at once, with the logs, when a daemon we started has died.
 wait_for() {
-    local what=$1 check=$2 seconds=$3 i
-    for ((i = 0; i < seconds * 10; i++)); do
+    local what=$1 check=$2 seconds=$3 name
+    local deadline=$((SECONDS + seconds))
+    while ((SECONDS < deadline)); do
         "$check" && return 0
-        sleep 0.1
+        for name in munged slurmctld slurmd; do
+            if [ -f "$PIDS/$name.pid" ] && ! alive_pid "$name" >/dev/null; then
+                log "$name exited while waiting for $what"
+                show_logs
+                exit 1
+            fi
+        done
+        sleep 0.2
     done
-    log "timed out after ${seconds}s waiting for $what; logs in $DIR/log:"
-    tail -n 20 "$DIR"/log/*.log "$DIR"/log/*.out >&2 2>/dev/null || true
+    log "timed out after ${seconds}s waiting for $what"
+    show_logs
     exit 1
+}
+
+show_logs() {
+    local f
+    for f in "$DIR"/log/slurmctld.log "$DIR"/log/slurmd.log "$DIR"/log/munged.out; do
+        [ -f "$f" ] && { echo "== $f"; tail -n 15 "$f"; } >&2
+    done
+    return 0
 }
 
 # Cancel this cluster's jobs (their processes belong to slurmstepd, not to the daemons), then stop
@@ -193,12 +220,12 @@ wait_for() {
 down_quietly() {
     local name pid i jobs
     if alive_pid slurmctld >/dev/null; then
-        jobs=$(squeue -h -o %i 2>/dev/null || true)
+        jobs=$(timeout 10 squeue -h -o %i 2>/dev/null || true)
         if [ -n "$jobs" ]; then
             # shellcheck disable=SC2086
             scancel $jobs 2>/dev/null || true
             for ((i = 0; i < 100; i++)); do
-                [ -z "$(squeue -h -t running,completing -o %i 2>/dev/null)" ] && break
+                [ -z "$(timeout 5 squeue -h -t running,completing -o %i 2>/dev/null)" ] && break
                 sleep 0.1
             done
         fi
@@ -215,6 +242,10 @@ down_quietly() {
         fi
         rm -f "$PIDS/$name.pid"
     done
+    # The link configless slurmd made to its cached configuration, if it is still ours.
+    if [ "$(readlink /run/slurm/conf 2>/dev/null)" = "$DIR/state/d/conf-cache" ]; then
+        rm -f /run/slurm/conf
+    fi
 }
 
 down() {
