@@ -10,11 +10,12 @@ SNAKEMAKE := $(BIN)/snakemake
 venv: $(VENV)/.installed
 
 # torch is installed on its own first so that no later requirement can pull a CUDA build.
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $$(grep -m1 '^torch==' requirements.txt)
 	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 

@@ -17,6 +17,10 @@ include: "workflow/rules/tune.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/ensemble.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/peer.smk"
+include: "workflow/rules/screen.smk"
+include: "workflow/rules/analysis.smk"
+include: "workflow/rules/report.smk"
 
 
 # Light rules run where snakemake runs; on a cluster only the network training is submitted.
@@ -35,4 +39,7 @@ rule all:
         expand(f"{RESULTS}/ensemble/{{model}}/metrics.json", model=MODELS),
         expand(f"{RESULTS}/figures/{{model}}/parity.png", model=MODELS),
         expand(f"{RESULTS}/group/{{model}}/metrics.json", model=GROUP_MODELS),
+        f"{RESULTS}/ensemble/peer_gbm/metrics.json",
+        f"{RESULTS}/figures/peer_gbm/parity.png",
+        f"{RESULTS}/report/index.html",
     default_target: True

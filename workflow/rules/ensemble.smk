@@ -41,6 +41,8 @@ rule ensemble:
         metrics=f"{RESULTS}/ensemble/{{model}}/metrics.json",
         parity=report(f"{RESULTS}/figures/{{model}}/parity.png", caption="../report/parity.rst", category="Accuracy"),
         errors=report(f"{RESULTS}/figures/{{model}}/error_histograms.png", caption="../report/errors.rst", category="Accuracy"),
+    wildcard_constraints:
+        model="|".join(MODELS),
     log:
         f"{RESULTS}/logs/ensemble/{{model}}.log",
     params:

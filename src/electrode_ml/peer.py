@@ -1,0 +1,138 @@
+"""The peer baseline ``peer_gbm``: what a materials scientist tries first.
+
+matminer's Magpie statistics of the charged and the discharged formula, the working ion (one-hot),
+the crystal systems (one-hot) and the space-group numbers (as numbers), fed to one scikit-learn
+``HistGradientBoostingRegressor`` per target. Same split and same metrics as the networks, written in
+the ensemble rule's format (one "seed", so std 0, n 1 and the paper's CI collapses onto the mean) so
+that it sits in the same comparison table.
+
+Magpie's element tables ship inside the matminer package: nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import HistGradientBoostingRegressor
+
+from electrode_ml.chemistry import parse_formula
+from electrode_ml.schema import CRYSTAL_SYSTEMS, TARGETS, WORKING_IONS
+from electrode_ml.split import SPLITS
+
+log = logging.getLogger(__name__)
+
+MODEL = "peer_gbm"
+ENDS = ("charge", "discharge")
+# A first try, not a tuned model: scikit-learn's defaults except a smaller step and more of them.
+GBM_PARAMS = {"learning_rate": 0.05, "max_iter": 500, "early_stopping": False}
+
+
+@lru_cache(maxsize=1)
+def _magpie():
+    from matminer.featurizers.composition import ElementProperty
+
+    return ElementProperty.from_preset("magpie", impute_nan=False)
+
+
+def magpie_labels() -> list[str]:
+    """The 132 Magpie statistics as column stems, e.g. ``magpie_mean_Number``."""
+    return [label.replace("MagpieData ", "magpie_").replace(" ", "_") for label in _magpie().feature_labels()]
+
+
+def formula_magpie(formulas: pd.Series) -> pd.DataFrame:
+    """Magpie features per formula, computed once per unique formula (zero amounts such as Li0 vanish)."""
+    featurizer = _magpie()
+    unique = pd.unique(formulas.astype(str))
+    table = np.array([featurizer.featurize(parse_formula(formula)) for formula in unique], dtype=float)
+    table = table.reshape(len(unique), len(magpie_labels()))
+    lookup = pd.DataFrame(table, index=unique, columns=magpie_labels())
+    return lookup.loc[formulas.astype(str).to_numpy()].reset_index(drop=True)
+
+
+def magpie_features(electrodes: pd.DataFrame) -> pd.DataFrame:
+    """battery_id, then charge_/discharge_ Magpie columns, ion and crystal-system one-hots, space groups.
+
+    The one-hot vocabularies are the schema's, so every table gets the same columns in the same order.
+    """
+    electrodes = electrodes.reset_index(drop=True)
+    blocks = [electrodes[["battery_id"]].astype(str)]
+    for end in ENDS:
+        blocks.append(formula_magpie(electrodes[f"formula_{end}"]).add_prefix(f"{end}_"))
+    ion = electrodes["working_ion"].astype(str)
+    blocks.append(pd.DataFrame({f"ion_{name}": (ion == name).astype(float) for name in WORKING_IONS}))
+    for end in ENDS:
+        system = electrodes[f"{end}_crystal_system"].astype(str)
+        blocks.append(pd.DataFrame({f"{end}_crystal_{name}": (system == name).astype(float)
+                                    for name in CRYSTAL_SYSTEMS}))
+    blocks.append(pd.DataFrame({f"{end}_space_group_number": electrodes[f"{end}_space_group_number"].astype(float)
+                                for end in ENDS}))
+    return pd.concat(blocks, axis=1)
+
+
+def feature_columns(frame: pd.DataFrame) -> list[str]:
+    return [name for name in frame.columns if name not in ("battery_id", "split", *TARGETS)]
+
+
+def feature_sets(electrodes: pd.DataFrame, split: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per split: battery_id, the features of :func:`magpie_features` and the three targets."""
+    features = magpie_features(electrodes)
+    features[list(TARGETS)] = electrodes.reset_index(drop=True)[list(TARGETS)].to_numpy(dtype=float)
+    labelled = features.merge(split[["battery_id", "split"]].astype(str), on="battery_id", how="inner",
+                              validate="one_to_one")
+    return {name: labelled[labelled["split"] == name].drop(columns="split").reset_index(drop=True)
+            for name in SPLITS}
+
+
+def fit_predict_gbm(train: pd.DataFrame, frames: dict[str, pd.DataFrame], seed: int,
+                    **params) -> dict[str, pd.DataFrame]:
+    """One gradient-boosted tree model per target, fitted on ``train``; per split battery_id, split, targets."""
+    columns = feature_columns(train)
+    settings = {**GBM_PARAMS, **params}
+    predictions = {name: frame[["battery_id"]].assign(split=name).reset_index(drop=True)
+                   for name, frame in frames.items()}
+    for target in TARGETS:
+        model = HistGradientBoostingRegressor(random_state=seed, **settings)
+        model.fit(train[columns].to_numpy(dtype=float), train[target].to_numpy(dtype=float))
+        for name, frame in frames.items():
+            predictions[name][target] = model.predict(frame[columns].to_numpy(dtype=float))
+    return predictions
+
+
+def summarise(frames: dict[str, pd.DataFrame], predictions: dict[str, pd.DataFrame], seed: int):
+    """The ensemble rule's long table and metrics for one model: std 0, n 1, CI = mean, conformal PI."""
+    from electrode_ml import ensemble
+
+    truth = ensemble.true_values(frames)
+    stacked = ensemble.stack_predictions([pd.concat(predictions.values(), ignore_index=True).assign(seed=seed)])
+    summary = ensemble.aggregate(stacked, truth)
+    summary["std"] = 0.0
+    summary["ci_low"] = summary["mean"]
+    summary["ci_high"] = summary["mean"]
+    summary = ensemble.add_prediction_intervals(summary)
+    return summary, ensemble.ensemble_metrics(stacked, truth, summary)
+
+
+def peer_gbm_step(input, output, params, threads, **_):
+    from threadpoolctl import threadpool_limits
+
+    from electrode_ml import plots
+    from electrode_ml.fileio import write_json, write_parquet
+
+    electrodes = pd.read_parquet(input.electrodes)
+    split = pd.read_parquet(input.split)
+    frames = feature_sets(electrodes, split)
+    log.info("%s: %d features (Magpie of both formulas, ion, crystal systems, space groups); "
+             "HistGradientBoostingRegressor %s, seed %d",
+             MODEL, len(feature_columns(frames["train"])), GBM_PARAMS, int(params.seed))
+    with threadpool_limits(limits=max(int(threads), 1)):
+        predictions = fit_predict_gbm(frames["train"], frames, seed=int(params.seed))
+    summary, metrics = summarise(frames, predictions, int(params.seed))
+    log.info("validation MAE of %s: %s", MODEL,
+             {target: round(values["mae"], 4) for target, values in metrics["ensemble_mean"]["val"].items()})
+    write_parquet(summary, output.predictions)
+    write_json(metrics, output.metrics)
+    plots.save(plots.parity_figure(summary, f"{MODEL}: Magpie + gradient-boosted trees"), output.parity)
+    plots.save(plots.error_histogram_figure(summary, f"{MODEL}: prediction errors"), output.errors)
