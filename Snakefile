@@ -31,6 +31,9 @@ localrules:
     features,
     physics,
     ensemble,
+    screen_na,
+    screen_k,
+    report,
 
 
 rule all:

@@ -26,6 +26,7 @@ def tiny_config(results: Path, snapshot: Path, **overrides) -> dict:
     config["tune"].update(trials=3, epochs=5)
     config["train"].update(n_seeds=3, epochs=30, patience=None, batch_size=256, device="cpu")
     config["evaluation"]["group_seeds"] = 2
+    config["analysis"]["contribution_seeds"] = 2
     for section, values in overrides.items():
         config[section].update(values)
     return config

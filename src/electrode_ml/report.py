@@ -225,7 +225,8 @@ def table3_cells(context: dict) -> list[dict]:
 def section_glance(context: dict) -> str:
     records = table3_cells(context)
     parts = ['<p>Validation set, ensemble mean of this run against the paper\'s Monte Carlo mean of 50 networks '
-             '(Table 3). Each cell: <b>this run</b> / paper.</p>']
+             '(Table 3). Each cell: <b>this run</b> / paper. The physics-informed variants (<code>_phys</code>, not '
+             'in the paper) are set against the paper\'s model of the same feature set.</p>']
     if not records:
         return "".join(parts) + '<p class="missing">No ensemble metrics.</p>'
     header = ["Model", "Metric"] + [f"{TARGET_NAMES[t]} ({UNITS[t]})" for t in TARGETS]
@@ -382,7 +383,7 @@ def section_timing(context: dict) -> str:
         rows.append([td(f"<b>{esc(row['model'])}</b>"), td(esc(row["stage"])),
                      td(f"{fmt(ours, digits)} {unit}", shade(ours, paper, scale=1.0), "num"),
                      td(f"{fmt(paper, digits)} {unit}" if paper is not None else "–", cls="num paper"),
-                     td(f"{row['ratio']:.2f}×" if pd.notna(row["ratio"]) else "–", cls="num"),
+                     td(f"{row['ratio']:.2g}×" if pd.notna(row["ratio"]) else "–", cls="num"),
                      td(esc(row["note"]) if pd.notna(row["note"]) else "", cls="note")])
     return ("<p>Tuning and training: wall time from the Snakemake benchmark files; prediction: measured in the "
             "timing rule (best of 20 repeats, all networks stacked in one batched pass). The paper ran on an "
@@ -563,7 +564,7 @@ def section_k(context: dict) -> str:
 
 
 def section_config(context: dict) -> str:
-    text = yaml.safe_dump(context["config"], sort_keys=False, default_flow_style=None)
+    text = yaml.safe_dump(context["config"], sort_keys=False, default_flow_style=False)
     return f"<pre>{esc(text)}</pre>"
 
 

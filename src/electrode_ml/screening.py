@@ -142,7 +142,8 @@ def _prediction_text(row: pd.Series, model: str, target: str) -> str:
 
 def filter_text(thresholds: Mapping[str, float], ion: str = "Na") -> str:
     parts = [f"working ion = {ion}"]
-    parts += [f"{SHORT[CRITERIA[name]]} >= {value:g} {UNITS[CRITERIA[name]]}" for name, value in thresholds.items()]
+    parts += [f"{SHORT[CRITERIA[name]]} >= {float(thresholds[name]):g} {UNITS[CRITERIA[name]]}"
+              for name in CRITERIA if name in thresholds]
     return ", ".join(parts)
 
 
@@ -339,8 +340,12 @@ def k_substitution_figure(table: pd.DataFrame, models: list[str], old: str = "Li
     import matplotlib.pyplot as plt
 
     low, up = old.lower(), new.lower()
-    figure, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.8), squeeze=False)
-    for label, (axis, model) in zip("abcdefgh", zip(axes[0], models)):
+    ncols = min(2, max(1, len(models)))
+    nrows = -(-max(1, len(models)) // ncols)
+    figure, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 5 * nrows), squeeze=False)
+    for axis in axes.flat[len(models):]:
+        axis.set_visible(False)
+    for label, (axis, model) in zip("abcdefgh", zip(axes.flat, models)):
         before = table[f"{model}_energy_grav_{low}_mean"]
         after = table[f"{model}_energy_grav_{up}_mean"]
         below = float((after < before).mean()) if len(table) else float("nan")

@@ -168,13 +168,14 @@ def _load_ensembles(input, params, device: str = "cpu") -> dict:
     from electrode_ml.features import base_model
     from electrode_ml.predict import TrainedEnsemble
 
+    results = Path(input.electrodes).parents[1]  # {results}/data/electrodes.parquet
     checkpoints = _by_model(input.checkpoints, [], lambda path: path.parents[1].name)
     ensembles = {}
     for model in params.models:
-        ensemble_ = TrainedEnsemble.load(params.results, model, device=device)
+        ensemble_ = TrainedEnsemble.load(results, model, device=device)
         expected = len(checkpoints.get(base_model(model), []))
         if len(ensemble_.networks) != expected:
-            raise ValueError(f"{model}: {len(ensemble_.networks)} networks under {params.results}/train/"
+            raise ValueError(f"{model}: {len(ensemble_.networks)} networks under {results}/train/"
                              f"{base_model(model)}, but the workflow lists {expected} seeds; remove stale seed folders")
         ensembles[model] = ensemble_
     return ensembles

@@ -36,12 +36,14 @@ rule feature_contribution:
 
 rule timing:
     input:
-        tune=expand(f"{RESULTS}/benchmarks/tune/{{model}}.tsv", model=MODELS),
-        train=expand(f"{RESULTS}/benchmarks/train/{{model}}/seed_{{seed}}.tsv", model=MODELS, seed=SEEDS),
+        tune=expand(f"{RESULTS}/benchmarks/tune/{{model}}.tsv", model=BASE_MODELS),
+        train=expand(f"{RESULTS}/benchmarks/train/{{model}}/seed_{{seed}}.tsv", model=BASE_MODELS, seed=SEEDS),
         electrodes=rules.data.output.electrodes,
         split=rules.split.output.split,
-        transformers=expand(f"{RESULTS}/features/{{model}}/transformers.joblib", model=MODELS),
-        checkpoints=expand(f"{RESULTS}/train/{{model}}/seed_{{seed}}/model.pt", model=MODELS, seed=SEEDS),
+        transformers=expand(f"{RESULTS}/features/{{model}}/transformers.joblib", model=BASE_MODELS),
+        checkpoints=expand(f"{RESULTS}/train/{{model}}/seed_{{seed}}/model.pt", model=BASE_MODELS, seed=SEEDS),
+        physics=expand(f"{RESULTS}/physics/{{model}}/physics.joblib", model=PHYSICS_MODELS),
+        metrics=expand(f"{RESULTS}/ensemble/{{model}}/metrics.json", model=MODELS),
     output:
         timing=f"{RESULTS}/analysis/timing.csv",
     log:

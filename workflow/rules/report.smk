@@ -16,9 +16,9 @@ rule report:
         k_summary=rules.screen_k.output.summary,
         fig7=rules.screen_k.output.figure,
         timing=rules.timing.output.timing,
-        contribution=rules.feature_contribution.output.summary if "model2" in MODELS else [],
-        contribution_seeds=rules.feature_contribution.output.per_seed if "model2" in MODELS else [],
-        contribution_figure=rules.feature_contribution.output.figure if "model2" in MODELS else [],
+        contribution=rules.feature_contribution.output.summary if "model2" in BASE_MODELS else [],
+        contribution_seeds=rules.feature_contribution.output.per_seed if "model2" in BASE_MODELS else [],
+        contribution_figure=rules.feature_contribution.output.figure if "model2" in BASE_MODELS else [],
     output:
         html=f"{RESULTS}/report/index.html",
     log:

@@ -28,8 +28,10 @@ rule screen_k:
     input:
         electrodes=rules.data.output.electrodes,
         split=rules.split.output.split,
-        transformers=expand(f"{RESULTS}/features/{{model}}/transformers.joblib", model=MODELS),
-        checkpoints=expand(f"{RESULTS}/train/{{model}}/seed_{{seed}}/model.pt", model=MODELS, seed=SEEDS),
+        transformers=expand(f"{RESULTS}/features/{{model}}/transformers.joblib", model=BASE_MODELS),
+        checkpoints=expand(f"{RESULTS}/train/{{model}}/seed_{{seed}}/model.pt", model=BASE_MODELS, seed=SEEDS),
+        physics=expand(f"{RESULTS}/physics/{{model}}/physics.joblib", model=PHYSICS_MODELS),
+        metrics=expand(f"{RESULTS}/ensemble/{{model}}/metrics.json", model=MODELS),
     output:
         table=f"{RESULTS}/screening/k_substitution.csv",
         summary=f"{RESULTS}/screening/k_substitution.json",

@@ -1,0 +1,101 @@
+"""Eq. 9 feature contribution on hand cases and a synthetic retraining with a linear stand-in network."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from electrode_ml import contribution
+from electrode_ml.errors import InputError
+from electrode_ml.schema import TARGETS
+
+MODEL2_COLUMNS = [
+    "formula_charge__pca0", "formula_discharge__pca0",
+    "crystal_system__charge_crystal_system_Cubic", "crystal_system__discharge_crystal_system_Cubic",
+    "space_group__pca0", "space_group__pca1",
+    "working_ion__working_ion_Li", "working_ion__working_ion_Na",
+    "dft__charge_formation_energy_per_atom", "dft__charge_band_gap", "dft__charge_efermi", "dft__charge_energy_per_atom",
+    "dft__discharge_formation_energy_per_atom", "dft__discharge_band_gap", "dft__discharge_efermi",
+    "dft__discharge_energy_per_atom", "dft__stability_charge", "dft__stability_discharge",
+]
+
+
+def test_eq9_hand_case():
+    r_full = np.array([0.9, 0.8, 0.7])
+    r_without = np.array([0.8, 0.7, 0.6])
+    assert contribution.contribution(r_full, r_without) == pytest.approx(0.8 / 0.7)
+    assert contribution.contribution(r_full, r_full) == pytest.approx(1.0)
+    assert contribution.contribution(r_without, r_full) < 1
+
+
+def test_pearson_by_target_hand_case():
+    true = np.array([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0], [3.0, 3.0, 3.0]])
+    predicted = np.array([[2.0, 3.0, 1.0], [4.0, 2.0, 1.0], [6.0, 1.0, 2.0]])
+    r = contribution.pearson_by_target(true, predicted)
+    assert r[0] == pytest.approx(1.0) and r[1] == pytest.approx(-1.0)
+    assert r[2] == pytest.approx(np.corrcoef(true[:, 2], predicted[:, 2])[0, 1])
+
+
+def test_groups_map_to_their_columns():
+    groups = {name: contribution.group_columns(MODEL2_COLUMNS, name) for name in contribution.FEATURE_GROUPS}
+    assert groups["energy per atom"] == ["dft__charge_energy_per_atom", "dft__discharge_energy_per_atom"]
+    assert groups["formation energy"] == ["dft__charge_formation_energy_per_atom",
+                                          "dft__discharge_formation_energy_per_atom"]
+    assert groups["ion type"] == ["working_ion__working_ion_Li", "working_ion__working_ion_Na"]
+    assert groups["space group"] == ["space_group__pca0", "space_group__pca1"]
+    covered = [column for columns in groups.values() for column in columns]
+    assert len(covered) == len(set(covered))  # no column in two groups
+    assert set(MODEL2_COLUMNS) - set(covered) == {"formula_charge__pca0", "formula_discharge__pca0"}  # Fig 6 leaves the formula in
+
+
+def test_groups_need_feature_set_2():
+    model1_columns = [name for name in MODEL2_COLUMNS if not name.startswith("dft__")]
+    with pytest.raises(InputError, match="feature set 2"):
+        contribution.group_columns(model1_columns, "band gap")
+
+
+def synthetic_frames(seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Targets driven by formation energy (strongly) and the ion (weakly); the band gap is pure noise."""
+    rng = np.random.default_rng(seed)
+    frames = {}
+    for split, n in (("train", 400), ("val", 150), ("test", 150)):
+        x = pd.DataFrame(rng.uniform(size=(n, len(MODEL2_COLUMNS))), columns=MODEL2_COLUMNS)
+        x["working_ion__working_ion_Li"] = rng.integers(0, 2, n)
+        x["working_ion__working_ion_Na"] = 1 - x["working_ion__working_ion_Li"]
+        signal = 3 * x["dft__charge_formation_energy_per_atom"] + 0.5 * x["working_ion__working_ion_Li"]
+        y = {target: signal * scale + rng.normal(0, 0.3, n) for target, scale in zip(TARGETS, (1.0, 50.0, 150.0))}
+        frames[split] = pd.concat([pd.DataFrame({"battery_id": [f"{split}-{i}" for i in range(n)]}),
+                                   pd.DataFrame(y), x], axis=1)
+    return frames
+
+
+def linear_trainer(x_train, y_train, x_val, y_val, seed):
+    """Least squares with a seed-dependent ridge: a deterministic stand-in for a network."""
+    design = np.hstack([x_train, np.ones((len(x_train), 1))])
+    ridge = 1e-3 * (1 + seed)
+    weights = np.linalg.solve(design.T @ design + ridge * np.eye(design.shape[1]), design.T @ y_train)
+    return lambda x: np.hstack([x, np.ones((len(x), 1))]) @ weights
+
+
+def test_run_contribution_ranks_the_informative_group_first():
+    per_seed = contribution.run_contribution(synthetic_frames(), linear_trainer, seeds=[0, 1])
+    assert len(per_seed) == (1 + len(contribution.FEATURE_GROUPS)) * 2
+    full = per_seed[per_seed["group"] == contribution.FULL]
+    assert full["contribution"].isna().all() and (full["n_removed"] == 0).all()
+    # Per seed, the contribution pairs with the full network of the same seed (Eq. 9 by hand).
+    row = per_seed[(per_seed["group"] == "band gap") & (per_seed["seed"] == 1)].iloc[0]
+    base = full[full["seed"] == 1].iloc[0]
+    expected = np.mean([base[f"val_r_{t}"] for t in TARGETS]) / np.mean([row[f"val_r_{t}"] for t in TARGETS])
+    assert row["contribution"] == pytest.approx(expected)
+
+    summary = contribution.summarise(per_seed)
+    assert list(summary["group"][:2]) == ["formation energy", "ion type"]
+    by_group = summary.set_index("group")
+    assert by_group.loc["formation energy", "contribution_mean"] > 1.5
+    assert by_group.loc["band gap", "contribution_mean"] == pytest.approx(1.0, abs=0.01)
+    assert (summary["n_seeds"] == 2).all() and (summary["contribution_min"] <= summary["contribution_max"]).all()
+    assert "contribution_test_mean" in summary
+
+    figure = contribution.contribution_figure(summary, per_seed, "synthetic")
+    assert len(figure.axes[0].patches) == len(contribution.FEATURE_GROUPS)

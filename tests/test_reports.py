@@ -1,0 +1,166 @@
+"""Timings, the HTML report, and end to end: a tiny workflow run up to results/report/index.html."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from electrode_ml import report, timing
+from electrode_ml.schema import TARGETS
+from electrode_ml.screening import CRITERIA, passes
+from test_workflow import snakemake
+
+# ----------------------------------------------------------------------------------------------
+# Units: timing and report helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def test_read_benchmark(tmp_path):
+    path = tmp_path / "bench.tsv"
+    path.write_text("s\th:m:s\tmax_rss\n12.5\t0:00:12\t100\n13.5\t0:00:13\t100\n")
+    assert timing.read_benchmark(path) == pytest.approx(13.0)
+    (tmp_path / "bad.tsv").write_text("x\n1\n")
+    with pytest.raises(Exception, match="benchmark"):
+        timing.read_benchmark(tmp_path / "bad.tsv")
+
+
+def test_timing_table_puts_the_paper_beside():
+    prediction = {"n_networks": 4, "n_rows": 388, "networks_s": 0.002, "end_to_end_s": 0.05}
+    table = timing.timing_table("model1", 100.0, [10.0, 12.0], prediction).set_index("stage")
+    assert table.loc["Bayesian optimisation (total)", "paper_a40"] == pytest.approx(6309.53)
+    assert table.loc["Training, one network (mean over seeds)", "ours"] == pytest.approx(11.0)
+    assert table.loc["Training, all networks (sum)", "ours"] == pytest.approx(22.0)
+    one = table.loc["Prediction of the validation set, one network"]
+    assert one["ours"] == pytest.approx(0.5) and one["paper_a40"] == pytest.approx(72.9)
+    assert one["ratio"] == pytest.approx(0.5 / 72.9)
+    physics = timing.timing_table("model2_phys", 100.0, [10.0], prediction, include_training=False)
+    assert len(physics) == 1 and physics["stage"].iloc[0].startswith("Prediction incl.")
+
+
+def test_best_time_runs_the_call():
+    calls = []
+    result = timing.best_time(lambda: calls.append(1), repeats=5, warmup=1)
+    assert len(calls) == 6 and 0 <= result["best_s"] <= result["median_s"]
+
+
+def test_shade_colours_by_direction():
+    assert "27,158,119" in report.shade(0.3, 0.4)          # lower error than the paper: green
+    assert "217,95,2" in report.shade(0.5, 0.4)            # higher: orange
+    assert "27,158,119" in report.shade(0.95, 0.9, lower_is_better=False)
+    assert report.shade(None, 0.4) == "" and report.shade(0.3, None) == ""
+    weak, strong = report.shade(0.41, 0.4), report.shade(0.8, 0.4)
+    assert float(re.search(r",([0-9.]+)\)", weak).group(1)) < float(re.search(r",([0-9.]+)\)", strong).group(1))
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end
+# ----------------------------------------------------------------------------------------------
+
+SECTION_TITLES = [title for _, title in report.SECTIONS]
+
+
+@pytest.fixture(scope="module")
+def report_run(tiny_run):
+    """The session's tiny run of the whole default workflow, which ends with the report."""
+    return tiny_run
+
+
+
+
+@pytest.mark.e2e
+def test_report_renders_every_section(report_run):
+    config, results, _ = report_run
+    page = (results / "report" / "index.html").read_text()
+    for title in SECTION_TITLES:
+        assert report.esc(title) in page, title
+    assert 'class="missing"' not in page
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    # parity + error histograms per model, Fig 6, Fig 7
+    assert len(images) == 2 * len(config["models"]) + 2
+    assert all(base64.b64decode(data)[:4] == b"\x89PNG" for data in images)
+    assert "src=\"file:" not in page and "<img src=\"/" not in page  # self-contained
+    for number in ("0.41", "13.38", "65.46", "99.65", "38.81", "61.21", "74.02", "6,309.5", "72.90"):
+        assert number in page, number
+    assert "rgba(27,158,119" in page or "rgba(217,95,2" in page  # comparisons are coloured
+    assert "Table 5" in page and "Table 6" in page and "The same screen over every Na electrode" in page
+
+
+@pytest.mark.e2e
+def test_na_screen_agrees_with_the_filter(report_run):
+    config, results, _ = report_run
+    thresholds = config["screen"]["na"]
+    electrodes = pd.read_parquet(results / "data" / "electrodes.parquet")
+    split = pd.read_parquet(results / "split" / "split.parquet")
+    labelled = electrodes.merge(split, on="battery_id")
+    test_na = labelled[(labelled["working_ion"] == "Na") & (labelled["split"] == "test")]
+    table = pd.read_csv(results / "screening" / "na_screening.csv").set_index("battery_id")
+    assert set(table.index) == set(test_na["battery_id"])
+    expected_dft = passes(test_na.set_index("battery_id"), thresholds)
+    assert table["dft_pass"].to_dict() == expected_dft.to_dict()
+    metrics = json.loads((results / "screening" / "na_metrics.json").read_text())
+    for model in config["models"]:
+        summary = pd.read_parquet(results / "ensemble" / model / "predictions.parquet")
+        means = summary.pivot(index="battery_id", columns="target", values="mean").loc[table.index]
+        assert table[f"{model}_pass"].to_dict() == passes(means, thresholds).to_dict()
+        tp = int((table["dft_pass"] & table[f"{model}_pass"]).sum())
+        picks = int(table[f"{model}_pass"].sum())
+        assert metrics["test"][model]["all"]["tp"] == tp and metrics["test"][model]["all"]["picks"] == picks
+    everything = pd.read_csv(results / "screening" / "na_screening_all.csv")
+    assert len(everything) == int((electrodes["working_ion"] == "Na").sum())
+    assert (everything["trained_on"] == (everything["split"] == "train")).all()
+    assert (results / "screening" / "table5.md").read_text().startswith("# Table 5")
+    assert (results / "screening" / "table6.md").read_text().startswith("# Table 6")
+
+
+@pytest.mark.e2e
+def test_k_substitution_goes_through_the_trained_featuriser(report_run):
+    config, results, _ = report_run
+    table = pd.read_csv(results / "screening" / "k_substitution.csv")
+    electrodes = pd.read_parquet(results / "data" / "electrodes.parquet")
+    split = pd.read_parquet(results / "split" / "split.parquet")
+    labelled = electrodes.merge(split, on="battery_id")
+    assert len(table) == int(((labelled["working_ion"] == "Li") & (labelled["split"] == "test")).sum())
+    assert table["formula_charge_k"].str.startswith("K").all() and not table["formula_discharge_k"].str.contains("Li").any()
+    for model in config["models"]:
+        # The Li rows scored by the TrainedEnsemble equal the ensemble rule's own test predictions.
+        summary = pd.read_parquet(results / "ensemble" / model / "predictions.parquet")
+        energy = summary[summary["target"] == "energy_grav"].set_index("battery_id")["mean"]
+        np.testing.assert_allclose(table[f"{model}_energy_grav_li_mean"], energy.loc[table["battery_id"]], rtol=1e-4, atol=1e-3)
+        assert np.isfinite(table[f"{model}_energy_grav_k_mean"]).all()
+        assert not np.allclose(table[f"{model}_energy_grav_k_mean"], table[f"{model}_energy_grav_li_mean"])
+    assert (results / "screening" / "fig7.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.e2e
+def test_feature_contribution_and_timing_outputs(report_run):
+    config, results, _ = report_run
+    summary = pd.read_csv(results / "analysis" / "feature_contribution.csv")
+    per_seed = pd.read_csv(results / "analysis" / "feature_contribution_seeds.csv")
+    assert len(summary) == 8 and (summary["n_seeds"] == 2).all()
+    assert len(per_seed) == 9 * 2 and np.isfinite(summary["contribution_mean"]).all()
+    assert (results / "analysis" / "feature_contribution.png").read_bytes()[:4] == b"\x89PNG"
+    table = pd.read_csv(results / "analysis" / "timing.csv")
+    for model in ("model1", "model2"):
+        rows = table[table["model"] == model].set_index("stage")
+        assert rows.loc["Bayesian optimisation (total)", "ours"] > 0
+        assert rows.loc["Training, all networks (sum)", "note"].startswith("sum over 3 networks")
+        assert rows.loc["Prediction of the validation set, one network", "ours"] > 0
+    assert set(table["model"]) == set(config["models"])
+
+
+@pytest.mark.e2e
+def test_snakemake_report_has_the_captions(report_run):
+    config, results, workdir = report_run
+    out = workdir / "snakemake_report.zip"
+    snakemake(config, workdir, f"{results}/report/index.html", "--report", str(out))
+    import zipfile
+
+    names = zipfile.ZipFile(out).namelist()
+    assert any(name.endswith("fig7.png") for name in names)
+    assert any(name.endswith("feature_contribution.png") for name in names)

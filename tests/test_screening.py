@@ -1,0 +1,206 @@
+"""Na screen (Tables 5-6) and Li -> K substitution (Fig 7) on small handmade frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from pymatgen.core import Composition
+
+from electrode_ml import screening
+from electrode_ml.errors import InputError
+from electrode_ml.schema import TARGETS
+
+THRESHOLDS = {"voltage": 2.0, "capacity": 100, "energy": 200}
+
+
+def electrode(battery_id, ion, charge, discharge, framework, v, c, e, **extra):
+    row = {"battery_id": battery_id, "working_ion": ion, "formula_charge": charge, "formula_discharge": discharge,
+           "framework_formula": framework, "average_voltage": v, "capacity_grav": c, "energy_grav": e,
+           "charge_crystal_system": "Monoclinic", "discharge_crystal_system": "Monoclinic",
+           "charge_space_group_number": 12, "discharge_space_group_number": 12}
+    row.update(extra)
+    return row
+
+
+@pytest.fixture
+def hand_case():
+    """Six Na electrodes, one Li, with DFT values and two models' predictions chosen by hand."""
+    electrodes = pd.DataFrame([
+        electrode("na-a", "Na", "Na0MnO2", "Na1MnO2", "MnO2", 3.0, 200.0, 600.0),        # DFT pass
+        electrode("na-b", "Na", "Na0VO2", "Na0.5VO2", "VO2", 1.84, 98.6, 181.3),        # DFT fail (V, C, E)
+        electrode("na-c", "Na", "Na0CrN2", "Na1CrN2", "CrN2", 1.96, 260.2, 511.0),      # DFT fail (V only)
+        electrode("na-d", "Na", "Na0FePO4", "Na1FePO4", "FePO4", 2.0, 100.0, 200.0),    # DFT pass, on every bound
+        electrode("na-e", "Na", "Na0WO3", "Na1WO3", "WO3", 0.5, 50.0, 25.0),            # DFT fail
+        electrode("na-f", "Na", "Na0NiO2", "Na1NiO2", "NiO2", 2.5, 150.0, 375.0),       # DFT pass, train split
+        electrode("li-a", "Li", "Li0MnO2", "Li1MnO2", "MnO2", 3.5, 300.0, 1050.0),      # not Na
+    ])
+    split = pd.DataFrame({"battery_id": electrodes["battery_id"],
+                          "split": ["test", "test", "test", "test", "test", "train", "test"]})
+    # Predictions (mean) per model: (V, C, E)
+    means = {
+        "model1": {"na-a": (2.9, 190, 550), "na-b": (2.32, 112.3, 254.2), "na-c": (2.30, 207.9, 476.4),
+                   "na-d": (1.99, 101, 201), "na-e": (0.6, 55, 30), "na-f": (2.4, 140, 330), "li-a": (3.4, 290, 990)},
+        "model2": {"na-a": (3.1, 205, 610), "na-b": (1.90, 98.3, 186.0), "na-c": (2.55, 188.5, 495.8),
+                   "na-d": (2.05, 102, 210), "na-e": (0.4, 45, 20), "na-f": (2.6, 155, 400), "li-a": (3.5, 300, 1000)},
+    }
+    predictions = {}
+    for model, values in means.items():
+        rows = []
+        for battery_id, triple in values.items():
+            for target, mean in zip(TARGETS, triple):
+                rows.append({"battery_id": battery_id, "split": split.set_index("battery_id").loc[battery_id, "split"],
+                             "target": target, "true": np.nan, "mean": float(mean), "std": 1.0, "n": 5,
+                             "ci_low": mean - 0.5, "ci_high": mean + 0.5})
+        predictions[model] = pd.DataFrame(rows)
+    return electrodes, split, predictions
+
+
+def test_passes_is_inclusive_and_needs_every_criterion():
+    frame = pd.DataFrame({"average_voltage": [2.0, 1.99, 3.0, 3.0], "capacity_grav": [100, 300, 99.9, 300],
+                          "energy_grav": [200, 600, 300, 199]})
+    assert screening.passes(frame, THRESHOLDS).tolist() == [True, False, False, False]
+    with pytest.raises(InputError, match="unknown criterion"):
+        screening.passes(frame, {"density": 1})
+
+
+def test_confusion_hand_case():
+    reference = pd.Series([True, True, False, False, True, False])
+    predicted = pd.Series([True, False, True, False, True, False])
+    score = screening.confusion(reference, predicted)
+    assert (score["tp"], score["fp"], score["fn"], score["tn"]) == (2, 1, 1, 2)
+    assert score["precision"] == pytest.approx(2 / 3) and score["recall"] == pytest.approx(2 / 3)
+    assert score["picks"] == 3 and score["reference_picks"] == 3
+    nothing = screening.confusion([False, False], [False, False])
+    assert nothing["precision"] is None and nothing["recall"] is None
+    assert screening.outcome(reference, predicted).tolist() == ["TP", "FN", "FP", "TN", "TP", "TN"]
+
+
+def test_screen_agrees_with_hand_computed_filter(hand_case):
+    electrodes, split, predictions = hand_case
+    table = screening.screen_table(electrodes, split, predictions, THRESHOLDS, splits=("test",))
+    assert set(table["battery_id"]) == {"na-a", "na-b", "na-c", "na-d", "na-e"}  # Na, test only
+    verdict = table.set_index("battery_id")
+    assert verdict["dft_pass"].to_dict() == {"na-a": True, "na-b": False, "na-c": False, "na-d": True, "na-e": False}
+    # By hand: model1 passes a, b (VO2, as in the paper), c (CrN2); fails d (1.99 V). model2 passes a, c, d.
+    assert verdict["model1_pass"].to_dict() == {"na-a": True, "na-b": True, "na-c": True, "na-d": False, "na-e": False}
+    assert verdict["model2_pass"].to_dict() == {"na-a": True, "na-b": False, "na-c": True, "na-d": True, "na-e": False}
+    assert verdict["model1_outcome"].to_dict() == {"na-a": "TP", "na-b": "FP", "na-c": "FP", "na-d": "FN", "na-e": "TN"}
+    assert verdict.loc["na-b", "model1_average_voltage_mean"] == pytest.approx(2.32)
+    assert verdict.loc["na-b", "model1_energy_grav_ci_low"] == pytest.approx(253.7)
+    assert verdict.loc["na-b", "dft_capacity_grav"] == pytest.approx(98.6)
+
+    metrics = screening.screen_metrics(table, ["model1", "model2"])
+    assert metrics["model1"]["all"]["precision"] == pytest.approx(1 / 3)
+    assert metrics["model1"]["all"]["recall"] == pytest.approx(1 / 2)
+    assert metrics["model2"]["all"]["precision"] == pytest.approx(2 / 3)
+    assert metrics["model2"]["all"]["recall"] == pytest.approx(1.0)
+
+
+def test_screen_over_all_na_flags_training_electrodes(hand_case):
+    electrodes, split, predictions = hand_case
+    table = screening.screen_table(electrodes, split, predictions, THRESHOLDS, splits=None)
+    assert len(table) == 6 and table["split"].iloc[0] == "test"  # test rows first
+    trained = table.set_index("battery_id")["trained_on"]
+    assert trained["na-f"] and not trained[["na-a", "na-b", "na-c", "na-d", "na-e"]].any()
+    metrics = screening.screen_metrics(table, ["model1", "model2"])
+    assert metrics["model2"]["train"]["tp"] == 1 and metrics["model2"]["all"]["tp"] == 3
+
+
+def test_table5_and_table6_name_the_errors(hand_case):
+    electrodes, split, predictions = hand_case
+    models = ["model1", "model2"]
+    table = screening.screen_table(electrodes, split, predictions, THRESHOLDS)
+    metrics = screening.screen_metrics(table, models)
+    table5 = screening.table5_markdown(table, models, THRESHOLDS, metrics)
+    assert "| DFT | 2 | MnO2 (na-a), FePO4 (na-d)" in table5
+    assert "VO2 (na-b) **(false positive)**" in table5
+    assert "model1 missed (false negatives): FePO4 (na-d)" in table5
+    table6 = screening.table6_markdown(table, models, THRESHOLDS)
+    assert "Na0VO2 -> Na0.5VO2 (na-b)" in table6 and "Na0CrN2 -> Na1CrN2 (na-c)" in table6
+    assert "Na0MnO2" not in table6  # correctly screened by both
+    assert "2.32 [2.32, 2.33]" not in table6 and "2.32 [1.82, 2.82]" in table6
+    assert "**1.84**" in table6  # the DFT voltage that keeps VO2 out is marked
+    assert "fail (FN)" in table6 and "pass (FP)" in table6
+
+
+def test_missing_prediction_is_refused(hand_case):
+    electrodes, split, predictions = hand_case
+    predictions["model1"] = predictions["model1"][predictions["model1"]["battery_id"] != "na-a"]
+    with pytest.raises(InputError, match="na-a"):
+        screening.screen_table(electrodes, split, predictions, THRESHOLDS)
+
+
+@pytest.mark.parametrize("formula, expected", [
+    ("Li0FeH12(SO7)2", "K0FeH12(SO7)2"),
+    ("Li1V(Si2O5)3", "K1V(Si2O5)3"),
+    ("Li0.33Mn2O4", "K0.33Mn2O4"),
+    ("Li4Cr3Fe3(TeO8)2", "K4Cr3Fe3(TeO8)2"),
+    ("Fe2LiO3", "K1Fe2O3"),  # not snapshot style: rewritten from the composition
+])
+def test_substitute_formula_keeps_amounts(formula, expected):
+    written = screening.substitute_formula(formula, "Li", "K")
+    assert written == expected
+    original = Composition(formula)
+    assert Composition(written).almost_equals(original.replace({"Li": "K"}) if original["Li"] else original)
+
+
+def test_substitute_formula_refuses_a_formula_without_the_ion():
+    with pytest.raises(InputError, match="holds no Li"):
+        screening.substitute_formula("MnO2", "Li", "K")
+
+
+def test_k_substitution_changes_only_the_ion(small_raw):
+    from electrode_ml.data import validate_electrodes
+
+    electrodes, _ = validate_electrodes(small_raw, ions=["Li", "Na", "K", "Rb", "Cs", "Mg", "Ca", "Zn", "Al", "Y"],
+                                        voltage_window=(-1, 7), on_bad_row="error", source="snapshot", where="test")
+    swapped = screening.substitute_ion(electrodes)
+    original = electrodes[electrodes["working_ion"] == "Li"]
+    assert len(swapped) == len(original) > 0 and (swapped["working_ion"] == "K").all()
+    assert not set(TARGETS) & set(swapped.columns)  # the K electrode has no DFT values
+    unchanged = [name for name in swapped.columns if name not in screening.SUBSTITUTED_COLUMNS]
+    pd.testing.assert_frame_equal(swapped[unchanged], original[unchanged])
+    for column in ("formula_charge", "formula_discharge"):
+        for before, after in zip(original[column], swapped[column]):
+            li, k = Composition(before), Composition(after)
+            assert "Li" not in {str(el) for el in k}
+            assert k["K"] == pytest.approx(li["Li"])
+            assert {str(el): amount for el, amount in k.items() if str(el) != "K"} == \
+                {str(el): amount for el, amount in li.items() if str(el) != "Li"}
+            assert after.startswith("K") and after[1:].lstrip("0123456789.") == before[2:].lstrip("0123456789.")
+
+
+def test_k_substitution_table_and_the_featuriser(small_raw):
+    """The substituted rows run through the same fitted featuriser as any input; only the ion block moves."""
+    from electrode_ml.data import validate_electrodes
+    from electrode_ml.features import build_featurizer
+
+    electrodes, _ = validate_electrodes(small_raw, ions=["Li", "Na", "K", "Rb", "Cs", "Mg", "Ca", "Zn", "Al", "Y"],
+                                        voltage_window=(-1, 7), on_bad_row="error", source="snapshot", where="test")
+    split = pd.DataFrame({"battery_id": electrodes["battery_id"], "split": "test"})
+    featurizer = build_featurizer("model2").fit(electrodes)
+    names = list(featurizer.get_feature_names_out())
+    seen = {}
+
+    def fake_predict(frame):
+        x = featurizer.transform(frame)
+        seen[frame["working_ion"].iloc[0]] = x
+        energy = 100 * x[:, names.index("working_ion__working_ion_Li")] + 10
+        return pd.DataFrame({"battery_id": frame["battery_id"].to_numpy(),
+                             **{f"{t}_{s}": energy for t in TARGETS for s in ("mean", "ci_low", "ci_high")}})
+
+    table = screening.k_substitution(electrodes, split, {"fake": fake_predict})
+    n_li = int((electrodes["working_ion"] == "Li").sum())
+    assert len(table) == n_li
+    assert (table["fake_energy_grav_li_mean"] == 110).all() and (table["fake_energy_grav_k_mean"] == 10).all()
+    assert (table["fake_energy_ratio"] < 1).all()
+    assert (table["stoich_capacity_ratio"] < 1).all()  # K is heavier than Li: less charge per gram
+    # K and Li feature rows differ in the ion one-hot and the formula PCA only.
+    moved = np.abs(seen["K"] - seen["Li"]).max(axis=0) > 1e-9
+    moved_blocks = {names[i].split("__")[0] for i in np.flatnonzero(moved)}
+    assert moved_blocks <= {"working_ion", "formula_charge", "formula_discharge"} and "working_ion" in moved_blocks
+    summary = screening.k_summary(table, ["fake"])
+    assert summary["fake"]["fraction_k_below_li"] == 1.0 and summary["n"] == n_li
+    figure = screening.k_substitution_figure(table, ["fake"])
+    assert len(figure.axes) == 1
