@@ -77,3 +77,85 @@ def test_stoichiometric_capacity_matches_snapshot_for_most_rows(snapshot_text):
                          zip(rows.formula_charge, rows.formula_discharge, rows.working_ion)])
     relative = np.abs(computed - rows.capacity_grav.astype(float)) / rows.capacity_grav.astype(float)
     assert (relative < 0.01).mean() > 0.9
+
+
+# --- issue #7 -------------------------------------------------------------------------------------------
+
+from hypothesis import assume  # noqa: E402
+
+def test_formula_whose_counts_are_all_zero_is_refused_but_a_zero_ion_count_is_legal():
+    for formula in ("Li0Fe0P0O0", "Li0", "(LiO)0", "Li0.0O0.000"):
+        with pytest.raises(InputError, match="no atoms"):
+            parse_formula(formula)
+    assert parse_formula("Li0FePO4").almost_equals(parse_formula("FePO4"))
+
+
+@pytest.mark.parametrize("formula", ["Li1e400FePO4", "Li1e308O1e308"])
+def test_amount_overflowing_to_infinity_is_refused(formula):
+    """pymatgen reads 1e400 as inf; such a row would featurise as an empty composition with NaN capacity."""
+    with pytest.raises(InputError):
+        parse_formula(formula)
+
+
+@pytest.fixture(scope="module")
+def fitted_featurizers(snapshot_path):
+    """model1 and model2 featurisers fitted on 40 snapshot electrodes, as the workflow fits them."""
+    import pandas as pd
+
+    from electrode_ml.data import validate_electrodes
+    from electrode_ml.features import build_featurizer
+    from electrode_ml.schema import WORKING_IONS
+
+    raw = pd.read_csv(snapshot_path, dtype=str, keep_default_na=False).sample(40, random_state=3)
+    electrodes, _ = validate_electrodes(raw, ions=list(WORKING_IONS), voltage_window=(-1, 7))
+    return {model: build_featurizer(model).fit(electrodes) for model in ("model1", "model2")}
+
+
+def _composition_text(amounts: dict) -> str:
+    return "".join(f"{symbol}{amount:.4f}" for symbol, amount in amounts.items())
+
+
+def _element_symbols() -> list[str]:
+    from pymatgen.core import Element
+
+    return [element.symbol for element in Element]
+
+
+_FINITE = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
+_AMOUNTS = st.dictionaries(st.sampled_from(_element_symbols()), st.floats(0, 1e6), min_size=1, max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.fixed_dictionaries({
+    "charge": _AMOUNTS, "discharge": _AMOUNTS,
+    "ion": st.sampled_from(["Li", "Na", "K", "Rb", "Cs", "Mg", "Ca", "Zn", "Al", "Y"]),
+    "systems": st.tuples(*[st.sampled_from(["Triclinic", "Monoclinic", "Orthorhombic", "Tetragonal", "Trigonal",
+                                            "Hexagonal", "Cubic"])] * 2),
+    "groups": st.tuples(st.integers(1, 230), st.integers(1, 230)),
+    "dft": st.lists(_FINITE, min_size=10, max_size=10),
+}), min_size=1, max_size=5))
+def test_feature_rows_are_finite_for_any_valid_composition(fitted_featurizers, rows):
+    """Whatever valid formulas come in (any of the 118 elements, counts 0 .. 1e6), every feature is finite."""
+    import pandas as pd
+
+    from electrode_ml.features import DFT_FIELDS
+
+    frame_rows = []
+    for row in rows:
+        formulas = {end: _composition_text(row[end]) for end in ("charge", "discharge")}
+        for formula in formulas.values():
+            try:
+                parse_formula(formula)
+            except InputError:
+                assume(False)  # not a valid composition (every count rounds to zero): refused upstream
+        frame_rows.append({
+            "battery_id": "x", "formula_charge": formulas["charge"], "formula_discharge": formulas["discharge"],
+            "working_ion": row["ion"], "charge_crystal_system": row["systems"][0],
+            "discharge_crystal_system": row["systems"][1], "charge_space_group_number": row["groups"][0],
+            "discharge_space_group_number": row["groups"][1], **dict(zip(DFT_FIELDS, row["dft"])),
+        })
+    frame = pd.DataFrame(frame_rows)
+    for model, featurizer in fitted_featurizers.items():
+        values = np.asarray(featurizer.transform(frame), dtype=float)
+        assert values.shape[0] == len(frame)
+        assert np.isfinite(values).all(), (model, frame_rows)

@@ -125,3 +125,139 @@ def test_readme_example_file_scores(tiny_run, tmp_path):
     table = pd.read_csv(out).set_index("battery_id")
     # olivine LiFePO4: the stoichiometric capacity, whatever the networks say
     assert table.loc["olivine-LiFePO4", "capacity_grav_mean"] == pytest.approx(169.9, abs=0.2)
+
+
+# --- issue #7: the bad-input corpus for `electrode-ml predict` -------------------------------------------
+
+CLI_BAD_VALUES = [
+    ("formula_discharge", "LiQq2O2", "unknown element"),
+    ("formula_charge", "Li(FePO4", "malformed"),
+    ("formula_discharge", "Li0Fe0P0O0", "no atoms"),
+    ("formula_charge", "LiFe-1PO4", "malformed"),
+    ("working_ion", "Xe", "unknown working ion"),
+    ("charge_space_group_number", "NaN", "missing value"),
+    ("charge_space_group_number", "inf", "infinite"),
+    ("discharge_space_group_number", "twelve", "not a number"),
+    ("charge_space_group_number", "0", "space group"),
+    ("discharge_space_group_number", "231", "space group"),
+    ("charge_crystal_system", "cubic", "unknown crystal system"),
+]
+
+
+def predict_in_process(capsys, candidates: Path, out: Path, results: Path, *extra: str, model: str = "model1"):
+    code = main(["predict", str(candidates), "-o", str(out), "--model", model, "--results", str(results), *extra])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def assert_one_line_refusal(code: int, text: str, out: Path, *words: str) -> str:
+    assert code == 2 and "Traceback" not in text
+    errors = [line for line in text.splitlines() if line.startswith("electrode-ml: error:")]
+    assert len(errors) == 1, text
+    assert all(word in errors[0] for word in words), (words, errors[0])
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}*"))  # nothing half-written
+    return errors[0]
+
+
+@pytest.mark.parametrize("field, value, words", CLI_BAD_VALUES)
+def test_bad_value_is_refused_in_one_line_and_nothing_is_written(tiny_run, candidates, tmp_path, capsys,
+                                                                  field, value, words):
+    _, results, _ = tiny_run
+    rows = pd.read_csv(candidates, dtype=str, keep_default_na=False)
+    rows.loc[7, field] = value
+    rows.to_csv(candidates, index=False)
+    out = tmp_path / "out.csv"
+    code, text = predict_in_process(capsys, candidates, out, results)
+    assert_one_line_refusal(code, text, out, rows.loc[7, "battery_id"], field, words)
+
+
+@pytest.mark.parametrize("field, value, words", CLI_BAD_VALUES)
+def test_skip_bad_counts_every_kind_of_bad_value(tiny_run, candidates, tmp_path, capsys, field, value, words):
+    _, results, _ = tiny_run
+    rows = pd.read_csv(candidates, dtype=str, keep_default_na=False)
+    rows.loc[7, field] = value
+    rows.to_csv(candidates, index=False)
+    out = tmp_path / "out.csv"
+    code, _ = predict_in_process(capsys, candidates, out, results, "--skip-bad")
+    assert code == 0
+    scored = pd.read_csv(out)
+    assert len(scored) == len(rows) - 1 and rows.loc[7, "battery_id"] not in set(scored["battery_id"])
+    rejects = pd.read_csv(tmp_path / "out.rejects.csv")
+    assert set(rejects["battery_id"]) == {rows.loc[7, "battery_id"]} and set(rejects["field"]) == {field}
+    assert rejects["reason"].str.contains(words, regex=False).any()
+
+
+def test_duplicated_ids_are_refused_and_skipped_with_a_reason(tiny_run, candidates, tmp_path, capsys):
+    _, results, _ = tiny_run
+    rows = pd.read_csv(candidates, dtype=str, keep_default_na=False)
+    rows.loc[5, "battery_id"] = rows.loc[4, "battery_id"]
+    rows.to_csv(candidates, index=False)
+    out = tmp_path / "out.csv"
+    code, text = predict_in_process(capsys, candidates, out, results)
+    assert_one_line_refusal(code, text, out, rows.loc[4, "battery_id"], "duplicate id")
+    code, _ = predict_in_process(capsys, candidates, out, results, "--skip-bad")
+    assert code == 0
+    scored = pd.read_csv(out)
+    assert scored["battery_id"].is_unique and rows.loc[4, "battery_id"] not in set(scored["battery_id"])
+    rejects = pd.read_csv(tmp_path / "out.rejects.csv")
+    assert (rejects["reason"] == "duplicate id").sum() == 1
+
+
+def test_zero_ion_count_is_legal_and_scored(tiny_run, candidates, tmp_path, capsys):
+    _, results, _ = tiny_run
+    rows = pd.read_csv(candidates, dtype=str, keep_default_na=False)
+    rows.loc[2, ["formula_charge", "formula_discharge", "working_ion"]] = ["Li0FePO4", "LiFePO4", "Li"]
+    rows.to_csv(candidates, index=False)
+    out = tmp_path / "out.csv"
+    code, _ = predict_in_process(capsys, candidates, out, results, model="model1_phys")
+    assert code == 0
+    table = pd.read_csv(out).set_index("battery_id")
+    assert table.loc[rows.loc[2, "battery_id"], "capacity_grav_mean"] == pytest.approx(169.9, abs=0.2)
+
+
+def test_formula_amount_overflowing_to_infinity_is_refused(tiny_run, candidates, tmp_path, capsys):
+    """pymatgen reads 1e400 as inf; such a row would featurise as an empty composition with NaN capacity."""
+    _, results, _ = tiny_run
+    rows = pd.read_csv(candidates, dtype=str, keep_default_na=False)
+    rows.loc[7, "formula_discharge"] = "Li1e400FePO4"
+    rows.to_csv(candidates, index=False)
+    out = tmp_path / "out.csv"
+    code, text = predict_in_process(capsys, candidates, out, results, model="model1_phys")
+    assert_one_line_refusal(code, text, out, rows.loc[7, "battery_id"], "formula_discharge")
+
+
+@pytest.mark.parametrize("content, words", [
+    ("battery_id,formula_charge\nmp-1_Li,Li2FéO2\n".encode("latin-1"), "not UTF-8"),
+    (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03binary", "not UTF-8"),
+    (b'battery_id,formula_charge\n"mp-1_Li,LiO2\n', "not a readable CSV"),
+])
+def test_unreadable_files_are_one_line(tiny_run, tmp_path, capsys, content, words):
+    _, results, _ = tiny_run
+    path = tmp_path / "in.csv"
+    path.write_bytes(content)
+    out = tmp_path / "out.csv"
+    code, text = predict_in_process(capsys, path, out, results)
+    assert_one_line_refusal(code, text, out, words)
+
+
+def test_missing_column_is_one_line(tiny_run, candidates, tmp_path, capsys):
+    _, results, _ = tiny_run
+    pd.read_csv(candidates, dtype=str).drop(columns=["working_ion"]).to_csv(candidates, index=False)
+    out = tmp_path / "out.csv"
+    code, text = predict_in_process(capsys, candidates, out, results)
+    assert_one_line_refusal(code, text, out, "missing column(s) working_ion")
+
+
+def test_refusals_from_the_command_line_are_one_line_without_traceback(tiny_run, candidates, tmp_path):
+    """The same path as a user's shell: a subprocess, exit status 2, one line on stderr."""
+    _, results, _ = tiny_run
+    rows = pd.read_csv(candidates, dtype=str, keep_default_na=False)
+    rows.loc[7, "charge_space_group_number"] = "0"
+    rows.to_csv(candidates, index=False)
+    out = tmp_path / "out.csv"
+    run = run_cli("predict", str(candidates), "-o", str(out), "--model", "model1", "--results", str(results))
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert [line for line in run.stderr.splitlines() if line.strip()] == [
+        f"electrode-ml: error: {candidates}: battery_id={rows.loc[7, 'battery_id']!r}, field "
+        "'charge_space_group_number': space group 0 is not an integer in 1..230"]
+    assert not out.exists()

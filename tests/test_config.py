@@ -66,3 +66,47 @@ def test_bad_config_stops_snakemake_before_any_job(tmp_path, config):
     assert run.returncode != 0
     assert "n_seeds" in run.stdout + run.stderr
     assert not (tmp_path / "results").exists()
+
+
+# --- issue #7: more refusals, each naming the key, before any job starts (no results folder) ---------
+
+WRONG_VALUES = [
+    (("screen", "na", "voltage"), -1, "['screen']['na']['voltage']"),
+    (("tune", "trials"), 0, "['tune']['trials']"),
+    (("train", "device"), "tpu", "['train']['device']"),
+]
+
+
+@pytest.mark.parametrize("path, value, key", WRONG_VALUES)
+def test_schema_refuses_wrong_values_naming_the_key(config, path, value, key):
+    target = config
+    for name in path[:-1]:
+        target = target[name]
+    target[path[-1]] = value
+    with pytest.raises(Exception) as error:
+        validate(config, SCHEMA)
+    assert path[-1] in str(error.value)
+
+
+@pytest.mark.parametrize("path, value, key", WRONG_VALUES)
+def test_wrong_value_stops_a_real_run_before_any_job(tmp_path, config, path, value, key):
+    """Not a dry run: the refusal comes at parse time, so no job starts and no results folder appears.
+
+    Runs in its own working directory (``-s`` with the repository's Snakefile) so it leaves nothing in the
+    repository's .snakemake/ folder.
+    """
+    target = config
+    for name in path[:-1]:
+        target = target[name]
+    target[path[-1]] = value
+    config["results"] = str(tmp_path / "results")
+    config["data"]["snapshot"] = str((REPO / config["data"]["snapshot"]).resolve())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile", str(bad),
+                          "--cores", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert key in output and repr(value) in output, output[-2000:]
+    assert "Traceback" not in output and "Select jobs to execute" not in output
+    assert not (tmp_path / "results").exists()

@@ -101,3 +101,128 @@ def test_unreadable_files_are_one_line(tmp_path, snapshot_text, content, words):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(InputError, match="file not found"):
         read_electrode_csv(tmp_path / "absent.csv")
+
+
+# --- issue #7: the rest of the bad-input corpus ----------------------------------------------------------
+
+MORE_BAD_VALUES = [
+    ("formula_discharge", "Li0Fe0P0O0", "no atoms"),      # every count zero: no material at all
+    ("formula_charge", "LiFe-1PO4", "malformed"),          # negative count
+    ("formula_discharge", "LiXx2O", "unknown element"),
+    ("formula_charge", "Li2O.H2O", "malformed"),
+    ("working_ion", "li", "unknown working ion"),
+    ("average_voltage", "NaN", "missing value"),
+    ("average_voltage", "-inf", "infinite"),
+    ("capacity_grav", "1e400", "infinite"),                # overflows to inf when parsed
+    ("energy_grav", "3,2", "not a number"),
+    ("num_steps", "two", "not a number"),
+    ("charge_space_group_number", "12.5", "space group"),
+    ("charge_space_group_number", "-3", "space group"),
+]
+
+
+@pytest.mark.parametrize("field, value, words", MORE_BAD_VALUES)
+def test_more_bad_values_are_one_line_naming_row_and_field(small_raw, field, value, words):
+    small_raw.loc[3, field] = value
+    battery_id = small_raw.loc[3, "battery_id"]
+    with pytest.raises(InputError) as error:
+        validate(small_raw, where="corpus.csv")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("corpus.csv:")
+    assert battery_id in message and field in message and words in message
+
+
+@pytest.mark.parametrize("field, value, words", MORE_BAD_VALUES)
+def test_more_bad_values_are_counted_drops(small_raw, field, value, words):
+    small_raw.loc[3, field] = value
+    electrodes, report = validate(small_raw, on_bad_row="drop")
+    assert len(electrodes) == len(small_raw) - 1
+    assert report.dropped[f"bad {field}"] == 1 and words in report.bad_rows[0]
+
+
+def test_zero_ion_count_formula_is_legal(small_raw):
+    li = small_raw.index[small_raw["working_ion"] == "Li"][0]
+    small_raw.loc[li, "formula_charge"] = "Li0FePO4"
+    electrodes, report = validate(small_raw)
+    assert len(electrodes) == len(small_raw) and report.bad_rows == []
+
+
+def test_formula_amount_overflowing_to_infinity_is_refused(small_raw):
+    """pymatgen reads 1e400 as inf; such a row would featurise as an empty composition with NaN capacity."""
+    small_raw.loc[3, "formula_discharge"] = "Li1e400FePO4"
+    with pytest.raises(InputError, match="formula_discharge"):
+        validate(small_raw)
+
+
+def test_duplicate_ids_in_drop_mode_leave_the_id_out_and_say_why(small_raw):
+    duplicated = small_raw.loc[4, "battery_id"]
+    small_raw.loc[5, "battery_id"] = duplicated
+    electrodes, report = validate(small_raw, on_bad_row="drop")
+    # which copy is right is unknown, so no row with that id is kept
+    assert duplicated not in set(electrodes["battery_id"]) and electrodes["battery_id"].is_unique
+    assert report.dropped["bad battery_id"] == 1
+    assert any(duplicated in line and "duplicate id" in line for line in report.bad_rows)
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03binary", "not UTF-8"),               # a gzip file
+    ("battery_id,formula_charge\nmp-1_Li,Li2FéO2\n".encode("latin-1"), "not UTF-8"),  # Latin-1 text
+    (b'battery_id,formula_charge\n"mp-1_Li,LiO2\n', "not a readable CSV"),            # unterminated quote
+    (b"battery_id,formula_charge\nmp-1_Li,LiO2\nmp-2_Li,LiO2,extra,fields\n", "not a readable CSV"),
+    (b"\n\n\n", "empty file"),
+])
+def test_more_unreadable_files_are_one_line(tmp_path, content, words):
+    path = tmp_path / "input.csv"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=words) as error:
+        read_electrode_csv(path)
+    assert "\n" not in str(error.value) and error.value.__suppress_context__
+
+
+def test_utf8_with_byte_order_mark_reads_like_plain_utf8(tmp_path, small_raw):
+    path = tmp_path / "excel.csv"
+    small_raw.to_csv(path, index=False, encoding="utf-8-sig")
+    electrodes, _ = validate(read_electrode_csv(path))
+    assert len(electrodes) == len(small_raw)
+
+
+def test_missing_column_in_a_file_is_one_line(tmp_path, small_raw):
+    path = tmp_path / "input.csv"
+    small_raw.drop(columns=["working_ion", "average_voltage"]).to_csv(path, index=False)
+    with pytest.raises(InputError) as error:
+        validate(read_electrode_csv(path), where=str(path))
+    assert str(error.value) == f"{path}: missing column(s) working_ion, average_voltage"
+
+
+def _data_step(tmp_path, snapshot, on_bad_row):
+    from types import SimpleNamespace
+
+    from electrode_ml.steps import data_step
+
+    results = tmp_path / "results"
+    output = SimpleNamespace(electrodes=str(results / "data" / "electrodes.parquet"),
+                             report=str(results / "data" / "data_report.json"))
+    settings = {"source": "snapshot", "ions": ALL_IONS, "voltage_window": [-1, 7], "on_bad_row": on_bad_row}
+    data_step(SimpleNamespace(snapshot=str(snapshot)), output, SimpleNamespace(data=settings), 1)
+    return results
+
+
+def test_data_step_with_a_bad_row_writes_nothing(tmp_path, small_raw):
+    small_raw.loc[3, "charge_space_group_number"] = "231"
+    snapshot = tmp_path / "bad.csv"
+    small_raw.to_csv(snapshot, index=False)
+    with pytest.raises(InputError, match="charge_space_group_number"):
+        _data_step(tmp_path, snapshot, "error")
+    data = tmp_path / "results" / "data"
+    assert not data.exists() or list(data.iterdir()) == []
+
+
+def test_data_step_in_drop_mode_writes_both_outputs_with_the_count(tmp_path, small_raw):
+    small_raw.loc[3, "charge_space_group_number"] = "231"
+    snapshot = tmp_path / "bad.csv"
+    small_raw.to_csv(snapshot, index=False)
+    results = _data_step(tmp_path, snapshot, "drop")
+    report = json.loads((results / "data" / "data_report.json").read_text())
+    assert report["dropped"]["bad charge_space_group_number"] == 1
+    assert report["rows_out"] == len(small_raw) - 1 == len(pd.read_parquet(results / "data" / "electrodes.parquet"))
+    assert sorted(path.name for path in (results / "data").iterdir()) == ["data_report.json", "electrodes.parquet"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -28,9 +29,13 @@ def parse_formula(formula: str) -> Composition:
         composition = Composition(formula)
     except Exception as exc:  # pymatgen raises ValueError, KeyError, ... for malformed strings
         raise InputError(f"malformed formula {formula!r} ({exc})") from None
-    for species in composition:
+    for species, amount in composition.items():
         if not isinstance(species, Element):
             raise InputError(f"unknown element {str(species)!r} in formula {formula!r}")
+        if not math.isfinite(amount):
+            raise InputError(f"amount of {species} in formula {formula!r} is not a finite number")
+    if not math.isfinite(composition.num_atoms) or not math.isfinite(composition.weight):
+        raise InputError(f"formula {formula!r} has an atom count too large to be a material")
     if composition.num_atoms <= 0:
         raise InputError(f"formula {formula!r} has no atoms")
     return composition
