@@ -136,8 +136,9 @@ def train_network(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y
     target_std[target_std == 0] = 1.0
 
     def tensors(x, y):
-        return (torch.as_tensor(x, dtype=torch.float32, device=device),
-                torch.as_tensor((y - target_mean) / target_std, dtype=torch.float32, device=device))
+        # torch.tensor copies: inputs may be read-only views of a parquet-backed frame
+        return (torch.tensor(x, dtype=torch.float32, device=device),
+                torch.tensor((y - target_mean) / target_std, dtype=torch.float32, device=device))
 
     xt, yt = tensors(x_train, y_train)
     xv, yv = tensors(x_val, y_val)

@@ -91,6 +91,16 @@ def physics_step(input, output, params, threads, **_):
     write_json(summary, output.summary)
 
 
+def seed_trainer(settings: dict, network_params: NetworkParams, device: str):
+    """A function (x_train, y_train, x_val, y_val, seed) -> predict(x) for evaluations that train many networks."""
+    def trainer(x_train, y_train, x_val, y_val, seed):
+        network = train_network(x_train, y_train, x_val, y_val, network_params,
+                                replace(train_settings(settings, seed, device), log_every=0))
+        return lambda x: predict(network, x, device)
+
+    return trainer
+
+
 def train_settings(settings: dict, seed: int, device: str, epochs: int | None = None) -> TrainSettings:
     return TrainSettings(epochs=epochs or settings["epochs"], batch_size=settings["batch_size"],
                          patience=settings["patience"], seed=seed, device=device)
@@ -234,11 +244,7 @@ def feature_contribution_step(input, output, params, threads, wildcards=None, **
     first = params.train["first_seed"]
     seeds = list(range(first, first + int(params.seeds)))
     with job_device(params.train["device"]) as device:
-        def trainer(x_train, y_train, x_val, y_val, seed):
-            settings = replace(train_settings(params.train, seed, device), log_every=0)
-            network = train_network(x_train, y_train, x_val, y_val, network_params, settings)
-            return lambda x: predict(network, x, device)
-
+        trainer = seed_trainer(params.train, network_params, device)
         per_seed = contribution.run_contribution(frames, trainer, seeds)
     summary = contribution.summarise(per_seed)
     log.info("feature contribution (Eq. 9, %d seeds): %s", len(seeds),
@@ -291,11 +297,7 @@ def group_evaluation_step(input, output, params, threads, wildcards=None, **_):
     first = params.train["first_seed"]
     seeds = list(range(first, first + int(params.seeds)))
     with job_device(params.train["device"]) as device:
-        def trainer(x_train, y_train, x_val, y_val, seed):
-            settings = replace(train_settings(params.train, seed, device), log_every=0)
-            network = train_network(x_train, y_train, x_val, y_val, network_params, settings)
-            return lambda x: predict(network, x, device)
-
+        trainer = seed_trainer(params.train, network_params, device)
         results = grouped_evaluation(electrodes, base=params.base, variants=list(params.variants),
                                      split_settings=params.split, feature_settings=params.features,
                                      seeds=seeds, trainer=trainer)
