@@ -226,7 +226,17 @@ class StackedEnsemble:
                 hidden = torch.relu(hidden)
         return hidden
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Shape (n_networks, n_rows, 3) in physical units."""
-        scaled = self.predict_scaled(torch.as_tensor(x, dtype=torch.float32)).cpu().double()
+    def predict(self, x: np.ndarray, max_elements: int = 25_000_000) -> np.ndarray:
+        """Shape (n_networks, n_rows, 3) in physical units.
+
+        Rows go through in sub-batches so that one activation (networks x rows x width) stays
+        near 100 MB: 200,000 candidates through 50 networks of width 512 otherwise peak at 5 GB.
+        """
+        widest = max(weight.shape[-1] for weight in self.weights)
+        rows = max(1, max_elements // (len(self) * widest))
+        parts = [self.predict_scaled(torch.as_tensor(x[start:start + rows], dtype=torch.float32)).cpu().double()
+                 for start in range(0, len(x), rows)]
+        if not parts:
+            return np.zeros((len(self), 0, self.weights[-1].shape[-1]))
+        scaled = torch.cat(parts, dim=1)
         return (scaled * self.target_std + self.target_mean).numpy()

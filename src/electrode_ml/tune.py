@@ -121,6 +121,9 @@ def run_tuning(
     if not isinstance(space, SearchSpace):
         raise TypeError(f"space must be a SearchSpace, got {type(space).__name__}")
     state_path, trials_csv = Path(state_path), Path(trials_csv)
+    for path in (state_path, trials_csv):  # left by a process killed mid-save; this job is their only writer
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
     with _quiet_ax_warnings():
         _import_ax_quietly()
