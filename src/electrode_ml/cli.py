@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from electrode_ml.data import coerce_types, find_bad_rows, read_electrode_csv, require_columns
+from electrode_ml.data import coerce_types, find_bad_rows, read_electrode_csv, refusal, require_columns
 from electrode_ml.errors import InputError
 from electrode_ml.features import DFT_FIELDS, uses_dft
 from electrode_ml.fileio import write_csv
@@ -37,8 +37,7 @@ def validate_candidates(frame: pd.DataFrame, model: str, where: str, skip_bad: b
     typed, bad = coerce_types(frame[needed])
     bad += find_bad_rows(typed)
     if bad and not skip_bad:
-        more = f" (and {len(bad) - 1} more problem(s); --skip-bad scores the rest)" if len(bad) > 1 else ""
-        raise InputError(f"{where}: {bad[0]}{more}")
+        raise refusal(bad, where, hint="; --skip-bad scores the rest")
     rejected_ids = {row.battery_id for row in bad}
     rejects = pd.DataFrame([{"battery_id": row.battery_id, "field": row.field, "reason": row.reason} for row in bad],
                            columns=["battery_id", "field", "reason"])

@@ -12,7 +12,7 @@ import pandas as pd
 
 from electrode_ml.chemistry import parse_formula
 from electrode_ml.errors import InputError
-from electrode_ml.schema import CRYSTAL_SYSTEMS, ELECTRODE_COLUMNS, TARGETS, WORKING_IONS
+from electrode_ml.schema import CRYSTAL_SYSTEMS, ELECTRODE_COLUMNS, WORKING_IONS
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,12 @@ def coerce_types(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[BadRow]]:
     return frame, bad
 
 
+def refusal(bad: list[BadRow], where: str, hint: str = "") -> InputError:
+    """One line: the first problem, and how many more there are."""
+    more = f" (and {len(bad) - 1} more problem(s){hint})" if len(bad) > 1 else ""
+    return InputError(f"{where}: {bad[0]}{more}")
+
+
 def present(frame: pd.DataFrame, names) -> list[str]:
     return [name for name in names if name in frame.columns]
 
@@ -161,8 +167,7 @@ def validate_electrodes(
 
     if bad:
         if on_bad_row == "error":
-            more = f" (and {len(bad) - 1} more problem(s))" if len(bad) > 1 else ""
-            raise InputError(f"{where}: {bad[0]}{more}")
+            raise refusal(bad, where)
         bad_ids = {row.battery_id for row in bad}
         reasons = Counter(f"bad {row.field}" for row in bad)
         report.dropped.update(dict(sorted(reasons.items())))
@@ -186,5 +191,3 @@ def validate_electrodes(
     return frame, report
 
 
-def target_matrix(frame: pd.DataFrame) -> np.ndarray:
-    return frame[list(TARGETS)].to_numpy(dtype=np.float64)

@@ -7,12 +7,10 @@ from a rule script or directly from a test.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 
 import joblib
-import numpy as np
 import pandas as pd
 import torch
 
