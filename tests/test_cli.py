@@ -29,8 +29,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("model", ["model1", "model2_phys"])
-def test_predict_writes_mean_ci_and_interval_per_target(tiny_run, candidates, tmp_path, model):
+def test_predict_writes_mean_ci_and_interval_per_target(tiny_run, tmp_path, model):
     _, results, _ = tiny_run
+    # the workflow's own (exact-formula) electrodes, so that the two predictions must agree
+    electrodes = pd.read_parquet(results / "data" / "electrodes.parquet").sample(40, random_state=1)
+    candidates = tmp_path / "candidates.csv"
+    electrodes[candidate_columns("model2")].to_csv(candidates, index=False)
     out = tmp_path / "out.csv"
     assert main(["predict", str(candidates), "-o", str(out), "--model", model, "--results", str(results)]) == 0
     table = pd.read_csv(out)

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from electrode_ml.data import read_electrode_csv, validate_electrodes
+from electrode_ml.data import exact_end_formulas, read_electrode_csv, validate_electrodes
 from electrode_ml.errors import InputError
 from electrode_ml.schema import ELECTRODE_COLUMNS, WORKING_IONS
 
@@ -202,7 +202,8 @@ def _data_step(tmp_path, snapshot, on_bad_row):
     results = tmp_path / "results"
     output = SimpleNamespace(electrodes=str(results / "data" / "electrodes.parquet"),
                              report=str(results / "data" / "data_report.json"))
-    settings = {"source": "snapshot", "ions": ALL_IONS, "voltage_window": [-1, 7], "on_bad_row": on_bad_row}
+    settings = {"source": "snapshot", "ions": ALL_IONS, "voltage_window": [-1, 7], "on_bad_row": on_bad_row,
+                "exact_formulas": True}
     data_step(SimpleNamespace(snapshot=str(snapshot)), output, SimpleNamespace(data=settings), 1)
     return results
 
@@ -226,3 +227,35 @@ def test_data_step_in_drop_mode_writes_both_outputs_with_the_count(tmp_path, sma
     assert report["dropped"]["bad charge_space_group_number"] == 1
     assert report["rows_out"] == len(small_raw) - 1 == len(pd.read_parquet(results / "data" / "electrodes.parquet"))
     assert sorted(path.name for path in (results / "data").iterdir()) == ["data_report.json", "electrodes.parquet"]
+
+
+def _pair(charge, discharge):
+    return f"InsertionVoltagePairDoc(average_voltage=3.0, formula_charge='{charge}', formula_discharge='{discharge}')"
+
+
+def test_exact_formulas_take_the_ion_count_from_the_voltage_pairs():
+    rows = pd.DataFrame({
+        "formula_charge": ["Li0Ti3Mn5O16", "Li1.33CuO2", "Na0V2O5", "Li0FePO4"],
+        "formula_discharge": ["Li1Ti3Mn5O16", "Li2CuO2", "Na1.29V2O5", "Li1FePO4"],
+        "working_ion": ["Li", "Li", "Na", "Li"],
+        "adj_pairs": [
+            f"[{_pair('Ti3Mn5O16', 'Li10Ti3Mn5O16')}]",  # emmet wrote 10 as 1
+            f"[{_pair('Li4(CuO2)3', 'Li2CuO2')}]",  # 4/3 rounded to 1.33
+            f"[{_pair('V2O5', 'Na(V2O5)2')}, {_pair('Na(V2O5)2', 'Na9(V2O5)7')}]",  # two steps: ends are 0 and 9/7
+            f"[{_pair('FePO4', 'LiMnPO4')}]",  # another framework: the row's formulas are kept
+        ],
+    })
+    exact, counts = exact_end_formulas(rows)
+    assert exact["formula_discharge"].tolist() == ["Li10Ti3Mn5O16", "Li2CuO2", "Na1.285714286V2O5", "Li1FePO4"]
+    assert exact["formula_charge"].tolist() == ["Li0Ti3Mn5O16", "Li1.333333333CuO2", "Na0V2O5", "Li0FePO4"]
+    assert counts == {"formula_charge: ion count rounded": 1, "formula_discharge: ion count rounded": 1,
+                      "formula_discharge: ion count truncated": 1}
+    assert rows["formula_discharge"][0] == "Li1Ti3Mn5O16"  # the input frame is not modified
+
+
+def test_data_step_reports_the_formulas_it_made_exact(tmp_path, snapshot_path):
+    results = _data_step(tmp_path, snapshot_path, "error")
+    report = json.loads((results / "data" / "data_report.json").read_text())
+    electrodes = pd.read_parquet(results / "data" / "electrodes.parquet").set_index("battery_id")
+    assert report["formulas_made_exact"]["formula_discharge: ion count truncated"] == 41
+    assert electrodes.loc["mp-761137_Li", "formula_discharge"] == "Li10Ti3Mn5O16"

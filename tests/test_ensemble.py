@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from electrode_ml.ensemble import (Z_95, add_prediction_intervals, aggregate, best_single_seed, conformal_quantile,
-                                   coverage, stack_predictions)
+                                   coverage, mark_sources, stack_predictions)
 from electrode_ml.metrics import regression_metrics
 
 
@@ -67,3 +67,42 @@ def test_best_single_seed_is_chosen_on_validation():
     stacked = stack_predictions(rows)
     truth = stacked.drop_duplicates(["battery_id", "target"])[["battery_id", "split", "target"]].assign(true=1.0)
     assert best_single_seed(stacked, truth)["average_voltage"]["seed"] == 1
+
+
+def _rows(n, split, source, spread, rng, target="capacity_grav"):
+    std = np.zeros(n) if source == "physics" else np.full(n, spread)
+    return pd.DataFrame({"battery_id": [f"{split}-{source}-{i}" for i in range(n)], "split": split, "target": target,
+                         "mean": 0.0, "std": std, "n": 50, "true": rng.normal(0.0, spread, n), "source": source,
+                         "ci_low": 0.0, "ci_high": 0.0})
+
+
+def test_physics_and_network_values_are_calibrated_apart():
+    # physics errors 1000x smaller than the network's: one pooled quantile would cover every physics row
+    rng = np.random.default_rng(1)
+    summary = pd.concat([_rows(n, split, source, spread, rng)
+                         for split, n in (("train", 3000), ("val", 1000), ("test", 4000))
+                         for source, spread in (("physics", 0.001), ("network", 1.0))], ignore_index=True)
+    result = add_prediction_intervals(summary)
+    test = result[result["split"] == "test"]
+    inside = (test["true"] >= test["pi_low"]) & (test["true"] <= test["pi_high"])
+    for source in ("physics", "network"):
+        assert inside[test["source"] == source].mean() == pytest.approx(0.95, abs=0.015)
+    assert set(result.attrs["pi_scale"]["quantile"]["capacity_grav"]) == {"physics", "network"}
+    assert result.attrs["pi_scale"]["calibrated_on"] == {"network": "val", "physics": "train+val"}
+
+
+def test_a_physics_model_without_network_rows_borrows_the_base_networks_calibration():
+    rng = np.random.default_rng(2)
+    summary = pd.concat([_rows(500, split, "physics", 0.001, rng) for split in ("train", "val", "test")],
+                        ignore_index=True)
+    networks = pd.concat([_rows(500, split, "network", 1.0, rng) for split in ("val", "test")], ignore_index=True)
+    quantile = add_prediction_intervals(summary, network_fallback=networks).attrs["pi_scale"]["quantile"]
+    assert np.isfinite(quantile["capacity_grav"]["network"]) and quantile["capacity_grav"]["network"] > 1
+    assert not np.isfinite(add_prediction_intervals(summary).attrs["pi_scale"]["quantile"]["capacity_grav"]["network"])
+
+
+def test_mark_sources_follows_the_physics_table():
+    summary = pd.DataFrame({"battery_id": ["a", "a", "b"], "target": ["capacity_grav", "average_voltage", "capacity_grav"]})
+    physics = pd.DataFrame({"battery_id": ["a", "b"], "average_voltage": [np.nan, np.nan], "capacity_grav": [100.0, np.nan],
+                            "energy_grav": [np.nan, np.nan]})
+    assert mark_sources(summary, physics)["source"].tolist() == ["physics", "network", "network"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from electrode_ml.devices import claim_gpu, resolve_device
-from electrode_ml.model import MLP, Dropout, NetworkParams, StackedEnsemble, TrainedNetwork, TrainSettings, predict, train_network
+from electrode_ml.model import MLP, ReLUDropout, NetworkParams, StackedEnsemble, TrainedNetwork, TrainSettings, predict, train_network
 
 PARAMS = NetworkParams(32, 16, 8, 0.1, 0.1, 0.1, 1e-3)
 
@@ -37,15 +37,35 @@ def test_training_learns_and_keeps_the_best_epoch(data):
     assert len(history) <= 200
 
 
-def test_dropout_is_identity_in_eval_and_unbiased_in_training():
-    layer = Dropout(0.3)
-    x = torch.ones(200_000)
+def test_relu_dropout_is_relu_in_eval_and_unbiased_in_training():
+    layer = ReLUDropout(0.3)  # acts as 77/256 = 0.3008
+    x = torch.cat([torch.ones(200_000), -torch.ones(1000)])
     layer.eval()
-    assert torch.equal(layer(x), x)
+    assert torch.equal(layer(x), torch.relu(x))
     layer.train()
     out = layer(x)
-    assert abs(float(out.mean()) - 1.0) < 0.01
-    assert abs(float((out == 0).float().mean()) - 0.3) < 0.01
+    assert (out[200_000:] == 0).all()
+    assert abs(float(out[:200_000].mean()) - 1.0) < 0.01
+    assert abs(float((out[:200_000] == 0).float().mean()) - 77 / 256) < 0.005
+
+
+def test_relu_dropout_gradient_is_the_mask():
+    torch.manual_seed(0)
+    x = torch.randn(5000, requires_grad=True)
+    out = ReLUDropout(0.5)(x)
+    out.sum().backward()
+    kept = out != 0
+    assert torch.equal(x.grad[kept], torch.full((int(kept.sum()),), 2.0))
+    assert (x.grad[~kept] == 0).all() and (x.grad[x.detach() <= 0] == 0).all()
+
+
+def test_relu_dropout_is_seeded():
+    x = torch.ones(1000)
+    draws = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        draws.append(ReLUDropout(0.2)(x))
+    assert torch.equal(*draws)
 
 
 def test_stacked_ensemble_matches_one_by_one(data):

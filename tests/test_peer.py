@@ -19,7 +19,7 @@ from electrode_ml.split import make_split
 
 PAPER_SPLIT = {"method": "random", "fractions": (0.81, 0.0902, 0.0998), "seed": 42}
 PREDICTION_COLUMNS = ["battery_id", "split", "target", "true", "mean", "std", "n",
-                      "ci_low", "ci_high", "pi_low", "pi_high"]
+                      "ci_low", "ci_high", "pi_low", "pi_high", "source"]
 
 
 def typed(raw: pd.DataFrame) -> pd.DataFrame:

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from electrode_ml.data import read_electrode_csv, validate_electrodes
+from electrode_ml.data import exact_end_formulas, read_electrode_csv, validate_electrodes
 from electrode_ml.features import fit_feature_sets
 from electrode_ml.fileio import read_json, write_json
 from electrode_ml.model import PAPER_PARAMS, NetworkParams, StackedEnsemble, TrainedNetwork, TrainSettings, train_network
 from electrode_ml.runner import setup_logging
-from electrode_ml.schema import TARGETS, WORKING_IONS
+from electrode_ml.schema import TARGETS, UNITS, WORKING_IONS
 from electrode_ml.split import make_split
 
 log = logging.getLogger("electrode_ml.bench")
@@ -28,9 +28,9 @@ log = logging.getLogger("electrode_ml.bench")
 DEFAULT_SNAPSHOT = "../shared/data/mp_insertion_electrodes/ma2022_mp_insertion_electrodes_4300.csv"
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-    """Best-of-N float32 GEMM rate with the current thread count: the ceiling a dense MLP can reach."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype=torch.float32) -> float:
+    """Best-of-N GEMM rate with the current thread count: the ceiling a dense MLP can reach."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     for _ in range(2):
         a @ b
     best = float("inf")
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
 
     electrodes, _ = validate_electrodes(read_electrode_csv(args.snapshot), ions=list(WORKING_IONS), voltage_window=(-1, 7))
+    electrodes, _ = exact_end_formulas(electrodes)  # as the workflow's data rule does by default
     split = make_split(electrodes, method="random", fractions=(0.81, 0.0902, 0.0998), seed=42)
     _, frames = fit_feature_sets(electrodes, split, args.model)
     x = {name: frame.iloc[:, 1 + len(TARGETS):].to_numpy(np.float32) for name, frame in frames.items()}
@@ -107,6 +108,11 @@ def main(argv: list[str] | None = None) -> None:
         networks = [network] * args.n_networks
         source = f"{args.n_networks} copies of the benchmark network (no trained ensemble under {args.results})"
     ensemble_ms = time_prediction(StackedEnsemble(networks), x["val"])
+    # bfloat16 inference (electrode-ml predict --precision bfloat16): its speed and what it moves
+    bf16_ms = time_prediction(StackedEnsemble(networks, dtype=torch.bfloat16), x["val"])
+    bf16_shift = np.abs(StackedEnsemble(networks, dtype=torch.bfloat16).predict(x["val"]).mean(axis=0)
+                        - StackedEnsemble(networks).predict(x["val"]).mean(axis=0))
+    bf16_peak = matmul_peak_gflops(dtype=torch.bfloat16)
     widths = sorted({(n.params.units_1, n.params.units_2, n.params.units_3) for n in networks})
 
     figures = {
@@ -123,6 +129,10 @@ def main(argv: list[str] | None = None) -> None:
         "ensemble_source": source,
         "ensemble_widths": widths,
         "val_electrodes": len(x["val"]),
+        "ensemble_predict_val_ms_bfloat16": round(bf16_ms, 2),
+        "bfloat16_matmul_peak_gflops": round(bf16_peak, 1),
+        "bfloat16_mean_shift": {target: round(float(value), 4) for target, value in zip(TARGETS, bf16_shift.mean(axis=0))},
+        "bfloat16_max_shift": {target: round(float(value), 4) for target, value in zip(TARGETS, bf16_shift.max(axis=0))},
         "paper_predict_val_ms_one_network_A40": 72.9,
     }
     out = args.results / "bench.json"
@@ -133,6 +143,9 @@ def main(argv: list[str] | None = None) -> None:
           f"({train_gflops:.1f} GFLOP/s = {100 * train_gflops / peak:.0f} % of peak; paper 238.5 s on an A40)")
     print(f"predict {len(x['val'])} val electrodes with {len(networks)} networks: {ensemble_ms:8.2f} ms  "
           f"(paper: 72.9 ms for one network on an A40)  [{source}]")
+    print(f"the same in bfloat16 (peak {bf16_peak:.1f} GFLOP/s): {bf16_ms:8.2f} ms; ensemble means move by "
+          + ", ".join(f"{UNITS[target]} {value:.4g} (max {worst:.3g})" for target, value, worst
+                      in zip(TARGETS, bf16_shift.mean(axis=0), bf16_shift.max(axis=0))))
     print(f"written to {out}")
 
 

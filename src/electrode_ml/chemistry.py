@@ -54,6 +54,20 @@ def ion_count(formula: str, working_ion: str) -> float:
     return float(parse_formula(formula)[working_ion])
 
 
+def per_framework_unit(formula: str, working_ion: str) -> tuple[float, Composition]:
+    """(working-ion atoms per reduced framework unit, the reduced framework) of one end member.
+
+    MP's voltage pairs give reduced formulas (``Li10Ti3Mn5O16``, ``Li4(CuO2)3``); the snapshot's
+    formulas count the ion per framework unit, so both are compared in that unit.
+    """
+    amounts = parse_formula(formula).get_el_amt_dict()
+    ion = amounts.pop(working_ion, 0.0)
+    if not amounts:
+        raise InputError(f"formula {formula!r} holds no framework besides the working ion {working_ion}")
+    framework, factor = Composition.from_dict(amounts).get_reduced_composition_and_factor()
+    return ion / factor, framework
+
+
 def stoichiometric_capacity(formula_charge: str, formula_discharge: str, working_ion: str) -> float:
     """Gravimetric capacity in mAh/g: C = n z F / (3.6 M), M the molar mass of the discharged formula."""
     gained = ion_count(formula_discharge, working_ion) - ion_count(formula_charge, working_ion)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from electrode_ml.data import coerce_types, find_bad_rows, read_electrode_csv, refusal, require_columns
 from electrode_ml.errors import InputError
@@ -47,11 +48,12 @@ def validate_candidates(frame: pd.DataFrame, model: str, where: str, skip_bad: b
     return good, rejects
 
 
-def score(input_path: Path, model: str, results: Path, skip_bad: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+def score(input_path: Path, model: str, results: Path, skip_bad: bool,
+          precision: str = "float32") -> tuple[pd.DataFrame, pd.DataFrame]:
     candidates, rejects = validate_candidates(read_electrode_csv(input_path), model, str(input_path), skip_bad)
     if candidates.empty:
         return pd.DataFrame(columns=["battery_id"]), rejects
-    ensemble = TrainedEnsemble.load(results, model)
+    ensemble = TrainedEnsemble.load(results, model, dtype=getattr(torch, precision))
     predictions = ensemble.predict(candidates)
     predictions.insert(1, "working_ion", candidates["working_ion"].to_numpy())
     predictions.insert(2, "model", model)
@@ -86,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--model", default="model1_phys",
                          help="model1, model2, model1_phys or model2_phys (default model1_phys: needs no DFT)")
         sub.add_argument("--results", type=Path, default=Path("results"), help="the workflow's results folder")
+        sub.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                         help="network arithmetic; bfloat16 is 3-4x faster on CPUs with AVX512-BF16 or AMX and "
+                              "moves ensemble means by about 0.001 V / 0.2 mAh/g / 0.5 Wh/kg (make bench measures it)")
         sub.add_argument("--skip-bad", action="store_true",
                          help="write bad rows with their reason to OUTPUT.rejects.csv and score the rest")
 
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     try:
-        predictions, rejects = score(args.input, args.model, args.results, args.skip_bad)
+        predictions, rejects = score(args.input, args.model, args.results, args.skip_bad, args.precision)
         if args.command == "screen":
             if args.ion:
                 predictions = predictions[predictions["working_ion"] == args.ion]

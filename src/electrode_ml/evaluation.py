@@ -17,7 +17,7 @@ import pandas as pd
 
 from electrode_ml import ensemble
 from electrode_ml.features import fit_feature_sets, is_physics_model, uses_dft
-from electrode_ml.physics import PhysicsBaseline, apply_physics
+from electrode_ml.physics import PhysicsBaseline
 from electrode_ml.schema import TARGETS
 from electrode_ml.split import make_split
 
@@ -55,13 +55,11 @@ def grouped_evaluation(electrodes: pd.DataFrame, *, base: str, variants: list[st
     labelled = electrodes.merge(split, on="battery_id", validate="one_to_one")
     results = {}
     for model in variants:
-        predictions = per_seed
+        table = None
         if is_physics_model(model):
             physics = PhysicsBaseline(uses_voltage=uses_dft(model)).fit(labelled[labelled["split"] == "train"])
             table = labelled[["battery_id"]].assign(**dict(zip(TARGETS, physics.transform(labelled).T)))
-            predictions = [apply_physics(frame, table) for frame in per_seed]
-        stacked = ensemble.stack_predictions(predictions)
-        summary = ensemble.add_prediction_intervals(ensemble.aggregate(stacked, truth))
+        stacked, summary = ensemble.summarise(per_seed, truth, table)
         metrics = ensemble.ensemble_metrics(stacked, truth, summary)
         metrics["split_sizes"] = {name: int(n) for name, n in split["split"].value_counts().items()}
         results[model] = (summary, metrics)

@@ -53,23 +53,47 @@ class TrainSettings:
     log_every: int = 100
 
 
-class Dropout(nn.Module):
-    """Inverted dropout with the mask drawn by ``torch.rand``.
+class _MaskedReLU(torch.autograd.Function):
+    """relu(x) * keep * scale, saving one boolean mask for the backward pass (ReLU's and dropout's
+    gradients in one; a bool mask is a quarter of a float one to write and read back)."""
 
-    Same semantics as ``nn.Dropout``, but on the CPU torch's Bernoulli sampler is about three
-    times slower than a uniform draw and a compare; with full-batch training it took half of
-    every epoch. Seeded by ``torch.manual_seed`` like any torch RNG, so training stays deterministic.
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+        mask = (x > 0).logical_and_(keep)
+        ctx.save_for_backward(mask)
+        ctx.scale = scale
+        return torch.mul(x, mask).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        return torch.mul(grad, mask).mul_(ctx.scale), None, None
+
+
+class ReLUDropout(nn.Module):
+    """ReLU followed by inverted dropout, fused for speed on the CPU.
+
+    The paper's Dense -> Dropout with ReLU units. Two choices make full-batch CPU training about
+    a fifth faster than ``nn.ReLU(); nn.Dropout(p)``: the mask comes from random bytes (one 64-bit
+    draw gives eight masks; torch's per-element float draws took a fifth of every epoch), so the
+    rate is applied in steps of 1/256 (0.162 acts as 41/256 = 0.1602); and ReLU's and dropout's
+    gradients share one saved mask. Seeded by ``torch.manual_seed``: training stays deterministic.
     """
+
+    LEVELS = 256
 
     def __init__(self, p: float):
         super().__init__()
         self.p = float(p)
+        self.threshold = round(self.p * self.LEVELS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        scaled_mask = (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
-        return x * scaled_mask
+        if not self.training or self.threshold == 0:
+            return torch.relu(x)
+        n = x.numel()
+        words = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device).random_(-2**63, 2**63 - 1)
+        keep = words.view(torch.uint8)[:n].view_as(x) >= self.threshold
+        return _MaskedReLU.apply(x, keep, self.LEVELS / (self.LEVELS - self.threshold))
 
 
 class MLP(nn.Module):
@@ -79,7 +103,7 @@ class MLP(nn.Module):
         width = n_inputs
         for units, rate in ((params.units_1, params.dropout_1), (params.units_2, params.dropout_2),
                             (params.units_3, params.dropout_3)):
-            layers += [nn.Linear(width, units), nn.ReLU(), Dropout(rate)]
+            layers += [nn.Linear(width, units), ReLUDropout(rate)]
             width = units
         layers.append(nn.Linear(width, n_outputs))
         self.layers = nn.Sequential(*layers)
@@ -234,7 +258,7 @@ class StackedEnsemble:
         """
         widest = max(weight.shape[-1] for weight in self.weights)
         rows = max(1, max_elements // (len(self) * widest))
-        parts = [self.predict_scaled(torch.as_tensor(x[start:start + rows], dtype=torch.float32)).cpu().double()
+        parts = [self.predict_scaled(torch.tensor(x[start:start + rows], dtype=torch.float32)).cpu().double()
                  for start in range(0, len(x), rows)]
         if not parts:
             return np.zeros((len(self), 0, self.weights[-1].shape[-1]))

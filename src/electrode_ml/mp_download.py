@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
+from electrode_ml.chemistry import per_framework_unit
 from electrode_ml.errors import InputError
 from electrode_ml.schema import ELECTRODE_COLUMNS, END_MEMBER_FIELDS, WORKING_IONS
 
@@ -489,13 +490,13 @@ def _as_dict(doc: Any) -> dict[str, Any]:
 
 
 def _ion_subscript(formula: str, ion: str) -> tuple[str, str]:
-    """(ion count per reduced framework unit as emmet writes it, framework reduced formula)."""
-    from pymatgen.core import Composition
+    """(ion count per reduced framework unit as emmet writes it, framework reduced formula).
 
-    amounts = Composition(formula).get_el_amt_dict()
-    ion_amount = amounts.pop(ion, 0)
-    framework, factor = Composition.from_dict(amounts).get_reduced_composition_and_factor()
-    subscript = re.sub(".00$", "", f"{ion_amount / factor:.2f}")
+    Written as emmet does, flaws included (two decimals; ``10.00`` -> ``10`` -> ``1`` by the
+    trailing-zero strip), so a download matches the snapshot; ``data.exact_formulas`` repairs both.
+    """
+    ion_amount, framework = per_framework_unit(formula, ion)
+    subscript = re.sub(".00$", "", f"{ion_amount:.2f}")
     if subscript != "0":
         subscript = subscript.rstrip("0")
     return subscript, framework.reduced_formula

@@ -31,7 +31,7 @@ class TrainedEnsemble:
     intervals: dict | None = None
 
     @classmethod
-    def load(cls, results: str | Path, model: str, device: str = "cpu") -> "TrainedEnsemble":
+    def load(cls, results: str | Path, model: str, device: str = "cpu", dtype=torch.float32) -> "TrainedEnsemble":
         """A physics model reuses its base model's featuriser and networks (see physics.py)."""
         results = Path(results)
         base = base_model(model)
@@ -45,26 +45,31 @@ class TrainedEnsemble:
         physics = joblib.load(results / "physics" / model / "physics.joblib") if is_physics_model(model) else None
         metrics_path = results / "ensemble" / model / "metrics.json"
         intervals = read_json(metrics_path).get("prediction_interval") if metrics_path.exists() else None
-        return cls(model, joblib.load(transformer_path), StackedEnsemble(networks, device=device), physics, intervals)
+        return cls(model, joblib.load(transformer_path), StackedEnsemble(networks, device=device, dtype=dtype), physics, intervals)
 
     def features(self, electrodes: pd.DataFrame) -> np.ndarray:
         return np.asarray(self.featurizer.transform(electrodes), dtype=np.float32)
 
-    def predict_members(self, electrodes: pd.DataFrame, chunk_rows: int = 20000) -> np.ndarray:
-        """Per-network predictions, shape (n_networks, n_rows, 3), computed in chunks to bound memory."""
+    def predict_members(self, electrodes: pd.DataFrame, chunk_rows: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+        """Per-network predictions, shape (n_networks, n_rows, 3), computed in chunks to bound memory,
+        and where physics gave the value outright, shape (n_rows, 3)."""
         parts = [self._predict_chunk(electrodes.iloc[start:start + chunk_rows])
                  for start in range(0, len(electrodes), chunk_rows)]
-        return np.concatenate(parts, axis=1) if parts else np.zeros((len(self.networks), 0, len(TARGETS)))
+        if not parts:
+            return np.zeros((len(self.networks), 0, len(TARGETS))), np.zeros((0, len(TARGETS)), dtype=bool)
+        return np.concatenate([members for members, _ in parts], axis=1), np.concatenate([held for _, held in parts])
 
-    def _predict_chunk(self, electrodes: pd.DataFrame) -> np.ndarray:
+    def _predict_chunk(self, electrodes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         members = self.networks.predict(self.features(electrodes))
         if self.physics is None:
-            return members
-        return combine(self.physics.transform(electrodes)[np.newaxis], members)
+            return members, np.zeros(members.shape[1:], dtype=bool)
+        physics = self.physics.transform(electrodes)
+        return combine(physics[np.newaxis], members), ~np.isnan(physics)
 
     def predict(self, electrodes: pd.DataFrame) -> pd.DataFrame:
-        """Wide table: battery_id and, per target, mean, std and the paper's 95 % CI of the mean."""
-        members = self.predict_members(electrodes)
+        """Wide table: battery_id and, per target, mean, std, the paper's 95 % CI of the mean and the
+        calibrated 95 % prediction interval (physics values get the physics quantile)."""
+        members, held = self.predict_members(electrodes)
         n = members.shape[0]
         mean = members.mean(axis=0)
         std = members.std(axis=0, ddof=1)
@@ -76,8 +81,9 @@ class TrainedEnsemble:
             columns[f"{target}_ci_low"] = mean[:, index] - half[:, index]
             columns[f"{target}_ci_high"] = mean[:, index] + half[:, index]
             if self.intervals:
-                pi_half = self.intervals["quantile"][target] * interval_scale(
-                    std[:, index], self.intervals["spread_floor"][target])
+                quantile = self.intervals["quantile"][target]
+                by_source = np.where(held[:, index], quantile.get("physics", np.inf), quantile["network"])
+                pi_half = by_source * interval_scale(std[:, index], self.intervals["spread_floor"][target])
                 columns[f"{target}_pi_low"] = mean[:, index] - pi_half
                 columns[f"{target}_pi_high"] = mean[:, index] + pi_half
         return pd.DataFrame(columns)

@@ -34,6 +34,7 @@ ELECTRODE_COLUMNS: dict[str, str] = {
 }
 
 TARGETS = ("average_voltage", "capacity_grav", "energy_grav")
+UNITS = {"average_voltage": "V", "capacity_grav": "mAh/g", "energy_grav": "Wh/kg"}
 
 # Charge carried by each working ion (used by the stoichiometric capacity).
 ION_CHARGE: dict[str, int] = {

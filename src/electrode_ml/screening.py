@@ -18,12 +18,11 @@ from pymatgen.core import Composition
 
 from electrode_ml.chemistry import parse_formula, stoichiometric_capacity
 from electrode_ml.errors import InputError
-from electrode_ml.schema import TARGETS
+from electrode_ml.schema import TARGETS, UNITS
 
 # screen.na config key -> target column; the thresholds are inclusive lower bounds.
 CRITERIA = {"voltage": "average_voltage", "capacity": "capacity_grav", "energy": "energy_grav"}
 DEFAULT_NA_THRESHOLDS = {"voltage": 2.0, "capacity": 100.0, "energy": 200.0}
-UNITS = {"average_voltage": "V", "capacity_grav": "mAh/g", "energy_grav": "Wh/kg"}
 SHORT = {"average_voltage": "V", "capacity_grav": "C", "energy_grav": "E"}
 
 # What each split was used for, so a reader of the all-Na screen knows which verdicts are fair tests.
@@ -215,8 +214,8 @@ def _fraction(value: float | None) -> str:
 # ----------------------------------------------------------------------------------------------
 
 def _amount_text(amount: float) -> str:
-    """Amounts as the snapshot writes them: 0, 1, 0.5, 0.33."""
-    return f"{round(amount, 6):g}"
+    """Amounts as the data rule writes them: 0, 1, 0.5, 1.333333333 (10 significant digits)."""
+    return f"{amount:.10g}"
 
 
 def substitute_formula(formula: str, old: str, new: str) -> str:

@@ -22,7 +22,7 @@ from electrode_ml.evaluation import frame_matrices, grouped_evaluation, seed_pre
 from electrode_ml.features import describe_features, fit_feature_sets, uses_dft
 from electrode_ml.fileio import atomic_path, read_json, write_csv, write_json, write_parquet
 from electrode_ml.model import NetworkParams, TrainSettings, predict, train_network
-from electrode_ml.physics import PhysicsBaseline, apply_physics
+from electrode_ml.physics import PhysicsBaseline
 from electrode_ml.schema import TARGETS
 from electrode_ml.split import make_split
 from electrode_ml.tune import SearchSpace, run_tuning
@@ -47,6 +47,9 @@ def data_step(input, output, params, threads, **_):
         on_bad_row=settings["on_bad_row"], source=source, where=where,
     )
     log.info("kept %d electrodes; dropped %s", len(electrodes), report.dropped)
+    if settings["exact_formulas"]:
+        electrodes, report.formulas_made_exact = data_mod.exact_end_formulas(electrodes)
+        log.info("ion counts made exact from the voltage pairs: %s", report.formulas_made_exact)
     write_parquet(electrodes, output.electrodes)
     write_json(report.as_dict(), output.report)
 
@@ -141,11 +144,9 @@ def train_step(input, output, params, threads, wildcards=None, **_):
 
 def ensemble_step(input, output, params, threads, **_):
     per_seed = [pd.read_parquet(path) for path in input.predictions]
-    if input.get("physics"):
-        per_seed = [apply_physics(frame, pd.read_parquet(input.physics)) for frame in per_seed]
+    physics = pd.read_parquet(input.physics) if input.get("physics") else None
     truth = ensemble.true_values({split: pd.read_parquet(input[split]) for split in ("train", "val", "test")})
-    stacked = ensemble.stack_predictions(per_seed)
-    summary = ensemble.add_prediction_intervals(ensemble.aggregate(stacked, truth))
+    stacked, summary = ensemble.summarise(per_seed, truth, physics)
     metrics = ensemble.ensemble_metrics(stacked, truth, summary)
     log.info("validation MAE of the ensemble mean: %s",
              {target: round(values["mae"], 4) for target, values in metrics["ensemble_mean"]["val"].items()})

@@ -16,6 +16,10 @@ rule report:
         k_summary=rules.screen_k.output.summary,
         fig7=rules.screen_k.output.figure,
         timing=rules.timing.output.timing,
+        # Beyond the paper: the peer baseline, the framework-grouped split, the physics summaries.
+        peer=rules.peer_gbm.output.metrics,
+        group=expand(rules.group_evaluation.output.metrics, model=GROUP_MODELS),
+        physics=expand(rules.physics.output.summary, model=PHYSICS_MODELS),
         contribution=rules.feature_contribution.output.summary if "model2" in BASE_MODELS else [],
         contribution_seeds=rules.feature_contribution.output.per_seed if "model2" in BASE_MODELS else [],
         contribution_figure=rules.feature_contribution.output.figure if "model2" in BASE_MODELS else [],
