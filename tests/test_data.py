@@ -160,8 +160,18 @@ def test_duplicate_ids_in_drop_mode_leave_the_id_out_and_say_why(small_raw):
     electrodes, report = validate(small_raw, on_bad_row="drop")
     # which copy is right is unknown, so no row with that id is kept
     assert duplicated not in set(electrodes["battery_id"]) and electrodes["battery_id"].is_unique
-    assert report.dropped["bad battery_id"] == 1
+    assert report.dropped["bad battery_id"] == 2 == report.dropped["bad rows"]  # rows, both copies
     assert any(duplicated in line and "duplicate id" in line for line in report.bad_rows)
+
+
+def test_drop_mode_counts_rows_and_drops_rows_without_an_id(small_raw):
+    small_raw.loc[3, "battery_id"] = ""
+    small_raw.loc[7, ["formula_charge", "average_voltage"]] = ["Qq2O3", "x"]  # two problems, one row
+    electrodes, report = validate(small_raw, on_bad_row="drop")
+    assert len(electrodes) == len(small_raw) - 2 and (electrodes["battery_id"] != "").all()
+    assert report.dropped["bad rows"] == 2
+    assert report.dropped["bad formula_charge"] == report.dropped["bad average_voltage"] == 1
+    assert len(report.bad_rows) == 3
 
 
 @pytest.mark.parametrize("content, words", [

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from electrode_ml.devices import claim_gpu, resolve_device
-from electrode_ml.model import MLP, ReLUDropout, NetworkParams, StackedEnsemble, TrainedNetwork, TrainSettings, predict, train_network
+from electrode_ml.model import MLP, NetworkParams, ReLUDropout, StackedEnsemble, TrainedNetwork, TrainSettings, predict, train_network
 
 PARAMS = NetworkParams(32, 16, 8, 0.1, 0.1, 0.1, 1e-3)
 
@@ -113,3 +113,12 @@ def test_concurrent_jobs_claim_distinct_gpus_and_extra_jobs_wait(tmp_path):
     for holds in holds_by_gpu.values():
         holds.sort()
         assert all(end <= next_start for (_, end), (next_start, _) in zip(holds, holds[1:]))
+
+
+def test_stacked_ensemble_in_bfloat16_stays_close_to_float32(data):
+    networks = [train_network(*data, PARAMS, TrainSettings(epochs=3, seed=seed, log_every=0)) for seed in range(3)]
+    exact = StackedEnsemble(networks).predict(data[2])
+    fast = StackedEnsemble(networks, dtype=torch.bfloat16).predict(data[2])
+    assert fast.dtype == exact.dtype and fast.shape == exact.shape
+    scale = np.abs(exact).mean(axis=(0, 1))
+    assert (np.abs(fast - exact).mean(axis=(0, 1)) < 0.02 * scale).all()

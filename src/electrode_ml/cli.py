@@ -39,10 +39,9 @@ def validate_candidates(frame: pd.DataFrame, model: str, where: str, skip_bad: b
     bad += find_bad_rows(typed)
     if bad and not skip_bad:
         raise refusal(bad, where, hint="; --skip-bad scores the rest")
-    rejected_ids = {row.battery_id for row in bad}
     rejects = pd.DataFrame([{"battery_id": row.battery_id, "field": row.field, "reason": row.reason} for row in bad],
                            columns=["battery_id", "field", "reason"])
-    good = typed[~typed["battery_id"].astype(str).isin(rejected_ids)].copy()
+    good = typed.drop(index=sorted({row.row for row in bad}))
     for name in ("charge_space_group_number", "discharge_space_group_number"):
         good[name] = good[name].astype("int64")
     return good, rejects

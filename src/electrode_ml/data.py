@@ -30,6 +30,7 @@ class BadRow:
     battery_id: str
     field: str
     reason: str
+    row: int  # index label in the checked frame: rows without a usable id are still found by it
 
     def __str__(self) -> str:
         return f"battery_id={self.battery_id!r}, field {self.field!r}: {self.reason}"
@@ -93,9 +94,9 @@ def coerce_types(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[BadRow]]:
         missing = text.str.strip().str.lower().isin(MISSING_TEXT)
         values = pd.to_numeric(text.where(~missing), errors="coerce")
         for idx in frame.index[values.isna() & ~missing]:
-            bad.append(BadRow(ids[idx], name, f"not a number: {text[idx]!r}"))
+            bad.append(BadRow(ids[idx], name, f"not a number: {text[idx]!r}", idx))
         for idx in frame.index[missing]:
-            bad.append(BadRow(ids[idx], name, "missing value"))
+            bad.append(BadRow(ids[idx], name, "missing value", idx))
         frame[name] = values.astype("float64")
     return frame, bad
 
@@ -120,31 +121,32 @@ def find_bad_rows(frame: pd.DataFrame) -> list[BadRow]:
 
     for name in present(frame, NUMERIC_FIELDS):
         values = frame[name].to_numpy(dtype=float)
-        for idx in np.flatnonzero(np.isinf(values)):
-            bad.append(BadRow(ids.iloc[idx], name, "infinite value"))
+        for idx in frame.index[np.isinf(values)]:
+            bad.append(BadRow(ids[idx], name, "infinite value", idx))
     for name in present(frame, SPACE_GROUP_FIELDS):
         values = frame[name]
         out_of_range = values.notna() & ((values < 1) | (values > 230) | (values != values.round()))
         for idx in frame.index[out_of_range]:
-            bad.append(BadRow(ids[idx], name, f"space group {values[idx]:g} is not an integer in 1..230"))
+            bad.append(BadRow(ids[idx], name, f"space group {values[idx]:g} is not an integer in 1..230", idx))
     for name in present(frame, CRYSTAL_SYSTEM_FIELDS):
         unknown = ~frame[name].isin(CRYSTAL_SYSTEMS)
         for idx in frame.index[unknown]:
-            bad.append(BadRow(ids[idx], name, f"unknown crystal system {frame[name][idx]!r}"))
+            bad.append(BadRow(ids[idx], name, f"unknown crystal system {frame[name][idx]!r}", idx))
     for name in present(frame, ("working_ion",)):
         for idx in frame.index[~frame[name].isin(WORKING_IONS)]:
-            bad.append(BadRow(ids[idx], name, f"unknown working ion {frame[name][idx]!r}"))
+            bad.append(BadRow(ids[idx], name, f"unknown working ion {frame[name][idx]!r}", idx))
     for name in present(frame, FORMULA_FIELDS):
         for idx, formula in frame[name].items():
             try:
                 parse_formula(formula)
             except InputError as exc:
-                bad.append(BadRow(ids[idx], name, str(exc)))
+                bad.append(BadRow(ids[idx], name, str(exc), idx))
     for idx in frame.index[ids.str.strip().eq("")]:
-        bad.append(BadRow(f"row {idx + 2}", "battery_id", "empty id"))
-    duplicated = ids.duplicated(keep="first") & ids.str.strip().ne("")
+        bad.append(BadRow(f"row {idx + 2}", "battery_id", "empty id", idx))
+    # which copy of a duplicated id is right is unknown, so every copy is bad
+    duplicated = ids.duplicated(keep=False) & ids.str.strip().ne("")
     for idx in frame.index[duplicated]:
-        bad.append(BadRow(ids[idx], "battery_id", "duplicate id"))
+        bad.append(BadRow(ids[idx], "battery_id", "duplicate id", idx))
     return bad
 
 
@@ -172,12 +174,12 @@ def validate_electrodes(
     if bad:
         if on_bad_row == "error":
             raise refusal(bad, where)
-        bad_ids = {row.battery_id for row in bad}
-        reasons = Counter(f"bad {row.field}" for row in bad)
-        report.dropped.update(dict(sorted(reasons.items())))
+        bad_rows = sorted({row.row for row in bad})
+        rows_per_field = Counter(field for field, _ in {(f"bad {row.field}", row.row) for row in bad})
+        report.dropped.update({"bad rows": len(bad_rows), **dict(sorted(rows_per_field.items()))})
         report.bad_rows = [str(row) for row in bad]
-        log.warning("dropping %d bad row(s); first: %s", len(bad_ids), bad[0])
-        frame = frame[~frame["battery_id"].isin(bad_ids)]
+        log.warning("dropping %d bad row(s); first: %s", len(bad_rows), bad[0])
+        frame = frame.drop(index=bad_rows)
 
     selected_ion = frame["working_ion"].isin(ions)
     report.dropped["working ion not selected"] = int((~selected_ion).sum())
