@@ -203,5 +203,9 @@ def test_k_substitution_table_and_the_featuriser(small_raw):
     assert moved_blocks <= {"working_ion", "formula_charge", "formula_discharge"} and "working_ion" in moved_blocks
     summary = screening.k_summary(table, ["fake"])
     assert summary["fake"]["fraction_k_below_li"] == 1.0 and summary["n"] == n_li
+    # a model with its own predictor for the substituted rows: the Li rows keep the first one
+    doubled = screening.k_substitution(electrodes, split, {"fake": fake_predict}, substituted_predictors={
+        "fake": lambda frame: fake_predict(frame).assign(energy_grav_mean=7.0)})
+    assert (doubled["fake_energy_grav_k_mean"] == 7).all() and (doubled["fake_energy_grav_li_mean"] == 110).all()
     figure = screening.k_substitution_figure(table, ["fake"])
     assert len(figure.axes) == 1

@@ -62,7 +62,7 @@ def load_ensemble(results: Path, model: str) -> list[TrainedNetwork]:
 
 def time_prediction(ensemble: StackedEnsemble, x: np.ndarray, repeats: int = 50) -> float:
     """Median wall time of predicting ``x`` with every network of the ensemble, in ms."""
-    features = torch.as_tensor(x, dtype=torch.float32)
+    features = torch.tensor(x, dtype=torch.float32)
     for _ in range(3):
         ensemble.predict_scaled(features)
     samples = []

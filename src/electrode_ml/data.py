@@ -197,8 +197,6 @@ def validate_electrodes(
     return frame, report
 
 
-
-
 def exact_ion_counts(adj_pairs: str, working_ion: str) -> tuple[float, float, str] | None:
     """(ion per framework unit of the most charged and the most discharged end member, framework).
 
@@ -225,8 +223,8 @@ def exact_end_formulas(electrodes: pd.DataFrame) -> tuple[pd.DataFrame, dict[str
     ion count to two decimals and strip trailing zeros after it, so ``Li10Ti3Mn5O16`` reads
     ``Li1Ti3Mn5O16``. On the snapshot 43 counts are truncated and 241 rounded; stoichiometric
     capacity then misses the stored capacity by over 1 mAh/g for 95 rows, and by under 1e-6 mAh/g
-    for every row once the counts are exact. Only the ion count is replaced,
-    and only where the pairs describe the same framework; the framework text stays as written.
+    for every row once the counts are exact. Only the ion count is replaced, and only where the
+    pairs describe the same framework; the framework text stays as written.
     """
     electrodes = electrodes.copy()
     counts = Counter()

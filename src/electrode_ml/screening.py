@@ -268,12 +268,15 @@ Predictor = Callable[[pd.DataFrame], pd.DataFrame]
 
 
 def k_substitution(electrodes: pd.DataFrame, split: pd.DataFrame, predictors: Mapping[str, Predictor],
-                   old: str = "Li", new: str = "K", splits: tuple[str, ...] = ("test",)) -> pd.DataFrame:
+                   old: str = "Li", new: str = "K", splits: tuple[str, ...] = ("test",),
+                   substituted_predictors: Mapping[str, Predictor] | None = None) -> pd.DataFrame:
     """Per ``old`` electrode of ``splits``: the original and substituted formulas, the DFT energy of the
     original, each model's predicted specific energy (mean and 95 % CI) for both versions, and the
     stoichiometric capacities of both (the mass effect the paper invokes).
 
-    ``predictors`` map a model name to a function electrodes -> TrainedEnsemble.predict's wide table.
+    ``predictors`` map a model name to a function electrodes -> TrainedEnsemble.predict's wide table;
+    ``substituted_predictors``, where given, score the substituted electrodes instead (a model that
+    reads the DFT energies as physics cannot use the original material's for the new one).
     """
     labelled = electrodes.merge(split, on="battery_id", how="inner", validate="one_to_one")
     original = labelled[(labelled["working_ion"] == old) & labelled["split"].isin(splits)].reset_index(drop=True)
@@ -298,7 +301,7 @@ def k_substitution(electrodes: pd.DataFrame, split: pd.DataFrame, predictors: Ma
     table["stoich_capacity_ratio"] = table[f"stoich_capacity_{up}"] / table[f"stoich_capacity_{low}"]
     for model, predict in predictors.items():
         for label, frame in ((low, original), (up, swapped)):
-            wide = predict(frame)
+            wide = (substituted_predictors or predictors)[model](frame) if label == up else predict(frame)
             if len(wide) != len(frame) or not (wide["battery_id"].to_numpy() == frame["battery_id"].to_numpy()).all():
                 raise ValueError(f"{model}: predictions do not line up with the {label} electrodes")
             for target in TARGETS:
