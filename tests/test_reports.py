@@ -212,7 +212,8 @@ def test_beyond_section_shows_test_errors_coverage_and_the_peer(beyond_context):
     assert "rgba(27,158,119" in _cell(page, "95.0 %")   # inside 93-97 %: good
     assert "rgba(217,95,2" in _cell(page, "99.0 %")     # too wide: flagged
     assert "rgba(217,95,2" in _cell(page, "90.0 %")     # the peer's, too narrow
-    assert "0.2 %" in page and "0.0 %" in page          # the paper's CI of the mean, and the peer's zero-width CI
+    assert "0.2 %" in page and not re.search(r">0\.0 %<", page)  # the paper's CI of the mean; the peer has none
+    assert page.count("– (one model)") == len(TARGETS)
     # model2_phys against the issue's goals: V 0.050 <= 0.08 met, capacity 0.05 < 1 met
     assert re.search(r'<td class="num" style="background: rgba\(27,158,119[^>]*>0\.050 ', page)
     assert "physics 100.0 % of 8, network 50.0 % of 2" in page

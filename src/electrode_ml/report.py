@@ -404,6 +404,9 @@ def _test_split_row(model: str, metrics: dict) -> list[str]:
         mae, goal = mae_on_test(metrics, target), goals.get(target)
         cells.append(td(f"{fmt(mae, DIGITS[target])} {delta(mae, goal)}", shade(mae, goal), "num"))
     for kind in ("ci", "pi"):
+        if kind == "ci" and model == PEER:  # one model, no spread: its "CI" is the point itself
+            cells += [td("– (one model)", cls="num muted") for _ in TARGETS]
+            continue
         cells += [td(percent(coverage_on_test(metrics, kind, t)), coverage_shade(coverage_on_test(metrics, kind, t)), "num")
                   for t in TARGETS]
     return cells
