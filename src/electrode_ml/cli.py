@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="model1, model2, model1_phys or model2_phys (default model1_phys: needs no DFT)")
         sub.add_argument("--results", type=Path, default=Path("results"), help="the workflow's results folder")
         sub.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
-                         help="network arithmetic; bfloat16 is 3-4x faster on CPUs with AVX512-BF16 or AMX and "
-                              "moves ensemble means by about 0.001 V / 0.2 mAh/g / 0.5 Wh/kg (make bench measures it)")
+                         help="network arithmetic; bfloat16 was about 4x faster on a CPU with AVX512-BF16 and "
+                              "moved ensemble means by about 0.002 V / 0.2 mAh/g / 0.5 Wh/kg (make bench measures it)")
         sub.add_argument("--skip-bad", action="store_true",
                          help="write bad rows with their reason to OUTPUT.rejects.csv and score the rest")
 

@@ -73,11 +73,12 @@ class _MaskedReLU(torch.autograd.Function):
 class ReLUDropout(nn.Module):
     """ReLU followed by inverted dropout, fused for speed on the CPU.
 
-    The paper's Dense -> Dropout with ReLU units. Two choices make full-batch CPU training about
-    a fifth faster than ``nn.ReLU(); nn.Dropout(p)``: the mask comes from random bytes (one 64-bit
-    draw gives eight masks; torch's per-element float draws took a fifth of every epoch), so the
-    rate is applied in steps of 1/256 (0.162 acts as 41/256 = 0.1602); and ReLU's and dropout's
-    gradients share one saved mask. Seeded by ``torch.manual_seed``: training stays deterministic.
+    The paper's Dense -> Dropout with ReLU units. Two choices took a full-batch epoch of the
+    paper's model1 network from 33.3 to 26.2 ms (2 CPU threads) against ReLU then a dropout that
+    draws one float per element: the mask comes from random bytes (one 64-bit draw gives eight
+    masks), so the rate acts in steps of 1/256 (0.162 acts as 41/256 = 0.1602); and ReLU's and
+    dropout's gradients share one saved boolean mask. Seeded by ``torch.manual_seed``: training
+    stays deterministic.
     """
 
     LEVELS = 256
