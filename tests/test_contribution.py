@@ -99,3 +99,11 @@ def test_run_contribution_ranks_the_informative_group_first():
 
     figure = contribution.contribution_figure(summary, per_seed, "synthetic")
     assert len(figure.axes[0].patches) == len(contribution.FEATURE_GROUPS)
+
+
+def test_a_block_left_out_by_the_configuration_is_skipped():
+    frames = {split: frame.drop(columns=[name for name in frame.columns if name.startswith("space_group__")])
+              for split, frame in synthetic_frames().items()}
+    per_seed = contribution.run_contribution(frames, linear_trainer, seeds=[0])
+    assert "space group" not in set(per_seed["group"])
+    assert len(per_seed) == len(contribution.FEATURE_GROUPS)  # the full network + every other group

@@ -69,3 +69,11 @@ def test_unknown_categories_in_new_data_do_not_crash(electrodes, split):
     novel = electrodes.head(2).copy()
     novel["charge_space_group_number"] = 230
     assert np.isfinite(featurizer.transform(novel)).all()
+
+
+def test_space_groups_can_be_left_out(electrodes, split):
+    full = describe_features(fit_feature_sets(electrodes, split, "model2")[0])
+    without = describe_features(fit_feature_sets(electrodes, split, "model2", space_groups=False)[0])
+    assert "space_group" not in without["blocks"] and "space_group" in full["blocks"]
+    assert without["n_features"] == full["n_features"] - full["blocks"]["space_group"]["n_out"]
+    assert not any(column["column"].startswith("space_group__") for column in without["columns"])

@@ -78,7 +78,11 @@ def run_contribution(frames: Mapping[str, pd.DataFrame], trainer: Trainer, seeds
     and on test, mean_r, and contribution (Eq. 9 against the full network of the same seed).
     """
     features = [name for name in frames["train"].columns if name != "battery_id" and name not in TARGETS]
-    runs = [(FULL, [])] + [(group, group_columns(features, group, groups)) for group in groups]
+    # a block the configuration leaves out (features.space_groups: false) has nothing to leave out
+    present = [group for group in groups
+               if not all(pattern.endswith("*") and not any(name.startswith(pattern[:-1]) for name in features)
+                          for pattern in groups[group])]
+    runs = [(FULL, [])] + [(group, group_columns(features, group, groups)) for group in present]
     y = {split: frame[list(TARGETS)].to_numpy(np.float64) for split, frame in frames.items()}
     rows = []
     for group, removed in runs:
