@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from electrode_ml.data import exact_end_formulas, read_electrode_csv, validate_electrodes
@@ -102,16 +103,19 @@ def main(argv: list[str] | None = None) -> None:
     train_gflops = flops / network.seconds / 1e9
 
     trained = load_ensemble(args.results, args.model)
-    if len(trained) >= 2:
+    val_features = args.results / "features" / args.model / "val.parquet"
+    if len(trained) >= 2 and val_features.exists():
+        # the run's own validation features: its configuration may differ from the bench's
         networks, source = trained, f"{len(trained)} trained networks from {args.results}/train/{args.model}"
+        x_val = pd.read_parquet(val_features).iloc[:, 1 + len(TARGETS):].to_numpy(np.float32)
     else:
-        networks = [network] * args.n_networks
+        networks, x_val = [network] * args.n_networks, x["val"]
         source = f"{args.n_networks} copies of the benchmark network (no trained ensemble under {args.results})"
-    ensemble_ms = time_prediction(StackedEnsemble(networks), x["val"])
+    ensemble_ms = time_prediction(StackedEnsemble(networks), x_val)
     # bfloat16 inference (electrode-ml predict --precision bfloat16): its speed and what it moves
-    bf16_ms = time_prediction(StackedEnsemble(networks, dtype=torch.bfloat16), x["val"])
-    bf16_shift = np.abs(StackedEnsemble(networks, dtype=torch.bfloat16).predict(x["val"]).mean(axis=0)
-                        - StackedEnsemble(networks).predict(x["val"]).mean(axis=0))
+    bf16_ms = time_prediction(StackedEnsemble(networks, dtype=torch.bfloat16), x_val)
+    bf16_shift = np.abs(StackedEnsemble(networks, dtype=torch.bfloat16).predict(x_val).mean(axis=0)
+                        - StackedEnsemble(networks).predict(x_val).mean(axis=0))
     bf16_peak = matmul_peak_gflops(dtype=torch.bfloat16)
     widths = sorted({(n.params.units_1, n.params.units_2, n.params.units_3) for n in networks})
 
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         "ensemble_networks": len(networks),
         "ensemble_source": source,
         "ensemble_widths": widths,
-        "val_electrodes": len(x["val"]),
+        "val_electrodes": len(x_val),
         "ensemble_predict_val_ms_bfloat16": round(bf16_ms, 2),
         "bfloat16_matmul_peak_gflops": round(bf16_peak, 1),
         "bfloat16_mean_shift": {target: round(float(value), 4) for target, value in zip(TARGETS, bf16_shift.mean(axis=0))},
@@ -141,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nmatmul peak (float32, {args.threads} threads): {peak:8.1f} GFLOP/s")
     print(f"one {args.model} training, {args.epochs} epochs full batch: {network.seconds:8.2f} s  "
           f"({train_gflops:.1f} GFLOP/s = {100 * train_gflops / peak:.0f} % of peak; paper 238.5 s on an A40)")
-    print(f"predict {len(x['val'])} val electrodes with {len(networks)} networks: {ensemble_ms:8.2f} ms  "
+    print(f"predict {len(x_val)} val electrodes with {len(networks)} networks: {ensemble_ms:8.2f} ms  "
           f"(paper: 72.9 ms for one network on an A40)  [{source}]")
     print(f"the same in bfloat16 (peak {bf16_peak:.1f} GFLOP/s): {bf16_ms:8.2f} ms; ensemble means move by "
           + ", ".join(f"{UNITS[target]} {value:.4g} (max {worst:.3g})" for target, value, worst
