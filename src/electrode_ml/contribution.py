@@ -44,7 +44,7 @@ def group_columns(columns: Iterable[str], group: str, groups: Mapping[str, tuple
     chosen = []
     for pattern in groups[group]:
         if pattern.endswith("*"):
-            chosen += [name for name in columns if name.startswith(pattern[:-1])]
+            chosen += _prefixed(columns, pattern)
         elif pattern in columns:
             chosen.append(pattern)
         else:
@@ -69,6 +69,15 @@ def contribution(r_full: np.ndarray, r_without: np.ndarray) -> float:
 Trainer = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int], Callable[[np.ndarray], np.ndarray]]
 
 
+def _prefixed(columns: list[str], pattern: str) -> list[str]:
+    return [name for name in columns if name.startswith(pattern[:-1])]
+
+
+def _left_out_by_configuration(columns: list[str], patterns: tuple[str, ...]) -> bool:
+    """A block given only by prefixes that match no column (e.g. ``features.space_groups: false``)."""
+    return all(pattern.endswith("*") and not _prefixed(columns, pattern) for pattern in patterns)
+
+
 def run_contribution(frames: Mapping[str, pd.DataFrame], trainer: Trainer, seeds: Iterable[int],
                      groups: Mapping[str, tuple[str, ...]] = FEATURE_GROUPS, evaluate: str = "val") -> pd.DataFrame:
     """Train the full network and one per left-out group, for every seed; one row per (group, seed).
@@ -78,10 +87,7 @@ def run_contribution(frames: Mapping[str, pd.DataFrame], trainer: Trainer, seeds
     and on test, mean_r, and contribution (Eq. 9 against the full network of the same seed).
     """
     features = [name for name in frames["train"].columns if name != "battery_id" and name not in TARGETS]
-    # a block the configuration leaves out (features.space_groups: false) has nothing to leave out
-    present = [group for group in groups
-               if not all(pattern.endswith("*") and not any(name.startswith(pattern[:-1]) for name in features)
-                          for pattern in groups[group])]
+    present = [group for group in groups if not _left_out_by_configuration(features, groups[group])]
     runs = [(FULL, [])] + [(group, group_columns(features, group, groups)) for group in present]
     y = {split: frame[list(TARGETS)].to_numpy(np.float64) for split, frame in frames.items()}
     rows = []

@@ -112,6 +112,11 @@ def interval_scale(std, floor) -> np.ndarray:
     return np.sqrt(np.asarray(std, dtype=float) ** 2 + np.asarray(floor, dtype=float) ** 2)
 
 
+def conformal_scores(summary: pd.DataFrame, floors: dict[str, float]) -> pd.Series:
+    """|DFT - mean| in units of each row's interval scale (spread combined with its target's floor)."""
+    return (summary["true"] - summary["mean"]).abs() / interval_scale(summary["std"], summary["target"].map(floors))
+
+
 def conformal_quantile(scores: np.ndarray, level: float = 0.95) -> float:
     """Split-conformal quantile: the ceil((n + 1) level)-th smallest score (infinite if n is too small)."""
     scores = np.sort(np.asarray(scores, dtype=float))
@@ -154,7 +159,7 @@ def add_prediction_intervals(summary: pd.DataFrame, level: float = 0.95,
         summary["source"] = "network"
     floors = spread_floor(summary if network_fallback is None else network_fallback)
     scale = interval_scale(summary["std"], summary["target"].map(floors))
-    score = (summary["true"] - summary["mean"]).abs() / scale
+    score = conformal_scores(summary, floors)
     quantiles: dict[str, dict[str, float]] = {}
     for target in summary["target"].unique():
         quantiles[target] = {}
@@ -164,8 +169,7 @@ def add_prediction_intervals(summary: pd.DataFrame, level: float = 0.95,
             quantile = conformal_quantile(score[rows], level)
             if source == "network" and not np.isfinite(quantile) and network_fallback is not None:
                 fallback = network_fallback[(network_fallback["target"] == target) & (network_fallback["split"] == "val")]
-                fallback_score = (fallback["true"] - fallback["mean"]).abs() / interval_scale(fallback["std"], floors[target])
-                quantile = conformal_quantile(fallback_score, level)
+                quantile = conformal_quantile(conformal_scores(fallback, floors), level)
             if rows.any() or source == "network":
                 quantiles[target][source] = quantile
     half = pd.Series([quantiles[target].get(source, np.inf) for target, source in zip(summary["target"], summary["source"])],
