@@ -15,18 +15,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from electrode_ml.data import exact_end_formulas, read_electrode_csv, validate_electrodes
 from electrode_ml.features import fit_feature_sets
 from electrode_ml.fileio import read_json, write_json
 from electrode_ml.model import PAPER_PARAMS, NetworkParams, StackedEnsemble, TrainedNetwork, TrainSettings, train_network
 from electrode_ml.runner import setup_logging
-from electrode_ml.schema import TARGETS, UNITS, WORKING_IONS
+from electrode_ml.schema import TARGETS, UNITS
 from electrode_ml.split import make_split
 
 log = logging.getLogger("electrode_ml.bench")
 
-DEFAULT_SNAPSHOT = "../shared/data/mp_insertion_electrodes/ma2022_mp_insertion_electrodes_4300.csv"
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype=torch.float32) -> float:
@@ -77,7 +77,9 @@ def time_prediction(ensemble: StackedEnsemble, x: np.ndarray, repeats: int = 50)
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="results", type=Path)
-    parser.add_argument("--snapshot", default=DEFAULT_SNAPSHOT)
+    parser.add_argument("--config", default="config.yaml", type=Path,
+                        help="the workflow configuration whose data, split and features the bench uses")
+    parser.add_argument("--snapshot", help="default: the configuration's data.snapshot")
     parser.add_argument("--model", default="model1")
     parser.add_argument("--epochs", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -86,10 +88,16 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     torch.set_num_threads(args.threads)
 
-    electrodes, _ = validate_electrodes(read_electrode_csv(args.snapshot), ions=list(WORKING_IONS), voltage_window=(-1, 7))
-    electrodes, _ = exact_end_formulas(electrodes)  # as the workflow's data rule does by default
-    split = make_split(electrodes, method="random", fractions=(0.81, 0.0902, 0.0998), seed=42)
-    _, frames = fit_feature_sets(electrodes, split, args.model)
+    # the network the workflow trains: its data, split and feature settings, the paper's widths
+    config = yaml.safe_load(args.config.read_text())
+    data = config["data"]
+    electrodes, _ = validate_electrodes(read_electrode_csv(args.snapshot or data["snapshot"]), ions=data["ions"],
+                                        voltage_window=tuple(data["voltage_window"]))
+    if data["exact_formulas"]:
+        electrodes, _ = exact_end_formulas(electrodes)
+    split = make_split(electrodes, method=config["split"]["method"], fractions=config["split"]["fractions"],
+                       seed=config["split"]["seed"])
+    _, frames = fit_feature_sets(electrodes, split, args.model, **config["features"])
     x = {name: frame.iloc[:, 1 + len(TARGETS):].to_numpy(np.float32) for name, frame in frames.items()}
     y = {name: frame[list(TARGETS)].to_numpy() for name, frame in frames.items()}
 
@@ -123,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
         "machine": platform.processor() or platform.machine(),
         "threads": args.threads,
         "matmul_peak_gflops": round(peak, 1),
+        "train_inputs": int(x["train"].shape[1]),
+        "train_space_groups": bool(config["features"]["space_groups"]),
         "train_one_network_s": round(network.seconds, 2),
         "train_epochs": args.epochs,
         "train_gflops": round(train_gflops, 1),
@@ -143,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     previous = read_json(out) if out.exists() else {}
     write_json({**previous, args.model: figures}, out)
     print(f"\nmatmul peak (float32, {args.threads} threads): {peak:8.1f} GFLOP/s")
-    print(f"one {args.model} training, {args.epochs} epochs full batch: {network.seconds:8.2f} s  "
+    print(f"one {args.model} training ({x['train'].shape[1]} inputs, paper widths), {args.epochs} epochs full batch: "
+          f"{network.seconds:8.2f} s  "
           f"({train_gflops:.1f} GFLOP/s = {100 * train_gflops / peak:.0f} % of peak; paper 238.5 s on an A40)")
     print(f"predict {len(x_val)} val electrodes with {len(networks)} networks: {ensemble_ms:8.2f} ms  "
           f"(paper: 72.9 ms for one network on an A40)  [{source}]")
