@@ -37,7 +37,8 @@ test-fast: venv
 	$(BIN)/python -m pytest -q -m "not e2e and not slurm"
 
 bench: venv
-	$(BIN)/python -m electrode_ml.bench --results results
+	$(BIN)/python -m electrode_ml.bench --results results --model model1
+	$(BIN)/python -m electrode_ml.bench --results results --model model2
 
 lint: venv
 	$(SNAKEMAKE) --lint

@@ -57,9 +57,11 @@ def test_predict_in_bfloat16_is_close_to_float32(tiny_run, candidates, tmp_path)
         assert main(["predict", str(candidates), "-o", str(out), "--model", "model1", "--results", str(results),
                      "--precision", precision]) == 0
         tables[precision] = pd.read_csv(out)
-    for target, tolerance in zip(TARGETS, (0.05, 2.0, 10.0)):
-        shift = (tables["bfloat16"][f"{target}_mean"] - tables["float32"][f"{target}_mean"]).abs()
-        assert 0 < shift.max() < tolerance
+    for target in TARGETS:
+        exact = tables["float32"][f"{target}_mean"]
+        shift = (tables["bfloat16"][f"{target}_mean"] - exact).abs()
+        # bfloat16 keeps 8 significant bits (0.4 %); three layers may compound that to about 1 %
+        assert 0 < shift.max() <= 0.02 * exact.abs().max()
 
 
 def test_bad_row_is_one_line_and_nothing_is_written(tiny_run, candidates, tmp_path):

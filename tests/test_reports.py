@@ -146,8 +146,11 @@ def test_feature_contribution_and_timing_outputs(report_run):
     config, results, _ = report_run
     summary = pd.read_csv(results / "analysis" / "feature_contribution.csv")
     per_seed = pd.read_csv(results / "analysis" / "feature_contribution_seeds.csv")
-    assert len(summary) == 8 and (summary["n_seeds"] == 2).all()
-    assert len(per_seed) == 9 * 2 and np.isfinite(summary["contribution_mean"]).all()
+    space_groups = config["features"]["space_groups"]
+    groups = 8 if space_groups else 7  # the space-group block is left out when the features leave it out
+    assert len(summary) == groups and (summary["n_seeds"] == 2).all()
+    assert ("space group" in set(summary["group"])) == space_groups
+    assert len(per_seed) == (groups + 1) * 2 and np.isfinite(summary["contribution_mean"]).all()
     assert (results / "analysis" / "feature_contribution.png").read_bytes()[:4] == b"\x89PNG"
     table = pd.read_csv(results / "analysis" / "timing.csv")
     for model in ("model1", "model2"):

@@ -28,7 +28,6 @@ from electrode_ml.split import make_split
 log = logging.getLogger("electrode_ml.bench")
 
 
-
 def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype=torch.float32) -> float:
     """Best-of-N GEMM rate with the current thread count: the ceiling a dense MLP can reach."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
