@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 import yaml
 
-from electrode_ml.data import exact_end_formulas, read_electrode_csv, validate_electrodes
+from electrode_ml.data import prepare_electrodes, read_electrode_csv
 from electrode_ml.features import fit_feature_sets
 from electrode_ml.fileio import read_json, write_json
 from electrode_ml.model import PAPER_PARAMS, NetworkParams, StackedEnsemble, TrainedNetwork, TrainSettings, train_network
@@ -89,11 +89,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # the network the workflow trains: its data, split and feature settings, the paper's widths
     config = yaml.safe_load(args.config.read_text())
-    data = config["data"]
-    electrodes, _ = validate_electrodes(read_electrode_csv(args.snapshot or data["snapshot"]), ions=data["ions"],
-                                        voltage_window=tuple(data["voltage_window"]))
-    if data["exact_formulas"]:
-        electrodes, _ = exact_end_formulas(electrodes)
+    snapshot = args.snapshot or config["data"]["snapshot"]
+    electrodes, _ = prepare_electrodes(read_electrode_csv(snapshot), config["data"], where=snapshot)
     split = make_split(electrodes, method=config["split"]["method"], fractions=config["split"]["fractions"],
                        seed=config["split"]["seed"])
     _, frames = fit_feature_sets(electrodes, split, args.model, **config["features"])

@@ -244,3 +244,18 @@ def exact_end_formulas(electrodes: pd.DataFrame) -> tuple[pd.DataFrame, dict[str
             repaired.append(formula)
         electrodes[name] = repaired
     return electrodes, dict(sorted(counts.items()))
+
+
+def prepare_electrodes(raw: pd.DataFrame, settings: dict, *, source: str = "snapshot",
+                       where: str = "input") -> tuple[pd.DataFrame, DataReport]:
+    """The workflow's electrodes from raw rows, as the ``data`` section of the config asks:
+    validated and filtered, then with exact ion counts when ``exact_formulas`` is set."""
+    electrodes, report = validate_electrodes(
+        raw, ions=settings["ions"], voltage_window=tuple(settings["voltage_window"]),
+        on_bad_row=settings["on_bad_row"], source=source, where=where,
+    )
+    log.info("kept %d electrodes; dropped %s", len(electrodes), report.dropped)
+    if settings["exact_formulas"]:
+        electrodes, report.formulas_made_exact = exact_end_formulas(electrodes)
+        log.info("ion counts made exact from the voltage pairs: %s", report.formulas_made_exact)
+    return electrodes, report

@@ -236,29 +236,30 @@ class StackedEnsemble:
             raise ValueError(f"ensemble networks differ in shape: {sorted(shapes)}")
         self.device, self.dtype = device, dtype
         linear_names = [name[: -len(".weight")] for name in networks[0].state_dict if name.endswith(".weight")]
-        self.weights = [torch.stack([n.state_dict[f"{layer}.weight"].T for n in networks]).to(device, dtype).contiguous()
-                        for layer in linear_names]
-        self.biases = [torch.stack([n.state_dict[f"{layer}.bias"] for n in networks]).unsqueeze(1).to(device, dtype)
-                       for layer in linear_names]
-        # the first layer of all networks side by side: (inputs, networks x units_1)
-        n_networks, n_inputs, self.first_width = self.weights[0].shape
-        self.first_weight = self.weights[0].permute(1, 0, 2).reshape(n_inputs, n_networks * self.first_width).contiguous()
-        self.first_bias = self.biases[0].reshape(n_networks * self.first_width)
+        weights = [torch.stack([n.state_dict[f"{layer}.weight"].T for n in networks]).to(device, dtype).contiguous()
+                   for layer in linear_names]
+        biases = [torch.stack([n.state_dict[f"{layer}.bias"] for n in networks]).unsqueeze(1).to(device, dtype)
+                  for layer in linear_names]
+        # the first layer of all networks side by side: (inputs, networks x units_1); the later
+        # layers stacked per network for one batched matmul each
+        self.n_networks, n_inputs, self.first_width = weights[0].shape
+        self.first_weight = weights[0].permute(1, 0, 2).reshape(n_inputs, self.n_networks * self.first_width).contiguous()
+        self.first_bias = biases[0].reshape(self.n_networks * self.first_width)
+        self.weights, self.biases = weights[1:], biases[1:]
         self.target_mean = torch.as_tensor(np.stack([n.target_mean for n in networks]), dtype=torch.float64).unsqueeze(1)
         self.target_std = torch.as_tensor(np.stack([n.target_std for n in networks]), dtype=torch.float64).unsqueeze(1)
 
     def __len__(self) -> int:
-        return self.weights[0].shape[0]
+        return self.n_networks
 
     @torch.no_grad()
     def predict_scaled(self, x: torch.Tensor) -> torch.Tensor:
         """Shape (n_networks, n_rows, 3), standardised."""
         hidden = torch.addmm(self.first_bias, x.to(self.device, self.dtype), self.first_weight).relu_()
         hidden = hidden.view(x.shape[0], len(self), self.first_width).transpose(0, 1)
-        last = len(self.weights) - 1
-        for index in range(1, len(self.weights)):
-            hidden = torch.baddbmm(self.biases[index], hidden, self.weights[index])
-            if index < last:
+        for index, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            hidden = torch.baddbmm(bias, hidden, weight)
+            if index < len(self.weights) - 1:
                 hidden = hidden.relu_()
         return hidden
 
@@ -268,7 +269,7 @@ class StackedEnsemble:
         Rows go through in sub-batches so that one activation (networks x rows x width) stays
         near 100 MB: 200,000 candidates through 50 networks of width 512 otherwise peak at 5 GB.
         """
-        widest = max(weight.shape[-1] for weight in self.weights)
+        widest = max([self.first_width] + [weight.shape[-1] for weight in self.weights])
         rows = max(1, max_elements // (len(self) * widest))
         parts = [self.predict_scaled(torch.tensor(x[start:start + rows], dtype=torch.float32)).cpu().double()
                  for start in range(0, len(x), rows)]

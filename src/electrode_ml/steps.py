@@ -42,14 +42,7 @@ def data_step(input, output, params, threads, **_):
         raw = data_mod.read_electrode_csv(input.snapshot)
         where = str(input.snapshot)
     log.info("read %d electrodes from %s", len(raw), where)
-    electrodes, report = data_mod.validate_electrodes(
-        raw, ions=settings["ions"], voltage_window=tuple(settings["voltage_window"]),
-        on_bad_row=settings["on_bad_row"], source=source, where=where,
-    )
-    log.info("kept %d electrodes; dropped %s", len(electrodes), report.dropped)
-    if settings["exact_formulas"]:
-        electrodes, report.formulas_made_exact = data_mod.exact_end_formulas(electrodes)
-        log.info("ion counts made exact from the voltage pairs: %s", report.formulas_made_exact)
+    electrodes, report = data_mod.prepare_electrodes(raw, settings, source=source, where=where)
     write_parquet(electrodes, output.electrodes)
     write_json(report.as_dict(), output.report)
 
