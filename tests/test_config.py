@@ -74,6 +74,7 @@ WRONG_VALUES = [
     (("screen", "na", "voltage"), -1, "['screen']['na']['voltage']"),
     (("tune", "trials"), 0, "['tune']['trials']"),
     (("train", "device"), "tpu", "['train']['device']"),
+    (("train", "lr_scale"), 0, "['train']['lr_scale']"),
 ]
 
 

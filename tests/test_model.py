@@ -1,5 +1,8 @@
 import multiprocessing
+import subprocess
+import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -26,6 +29,16 @@ def test_same_seed_same_network_other_seed_differs(data):
     other = train_network(*data, PARAMS, TrainSettings(epochs=15, batch_size=64, seed=4, log_every=0))
     np.testing.assert_array_equal(predict(first, data[2]), predict(again, data[2]))
     assert not np.array_equal(predict(first, data[2]), predict(other, data[2]))
+
+
+def test_lr_scale_multiplies_the_tuned_learning_rate(data):
+    def trained(params, lr_scale):
+        settings = TrainSettings(epochs=10, batch_size=64, lr_scale=lr_scale, seed=1, log_every=0)
+        return predict(train_network(*data, params, settings), data[2])
+
+    halved = trained(PARAMS, 0.5)
+    np.testing.assert_array_equal(halved, trained(replace(PARAMS, lr=PARAMS.lr * 0.5), 1.0))
+    assert not np.array_equal(halved, trained(PARAMS, 1.0))
 
 
 def test_training_learns_and_keeps_the_best_epoch(data):
@@ -122,3 +135,28 @@ def test_stacked_ensemble_in_bfloat16_stays_close_to_float32(data):
     assert fast.dtype == exact.dtype and fast.shape == exact.shape
     scale = np.abs(exact).mean(axis=(0, 1))
     assert (np.abs(fast - exact).mean(axis=(0, 1)) < 0.02 * scale).all()
+
+
+def test_freed_activations_stay_in_the_process():
+    """After keep_freed_memory, epoch-sized allocations stop page-faulting fresh memory in."""
+    code = """
+import resource, torch
+from electrode_ml.model import keep_freed_memory
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        wide, narrow = torch.ones(1_400_000), torch.ones(1_000_000)
+        product = wide * 2
+        del wide
+        other = narrow * 2
+        del narrow, product, other
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults()
+plain = faults()
+assert keep_freed_memory()
+faults()
+print(plain, faults())
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    plain, kept = map(int, result.stdout.split())
+    assert kept < plain / 4, (plain, kept)

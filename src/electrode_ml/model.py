@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -48,6 +51,8 @@ class TrainSettings:
     epochs: int = 1000
     batch_size: int | None = None  # None = full batch
     patience: int | None = None  # None = train all epochs
+    # the tuned learning rate times this: see config.yaml, train.lr_scale
+    lr_scale: float = 1.0
     seed: int = 0
     device: str = "cpu"
     log_every: int = 100
@@ -149,10 +154,31 @@ class TrainedNetwork:
         )
 
 
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Stop glibc handing freed activations back to the kernel between epochs.
+
+    A full-batch epoch allocates and frees activations of several MB; by default glibc returns
+    them with munmap or a heap trim, and the next epoch page-faults them back in, zeroed (about 570
+    faults an epoch for the paper's model1 network). Raising the trim and mmap thresholds keeps
+    that memory in the process: 5.93 -> 5.70 s for 300 epochs on 2 threads, same numbers. A no-op
+    (False) where the C library is not glibc.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    # 32 MiB is glibc's ceiling for the mmap threshold on 64-bit hosts
+    return bool(mallopt(m_trim_threshold, 1 << 30)) and bool(mallopt(m_mmap_threshold, 32 << 20))
+
+
 def train_network(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                   params: NetworkParams, settings: TrainSettings) -> TrainedNetwork:
     """RMSprop on MSE of standardised targets; keeps the weights of the best validation epoch."""
     started = time.perf_counter()
+    keep_freed_memory()
     torch.manual_seed(settings.seed)
     shuffler = torch.Generator().manual_seed(settings.seed)
     device = torch.device(settings.device)
@@ -170,7 +196,7 @@ def train_network(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y
     xv, yv = tensors(x_val, y_val)
     network = MLP(xt.shape[1], params).to(device)
     # Keras defaults (rho 0.9, eps 1e-7): the paper trained with Keras.
-    optimiser = torch.optim.RMSprop(network.parameters(), lr=params.lr, alpha=0.9, eps=1e-7)
+    optimiser = torch.optim.RMSprop(network.parameters(), lr=params.lr * settings.lr_scale, alpha=0.9, eps=1e-7)
     loss_fn = nn.MSELoss()
     n_rows = xt.shape[0]
     batch = settings.batch_size or n_rows

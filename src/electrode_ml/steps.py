@@ -95,9 +95,9 @@ def seed_trainer(settings: dict, network_params: NetworkParams, device: str):
     return trainer
 
 
-def train_settings(settings: dict, seed: int, device: str, epochs: int | None = None) -> TrainSettings:
-    return TrainSettings(epochs=epochs or settings["epochs"], batch_size=settings["batch_size"],
-                         patience=settings["patience"], seed=seed, device=device)
+def train_settings(settings: dict, seed: int, device: str) -> TrainSettings:
+    return TrainSettings(epochs=settings["epochs"], batch_size=settings["batch_size"], patience=settings["patience"],
+                         lr_scale=settings["lr_scale"], seed=seed, device=device)
 
 
 def tune_step(input, output, params, threads, **_):
@@ -107,8 +107,9 @@ def tune_step(input, output, params, threads, **_):
     tune = params.tune
     with job_device(params.train["device"]) as device:
         def objective(values: dict) -> float:
-            settings = train_settings(params.train, tune["seed"], device, epochs=tune["epochs"])
-            settings = replace(settings, log_every=0)
+            # a trial scores the learning rate it was given, at the tune's fidelity
+            settings = replace(train_settings(params.train, tune["seed"], device), epochs=tune["epochs"],
+                               lr_scale=1.0, log_every=0)
             network = train_network(x_train, y_train, x_val, y_val, NetworkParams.from_dict(values), settings)
             return float(network.history["val_loss"].min())
 
@@ -125,8 +126,9 @@ def train_step(input, output, params, threads, wildcards=None, **_):
     (x_train, y_train), (x_val, y_val) = frame_matrices(frames["train"]), frame_matrices(frames["val"])
     network_params = NetworkParams.from_dict(read_json(input.params))
     with job_device(params.train["device"]) as device:
-        log.info("training seed %d on %s with %s", seed, device, network_params)
-        network = train_network(x_train, y_train, x_val, y_val, network_params, train_settings(params.train, seed, device))
+        settings = train_settings(params.train, seed, device)
+        log.info("training seed %d on %s with %s, learning rate x %g", seed, device, network_params, settings.lr_scale)
+        network = train_network(x_train, y_train, x_val, y_val, network_params, settings)
         predictions = seed_predictions(frames, lambda x: predict(network, x, device), seed)
     log.info("seed %d: best epoch %d of %d, %.1f s", seed, network.best_epoch, len(network.history), network.seconds)
     with atomic_path(output.model) as tmp:
