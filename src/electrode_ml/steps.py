@@ -109,7 +109,7 @@ def tune_step(input, output, params, threads, **_):
         def objective(values: dict) -> float:
             # a trial scores the learning rate it was given, at the tune's fidelity
             settings = replace(train_settings(params.train, tune["seed"], device), epochs=tune["epochs"],
-                               lr_scale=1.0, log_every=0)
+                               patience=tune["patience"], lr_scale=1.0, log_every=0)
             network = train_network(x_train, y_train, x_val, y_val, NetworkParams.from_dict(values), settings)
             return float(network.history["val_loss"].min())
 
