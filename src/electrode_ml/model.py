@@ -58,24 +58,6 @@ class TrainSettings:
     log_every: int = 100
 
 
-class _MaskedReLU(torch.autograd.Function):
-    """relu(x) * keep * scale as one multiplication by a saved factor (0 or the dropout scale) that
-    is also ReLU's and dropout's gradient. Multiplying by a boolean mask instead converts it to
-    float on every use: the factor halved this layer's forward-plus-backward time (1.5 vs 2.9 ms
-    on 3483 x 404, 2 threads) and gives identical numbers."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
-        factor = (x > 0).logical_and_(keep).to(x.dtype).mul_(scale)
-        ctx.save_for_backward(factor)
-        return torch.mul(x, factor)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (factor,) = ctx.saved_tensors
-        return torch.mul(grad, factor), None, None
-
-
 class ReLUDropout(nn.Module):
     """ReLU followed by inverted dropout, fused for speed on the CPU.
 
@@ -85,6 +67,12 @@ class ReLUDropout(nn.Module):
     masks), so the rate acts in steps of 1/256 (0.162 acts as 41/256 = 0.1602); and ReLU's and
     dropout's gradients share one saved factor. Seeded by ``torch.manual_seed``: training stays
     deterministic.
+
+    The factor (0 or the dropout scale) is computed without gradient and multiplied in with
+    torch's own ``mul``, whose C++ backward multiplies the gradient by that saved factor. A
+    Python ``autograd.Function`` doing the same called back into Python once per layer and step;
+    without it a model2 epoch at batch 128 (1 thread) took about 190 instead of 210 ms, with
+    identical numbers.
     """
 
     LEVELS = 256
@@ -100,7 +88,8 @@ class ReLUDropout(nn.Module):
         n = x.numel()
         words = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device).random_(-2**63, 2**63 - 1)
         keep = words.view(torch.uint8)[:n].view_as(x) >= self.threshold
-        return _MaskedReLU.apply(x, keep, self.LEVELS / (self.LEVELS - self.threshold))
+        factor = (x > 0).logical_and_(keep).to(x.dtype).mul_(self.LEVELS / (self.LEVELS - self.threshold))
+        return x * factor
 
 
 class MLP(nn.Module):
