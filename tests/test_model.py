@@ -160,3 +160,14 @@ print(plain, faults())
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     plain, kept = map(int, result.stdout.split())
     assert kept < plain / 4, (plain, kept)
+
+
+def test_train_job_imports_no_featuriser_plotting_or_tuning_library():
+    """Each of the 100 train jobs is a process of its own: its start-up must not pay for
+    scikit-learn, pymatgen, matplotlib or Ax, which only other steps use."""
+    heavy = ("sklearn", "pymatgen", "matplotlib", "ax", "botorch")
+    code = ("import sys; import electrode_ml.steps; "
+            f"print(' '.join(name for name in {heavy!r} if name in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []
+

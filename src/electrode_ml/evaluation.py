@@ -20,25 +20,11 @@ from electrode_ml.features import fit_feature_sets, is_physics_model, uses_dft
 from electrode_ml.physics import PhysicsBaseline
 from electrode_ml.schema import TARGETS
 from electrode_ml.split import make_split
+from electrode_ml.tables import frame_matrices, seed_predictions
 
 log = logging.getLogger(__name__)
 
 Trainer = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int], Callable[[np.ndarray], np.ndarray]]
-
-
-def frame_matrices(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    features = frame.drop(columns=["battery_id", *TARGETS])
-    return features.to_numpy(np.float32, copy=True), frame[list(TARGETS)].to_numpy(np.float64)
-
-
-def seed_predictions(frames: dict[str, pd.DataFrame], predict: Callable[[np.ndarray], np.ndarray], seed: int) -> pd.DataFrame:
-    """One network's predictions for every split, in the train rule's layout."""
-    parts = []
-    for split, frame in frames.items():
-        values = predict(frame_matrices(frame)[0])
-        parts.append(pd.DataFrame(values, columns=list(TARGETS))
-                     .assign(battery_id=frame["battery_id"].to_numpy(), split=split, seed=seed))
-    return pd.concat(parts, ignore_index=True)[["battery_id", "split", "seed", *TARGETS]]
 
 
 def grouped_evaluation(electrodes: pd.DataFrame, *, base: str, variants: list[str], split_settings: dict,
