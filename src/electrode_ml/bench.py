@@ -24,6 +24,7 @@ from electrode_ml.model import PAPER_PARAMS, NetworkParams, StackedEnsemble, Tra
 from electrode_ml.runner import setup_logging
 from electrode_ml.schema import TARGETS, UNITS
 from electrode_ml.split import make_split
+from electrode_ml.timing import PAPER_TIMING
 
 log = logging.getLogger("electrode_ml.bench")
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="config.yaml", type=Path,
                         help="the workflow configuration whose data, split and features the bench uses")
     parser.add_argument("--snapshot", help="default: the configuration's data.snapshot")
-    parser.add_argument("--model", default="model1")
+    parser.add_argument("--model", default="model1", choices=sorted(PAPER_PARAMS))
     parser.add_argument("--epochs", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--n-networks", type=int, default=50)
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
 
     peak = matmul_peak_gflops()
     params = PAPER_PARAMS[args.model]
+    paper = PAPER_TIMING[args.model]
     log.info("training one %s network at the paper's settings (full batch, %d epochs, %d threads)",
              args.model, args.epochs, args.threads)
     network = train_network(x["train"], y["train"], x["val"], y["val"], params,
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_epochs": args.epochs,
         "train_gflops": round(train_gflops, 1),
         "train_fraction_of_peak": round(train_gflops / peak, 3),
-        "paper_train_one_network_s_A40": 238.5,
+        "paper_train_one_network_s_A40": paper["train_mean_s"],
         "ensemble_predict_val_ms": round(ensemble_ms, 2),
         "ensemble_networks": len(networks),
         "ensemble_source": source,
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         "bfloat16_matmul_peak_gflops": round(bf16_peak, 1),
         "bfloat16_mean_shift": {target: round(float(value), 4) for target, value in zip(TARGETS, bf16_shift.mean(axis=0))},
         "bfloat16_max_shift": {target: round(float(value), 4) for target, value in zip(TARGETS, bf16_shift.max(axis=0))},
-        "paper_predict_val_ms_one_network_A40": 72.9,
+        "paper_predict_val_ms_one_network_A40": paper["predict_ms"],
     }
     out = args.results / "bench.json"
     previous = read_json(out) if out.exists() else {}
@@ -151,9 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nmatmul peak (float32, {args.threads} threads): {peak:8.1f} GFLOP/s")
     print(f"one {args.model} training ({x['train'].shape[1]} inputs, paper widths), {args.epochs} epochs full batch: "
           f"{network.seconds:8.2f} s  "
-          f"({train_gflops:.1f} GFLOP/s = {100 * train_gflops / peak:.0f} % of peak; paper 238.5 s on an A40)")
+          f"({train_gflops:.1f} GFLOP/s = {100 * train_gflops / peak:.0f} % of peak; paper {paper['train_mean_s']} s on an A40)")
     print(f"predict {len(x_val)} val electrodes with {len(networks)} networks: {ensemble_ms:8.2f} ms  "
-          f"(paper: 72.9 ms for one network on an A40)  [{source}]")
+          f"(paper: {paper['predict_ms']} ms for one network on an A40)  [{source}]")
     print(f"the same in bfloat16 (peak {bf16_peak:.1f} GFLOP/s): {bf16_ms:8.2f} ms; ensemble means move by "
           + ", ".join(f"{UNITS[target]} {value:.4g} (max {worst:.3g})" for target, value, worst
                       in zip(TARGETS, bf16_shift.mean(axis=0), bf16_shift.max(axis=0))))
