@@ -12,10 +12,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from electrode_ml.tune import CSV_COLUMNS, PARAM_NAMES, SearchSpace, run_tuning
+from electrode_ml.schema import TARGETS
+from electrode_ml.tune import CSV_COLUMNS, PARAM_NAMES, SearchSpace, TuningStateMismatch, objective_fingerprint, run_tuning
 
 torch.set_num_threads(1)
 
@@ -176,6 +179,88 @@ def test_mismatching_saved_state_is_refused(tmp_path):
     (tmp_path / "state.json").write_text("{}")
     with pytest.raises(ValueError, match="cannot load the tuning state"):
         tune(tmp_path, never)
+
+
+def test_state_of_another_objective_is_refused_or_replaced(tmp_path, caplog):
+    """Trials scored on other data or at another fidelity are not comparable: never resumed."""
+    tune(tmp_path, quadratic, trials=2, objective_key="features-a")
+    state = (tmp_path / "state.json").read_bytes()
+
+    never = Counting()
+    with pytest.raises(TuningStateMismatch, match=r"another objective \(key 'features-a', this run 'features-b'\)"):
+        tune(tmp_path, never, trials=2, objective_key="features-b")
+    assert never.calls == [] and (tmp_path / "state.json").read_bytes() == state
+
+    same = Counting()
+    tune(tmp_path, same, trials=2, objective_key="features-a")
+    assert same.calls == []  # same key: both trials are resumed, none re-run
+
+    fresh = Counting()
+    with caplog.at_level(logging.WARNING, logger="electrode_ml.tune"):
+        tune(tmp_path, fresh, trials=2, objective_key="features-b", restart_mismatched=True)
+    assert len(fresh.calls) == 2  # a new tuning: every trial scored again
+    assert any("another objective" in r.message and "starting a new tuning" in r.message for r in caplog.records)
+    assert [r["status"] for r in read_rows(tmp_path / "trials.csv")] == ["COMPLETED", "COMPLETED"]
+    again = Counting()
+    tune(tmp_path, again, trials=2, objective_key="features-b")
+    assert again.calls == []  # the replaced state is now this objective's
+
+
+def test_objective_fingerprint_follows_data_and_settings():
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    y = np.ones((4, 3))
+    key = objective_fingerprint((x, y), {"epochs": 100, "batch_size": 128})
+    assert key == objective_fingerprint((x.copy(), y.copy()), {"batch_size": 128, "epochs": 100})
+    changed_value = x.copy()
+    changed_value[2, 1] += 1e-3
+    assert objective_fingerprint((changed_value, y), {"epochs": 100, "batch_size": 128}) != key
+    assert objective_fingerprint((x.reshape(3, 4), y), {"epochs": 100, "batch_size": 128}) != key
+    assert objective_fingerprint((x, y), {"epochs": 50, "batch_size": 128}) != key
+    assert objective_fingerprint((x, y), {"epochs": 100, "batch_size": None}) != key
+
+
+def test_tune_step_retunes_when_its_features_change(tmp_path, caplog):
+    """Snakemake reruns `tune` when its inputs change; the saved state must not answer for the old features."""
+    from types import SimpleNamespace
+
+    from electrode_ml.steps import tune_step
+
+    rng = np.random.default_rng(0)
+
+    def features(path, n, shift=0.0):
+        table = pd.DataFrame(rng.normal(size=(n, 4)) + shift, columns=[f"pc_{i}" for i in range(4)])
+        for target, scale in zip(TARGETS, (1.0, 100.0, 300.0)):
+            table[target] = scale * (table["pc_0"] + 0.1 * rng.normal(size=n))
+        table.insert(0, "battery_id", [f"b{i}" for i in range(n)])
+        table[["battery_id", *TARGETS, *[f"pc_{i}" for i in range(4)]]].to_parquet(path)
+        return str(path)
+
+    out = tmp_path / "tune"
+    out.mkdir()
+    params = SimpleNamespace(
+        model="model1", state=str(out / "ax_state.json"),
+        tune={"trials": 2, "seed": 3, "epochs": 3, "patience": None, "lr": [1e-4, 1e-2], "units": [8, 16],
+              "dropout": [0.0, 0.5]},
+        train={"device": "cpu", "epochs": 3, "batch_size": None, "patience": None, "lr_scale": 0.5})
+    output = SimpleNamespace(best=str(out / "best_params.json"), trials=str(out / "trials.csv"))
+
+    def run(train, val):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="electrode_ml.tune"):
+            tune_step(SimpleNamespace(train=train, val=val), output, params, 1)
+        return [r.message for r in caplog.records], pd.read_csv(output.trials)
+
+    old = (features(tmp_path / "train_a.parquet", 40), features(tmp_path / "val_a.parquet", 12))
+    _, first = run(*old)
+    messages, resumed = run(*old)  # nothing changed (a rerun after a kill): resumed, not re-scored
+    assert any("2 of 2 trials complete" in m for m in messages)
+    pd.testing.assert_frame_equal(resumed, first)
+
+    new = (features(tmp_path / "train_b.parquet", 40, shift=2.0), features(tmp_path / "val_b.parquet", 12, shift=2.0))
+    messages, retuned = run(*new)
+    assert any("starting a new tuning" in m for m in messages)
+    assert not any("trials complete" in m for m in messages)
+    assert len(retuned) == 2 and (retuned["score"] != first["score"]).all()
 
 
 def test_failing_objective_is_recorded_then_resumed(tmp_path):

@@ -111,23 +111,29 @@ def train_settings(settings: dict, seed: int, device: str) -> TrainSettings:
 
 
 def tune_step(input, output, params, threads, **_):
-    from electrode_ml.tune import SearchSpace, run_tuning
+    from electrode_ml.tune import SearchSpace, objective_fingerprint, run_tuning
 
     torch.set_num_threads(threads)
     x_train, y_train = frame_matrices(pd.read_parquet(input.train))
     x_val, y_val = frame_matrices(pd.read_parquet(input.val))
     tune = params.tune
     with job_device(params.train["device"]) as device:
+        # a trial scores the learning rate it was given, at the tune's fidelity
+        settings = replace(train_settings(params.train, tune["seed"], device), epochs=tune["epochs"],
+                           patience=tune["patience"], lr_scale=1.0, log_every=0)
+
         def objective(values: dict) -> float:
-            # a trial scores the learning rate it was given, at the tune's fidelity
-            settings = replace(train_settings(params.train, tune["seed"], device), epochs=tune["epochs"],
-                               patience=tune["patience"], lr_scale=1.0, log_every=0)
             network = train_network(x_train, y_train, x_val, y_val, NetworkParams.from_dict(values), settings)
             return float(network.history["val_loss"].min())
 
+        # The saved Ax state resumes an interrupted tuning only; Snakemake also reruns this job
+        # when the features or the settings changed, and then the old trials must not count.
+        fidelity = {field: getattr(settings, field) for field in ("epochs", "batch_size", "patience", "lr_scale")}
+        key = objective_fingerprint((x_train, y_train, x_val, y_val), fidelity)
         space = SearchSpace(lr=tuple(tune["lr"]), units=tuple(tune["units"]), dropout=tuple(tune["dropout"]))
         best = run_tuning(objective, trials=tune["trials"], seed=tune["seed"], state_path=Path(params.state),
-                          trials_csv=Path(output.trials), space=space, name=params.model)
+                          trials_csv=Path(output.trials), space=space, name=params.model,
+                          objective_key=key, restart_mismatched=True)
     write_json(best, output.best)
 
 

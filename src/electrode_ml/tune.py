@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -27,10 +28,12 @@ import os
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 log = logging.getLogger("electrode_ml.tune")
 
@@ -46,6 +49,14 @@ MAX_INITIAL_TRIALS = 5
 # Written into the Ax experiment's description so a resumed run can check it is the same tuning.
 _STATE_TAG = "electrode_ml.tune"
 _STATE_VERSION = 1
+
+
+class TuningStateMismatch(ValueError):
+    """The saved tuning state belongs to another tuning (name, space, seed or objective)."""
+
+    def __init__(self, state_path: Path, problems: list[str]):
+        self.reasons = f"tuning state {state_path} does not match this run ({'; '.join(problems)})"
+        super().__init__(f"{self.reasons}; delete it to start afresh or point state_path elsewhere")
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,20 @@ class SearchSpace:
         return out
 
 
+def objective_fingerprint(arrays: Iterable[np.ndarray], settings: dict) -> str:
+    """A short hash of what a trial scores: its data (values, shapes, dtypes) and settings.
+
+    Passed as ``objective_key`` so that a rerun on other features or at another fidelity starts
+    a new tuning instead of resuming trials whose scores mean something else.
+    """
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
 def run_tuning(
     objective: Callable[[dict], float],
     *,
@@ -93,6 +118,8 @@ def run_tuning(
     trials_csv: Path,
     space: SearchSpace = SearchSpace(),
     name: str = "mlp",
+    objective_key: str | None = None,
+    restart_mismatched: bool = False,
 ) -> dict:
     """Minimise ``objective`` over ``space`` with Ax until ``trials`` trials have completed.
 
@@ -105,8 +132,12 @@ def run_tuning(
     trials are COMPLETED in total (completed trials are never re-run). A trial that was in
     flight when the previous process died (RUNNING or CANDIDATE in the saved state) is marked
     ABANDONED, which makes Ax treat its point as taken, so a new one is generated instead.
-    The saved state must come from the same ``name``, ``space`` and ``seed``, otherwise
-    ``ValueError``. The number of quasi-random initial trials is fixed by the first run.
+    The saved state must come from the same ``name``, ``space`` and ``seed``, and, when
+    ``objective_key`` is given, from an objective with the same key (the caller's fingerprint
+    of what a trial scores: its data and fidelity; the scores of another objective are not
+    comparable). Otherwise ``TuningStateMismatch``, or, with ``restart_mismatched``, a warning
+    and a new tuning whose first save replaces the old state. The number of quasi-random
+    initial trials is fixed by the first run.
 
     Returns the completed trial with the lowest observed score: the seven parameters plus
     ``"score"``. The observed minimum (rather than Ax's model-predicted best) is used because
@@ -129,8 +160,15 @@ def run_tuning(
         _import_ax_quietly()
         from ax.utils.common.random import with_rng_seed
 
+        client = None
         if state_path.exists():
-            client = _load_client(state_path, space=space, name=name, seed=seed)
+            try:
+                client = _load_client(state_path, space=space, name=name, seed=seed, objective_key=objective_key)
+            except TuningStateMismatch as exc:
+                if not restart_mismatched:
+                    raise
+                log.warning("%s: starting a new tuning, which replaces it", exc.reasons)
+        if client is not None:
             n_abandoned = _abandon_interrupted(client)
             log.info(
                 "resuming %s from %s: %d of %d trials complete%s",
@@ -138,7 +176,7 @@ def run_tuning(
                 f", {n_abandoned} interrupted trial(s) abandoned" if n_abandoned else "",
             )
         else:
-            client = _new_client(space=space, name=name, seed=seed, trials=trials)
+            client = _new_client(space=space, name=name, seed=seed, trials=trials, objective_key=objective_key)
         _save(client, state_path, trials_csv)
 
         experiment = _experiment(client)
@@ -201,7 +239,7 @@ def run_tuning(
 # ----------------------------------------------------------------------------- Ax client set-up
 
 
-def _new_client(*, space: SearchSpace, name: str, seed: int, trials: int) -> Any:
+def _new_client(*, space: SearchSpace, name: str, seed: int, trials: int, objective_key: str | None = None) -> Any:
     from ax import Client, RangeParameterConfig
 
     parameters = [
@@ -219,7 +257,8 @@ def _new_client(*, space: SearchSpace, name: str, seed: int, trials: int) -> Any
     client.configure_experiment(
         parameters=parameters,
         name=name,
-        description=json.dumps({"tag": _STATE_TAG, "version": _STATE_VERSION, "seed": seed}),
+        description=json.dumps({"tag": _STATE_TAG, "version": _STATE_VERSION, "seed": seed,
+                                 "objective": objective_key}),
     )
     client.configure_optimization(objective=f"-{METRIC}")
     # Centre point + Sobol for the first min(5, trials) trials, then BoTorch ("fast" = Ax's
@@ -235,7 +274,8 @@ def _new_client(*, space: SearchSpace, name: str, seed: int, trials: int) -> Any
     return client
 
 
-def _load_client(state_path: Path, *, space: SearchSpace, name: str, seed: int) -> Any:
+def _load_client(state_path: Path, *, space: SearchSpace, name: str, seed: int,
+                 objective_key: str | None = None) -> Any:
     from ax import Client
 
     try:
@@ -253,8 +293,12 @@ def _load_client(state_path: Path, *, space: SearchSpace, name: str, seed: int) 
         meta = None
     if not isinstance(meta, dict) or meta.get("tag") != _STATE_TAG:
         problems.append("it was not written by electrode_ml.tune")
-    elif meta.get("seed") != seed:
-        problems.append(f"seed is {meta.get('seed')!r}, expected {seed!r}")
+    else:
+        if meta.get("seed") != seed:
+            problems.append(f"seed is {meta.get('seed')!r}, expected {seed!r}")
+        if objective_key is not None and meta.get("objective") != objective_key:
+            problems.append(f"its trials scored another objective (key {meta.get('objective')!r}, "
+                            f"this run {objective_key!r}): other data or fidelity")
 
     saved = _space_summary(experiment.search_space)
     wanted = _space_summary(_experiment(_new_client(space=space, name=name, seed=seed, trials=1)).search_space)
@@ -271,10 +315,7 @@ def _load_client(state_path: Path, *, space: SearchSpace, name: str, seed: int) 
         problems.append("it has no generation strategy")
 
     if problems:
-        raise ValueError(
-            f"tuning state {state_path} does not match this run ({'; '.join(problems)}); "
-            "delete it to start afresh or point state_path elsewhere"
-        )
+        raise TuningStateMismatch(state_path, problems)
     return client
 
 
