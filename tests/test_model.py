@@ -138,19 +138,23 @@ def test_stacked_ensemble_in_bfloat16_stays_close_to_float32(data):
 
 
 def test_freed_activations_stay_in_the_process():
-    """After keep_freed_memory, epoch-sized allocations stop page-faulting fresh memory in."""
+    """After keep_freed_memory, epoch-sized allocations stop page-faulting fresh memory in.
+
+    The baseline sets glibc's starting thresholds (128 KiB) explicitly: glibc raises them as a
+    process frees large blocks, so "the default" faults a varying amount (0 to 470,000 here)
+    depending on what the process did before.
+    """
     code = """
-import resource, torch
+import ctypes, ctypes.util, resource, torch
 from electrode_ml.model import keep_freed_memory
 def faults():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(10):
-        wide, narrow = torch.ones(1_400_000), torch.ones(1_000_000)
-        product = wide * 2
-        del wide
-        other = narrow * 2
-        del narrow, product, other
+        activations = [torch.ones(1_000_000) * layer for layer in range(8)]  # an epoch's, 4 MB each
+        del activations
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+assert libc.mallopt(-3, 128 << 10) and libc.mallopt(-1, 128 << 10)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
 faults()
 plain = faults()
 assert keep_freed_memory()
