@@ -128,7 +128,7 @@ def tune_step(input, output, params, threads, **_):
 
         # The saved Ax state resumes an interrupted tuning only; Snakemake also reruns this job
         # when the features or the settings changed, and then the old trials must not count.
-        fidelity = {field: getattr(settings, field) for field in ("epochs", "batch_size", "patience", "lr_scale")}
+        fidelity = {field: getattr(settings, field) for field in ("epochs", "batch_size", "patience")}
         key = objective_fingerprint((x_train, y_train, x_val, y_val), fidelity)
         space = SearchSpace(lr=tuple(tune["lr"]), units=tuple(tune["units"]), dropout=tuple(tune["dropout"]))
         best = run_tuning(objective, trials=tune["trials"], seed=tune["seed"], state_path=Path(params.state),
