@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from electrode_ml.devices import claim_gpu, resolve_device
-from electrode_ml.model import MLP, NetworkParams, ReLUDropout, StackedEnsemble, TrainedNetwork, TrainSettings, predict, train_network
+from electrode_ml.model import MLP, FlatRMSprop, NetworkParams, ReLUDropout, StackedEnsemble, TrainedNetwork, TrainSettings, predict, train_network
 
 PARAMS = NetworkParams(32, 16, 8, 0.1, 0.1, 0.1, 1e-3)
 
@@ -48,6 +48,33 @@ def test_training_learns_and_keeps_the_best_epoch(data):
     baseline = np.abs(data[3] - data[1].mean(axis=0)).mean(axis=0)
     assert (np.abs(predict(network, data[2]) - data[3]).mean(axis=0) < baseline).all()
     assert len(history) <= 200
+
+
+def test_flat_rmsprop_takes_the_steps_of_torch_rmsprop(data):
+    x, y = torch.tensor(data[0]), torch.tensor(data[1], dtype=torch.float32)
+    networks = []
+    for make_optimiser in (lambda net: torch.optim.RMSprop(net.parameters(), lr=1e-2, alpha=0.9, eps=1e-7),
+                           lambda net: FlatRMSprop(net, lr=1e-2, alpha=0.9, eps=1e-7)):
+        torch.manual_seed(5)
+        network = MLP(x.shape[1], PARAMS)
+        optimiser = make_optimiser(network)
+        for start in range(0, len(x), 60):
+            optimiser.zero_grad()
+            torch.nn.functional.mse_loss(network(x[start:start + 60]), y[start:start + 60]).backward()
+            optimiser.step()
+        networks.append(network)
+    reference, flat = (dict(network.named_parameters()) for network in networks)
+    torch.manual_seed(5)
+    untrained = dict(MLP(x.shape[1], PARAMS).named_parameters())
+    for name, weight in reference.items():
+        assert not torch.equal(weight, untrained[name]), name
+        assert torch.equal(flat[name], weight), name
+
+
+def test_saved_weights_do_not_carry_the_optimiser_buffer(data):
+    network = train_network(*data, PARAMS, TrainSettings(epochs=3, batch_size=64, seed=0, log_every=0))
+    for name, tensor in network.state_dict.items():
+        assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size(), name
 
 
 def test_relu_dropout_is_relu_in_eval_and_unbiased_in_training():

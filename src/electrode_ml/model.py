@@ -143,6 +143,39 @@ class TrainedNetwork:
         )
 
 
+class FlatRMSprop:
+    """``torch.optim.RMSprop`` (no momentum, not centred, no weight decay) over one flat buffer.
+
+    The network's parameters and gradients are moved into one contiguous tensor each, so a step
+    is three elementwise passes over all weights instead of a Python loop of five ops for each of
+    the eight parameter tensors. Same operations per element as torch's single-tensor RMSprop,
+    so the same numbers bit for bit. Measured on model2's tuned network at batch 128 (1 thread):
+    the optimiser was 19 % of a mini-batch epoch.
+    """
+
+    def __init__(self, module: nn.Module, lr: float, alpha: float, eps: float):
+        parameters = list(module.parameters())
+        self.weights = torch.cat([p.detach().reshape(-1) for p in parameters])
+        self.grads = torch.zeros_like(self.weights)
+        self.square_avg = torch.zeros_like(self.weights)
+        self.lr, self.alpha, self.eps = lr, alpha, eps
+        offset = 0
+        for parameter in parameters:
+            size = parameter.numel()
+            # autograd accumulates into an existing .grad in place: the views fill self.grads
+            parameter.data = self.weights[offset:offset + size].view_as(parameter)
+            parameter.grad = self.grads[offset:offset + size].view_as(parameter)
+            offset += size
+
+    def zero_grad(self) -> None:
+        self.grads.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.square_avg.mul_(self.alpha).addcmul_(self.grads, self.grads, value=1 - self.alpha)
+        self.weights.addcdiv_(self.grads, self.square_avg.sqrt().add_(self.eps), value=-self.lr)
+
+
 @functools.cache
 def keep_freed_memory() -> bool:
     """Stop glibc handing freed activations back to the kernel between epochs.
@@ -185,21 +218,25 @@ def train_network(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y
     xv, yv = tensors(x_val, y_val)
     network = MLP(xt.shape[1], params).to(device)
     # Keras defaults (rho 0.9, eps 1e-7): the paper trained with Keras.
-    optimiser = torch.optim.RMSprop(network.parameters(), lr=params.lr * settings.lr_scale, alpha=0.9, eps=1e-7)
+    optimiser = FlatRMSprop(network, lr=params.lr * settings.lr_scale, alpha=0.9, eps=1e-7)
     loss_fn = nn.MSELoss()
     n_rows = xt.shape[0]
     batch = settings.batch_size or n_rows
 
-    best_loss, best_epoch, best_state, waited = float("inf"), 0, None, 0
+    best_loss, best_epoch, best_weights, waited = float("inf"), 0, None, 0
     records = []
     for epoch in range(1, settings.epochs + 1):
         network.train()
-        order = torch.randperm(n_rows, generator=shuffler).to(device) if batch < n_rows else None
+        if batch < n_rows:
+            # one gather an epoch; the batches are then contiguous slices of the shuffled copy
+            order = torch.randperm(n_rows, generator=shuffler).to(device)
+            x_epoch, y_epoch = xt[order], yt[order]
+        else:
+            x_epoch, y_epoch = xt, yt
         train_loss = 0.0
         for start in range(0, n_rows, batch):
-            index = order[start:start + batch] if order is not None else slice(None)
-            optimiser.zero_grad(set_to_none=True)
-            loss = loss_fn(network(xt[index]), yt[index])
+            optimiser.zero_grad()
+            loss = loss_fn(network(x_epoch[start:start + batch]), y_epoch[start:start + batch])
             loss.backward()
             optimiser.step()
             train_loss += loss.detach() * (min(batch, n_rows - start))
@@ -210,7 +247,7 @@ def train_network(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y
         records.append((epoch, train_loss, val_loss))
         if val_loss < best_loss:
             best_loss, best_epoch, waited = val_loss, epoch, 0
-            best_state = {name: tensor.detach().clone() for name, tensor in network.state_dict().items()}
+            best_weights = optimiser.weights.clone()
         else:
             waited += 1
         if settings.log_every and epoch % settings.log_every == 0:
@@ -221,7 +258,11 @@ def train_network(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y
             break
 
     history = pd.DataFrame(records, columns=["epoch", "train_loss", "val_loss"])
-    state = {name: tensor.cpu() for name, tensor in (best_state or network.state_dict()).items()}
+    if best_weights is not None:
+        optimiser.weights.copy_(best_weights)
+    # clone: the parameters are views of the optimiser's flat buffer, which torch.save would write
+    # whole for each of them
+    state = {name: tensor.detach().cpu().clone() for name, tensor in network.state_dict().items()}
     return TrainedNetwork(xt.shape[1], params, state, target_mean, target_std, history, best_epoch,
                           time.perf_counter() - started)
 
