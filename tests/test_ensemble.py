@@ -50,6 +50,28 @@ def test_calibrated_intervals_cover_95_percent_where_the_papers_ci_does_not():
     assert result["ci"]["test"]["average_voltage"] < 0.4
 
 
+def test_a_given_spread_scales_the_interval_of_a_model_without_ensemble_spread():
+    rng = np.random.default_rng(1)
+    n = 6000
+    spread = np.where(np.arange(n) % 2 == 0, 0.2, 2.0)  # half the rows ten times noisier
+    summary = pd.DataFrame({
+        "battery_id": np.arange(n).astype(str), "split": np.where(np.arange(n) < 3000, "val", "test"),
+        "target": "average_voltage", "mean": 0.0, "std": 0.0, "n": 1, "ci_low": 0.0, "ci_high": 0.0,
+    })
+    summary["true"] = rng.normal(0.0, spread)
+    test = summary["split"] == "test"
+    noisy = spread > 1
+    one_width, scaled = add_prediction_intervals(summary), add_prediction_intervals(summary, spread=spread)
+    for result in (one_width, scaled):
+        inside = (result["true"] >= result["pi_low"]) & (result["true"] <= result["pi_high"])
+        assert inside[test].mean() == pytest.approx(0.95, abs=0.015)
+    inside = (one_width["true"] >= one_width["pi_low"]) & (one_width["true"] <= one_width["pi_high"])
+    assert inside[test & ~noisy].mean() > 0.99 and inside[test & noisy].mean() < 0.92
+    inside = (scaled["true"] >= scaled["pi_low"]) & (scaled["true"] <= scaled["pi_high"])
+    for rows in (test & ~noisy, test & noisy):
+        assert inside[rows].mean() == pytest.approx(0.95, abs=0.02)
+
+
 def test_zero_spread_rows_still_get_an_interval():
     summary = pd.DataFrame({"battery_id": [str(i) for i in range(40)], "split": "val", "target": "capacity_grav",
                             "true": np.linspace(99, 101, 40), "mean": 100.0, "std": 0.0, "n": 50,

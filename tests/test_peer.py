@@ -97,6 +97,19 @@ def test_step_writes_the_ensemble_format(step_run, split):
     assert step_run.parity.stat().st_size > 0 and step_run.errors.stat().st_size > 0
 
 
+def test_interval_width_follows_each_electrode_and_covers_the_test_split(step_run):
+    summary = pd.read_parquet(step_run.predictions)
+    widths = (summary["pi_high"] - summary["pi_low"]).groupby(summary["target"])
+    for target, width in widths:
+        # one width per electrode, not one for all: the quantile GBMs' spread sets it
+        assert width.nunique() > 0.9 * len(width), target
+        assert width.max() > 3 * width.min(), target
+    metrics = json.loads(step_run.metrics.read_text())
+    assert metrics["prediction_interval"]["spread"].startswith("half the gap")
+    for target in TARGETS:
+        assert 0.90 <= metrics["coverage"]["pi"]["test"][target] <= 0.99, target
+
+
 def test_gbm_beats_the_training_mean_on_validation(step_run):
     metrics = json.loads(step_run.metrics.read_text())
     for target in TARGETS:

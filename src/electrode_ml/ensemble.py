@@ -95,16 +95,17 @@ def ensemble_metrics(stacked: pd.DataFrame, truth: pd.DataFrame, summary: pd.Dat
     return metrics
 
 
-def spread_floor(summary: pd.DataFrame) -> dict[str, float]:
+def spread_floor(summary: pd.DataFrame, typical_spread: bool = True) -> dict[str, float]:
     """Per target, the smallest spread the conformal score divides by.
 
-    The median validation spread, or 1 % of the validation MAE when most spreads are zero (physics
-    rows, where every seed agrees), so that a zero spread never gives a zero-width interval.
+    The median validation spread (``typical_spread``), or 1 % of the validation MAE when that is
+    larger (physics rows, where every seed agrees), so that a zero spread never gives a
+    zero-width interval. Without ``typical_spread`` only the 1 % floor.
     """
     val = summary[summary["split"] == "val"]
-    median_std = val.groupby("target")["std"].median()
     mae = (val["mean"] - val["true"]).abs().groupby(val["target"]).mean()
-    return {target: float(max(median_std[target], 0.01 * mae[target], 1e-9)) for target in median_std.index}
+    typical = val.groupby("target")["std"].median() if typical_spread else 0 * mae
+    return {target: float(max(typical[target], 0.01 * mae[target], 1e-9)) for target in mae.index}
 
 
 def interval_scale(std, floor) -> np.ndarray:
@@ -141,7 +142,8 @@ def mark_sources(summary: pd.DataFrame, physics: pd.DataFrame | None) -> pd.Data
 
 
 def add_prediction_intervals(summary: pd.DataFrame, level: float = 0.95,
-                             network_fallback: pd.DataFrame | None = None) -> pd.DataFrame:
+                             network_fallback: pd.DataFrame | None = None,
+                             spread: pd.Series | None = None) -> pd.DataFrame:
     """95 % prediction intervals: mean +- q * scale, q calibrated per target and per source.
 
     Unlike the paper's CI (the uncertainty of the mean of n networks, which shrinks as n grows),
@@ -152,14 +154,17 @@ def add_prediction_intervals(summary: pd.DataFrame, level: float = 0.95,
     to a single row (stoichiometry fits nothing, the voltage 10 ion references by a median), so
     the training rows calibrate them too. Where a physics model has too few network values on the
     validation split (model2_phys has none), ``network_fallback``, the base networks' own summary,
-    calibrates the network values of candidates that physics cannot describe.
+    calibrates the network values of candidates that physics cannot describe. ``spread``, per
+    row, replaces the ensemble spread as what the interval scales with, for a model that has none
+    (the peer baseline: one model, std 0); it is taken as it stands, floored only near zero.
     """
     summary = summary.copy()
     if "source" not in summary:
         summary["source"] = "network"
-    floors = spread_floor(summary if network_fallback is None else network_fallback)
-    scale = interval_scale(summary["std"], summary["target"].map(floors))
-    score = conformal_scores(summary, floors)
+    scored = summary if spread is None else summary.assign(std=np.asarray(spread, dtype=float))
+    floors = spread_floor(scored if network_fallback is None else network_fallback, typical_spread=spread is None)
+    scale = interval_scale(scored["std"], summary["target"].map(floors))
+    score = conformal_scores(scored, floors)
     quantiles: dict[str, dict[str, float]] = {}
     for target in summary["target"].unique():
         quantiles[target] = {}
