@@ -143,7 +143,7 @@ def mark_sources(summary: pd.DataFrame, physics: pd.DataFrame | None) -> pd.Data
 
 def add_prediction_intervals(summary: pd.DataFrame, level: float = 0.95,
                              network_fallback: pd.DataFrame | None = None,
-                             spread: pd.Series | None = None) -> pd.DataFrame:
+                             spread: np.ndarray | None = None) -> pd.DataFrame:
     """95 % prediction intervals: mean +- q * scale, q calibrated per target and per source.
 
     Unlike the paper's CI (the uncertainty of the mean of n networks, which shrinks as n grows),
