@@ -104,7 +104,7 @@ def spread_floor(summary: pd.DataFrame, typical_spread: bool = True) -> dict[str
     """
     val = summary[summary["split"] == "val"]
     mae = (val["mean"] - val["true"]).abs().groupby(val["target"]).mean()
-    typical = val.groupby("target")["std"].median() if typical_spread else 0 * mae
+    typical = val.groupby("target")["std"].median() if typical_spread else pd.Series(0.0, index=mae.index)
     return {target: float(max(typical[target], 0.01 * mae[target], 1e-9)) for target in mae.index}
 
 
