@@ -28,6 +28,8 @@ MODEL = "peer_gbm"
 ENDS = ("charge", "discharge")
 # A first try, not a tuned model: scikit-learn's defaults except a smaller step and more of them.
 GBM_PARAMS = {"learning_rate": 0.05, "max_iter": 500, "early_stopping": False}
+# The two quantile GBMs whose gap scales the peer's prediction interval (a 95 % band).
+SPREAD_QUANTILES = (0.025, 0.975)
 
 
 @lru_cache(maxsize=1)
@@ -102,16 +104,16 @@ def fit_predict_gbm(train: pd.DataFrame, frames: dict[str, pd.DataFrame], seed: 
 
 
 def fit_predict_spread(train: pd.DataFrame, frames: dict[str, pd.DataFrame], seed: int,
-                       level: float = 0.95, **params) -> dict[str, pd.DataFrame]:
+                       **params) -> dict[str, pd.DataFrame]:
     """Per split: battery_id, split and, per target, half the gap between two quantile GBMs.
 
     The peer is one model, so it has no ensemble spread for its interval to scale with; with one
     width for every electrode its capacity interval covered 98.4 % of the test split. Quantile
-    regressions at (1 - level) / 2 and (1 + level) / 2 say per electrode how unsure the trees are;
+    regressions at ``SPREAD_QUANTILES`` say per electrode how unsure the trees are;
     the split-conformal step then calibrates that width on the validation split.
     """
     low, high = (fit_predict_gbm(train, frames, seed, loss="quantile", quantile=quantile, **params)
-                 for quantile in ((1 - level) / 2, (1 + level) / 2))
+                 for quantile in SPREAD_QUANTILES)
     return {name: low[name].assign(**{target: (high[name][target] - low[name][target]).abs() / 2
                                       for target in TARGETS})
             for name in frames}
@@ -136,7 +138,8 @@ def summarise(frames: dict[str, pd.DataFrame], predictions: dict[str, pd.DataFra
     row_spread = summary[["battery_id", "split", "target"]].merge(
         stacked_table(spread), on=["battery_id", "split", "target"], how="left", validate="one_to_one")["predicted"]
     summary = ensemble.add_prediction_intervals(summary, spread=row_spread.to_numpy())
-    summary.attrs["pi_scale"]["spread"] = "half the gap between the 2.5 % and 97.5 % quantile GBMs"
+    low, high = (f"{100 * quantile:g} %" for quantile in SPREAD_QUANTILES)
+    summary.attrs["pi_scale"]["spread"] = f"half the gap between the {low} and {high} quantile GBMs"
     return summary, ensemble.ensemble_metrics(stacked, truth, summary)
 
 
