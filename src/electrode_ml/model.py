@@ -85,11 +85,22 @@ class ReLUDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.threshold == 0:
             return torch.relu(x)
-        n = x.numel()
-        words = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device).random_(-2**63, 2**63 - 1)
-        keep = words.view(torch.uint8)[:n].view_as(x) >= self.threshold
-        factor = (x > 0).logical_and_(keep).to(x.dtype).mul_(self.LEVELS / (self.LEVELS - self.threshold))
-        return x * factor
+        return x * self.factor(x)
+
+    def factor(self, x: torch.Tensor, out: torch.Tensor | None = None, positive: torch.Tensor | None = None,
+               keep: torch.Tensor | None = None, words: torch.Tensor | None = None) -> torch.Tensor:
+        """What training multiplies ``x`` by: 0 where ReLU or the mask drops a unit, else the
+        dropout scale (1 without dropout). The optional arguments are buffers to reuse."""
+        positive = torch.gt(x, 0, out=positive)
+        if self.threshold:
+            n = x.numel()
+            if words is None:
+                words = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device)
+            words.random_(-2**63, 2**63 - 1)
+            keep = torch.ge(words.view(torch.uint8)[:n].view_as(x), self.threshold, out=keep)
+            positive.logical_and_(keep)
+        out = positive.to(x.dtype) if out is None else out.copy_(positive)
+        return out.mul_(self.LEVELS / (self.LEVELS - self.threshold)) if self.threshold else out
 
 
 class MLP(nn.Module):
@@ -158,6 +169,7 @@ class FlatRMSprop:
         self.weights = torch.cat([p.detach().reshape(-1) for p in parameters])
         self.grads = torch.zeros_like(self.weights)
         self.square_avg = torch.zeros_like(self.weights)
+        self.denominator = torch.empty_like(self.weights)
         self.lr, self.alpha, self.eps = lr, alpha, eps
         offset = 0
         for parameter in parameters:
@@ -173,7 +185,79 @@ class FlatRMSprop:
     @torch.no_grad()
     def step(self) -> None:
         self.square_avg.mul_(self.alpha).addcmul_(self.grads, self.grads, value=1 - self.alpha)
-        self.weights.addcdiv_(self.grads, self.square_avg.sqrt().add_(self.eps), value=-self.lr)
+        denominator = torch.sqrt(self.square_avg, out=self.denominator).add_(self.eps)
+        self.weights.addcdiv_(self.grads, denominator, value=-self.lr)
+
+
+class TrainingStep:
+    """One RMSprop step on a batch, with the MLP's backward pass written out.
+
+    Autograd records a graph every step, allocates every activation and gradient afresh, and
+    adds each weight gradient into ``.grad``. Here activations and gradients go into buffers kept
+    from step to step (one set per batch size) and the weight gradients straight into the
+    optimiser's flat buffer. The kernels are autograd's, called the same way (``nn.Linear``'s
+    addmm; ``mse_loss_backward``; grad_output^T @ input for a weight; grad_output @ weight for
+    an input), so training gives the same numbers bit for bit, 4-6 % faster.
+    """
+
+    def __init__(self, network: MLP, optimiser: FlatRMSprop):
+        modules = list(network.layers)
+        self.linears = [module for module in modules if isinstance(module, nn.Linear)]
+        self.dropouts = [module for module in modules if isinstance(module, ReLUDropout)]
+        self.optimiser = optimiser
+        self._buffers: dict[int, dict[str, list[torch.Tensor]]] = {}
+
+    def _buffers_for(self, rows: int, device: torch.device) -> dict[str, list[torch.Tensor]]:
+        if rows not in self._buffers:
+            widths = [linear.out_features for linear in self.linears]
+            hidden = widths[:-1]
+
+            def empty(sizes, dtype=torch.float32):
+                return [torch.empty(rows, width, dtype=dtype, device=device) for width in sizes]
+
+            self._buffers[rows] = {
+                "pre": empty(widths), "grad": empty(widths), "factor": empty(hidden), "activation": empty(hidden),
+                "positive": empty(hidden, torch.bool), "keep": empty(hidden, torch.bool),
+                "words": [torch.empty((rows * width + 7) // 8, dtype=torch.int64, device=device) for width in hidden],
+            }
+        return self._buffers[rows]
+
+    @staticmethod
+    def _into(view: torch.Tensor, compute) -> None:
+        """Write ``compute(out)`` into a slice of the flat gradient buffer. The BLAS result
+        depends on the output's alignment, and autograd's gradients are fresh (64-byte aligned)
+        memory: an unaligned slice gets its gradient computed in fresh memory and copied."""
+        if view.data_ptr() % 64:
+            view.copy_(compute(torch.empty_like(view)))
+        else:
+            compute(view)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Forward, backward and the optimiser's step; returns the batch's loss (0-dim)."""
+        buffers = self._buffers_for(x.shape[0], x.device)
+        inputs = [x]
+        for index, (linear, dropout) in enumerate(zip(self.linears, self.dropouts)):
+            pre = torch.addmm(linear.bias, inputs[-1], linear.weight.t(), out=buffers["pre"][index])
+            factor = dropout.factor(pre, out=buffers["factor"][index], positive=buffers["positive"][index],
+                                    keep=buffers["keep"][index], words=buffers["words"][index])
+            inputs.append(torch.mul(pre, factor, out=buffers["activation"][index]))
+        last = len(self.linears) - 1
+        output = torch.addmm(self.linears[last].bias, inputs[-1], self.linears[last].weight.t(),
+                             out=buffers["pre"][last])
+        loss = nn.functional.mse_loss(output, y)
+        mean_reduction = 1
+        grad = torch.ops.aten.mse_loss_backward.grad_input(torch.ones((), device=x.device), output, y,
+                                                            mean_reduction, grad_input=buffers["grad"][last])
+        for index in range(last, -1, -1):
+            linear = self.linears[index]
+            self._into(linear.weight.grad, lambda out: torch.mm(grad.t(), inputs[index], out=out))
+            self._into(linear.bias.grad, lambda out: torch.sum(grad, 0, out=out))
+            if index:
+                # ReLU's and dropout's gradient is the same factor the forward multiplied by
+                grad = torch.mm(grad, linear.weight, out=buffers["grad"][index - 1]).mul_(buffers["factor"][index - 1])
+        self.optimiser.step()
+        return loss
 
 
 @functools.cache
@@ -216,9 +300,11 @@ def train_network(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y
 
     xt, yt = tensors(x_train, y_train)
     xv, yv = tensors(x_val, y_val)
-    network = MLP(xt.shape[1], params).to(device)
+    # eval mode: the training step does not go through forward(), which here scores the validation
+    network = MLP(xt.shape[1], params).to(device).eval()
     # Keras defaults (rho 0.9, eps 1e-7): the paper trained with Keras.
     optimiser = FlatRMSprop(network, lr=params.lr * settings.lr_scale, alpha=0.9, eps=1e-7)
+    step = TrainingStep(network, optimiser)
     loss_fn = nn.MSELoss()
     n_rows = xt.shape[0]
     batch = settings.batch_size or n_rows
@@ -226,7 +312,6 @@ def train_network(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y
     best_loss, best_epoch, best_weights, waited = float("inf"), 0, None, 0
     records = []
     for epoch in range(1, settings.epochs + 1):
-        network.train()
         if batch < n_rows:
             # one gather an epoch; the batches are then contiguous slices of the shuffled copy
             order = torch.randperm(n_rows, generator=shuffler).to(device)
@@ -235,12 +320,8 @@ def train_network(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y
             x_epoch, y_epoch = xt, yt
         train_loss = 0.0
         for start in range(0, n_rows, batch):
-            optimiser.zero_grad()
-            loss = loss_fn(network(x_epoch[start:start + batch]), y_epoch[start:start + batch])
-            loss.backward()
-            optimiser.step()
-            train_loss += loss.detach() * (min(batch, n_rows - start))
-        network.eval()
+            loss = step(x_epoch[start:start + batch], y_epoch[start:start + batch])
+            train_loss += loss * (min(batch, n_rows - start))
         with torch.no_grad():
             val_loss = float(loss_fn(network(xv), yv))
         train_loss = float(train_loss) / n_rows
