@@ -73,6 +73,7 @@ def test_bad_config_stops_snakemake_before_any_job(tmp_path, config):
 WRONG_VALUES = [
     (("screen", "na", "voltage"), -1, "['screen']['na']['voltage']"),
     (("tune", "trials"), 0, "['tune']['trials']"),
+    (("tune", "tolerance"), 1.5, "['tune']['tolerance']"),
     (("train", "device"), "tpu", "['train']['device']"),
     (("train", "lr_scale"), 0, "['train']['lr_scale']"),
 ]

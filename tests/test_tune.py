@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from electrode_ml.schema import TARGETS
-from electrode_ml.tune import CSV_COLUMNS, PARAM_NAMES, SearchSpace, TuningStateMismatch, objective_fingerprint, run_tuning
+from electrode_ml.tune import (CSV_COLUMNS, PARAM_NAMES, SearchSpace, TuningStateMismatch, choose_trial, objective_fingerprint,
+                               run_tuning)
 
 torch.set_num_threads(1)
 
@@ -79,9 +80,10 @@ def test_run_writes_state_csv_and_returns_lowest_observed(tmp_path, caplog):
     # No temporary files left behind by the atomic writes.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "trials.csv"]
 
-    assert set(best) == {*PARAM_NAMES, "score"}
+    assert set(best) == {*PARAM_NAMES, "score", "trial", "lowest_score"}
     lowest = min(rows, key=lambda r: float(r["score"]))
-    assert best == {**params_of(lowest), "score": float(lowest["score"])}
+    assert best == {**params_of(lowest), "score": float(lowest["score"]), "trial": int(lowest["trial"]),
+                    "lowest_score": float(lowest["score"])}
     space = SearchSpace()
     for k in PARAM_NAMES:
         expected_type = int if k.startswith("units") else float
@@ -100,6 +102,34 @@ def test_run_writes_state_csv_and_returns_lowest_observed(tmp_path, caplog):
     again = Counting()
     assert tune(tmp_path, again) == best
     assert again.calls == []
+
+
+def trial(index, score, units):
+    return {"trial": index, "lr": 1e-3, "units_1": units, "units_2": units, "units_3": units,
+            "dropout_1": 0.1, "dropout_2": 0.1, "dropout_3": 0.1, "score": score}
+
+
+def width(row):
+    return row["units_1"]
+
+
+def test_choose_trial_takes_the_cheapest_within_the_tolerance():
+    completed = [trial(0, 0.100, 512), trial(1, 0.102, 200), trial(2, 0.104, 100), trial(3, 0.110, 32)]
+    assert choose_trial(completed)["trial"] == 0
+    assert choose_trial(completed, tolerance=0.03, cost=width)["trial"] == 1
+    chosen = choose_trial(completed, tolerance=0.05, cost=width)
+    assert (chosen["trial"], chosen["units_1"], chosen["score"], chosen["lowest_score"]) == (2, 100, 0.104, 0.100)
+    # without a cost the tolerance has nothing to weigh: the lowest score
+    assert choose_trial(completed, tolerance=0.05)["trial"] == 0
+    # equal cost: the lower score
+    assert choose_trial([trial(0, 0.100, 64), trial(1, 0.101, 64)], tolerance=0.05, cost=width)["trial"] == 0
+
+
+def test_choose_trial_refuses_a_bad_tolerance_and_no_trials():
+    with pytest.raises(ValueError, match="tolerance"):
+        choose_trial([trial(0, 0.1, 64)], tolerance=1.5, cost=width)
+    with pytest.raises(RuntimeError, match="no completed trial"):
+        choose_trial([], tolerance=0.0)
 
 
 def test_resume_after_the_process_dies_mid_trial(tmp_path):
@@ -240,7 +270,7 @@ def test_tune_step_retunes_when_its_features_change(tmp_path, caplog):
     params = SimpleNamespace(
         model="model1", state=str(out / "ax_state.json"),
         tune={"trials": 2, "seed": 3, "epochs": 3, "patience": None, "lr": [1e-4, 1e-2], "units": [8, 16],
-              "dropout": [0.0, 0.5]},
+              "dropout": [0.0, 0.5], "tolerance": 0.0},
         train={"device": "cpu", "epochs": 3, "batch_size": None, "patience": None, "lr_scale": 0.5})
     output = SimpleNamespace(best=str(out / "best_params.json"), trials=str(out / "trials.csv"))
 

@@ -59,12 +59,15 @@ def test_data_split_and_features_outputs(tiny_run):
 
 
 def test_tune_outputs(tiny_run):
-    _, results, _ = tiny_run
+    config, results, _ = tiny_run
     for model in ("model1", "model2"):
         best = json.loads((results / "tune" / model / "best_params.json").read_text())
         trials = pd.read_csv(results / "tune" / model / "trials.csv")
         assert (trials["status"] == "COMPLETED").sum() == 3
-        assert best["score"] == pytest.approx(trials["score"].min())
+        assert best["lowest_score"] == pytest.approx(trials["score"].min())
+        chosen = trials.set_index("trial").loc[best["trial"]]
+        assert best["score"] == pytest.approx(chosen["score"]) and best["units_1"] == chosen["units_1"]
+        assert best["score"] <= best["lowest_score"] * (1 + config["tune"]["tolerance"]) + 1e-12
         assert json.loads((results / "tune" / model / "ax_state.json").read_text())
 
 

@@ -42,15 +42,10 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype=torch.float32)
     return 2 * size**3 / best / 1e9
 
 
-def layer_shapes(n_inputs: int, params: NetworkParams) -> list[tuple[int, int]]:
-    widths = [n_inputs, params.units_1, params.units_2, params.units_3, len(TARGETS)]
-    return list(zip(widths[:-1], widths[1:]))
-
-
 def training_flops(n_train: int, n_val: int, n_inputs: int, params: NetworkParams, epochs: int) -> float:
     """Dense-layer FLOPs of one training: forward, weight gradients and input gradients (none for
     the first layer, whose input needs no gradient), plus the validation forward every epoch."""
-    shapes = layer_shapes(n_inputs, params)
+    shapes = params.layer_shapes(n_inputs)
     forward = sum(2 * i * o for i, o in shapes)
     backward = sum(2 * i * o for i, o in shapes) + sum(2 * i * o for i, o in shapes[1:])
     return epochs * (n_train * (forward + backward) + n_val * forward)

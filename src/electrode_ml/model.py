@@ -38,6 +38,14 @@ class NetworkParams:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def layer_shapes(self, n_inputs: int, n_outputs: int = len(TARGETS)) -> list[tuple[int, int]]:
+        widths = [n_inputs, self.units_1, self.units_2, self.units_3, n_outputs]
+        return list(zip(widths[:-1], widths[1:]))
+
+    def multiply_adds(self, n_inputs: int) -> int:
+        """Per row and forward pass: what training and prediction time scale with."""
+        return sum(i * o for i, o in self.layer_shapes(n_inputs))
+
 
 # Table 2 of the paper: the Bayesian-optimisation optimum of each model.
 PAPER_PARAMS = {

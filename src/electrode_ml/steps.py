@@ -133,7 +133,8 @@ def tune_step(input, output, params, threads, **_):
         space = SearchSpace(lr=tuple(tune["lr"]), units=tuple(tune["units"]), dropout=tuple(tune["dropout"]))
         best = run_tuning(objective, trials=tune["trials"], seed=tune["seed"], state_path=Path(params.state),
                           trials_csv=Path(output.trials), space=space, name=params.model,
-                          objective_key=key, restart_mismatched=True)
+                          objective_key=key, restart_mismatched=True, tolerance=tune["tolerance"],
+                          cost=lambda values: NetworkParams.from_dict(values).multiply_adds(x_train.shape[1]))
     write_json(best, output.best)
 
 

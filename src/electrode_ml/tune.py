@@ -11,8 +11,8 @@ One public entry point, :func:`run_tuning`, drives an Ax 1.3 ``Client`` (not the
   ``trials_csv``, both atomically, so a killed run resumes where it stopped;
 * the same ``seed`` gives the same sequence of suggestions.
 
-The best parameterisation returned is the completed trial with the lowest *observed* score; see
-:func:`run_tuning` for why.
+The parameterisation returned is the completed trial with the lowest *observed* score or, with a
+``tolerance``, the cheapest within it of that score; see :func:`run_tuning` and :func:`choose_trial`.
 """
 
 from __future__ import annotations
@@ -120,6 +120,8 @@ def run_tuning(
     name: str = "mlp",
     objective_key: str | None = None,
     restart_mismatched: bool = False,
+    tolerance: float = 0.0,
+    cost: Callable[[dict], float] | None = None,
 ) -> dict:
     """Minimise ``objective`` over ``space`` with Ax until ``trials`` trials have completed.
 
@@ -139,11 +141,13 @@ def run_tuning(
     and a new tuning whose first save replaces the old state. The number of quasi-random
     initial trials is fixed by the first run.
 
-    Returns the completed trial with the lowest observed score: the seven parameters plus
-    ``"score"``. The observed minimum (rather than Ax's model-predicted best) is used because
-    it is the number in ``trials_csv``, it needs no GP (a run of a few trials has none),
-    and the caller retrains the chosen network from scratch with many seeds anyway, which is
-    where the noise in a single score is averaged out.
+    Returns the chosen completed trial: the seven parameters plus its ``"score"``, its
+    ``"trial"`` index and the ``"lowest_score"`` of all. With ``tolerance`` 0 that is the trial
+    with the lowest observed score; otherwise :func:`choose_trial` picks the cheapest within
+    ``tolerance`` of it. Observed scores (rather than Ax's model-predicted best) are used
+    because they are the numbers in ``trials_csv``, they need no GP (a run of a few trials has
+    none), and the caller retrains the chosen network from scratch with many seeds anyway,
+    which is where the noise in a single score is averaged out.
     """
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials must be a positive integer, got {trials!r}")
@@ -227,13 +231,34 @@ def run_tuning(
                 done + 1, trials, index, _format_params(params), score, seconds,
             )
 
-        best = _best_observed(client)
+        completed = [r for r in _rows(client) if r["status"] == "COMPLETED" and r["score"] is not None]
+        best = choose_trial(completed, tolerance=tolerance, cost=cost)
         log.info(
-            "best of %d completed trials: #%d %s score %.6g",
-            _n_completed(client), best["trial"], _format_params(best), best["score"],
+            "chose #%d of %d completed trials: %s score %.6g (lowest %.6g)",
+            best["trial"], len(completed), _format_params(best), best["score"], best["lowest_score"],
         )
-    best.pop("trial")
     return best
+
+
+def choose_trial(completed: list[dict], *, tolerance: float = 0.0, cost: Callable[[dict], float] | None = None) -> dict:
+    """The cheapest trial whose score is within ``tolerance`` (relative) of the lowest.
+
+    A trial's score is one network, one seed, a few epochs: scores a few per cent apart do not
+    tell the networks apart (see ``tune.tolerance`` in config.yaml for the measured spread), but
+    their cost, which training and prediction time scale with, does. Ties in cost, and
+    ``tolerance`` 0 or no ``cost``, fall back to the lowest score.
+    """
+    if not completed:
+        raise RuntimeError("no completed trial to choose the best from")
+    if not 0 <= tolerance < 1:
+        raise ValueError(f"tolerance must be in [0, 1), got {tolerance!r}")
+    lowest = min(float(r["score"]) for r in completed)
+    near = [r for r in completed if float(r["score"]) <= lowest * (1 + tolerance)]
+    if cost is None:
+        near = [r for r in near if float(r["score"]) == lowest]
+    chosen = min(near, key=lambda r: (cost(r) if cost else 0, float(r["score"]), r["trial"]))
+    return {**{k: chosen[k] for k in PARAM_NAMES}, "score": float(chosen["score"]), "trial": chosen["trial"],
+            "lowest_score": lowest}
 
 
 # ----------------------------------------------------------------------------- Ax client set-up
@@ -394,14 +419,6 @@ def _rows(client: Any) -> list[dict[str, Any]]:
         row["status"] = trial.status.name
         rows.append(row)
     return rows
-
-
-def _best_observed(client: Any) -> dict:
-    completed = [r for r in _rows(client) if r["status"] == "COMPLETED" and r["score"] is not None]
-    if not completed:
-        raise RuntimeError("no completed trial to choose the best from")
-    best = min(completed, key=lambda r: (r["score"], r["trial"]))
-    return {"trial": best["trial"], **{k: best[k] for k in PARAM_NAMES}, "score": float(best["score"])}
 
 
 def _save(client: Any, state_path: Path, trials_csv: Path) -> None:
