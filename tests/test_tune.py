@@ -121,6 +121,8 @@ def test_choose_trial_takes_the_cheapest_within_the_tolerance():
     assert (chosen["trial"], chosen["units_1"], chosen["score"], chosen["lowest_score"]) == (2, 100, 0.104, 0.100)
     # without a cost the tolerance has nothing to weigh: the lowest score
     assert choose_trial(completed, tolerance=0.05)["trial"] == 0
+    # a negative lowest score: within the tolerance of its magnitude
+    assert choose_trial([trial(0, -1.00, 512), trial(1, -0.97, 64)], tolerance=0.05, cost=width)["trial"] == 1
     # equal cost: the lower score
     assert choose_trial([trial(0, 0.100, 64), trial(1, 0.101, 64)], tolerance=0.05, cost=width)["trial"] == 0
 

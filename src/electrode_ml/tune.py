@@ -253,7 +253,7 @@ def choose_trial(completed: list[dict], *, tolerance: float = 0.0, cost: Callabl
     if not 0 <= tolerance < 1:
         raise ValueError(f"tolerance must be in [0, 1), got {tolerance!r}")
     lowest = min(float(r["score"]) for r in completed)
-    near = [r for r in completed if float(r["score"]) <= lowest * (1 + tolerance)]
+    near = [r for r in completed if float(r["score"]) <= lowest + tolerance * abs(lowest)]
     if cost is None:
         near = [r for r in near if float(r["score"]) == lowest]
     chosen = min(near, key=lambda r: (cost(r) if cost else 0, float(r["score"]), r["trial"]))
