@@ -99,7 +99,7 @@ def test_amount_overflowing_to_infinity_is_refused(formula):
 
 @pytest.fixture(scope="module")
 def fitted_featurizers(snapshot_path):
-    """model1 and model2 featurisers fitted on 40 snapshot electrodes, as the workflow fits them."""
+    """The featurisers of every network model fitted on 40 snapshot electrodes, as the workflow fits them."""
     import pandas as pd
 
     from electrode_ml.data import validate_electrodes
@@ -108,7 +108,7 @@ def fitted_featurizers(snapshot_path):
 
     raw = pd.read_csv(snapshot_path, dtype=str, keep_default_na=False).sample(40, random_state=3)
     electrodes, _ = validate_electrodes(raw, ions=list(WORKING_IONS), voltage_window=(-1, 7))
-    return {model: build_featurizer(model).fit(electrodes) for model in ("model1", "model2")}
+    return {model: build_featurizer(model).fit(electrodes) for model in ("model1", "model2", "model1_redox")}
 
 
 def _composition_text(amounts: dict) -> str:

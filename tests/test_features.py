@@ -19,7 +19,7 @@ def split(electrodes):
     return make_split(electrodes, method="random", fractions=(0.8, 0.1, 0.1), seed=0)
 
 
-@pytest.mark.parametrize("model", ["model1", "model2"])
+@pytest.mark.parametrize("model", ["model1", "model2", "model1_redox"])
 def test_frames_have_ids_targets_then_finite_features(electrodes, split, model):
     featurizer, frames = fit_feature_sets(electrodes, split, model)
     for name, frame in frames.items():
@@ -36,6 +36,23 @@ def test_model1_has_no_dft_column_and_model2_has_all(electrodes, split):
     assert not any(field in column["column"] for column in model1["columns"] for field in DFT_FIELDS)
     assert model2["blocks"]["dft"]["inputs"] == list(DFT_FIELDS)
     assert model2["n_features"] == model1["n_features"] + len(DFT_FIELDS)
+
+
+def test_model1_redox_is_model1_plus_the_standardised_redox_block(electrodes, split):
+    from electrode_ml.features import base_model, uses_dft
+    from electrode_ml.redox import FEATURE_NAMES
+
+    model1 = describe_features(fit_feature_sets(electrodes, split, "model1")[0])
+    featurizer, frames = fit_feature_sets(electrodes, split, "model1_redox")
+    redox = describe_features(featurizer)
+    assert [c["column"] for c in redox["columns"]] == [c["column"] for c in model1["columns"]] + [
+        f"redox__{name}" for name in FEATURE_NAMES]
+    block = frames["train"][[f"redox__{name}" for name in FEATURE_NAMES]]
+    varying = block.std(ddof=0) > 0
+    assert np.allclose(block.mean(), 0) and np.allclose(block.std(ddof=0)[varying], 1)
+    # the physics model without DFT takes its networks from here; no DFT is read
+    assert base_model("model1_phys") == "model1_redox" and not uses_dft("model1_phys")
+    assert base_model("model2_phys") == "model2" and base_model("model1") == "model1"
 
 
 def test_pca_keeps_requested_variance(electrodes, split):

@@ -51,7 +51,7 @@ def test_data_split_and_features_outputs(tiny_run):
     assert len(electrodes) == 4300 and report["rows_out"] == 4300 and report["source"] == "snapshot"
     split = pd.read_parquet(results / "split" / "split.parquet")
     assert split["split"].value_counts().to_dict() == {"train": 3483, "val": 388, "test": 429}
-    for model in ("model1", "model2"):
+    for model in ("model1", "model2", "model1_redox"):
         description = json.loads((results / "features" / model / "features.json").read_text())
         train = pd.read_parquet(results / "features" / model / "train.parquet")
         assert train.shape == (3483, 1 + len(TARGETS) + description["n_features"])
@@ -60,7 +60,7 @@ def test_data_split_and_features_outputs(tiny_run):
 
 def test_tune_outputs(tiny_run):
     config, results, _ = tiny_run
-    for model in ("model1", "model2"):
+    for model in ("model1", "model2", "model1_redox"):
         best = json.loads((results / "tune" / model / "best_params.json").read_text())
         trials = pd.read_csv(results / "tune" / model / "trials.csv")
         assert (trials["status"] == "COMPLETED").sum() == 3
@@ -73,7 +73,7 @@ def test_tune_outputs(tiny_run):
 
 def test_train_outputs_per_seed(tiny_run):
     _, results, _ = tiny_run
-    for model in ("model1", "model2"):
+    for model in ("model1", "model2", "model1_redox"):
         for seed in range(3):
             folder = results / "train" / model / f"seed_{seed}"
             history = pd.read_csv(folder / "history.csv")
@@ -109,6 +109,13 @@ def test_ensemble_is_well_formed_and_beats_the_mean(tiny_run):
 def test_physics_models_reuse_base_networks_and_keep_energy_consistent(tiny_run):
     _, results, _ = tiny_run
     assert not (results / "train" / "model1_phys").exists()
+    # model1_phys has no DFT voltage: its voltage is the mean of the chemistry-informed networks (model1_redox)
+    per_seed = pd.concat([pd.read_parquet(path) for path in (results / "train" / "model1_redox").glob("seed_*/predictions.parquet")])
+    assert per_seed["battery_id"].value_counts().eq(3).all()
+    networks = per_seed.groupby("battery_id")["average_voltage"].mean().sort_index()
+    model1_phys = (pd.read_parquet(results / "ensemble" / "model1_phys" / "predictions.parquet")
+                   .query("target == 'average_voltage'").set_index("battery_id")["mean"].sort_index())
+    np.testing.assert_allclose(model1_phys.to_numpy(), networks.loc[model1_phys.index].to_numpy(), rtol=1e-12)
     physics = json.loads((results / "physics" / "model2_phys" / "physics.json").read_text())
     assert physics["physics_applies"] > 0.95 * physics["rows"]
     summary = pd.read_parquet(results / "ensemble" / "model2_phys" / "predictions.parquet")
@@ -127,7 +134,7 @@ def test_physics_models_reuse_base_networks_and_keep_energy_consistent(tiny_run)
 
 def test_group_evaluation_runs_in_its_own_folder(tiny_run):
     _, results, _ = tiny_run
-    for base, variants in (("model1", {"model1", "model1_phys"}), ("model2", {"model2", "model2_phys"})):
+    for base, variants in (("model1", {"model1"}), ("model1_redox", {"model1_phys"}), ("model2", {"model2", "model2_phys"})):
         metrics = json.loads((results / "group" / base / "metrics.json").read_text())
         assert set(metrics) == variants
         for model in variants:

@@ -4,7 +4,9 @@ The physics-informed models (``model1_phys``, ``model2_phys``) take capacity (an
 voltage) from physics wherever it describes the row, and energy as voltage x capacity. For a row
 the physics cannot describe (no ion gained from the charged to the discharged formula, as in the
 snapshot's rows whose charged formula holds more ion than the discharged one, or a host framework
-that itself contains the working ion, as in alloys) the network predicts.
+that itself contains the working ion, as in alloys) the network predicts. The networks are those
+of ``features.PHYSICS_BASES``: model2's for model2_phys, and for model1_phys, whose voltage always
+comes from a network, those of model1_redox (feature set 1 plus the redox chemistry of redox.py).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from electrode_ml.features import paper_counterpart
 from electrode_ml.schema import TARGETS, UNITS
 
 # Paper Table 3 (validation set): the MC mean of 50 networks and the best of the 50.
@@ -231,7 +232,7 @@ def table3_cells(context: dict) -> list[dict]:
         metrics = context["metrics"].get(model)
         if metrics is None:
             continue
-        paper = PAPER_TABLE3.get(model.removesuffix("_phys"))
+        paper = PAPER_TABLE3.get(paper_counterpart(model))
         for metric in ("mae", "rmse"):
             for index, target in enumerate(TARGETS):
                 best = metrics["best_single_seed"][target]
@@ -252,8 +253,9 @@ def table3_cells(context: dict) -> list[dict]:
 def section_glance(context: dict) -> str:
     records = table3_cells(context)
     parts = ['<p>Validation set, ensemble mean of this run against the paper\'s Monte Carlo mean of 50 networks '
-             '(Table 3). Each cell: <b>this run</b> / paper. The physics-informed variants (<code>_phys</code>, not '
-             'in the paper) are set against the paper\'s model of the same feature set.</p>']
+             '(Table 3). Each cell: <b>this run</b> / paper. The models beyond the paper (<code>model1_redox</code>, '
+             '<code>_phys</code>) are set against the paper\'s model that reads the same kind of inputs (no DFT: '
+             'model #1; DFT: model #2).</p>']
     if not records:
         return "".join(parts) + '<p class="missing">No ensemble metrics.</p>'
     header = ["Model", "Metric"] + [f"{TARGET_NAMES[t]} ({UNITS[t]})" for t in TARGETS]
@@ -291,7 +293,7 @@ def _glance_applications(context: dict) -> str:
             if score:
                 items.append(f"<li>Na screen, {esc(model)}: {score['picks']} picks for {score['reference_picks']} DFT picks, "
                              f"precision {fmt(score['precision'])}, recall {fmt(score['recall'])} "
-                             f"(paper: {na['paper'][model.removesuffix('_phys')]['picks'] if model.removesuffix('_phys') in na['paper'] else '–'} picks for 9).</li>")
+                             f"(paper: {na['paper'].get(paper_counterpart(model), {}).get('picks', '–')} picks for 9).</li>")
     summary = context.get("k_summary")
     if summary:
         for model in context["models"]:
@@ -502,7 +504,9 @@ def beyond_physics(context: dict) -> str:
     intro = ("<h3>Physics and exact formulas</h3><p>Where it applies, a physics model takes capacity from the "
              "stoichiometry of the end-member formulas and, for <code>model2_phys</code>, voltage from the DFT "
              "energies of the end members and one fitted reference energy per ion (energy = V × C); elsewhere "
-             "the networks predict.</p>")
+             "the networks predict: <code>model2_phys</code> model2's, <code>model1_phys</code> those of "
+             "<code>model1_redox</code>, which read feature set 1 plus the oxidation-state chemistry of the "
+             "formulas (the redox couple and the anions, by charge balance; no DFT).</p>")
     if not models:
         physics_table = "<p class='muted'>No physics model in this run.</p>"
     else:
@@ -612,7 +616,7 @@ def section_na(context: dict) -> str:
              td(f"{paper['dft_picks']}", cls="num paper")]]
     for model in models:
         score = metrics["test"][model]["all"]
-        ref = paper.get(model.removesuffix("_phys"), {})
+        ref = paper.get(paper_counterpart(model), {})
         rows.append([td(f"<b>{esc(model)}</b>"), td(fmt(score["picks"]), cls="num"), td(fmt(score["tp"]), cls="num"),
                      td(fmt(score["fp"]), cls="num"), td(fmt(score["fn"]), cls="num"),
                      td(fmt(score["precision"]), shade(score["precision"], ref.get("precision"), False, 0.3), "num"),

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from electrode_ml.errors import InputError
+from electrode_ml.features import paper_counterpart
 
 # Paper Table 4 (NVIDIA A40): BO total over 30 iterations, training one network (mean of 50),
 # predicting the 388 validation electrodes with one network (mean of 50).
@@ -64,7 +65,7 @@ def timing_table(model: str, tune_s: float | None, train_s: Iterable[float], pre
     (``include_training=False``), which includes evaluating its physics.
     """
     train_s = list(train_s)
-    paper = PAPER_TIMING.get(model.removesuffix("_phys"), {})
+    paper = PAPER_TIMING.get(paper_counterpart(model), {})
     n = prediction["n_networks"]
     rows = [
         ("Bayesian optimisation (total)", "s", tune_s, paper.get("tune_s"), tune_note),

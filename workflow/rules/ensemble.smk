@@ -11,7 +11,7 @@ rule physics:
         fitted=f"{RESULTS}/physics/{{model}}/physics.joblib",
         summary=f"{RESULTS}/physics/{{model}}/physics.json",
     wildcard_constraints:
-        model="model1_phys|model2_phys",
+        model="|".join(PHYSICS_BASES),
     log:
         f"{RESULTS}/logs/physics/{{model}}.log",
     params:

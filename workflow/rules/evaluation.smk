@@ -9,7 +9,7 @@ rule group_evaluation:
         metrics=f"{RESULTS}/group/{{model}}/metrics.json",
         predictions=f"{RESULTS}/group/{{model}}/predictions.parquet",
     wildcard_constraints:
-        model="model1|model2",
+        model=NETWORK_MODELS,
     log:
         f"{RESULTS}/logs/group/{{model}}.log",
     benchmark:

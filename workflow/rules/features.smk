@@ -12,7 +12,7 @@ rule features:
         transformers=f"{RESULTS}/features/{{model}}/transformers.joblib",
         description=f"{RESULTS}/features/{{model}}/features.json",
     wildcard_constraints:
-        model="model1|model2",
+        model=NETWORK_MODELS,
     log:
         f"{RESULTS}/logs/features/{{model}}.log",
     params:

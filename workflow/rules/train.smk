@@ -12,7 +12,7 @@ rule train:
         history=f"{RESULTS}/train/{{model}}/seed_{{seed}}/history.csv",
         predictions=f"{RESULTS}/train/{{model}}/seed_{{seed}}/predictions.parquet",
     wildcard_constraints:
-        model="model1|model2",
+        model=NETWORK_MODELS,
     log:
         f"{RESULTS}/logs/train/{{model}}/seed_{{seed}}.log",
     benchmark:

@@ -9,7 +9,7 @@ rule tune:
         best=f"{RESULTS}/tune/{{model}}/best_params.json",
         trials=f"{RESULTS}/tune/{{model}}/trials.csv",
     wildcard_constraints:
-        model="model1|model2",
+        model=NETWORK_MODELS,
     log:
         f"{RESULTS}/logs/tune/{{model}}.log",
     benchmark:

@@ -1,0 +1,234 @@
+"""Oxidation-state chemistry of an insertion electrode, from its two formulas alone.
+
+An insertion voltage is set mostly by which cation the working ion's electrons reduce, from which
+oxidation state to which, and among which anions (the inductive effect of PO4 or F). Element
+fractions hold that only implicitly, and a network given only them stays at model1's ~0.41 V.
+These features state it, by rules of thumb a chemist would apply, without DFT:
+
+* anions and spectator cations take fixed oxidation states (O -2, halides -1, sulfide -2 without
+  oxygen; P +5, S +6, Si +4 ... inside oxo-anions; alkali +1, Mg/Ca/Zn +2, Al/Y/La +3; the
+  working ion its own charge), stepping an oxo-anion former down (S +6 -> +4, as in sulfites)
+  where the oxygen could not balance it;
+* the charge left over is spread over the other (redox-capable) cations one oxidation step at a
+  time, always the step with the lowest ionisation energy first: the charged material's states;
+* the discharged material's states follow the same way from its smaller leftover charge, so the
+  steps the working ion's electrons undo are the most expensive ones: the redox couple.
+
+Every feature is a plain number per electrode (:data:`FEATURE_NAMES`, the same columns for any
+input), finite for any valid composition.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+from pymatgen.core import Element
+
+from electrode_ml.chemistry import parse_formula
+from electrode_ml.schema import ION_CHARGE
+
+HALIDES = {"F": -1, "Cl": -1, "Br": -1, "I": -1}
+# Anions of oxygen-free frameworks (sulfides, nitrides, phosphides, hydrides ...).
+OXYGEN_FREE_ANIONS = {"S": -2, "Se": -2, "Te": -2, "N": -3, "P": -3, "As": -3, "C": -4, "Si": -4, "B": -3}
+# Oxo-anion formers with oxygen (PO4, SO4, SiO4, BO3, CO3, NO3, AsO4, SeO4, GeO4), and the lower
+# state each steps down to when the oxygen cannot balance the higher one (SO3, SeO3, NO2, PO3, AsO3).
+OXO_FORMERS = {"P": 5, "S": 6, "Si": 4, "B": 3, "C": 4, "N": 5, "As": 5, "Se": 6, "Ge": 4, "Te": 6}
+OXO_LOWER = {"S": 4, "Se": 4, "Te": 4, "N": 3, "P": 3, "As": 3}
+# Without oxygen these still form complex anions with a chalcogen or a halide (PS4, SiS4, PF6, BF4).
+COMPLEX_FORMERS = {"P", "As", "Si", "Ge", "B"}
+SPECTATORS = {"Li": 1, "Na": 1, "K": 1, "Rb": 1, "Cs": 1, "Be": 2, "Mg": 2, "Ca": 2, "Sr": 2, "Ba": 2,
+              "Zn": 2, "Cd": 2, "Al": 3, "Ga": 3, "In": 3, "Sc": 3, "Y": 3, "La": 3, "Zr": 4, "Hf": 4,
+              **{symbol: 3 for symbol in ("Nd", "Gd", "Dy", "Ho", "Er", "Tm", "Lu", "Pm")}}
+# Redox-capable cations with a column of their own; any other lands in the "other" columns.
+REDOX_ELEMENTS = ("Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Nb", "Mo", "W", "Ru", "Ag", "Sn", "Sb",
+                  "Bi", "Pb", "Ce", "Ta", "Re", "Tl", "Ge", "Te", "Pr", "Sm", "Eu", "Tb", "Yb", "U")
+ANION_ELEMENTS = ("O", "F", "Cl", "Br", "I", "S", "Se", "Te", "N", "P", "As", "C", "Si", "B", "Ge", "H")
+# No cation is oxidised beyond +8 (OsO4); a higher state means the rules do not fit the formula.
+MAX_STATE = 8
+# A couple's ionisation energy beyond an element's tabulated ones (never the cheapest step).
+UNTABULATED_EV = 200.0
+
+SCALARS = (
+    "redox_state_charged", "redox_state_discharged", "electrons_per_redox_cation",
+    "redox_cations_per_framework_atom", "ions_gained_per_framework_atom", "ions_charged_per_framework_atom",
+    "electrons_per_anion_charge", "log_framework_atoms", "no_redox_cation", "charge_unbalanced",
+    "couple_ionisation_energy", "couple_state_from", "couple_state_to", "redox_electronegativity",
+    "oxo_formers_per_oxygen",
+)
+FEATURE_NAMES: tuple[str, ...] = (
+    SCALARS
+    + tuple(f"anion_{element}_per_framework_atom" for element in ANION_ELEMENTS)
+    + tuple(f"cation_share_{element}" for element in (*REDOX_ELEMENTS, "other"))
+    + tuple(f"electron_share_{element}" for element in (*REDOX_ELEMENTS, "other"))
+)
+
+
+@lru_cache(maxsize=None)
+def _ionisation_energies(symbol: str) -> tuple[float, ...]:
+    """The tabulated ones, up to the first gap (the superheavy elements have none)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pymatgen warns where it has no data
+        energies = list(Element(symbol).ionization_energies or ())
+    tabulated = []
+    for value in energies:
+        if value is None or not math.isfinite(value):
+            break
+        tabulated.append(float(value))
+    return tuple(tabulated)
+
+
+def step_cost(symbol: str, state: float) -> float:
+    """eV to oxidise ``symbol`` one step further from ``state`` (the next ionisation energy)."""
+    energies = _ionisation_energies(symbol)
+    step = int(math.floor(state + 1e-9))
+    return energies[step] if step < len(energies) else UNTABULATED_EV + step
+
+
+def oxidise(redox_cations: dict[str, float], charge: float) -> dict[str, float]:
+    """Spread ``charge`` over the cations (symbol -> atoms), cheapest ionisation step first.
+
+    Returns each element's mean oxidation state. A charge beyond what the tabulated steps cover
+    keeps going at :data:`UNTABULATED_EV`, so the states always add up to the charge.
+    """
+    states = dict.fromkeys(redox_cations, 0.0)
+    remaining = max(charge, 0.0)
+    while remaining > 1e-9 and redox_cations:
+        symbol = min(redox_cations, key=lambda name: (step_cost(name, states[name]), name))
+        if step_cost(symbol, states[symbol]) >= UNTABULATED_EV:
+            # past every tabulated step (absurd charges): the rest evenly, not one step at a time
+            total = sum(redox_cations.values())
+            return {name: state + remaining / total for name, state in states.items()}
+        amount = redox_cations[symbol]
+        room = (math.floor(states[symbol] + 1e-9) + 1 - states[symbol]) * amount
+        taken = min(room, remaining)
+        states[symbol] += taken / amount
+        remaining -= taken
+    return states
+
+
+def charge_balance(amounts: dict[str, float], working_ion: str) -> tuple[float, float, dict[str, float]]:
+    """(anion charge, charge of the fixed cations, redox-capable cations) of one material.
+
+    Oxo-anion formers take their group state, stepped down where the oxygen leaves the redox
+    cations with less than +1 on average (or, without redox cations, the fixed ones unbalanced).
+    """
+    has_oxygen = "O" in amounts
+    has_halide = any(symbol in HALIDES for symbol in amounts)
+    has_chalcogen = any(symbol in ("S", "Se", "Te") for symbol in amounts)
+    anion, fixed, formers, redox = 0.0, 0.0, {}, {}
+    for symbol, amount in amounts.items():
+        if symbol == "O":
+            anion += 2 * amount
+        elif symbol in HALIDES:
+            anion += amount
+        elif symbol == working_ion:
+            fixed += ION_CHARGE[working_ion] * amount
+        elif symbol == "H":  # hydroxide or water +1, hydride -1
+            if has_oxygen or has_halide:
+                fixed += amount
+            else:
+                anion += amount
+        elif symbol in OXO_FORMERS and (has_oxygen or (symbol in COMPLEX_FORMERS and (has_halide or has_chalcogen))):
+            formers[symbol] = amount
+        elif symbol in OXYGEN_FREE_ANIONS:
+            anion += -OXYGEN_FREE_ANIONS[symbol] * amount
+        elif symbol in SPECTATORS:
+            fixed += SPECTATORS[symbol] * amount
+        else:
+            redox[symbol] = amount
+    states = {symbol: OXO_FORMERS[symbol] for symbol in formers}
+    needed = sum(redox.values())  # at least +1 per redox cation, or exact balance without any
+    for symbol in sorted(formers, key=lambda name: -formers[name]):
+        if symbol in OXO_LOWER and anion - fixed - _former_charge(formers, states) < needed:
+            states[symbol] = OXO_LOWER[symbol]
+    return anion, fixed + _former_charge(formers, states), redox
+
+
+def _former_charge(formers: dict[str, float], states: dict[str, int]) -> float:
+    return sum(states[symbol] * amount for symbol, amount in formers.items())
+
+
+@lru_cache(maxsize=65536)
+def electrode_features(formula_charge: str, formula_discharge: str, working_ion: str) -> tuple[float, ...]:
+    """The :data:`FEATURE_NAMES` of one electrode, in that order."""
+    charged = parse_formula(formula_charge).get_el_amt_dict()
+    discharged = parse_formula(formula_discharge).get_el_amt_dict()
+    z = ION_CHARGE[working_ion]
+    gained = discharged.get(working_ion, 0.0) - charged.get(working_ion, 0.0)
+    framework_atoms = sum(amount for symbol, amount in discharged.items() if symbol != working_ion)
+    per_framework_atom = 1.0 / framework_atoms if framework_atoms > 0 else 0.0
+
+    anion, fixed_charged, redox = charge_balance(charged, working_ion)
+    _, fixed_discharged, _ = charge_balance(discharged, working_ion)
+    n_redox = sum(redox.values())
+    left_charged, left_discharged = anion - fixed_charged, anion - fixed_discharged
+    states_charged = oxidise(redox, left_charged)
+    states_discharged = oxidise(redox, left_discharged)
+    electrons = {symbol: (states_charged[symbol] - states_discharged[symbol]) * redox[symbol] for symbol in redox}
+    total_electrons = sum(electrons.values())
+
+    def mean_over_redox(values: dict[str, float]) -> float:
+        return sum(values[symbol] * redox[symbol] for symbol in redox) / n_redox if n_redox else 0.0
+
+    def electron_weighted(value) -> float:
+        return (sum(value(symbol) * share for symbol, share in electrons.items()) / total_electrons
+                if total_electrons > 1e-9 else 0.0)
+
+    def couple_cost(symbol: str) -> float:
+        # the mean ionisation energy of the steps undone between the two states
+        low, high = states_discharged[symbol], states_charged[symbol]
+        steps = range(int(math.floor(low + 1e-9)), max(int(math.ceil(high - 1e-9)), int(math.floor(low + 1e-9)) + 1))
+        return float(np.mean([step_cost(symbol, step) for step in steps]))
+
+    oxygen = discharged.get("O", 0.0)
+    formers = sum(amount for symbol, amount in discharged.items() if symbol in OXO_FORMERS)
+    scalars = {
+        "redox_state_charged": mean_over_redox(states_charged),
+        "redox_state_discharged": mean_over_redox(states_discharged),
+        "electrons_per_redox_cation": gained * z / n_redox if n_redox else 0.0,
+        "redox_cations_per_framework_atom": n_redox * per_framework_atom,
+        "ions_gained_per_framework_atom": gained * per_framework_atom,
+        "ions_charged_per_framework_atom": charged.get(working_ion, 0.0) * per_framework_atom,
+        "electrons_per_anion_charge": gained * z / anion if anion > 0 else 0.0,
+        "log_framework_atoms": math.log1p(framework_atoms),
+        "no_redox_cation": float(n_redox == 0),
+        "charge_unbalanced": float(left_discharged < -1e-9 or (n_redox == 0 and abs(left_charged) > 1e-6)
+                                   or max(states_charged.values(), default=0.0) > MAX_STATE),
+        "couple_ionisation_energy": electron_weighted(couple_cost),
+        "couple_state_from": electron_weighted(lambda symbol: states_charged[symbol]),
+        "couple_state_to": electron_weighted(lambda symbol: states_discharged[symbol]),
+        "redox_electronegativity": mean_over_redox({symbol: _electronegativity(symbol) for symbol in redox}),
+        "oxo_formers_per_oxygen": formers / oxygen if oxygen > 0 else 0.0,
+    }
+    anions = [discharged.get(symbol, 0.0) * per_framework_atom for symbol in ANION_ELEMENTS]
+    return (*(scalars[name] for name in SCALARS), *anions,
+            *_shares(redox, n_redox), *_shares(electrons, total_electrons))
+
+
+def _shares(values: dict[str, float], total: float) -> list[float]:
+    """Per REDOX_ELEMENTS column (then 'other'), each element's share of ``total``."""
+    shares = dict.fromkeys((*REDOX_ELEMENTS, "other"), 0.0)
+    if total > 1e-9:
+        for symbol, value in values.items():
+            shares[symbol if symbol in shares else "other"] += value / total
+    return list(shares.values())
+
+
+@lru_cache(maxsize=None)
+def _electronegativity(symbol: str) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pymatgen warns for the noble gases, which have none
+        value = Element(symbol).X
+    return float(value) if value is not None and math.isfinite(value) else 0.0
+
+
+def redox_features(electrodes: pd.DataFrame) -> pd.DataFrame:
+    """One row of :data:`FEATURE_NAMES` per electrode (same index)."""
+    rows = [electrode_features(charged, discharged, ion) for charged, discharged, ion in
+            zip(electrodes["formula_charge"], electrodes["formula_discharge"], electrodes["working_ion"])]
+    return pd.DataFrame(np.array(rows, dtype=float).reshape(len(rows), len(FEATURE_NAMES)),
+                        columns=list(FEATURE_NAMES), index=electrodes.index)
