@@ -124,7 +124,7 @@ def charge_balance(amounts: dict[str, float], working_ion: str) -> tuple[float, 
         if symbol == "O":
             anion += 2 * amount
         elif symbol in HALIDES:
-            anion += amount
+            anion += -HALIDES[symbol] * amount
         elif symbol == working_ion:
             fixed += ION_CHARGE[working_ion] * amount
         elif symbol == "H":  # hydroxide or water +1, hydride -1
