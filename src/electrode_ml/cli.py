@@ -12,7 +12,7 @@ import torch
 
 from electrode_ml.data import coerce_types, find_bad_rows, read_electrode_csv, refusal, require_columns
 from electrode_ml.errors import InputError
-from electrode_ml.features import DFT_FIELDS, uses_dft
+from electrode_ml.features import DFT_FIELDS, KNOWN_MODELS, uses_dft
 from electrode_ml.fileio import write_csv
 from electrode_ml.predict import TrainedEnsemble
 from electrode_ml.runner import setup_logging
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("input", type=Path, help="CSV of candidate electrodes (the snapshot's input columns)")
         sub.add_argument("-o", "--output", type=Path, required=True, help="CSV to write (atomically)")
         sub.add_argument("--model", default="model1_phys",
-                         help="model1, model2, model1_redox, model1_phys or model2_phys (default model1_phys: needs no DFT)")
+                         help=f"{', '.join(KNOWN_MODELS)} (default model1_phys: needs no DFT)")
         sub.add_argument("--results", type=Path, default=Path("results"), help="the workflow's results folder")
         sub.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
                          help="network arithmetic; bfloat16 was about 4x faster on a CPU with AVX512-BF16 and "

@@ -58,6 +58,8 @@ FEATURE_SETS = {
 # A physics model reuses the networks of another model (see physics.py): model1_phys takes its
 # voltage from the chemistry-informed networks, model2_phys (voltage from DFT) from model2's.
 PHYSICS_BASES = {"model1_phys": "model1_redox", "model2_phys": "model2"}
+# Every model a user can name in `models` or `--model`.
+KNOWN_MODELS = (*FEATURE_SETS, *PHYSICS_BASES)
 
 
 class ElementFractions(BaseEstimator, TransformerMixin):
@@ -102,7 +104,7 @@ def base_model(model: str) -> str:
 def feature_set(model: str) -> FeatureSet:
     base = base_model(model)
     if base not in FEATURE_SETS:
-        raise InputError(f"models: unknown model {model!r} (known: {', '.join([*FEATURE_SETS, *PHYSICS_BASES])})")
+        raise InputError(f"models: unknown model {model!r} (known: {', '.join(KNOWN_MODELS)})")
     return FEATURE_SETS[base]
 
 
