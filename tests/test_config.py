@@ -34,6 +34,8 @@ def test_default_config_is_valid(config):
     (("data", "source"), "web", "source"),
     (("tune", "lr"), [-0.1, 0.1], "lr"),
     (("split", "fractions"), [0.8, 0.1], "fractions"),
+    (("train", "huber_delta"), {"model1_redox": -0.3}, "model1_redox"),
+    (("train", "huber_delta"), {"model9": 0.3}, "model9"),
 ])
 def test_schema_refuses_and_names_the_key(config, path, value, words):
     target = config
@@ -112,3 +114,13 @@ def test_wrong_value_stops_a_real_run_before_any_job(tmp_path, config, path, val
     assert key in output and repr(value) in output, output[-2000:]
     assert "Traceback" not in output and "Select jobs to execute" not in output
     assert not (tmp_path / "results").exists()
+
+
+def test_default_config_keeps_the_papers_mse_for_its_models_and_huber_for_model1_redox(config):
+    from electrode_ml.steps import train_settings
+
+    settings = {model: train_settings(config["train"], 0, "cpu", model) for model in ("model1", "model2", "model1_redox")}
+    assert settings["model1"].huber_delta is None and settings["model2"].huber_delta is None
+    assert settings["model1_redox"].huber_delta == config["train"]["huber_delta"]["model1_redox"] > 0
+    del config["train"]["huber_delta"]
+    assert train_settings(config["train"], 0, "cpu", "model1_redox").huber_delta is None

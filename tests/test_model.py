@@ -10,7 +10,7 @@ import torch
 
 from electrode_ml.devices import claim_gpu, resolve_device
 from electrode_ml.model import (MLP, FlatRMSprop, NetworkParams, ReLUDropout, StackedEnsemble, TrainedNetwork, TrainingStep,
-                                TrainSettings, predict, train_network)
+                                TrainSettings, predict, relu_, train_network)
 
 PARAMS = NetworkParams(32, 16, 8, 0.1, 0.1, 0.1, 1e-3)
 
@@ -78,9 +78,11 @@ def test_flat_rmsprop_takes_the_steps_of_torch_rmsprop(data):
     NetworkParams(64, 48, 41, 0.1, 0.3, 0.5, 1e-2),
     NetworkParams(64, 48, 41, 0.0, 0.2, 0.0, 1e-2),
 ], ids=["dropout", "some-layers-without-dropout"])
-def test_training_step_takes_the_steps_of_autograd(data, params):
+@pytest.mark.parametrize("huber_delta", [None, 0.3], ids=["mse", "huber"])
+def test_training_step_takes_the_steps_of_autograd(data, params, huber_delta):
     """The written-out backward pass gives autograd's numbers bit for bit, including the last,
-    short batch (its own buffers) and layers without dropout."""
+    short batch (its own buffers) and layers without dropout, on either loss; the step reports
+    the batch's MSE either way."""
     x, y = torch.tensor(data[0]), torch.tensor(data[1], dtype=torch.float32)
     runs = []
     for written_out in (False, True):
@@ -88,7 +90,7 @@ def test_training_step_takes_the_steps_of_autograd(data, params):
         network = MLP(x.shape[1], params)
         optimiser = FlatRMSprop(network, lr=params.lr, alpha=0.9, eps=1e-7)
         initial = optimiser.weights.clone()
-        step = TrainingStep(network, optimiser)
+        step = TrainingStep(network, optimiser, huber_delta)
         losses = []
         for _ in range(3):
             for start in range(0, len(x), 70):
@@ -97,15 +99,26 @@ def test_training_step_takes_the_steps_of_autograd(data, params):
                     losses.append(step(batch_x, batch_y))
                 else:
                     optimiser.zero_grad()
-                    loss = torch.nn.functional.mse_loss(network(batch_x), batch_y)
-                    loss.backward()
+                    output = network(batch_x)
+                    if huber_delta:
+                        torch.nn.functional.huber_loss(output, batch_y, delta=huber_delta).backward()
+                    else:
+                        torch.nn.functional.mse_loss(output, batch_y).backward()
                     optimiser.step()
-                    losses.append(loss.detach())
+                    losses.append(torch.nn.functional.mse_loss(output.detach(), batch_y))
         runs.append((optimiser.weights.clone(), torch.stack(losses)))
     (reference_weights, reference_losses), (weights, losses) = runs
     assert not torch.equal(weights, initial)
     assert torch.equal(weights, reference_weights)
     assert torch.equal(losses, reference_losses)
+
+
+def test_huber_loss_trains_other_weights_than_mse(data):
+    """Huber's delta (0.3 standardised units) is well inside this data's errors at the start,
+    so the two losses must take different steps."""
+    trained = [train_network(*data, PARAMS, TrainSettings(epochs=5, batch_size=64, seed=1, huber_delta=delta,
+                                                          log_every=0)) for delta in (None, 0.3)]
+    assert not torch.equal(trained[0].state_dict["layers.0.weight"], trained[1].state_dict["layers.0.weight"])
 
 
 def test_saved_weights_do_not_carry_the_optimiser_buffer(data):
@@ -150,6 +163,16 @@ def test_stacked_ensemble_matches_one_by_one(data):
     stacked = StackedEnsemble(networks).predict(data[2])
     for index, network in enumerate(networks):
         np.testing.assert_allclose(stacked[index], predict(network, data[2]), rtol=1e-5, atol=1e-4)
+
+
+def test_stacked_ensemble_in_row_passes_matches_one_pass_and_takes_no_rows(data):
+    networks = [train_network(*data, PARAMS, TrainSettings(epochs=3, seed=seed, log_every=0)) for seed in range(3)]
+    ensemble = StackedEnsemble(networks)
+    ensemble.CPU_ROWS_PER_PASS = len(data[2])
+    whole = ensemble.predict(data[2])
+    ensemble.CPU_ROWS_PER_PASS = 7  # 60 rows: eight passes of 7 and one of 4
+    np.testing.assert_allclose(ensemble.predict(data[2]), whole, rtol=1e-6, atol=1e-6)
+    assert ensemble.predict(data[2][:0]).shape == (3, 0, 3)
 
 
 def test_checkpoint_round_trip(data):
@@ -199,6 +222,15 @@ def test_stacked_ensemble_in_bfloat16_stays_close_to_float32(data):
     assert fast.dtype == exact.dtype and fast.shape == exact.shape
     scale = np.abs(exact).mean(axis=(0, 1))
     assert (np.abs(fast - exact).mean(axis=(0, 1)) < 0.02 * scale).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_in_place_relu_matches_torch_on_both_signs_zeros_and_a_strided_view(dtype):
+    values = torch.tensor([[-3.5, -0.0, 0.0, 1e-30, -1e-30], [2.0, -7.0, 0.5, -0.25, 65504.0]], dtype=dtype)
+    expected = torch.relu(values)
+    strided = values.t()
+    assert relu_(strided) is strided
+    assert torch.equal(values, expected)
 
 
 def test_freed_activations_stay_in_the_process():

@@ -95,19 +95,21 @@ def physics_step(input, output, params, threads, **_):
     write_json(summary, output.summary)
 
 
-def seed_trainer(settings: dict, network_params: NetworkParams, device: str):
-    """A function (x_train, y_train, x_val, y_val, seed) -> predict(x) for evaluations that train many networks."""
+def seed_trainer(settings: dict, network_params: NetworkParams, device: str, model: str):
+    """A function (x_train, y_train, x_val, y_val, seed) -> predict(x) for evaluations that train
+    many networks of ``model``."""
     def trainer(x_train, y_train, x_val, y_val, seed):
         network = train_network(x_train, y_train, x_val, y_val, network_params,
-                                replace(train_settings(settings, seed, device), log_every=0))
+                                replace(train_settings(settings, seed, device, model), log_every=0))
         return lambda x: predict(network, x, device)
 
     return trainer
 
 
-def train_settings(settings: dict, seed: int, device: str) -> TrainSettings:
+def train_settings(settings: dict, seed: int, device: str, model: str) -> TrainSettings:
     return TrainSettings(epochs=settings["epochs"], batch_size=settings["batch_size"], patience=settings["patience"],
-                         lr_scale=settings["lr_scale"], seed=seed, device=device)
+                         lr_scale=settings["lr_scale"], huber_delta=(settings.get("huber_delta") or {}).get(model),
+                         seed=seed, device=device)
 
 
 def tune_step(input, output, params, threads, **_):
@@ -118,9 +120,10 @@ def tune_step(input, output, params, threads, **_):
     x_val, y_val = frame_matrices(pd.read_parquet(input.val))
     tune = params.tune
     with job_device(params.train["device"]) as device:
-        # a trial scores the learning rate it was given, at the tune's fidelity
-        settings = replace(train_settings(params.train, tune["seed"], device), epochs=tune["epochs"],
-                           patience=tune["patience"], lr_scale=1.0, log_every=0)
+        # a trial scores the learning rate it was given, at the tune's fidelity, trained on MSE
+        # like the objective that scores it
+        settings = replace(train_settings(params.train, tune["seed"], device, params.model), epochs=tune["epochs"],
+                           patience=tune["patience"], lr_scale=1.0, huber_delta=None, log_every=0)
 
         def objective(values: dict) -> float:
             network = train_network(x_train, y_train, x_val, y_val, NetworkParams.from_dict(values), settings)
@@ -145,8 +148,9 @@ def train_step(input, output, params, threads, wildcards=None, **_):
     (x_train, y_train), (x_val, y_val) = frame_matrices(frames["train"]), frame_matrices(frames["val"])
     network_params = NetworkParams.from_dict(read_json(input.params))
     with job_device(params.train["device"]) as device:
-        settings = train_settings(params.train, seed, device)
-        log.info("training seed %d on %s with %s, learning rate x %g", seed, device, network_params, settings.lr_scale)
+        settings = train_settings(params.train, seed, device, wildcards.model)
+        log.info("training seed %d on %s with %s, learning rate x %g, %s loss", seed, device, network_params,
+                 settings.lr_scale, f"Huber (delta {settings.huber_delta})" if settings.huber_delta else "MSE")
         network = train_network(x_train, y_train, x_val, y_val, network_params, settings)
         predictions = seed_predictions(frames, lambda x: predict(network, x, device), seed)
     log.info("seed %d: best epoch %d of %d, %.1f s", seed, network.best_epoch, len(network.history), network.seconds)
@@ -267,7 +271,7 @@ def feature_contribution_step(input, output, params, threads, wildcards=None, **
     first = params.train["first_seed"]
     seeds = list(range(first, first + int(params.seeds)))
     with job_device(params.train["device"]) as device:
-        trainer = seed_trainer(params.train, network_params, device)
+        trainer = seed_trainer(params.train, network_params, device, params.model)
         per_seed = contribution.run_contribution(frames, trainer, seeds)
     summary = contribution.summarise(per_seed)
     log.info("feature contribution (Eq. 9, %d seeds): %s", len(seeds),
@@ -322,7 +326,7 @@ def group_evaluation_step(input, output, params, threads, wildcards=None, **_):
     first = params.train["first_seed"]
     seeds = list(range(first, first + int(params.seeds)))
     with job_device(params.train["device"]) as device:
-        trainer = seed_trainer(params.train, network_params, device)
+        trainer = seed_trainer(params.train, network_params, device, params.base)
         results = grouped_evaluation(electrodes, base=params.base, variants=list(params.variants),
                                      split_settings=params.split, feature_settings=params.features,
                                      seeds=seeds, trainer=trainer)
