@@ -28,7 +28,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "electrode_ml.cli", *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("model", ["model1", "model2_phys"])
+@pytest.mark.parametrize("model", ["model1", "model1_phys", "model2_phys"])
 def test_predict_writes_mean_ci_and_interval_per_target(tiny_run, tmp_path, model):
     _, results, _ = tiny_run
     # the workflow's own (exact-formula) electrodes, so that the two predictions must agree
@@ -47,6 +47,8 @@ def test_predict_writes_mean_ci_and_interval_per_target(tiny_run, tmp_path, mode
     ensemble = pd.read_parquet(results / "ensemble" / model / "predictions.parquet")
     voltage = ensemble[ensemble["target"] == "average_voltage"].set_index("battery_id")["mean"]
     np.testing.assert_allclose(table["average_voltage_mean"], voltage.loc[table["battery_id"]], rtol=1e-4, atol=1e-4)
+    interval = ensemble[ensemble["target"] == "average_voltage"].set_index("battery_id")["pi_low"]
+    np.testing.assert_allclose(table["average_voltage_pi_low"], interval.loc[table["battery_id"]], rtol=1e-4, atol=1e-3)
 
 
 def test_predict_in_bfloat16_is_close_to_float32(tiny_run, candidates, tmp_path):
@@ -280,3 +282,17 @@ def test_refusals_from_the_command_line_are_one_line_without_traceback(tiny_run,
         f"electrode-ml: error: {candidates}: battery_id={rows.loc[7, 'battery_id']!r}, field "
         "'charge_space_group_number': space group 0 is not an integer in 1..230"]
     assert not out.exists()
+
+
+def test_model1_phys_without_its_voltage_trees_is_one_line(tiny_run, candidates, tmp_path, capsys):
+    """A results folder from before the trees (networks and physics, no trees) is refused, not half-used."""
+    _, results, _ = tiny_run
+    partial = tmp_path / "results"
+    for folder in ("features/model1_redox", "train/model1_redox"):
+        (partial / folder).parent.mkdir(parents=True, exist_ok=True)
+        (partial / folder).symlink_to(results / folder)
+    (partial / "physics" / "model1_phys").mkdir(parents=True)
+    (partial / "physics" / "model1_phys" / "physics.joblib").symlink_to(results / "physics" / "model1_phys" / "physics.joblib")
+    out = tmp_path / "out.csv"
+    code, text = predict_in_process(capsys, candidates, out, partial, model="model1_phys")
+    assert_one_line_refusal(code, text, out, "no voltage trees of model1_phys", "voltage_trees.joblib")

@@ -36,6 +36,8 @@ def test_default_config_is_valid(config):
     (("split", "fractions"), [0.8, 0.1], "fractions"),
     (("train", "huber_delta"), {"model1_redox": -0.3}, "model1_redox"),
     (("train", "huber_delta"), {"model9": 0.3}, "model9"),
+    (("voltage_trees", "weight"), 1.5, "1.5"),
+    (("voltage_trees", "weight"), "half", "half"),
 ])
 def test_schema_refuses_and_names_the_key(config, path, value, words):
     target = config

@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from electrode_ml.schema import TARGETS
+from electrode_ml.trees import tree_voltage as tree_voltage_of
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
@@ -107,15 +109,24 @@ def test_ensemble_is_well_formed_and_beats_the_mean(tiny_run):
 
 
 def test_physics_models_reuse_base_networks_and_keep_energy_consistent(tiny_run):
-    _, results, _ = tiny_run
+    config, results, _ = tiny_run
     assert not (results / "train" / "model1_phys").exists()
-    # model1_phys has no DFT voltage: its voltage is the mean of the chemistry-informed networks (model1_redox)
+    # model1_phys has no DFT voltage: its voltage blends the mean of the chemistry-informed networks
+    # (model1_redox) with the trees fitted on the same features
     per_seed = pd.concat([pd.read_parquet(path) for path in (results / "train" / "model1_redox").glob("seed_*/predictions.parquet")])
     assert per_seed["battery_id"].value_counts().eq(3).all()
     networks = per_seed.groupby("battery_id")["average_voltage"].mean().sort_index()
+    trees = joblib.load(results / "physics" / "model1_phys" / "voltage_trees.joblib")
+    assert trees.weight == config["voltage_trees"]["weight"] > 0
+    frames = {split: pd.read_parquet(results / "features" / "model1_redox" / f"{split}.parquet")
+              for split in ("train", "val", "test")}
+    tree_voltage = tree_voltage_of(trees, frames).set_index("battery_id")["average_voltage"]
     model1_phys = (pd.read_parquet(results / "ensemble" / "model1_phys" / "predictions.parquet")
                    .query("target == 'average_voltage'").set_index("battery_id")["mean"].sort_index())
-    np.testing.assert_allclose(model1_phys.to_numpy(), networks.loc[model1_phys.index].to_numpy(), rtol=1e-12)
+    expected = (1 - trees.weight) * networks.loc[model1_phys.index] + trees.weight * tree_voltage.loc[model1_phys.index]
+    np.testing.assert_allclose(model1_phys.to_numpy(), expected.to_numpy(), rtol=1e-12)
+    recorded = json.loads((results / "ensemble" / "model1_phys" / "metrics.json").read_text())["voltage_trees"]
+    assert recorded["weight"] == trees.weight and set(recorded["trees_alone_voltage_mae"]) == {"train", "val", "test"}
     physics = json.loads((results / "physics" / "model2_phys" / "physics.json").read_text())
     assert physics["physics_applies"] > 0.95 * physics["rows"]
     summary = pd.read_parquet(results / "ensemble" / "model2_phys" / "predictions.parquet")
@@ -141,6 +152,8 @@ def test_group_evaluation_runs_in_its_own_folder(tiny_run):
             assert metrics[model]["n_seeds"] == 2
             assert set(metrics[model]["ensemble_mean"]) == {"train", "val", "test"}
             assert "pi" in metrics[model]["coverage"]
+        # the learned voltage of model1_phys blends trees fitted on the grouped split too
+        assert ("voltage_trees" in metrics.get("model1_phys", {})) == (base == "model1_redox")
         predictions = pd.read_parquet(results / "group" / base / "predictions.parquet")
         assert set(predictions["model"]) == variants
 

@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 
 from electrode_ml import ensemble
-from electrode_ml.features import fit_feature_sets, is_physics_model, uses_dft
+from electrode_ml.features import fit_feature_sets, is_physics_model, uses_dft, uses_voltage_trees
 from electrode_ml.physics import PhysicsBaseline
 from electrode_ml.schema import TARGETS
 from electrode_ml.split import make_split
 from electrode_ml.tables import frame_matrices, seed_predictions
+from electrode_ml.trees import blend_seeds, fit_voltage_trees, voltage_mae
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,12 @@ Trainer = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int], Callab
 
 
 def grouped_evaluation(electrodes: pd.DataFrame, *, base: str, variants: list[str], split_settings: dict,
-                       feature_settings: dict, seeds: list[int], trainer: Trainer) -> dict[str, tuple[pd.DataFrame, dict]]:
-    """Split by framework, featurise, train ``seeds`` networks of ``base``; summary and metrics per variant."""
+                       feature_settings: dict, seeds: list[int], trainer: Trainer,
+                       tree_weight: float = 0.0) -> dict[str, tuple[pd.DataFrame, dict]]:
+    """Split by framework, featurise, train ``seeds`` networks of ``base``; summary and metrics per variant.
+
+    A variant with a learned voltage blends its networks with trees fitted on this split (trees.py).
+    """
     split = make_split(electrodes, method="group", fractions=split_settings["fractions"], seed=split_settings["seed"])
     _, frames = fit_feature_sets(electrodes, split, base, **feature_settings)
     (x_train, y_train), (x_val, y_val) = frame_matrices(frames["train"]), frame_matrices(frames["val"])
@@ -41,12 +46,18 @@ def grouped_evaluation(electrodes: pd.DataFrame, *, base: str, variants: list[st
     labelled = electrodes.merge(split, on="battery_id", validate="one_to_one")
     results = {}
     for model in variants:
-        table = None
+        table, variant_seeds, trees_record = None, per_seed, None
+        if uses_voltage_trees(model):
+            trees, voltage = fit_voltage_trees(frames, weight=tree_weight, seed=seeds[0])
+            variant_seeds = blend_seeds(per_seed, trees, voltage)
+            trees_record = {"weight": tree_weight, "trees_alone_voltage_mae": voltage_mae(voltage, frames)}
         if is_physics_model(model):
             physics = PhysicsBaseline(uses_voltage=uses_dft(model)).fit(labelled[labelled["split"] == "train"])
             table = labelled[["battery_id"]].assign(**dict(zip(TARGETS, physics.transform(labelled).T)))
-        stacked, summary = ensemble.summarise(per_seed, truth, table)
+        stacked, summary = ensemble.summarise(variant_seeds, truth, table)
         metrics = ensemble.ensemble_metrics(stacked, truth, summary)
+        if trees_record:
+            metrics["voltage_trees"] = trees_record
         metrics["split_sizes"] = {name: int(n) for name, n in split["split"].value_counts().items()}
         results[model] = (summary, metrics)
     return results

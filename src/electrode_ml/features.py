@@ -112,6 +112,11 @@ def uses_dft(model: str) -> bool:
     return feature_set(model).dft
 
 
+def uses_voltage_trees(model: str) -> bool:
+    """A physics model without DFT learns its voltage, from networks and trees (trees.py)."""
+    return is_physics_model(model) and not uses_dft(model)
+
+
 def paper_counterpart(model: str) -> str:
     """The paper's model that reads the same kind of inputs: model #2 with DFT, else model #1."""
     return "model2" if uses_dft(model) else "model1"

@@ -12,11 +12,12 @@ import torch
 
 from electrode_ml.ensemble import Z_95, interval_scale
 from electrode_ml.errors import InputError
-from electrode_ml.features import base_model, is_physics_model
+from electrode_ml.features import base_model, is_physics_model, uses_voltage_trees
 from electrode_ml.fileio import read_json
 from electrode_ml.model import StackedEnsemble, TrainedNetwork
 from electrode_ml.physics import PhysicsBaseline, combine
 from electrode_ml.schema import TARGETS
+from electrode_ml.trees import VoltageTrees
 
 
 @dataclass
@@ -29,6 +30,7 @@ class TrainedEnsemble:
     physics: PhysicsBaseline | None = None
 
     intervals: dict | None = None
+    trees: VoltageTrees | None = None
 
     @classmethod
     def load(cls, results: str | Path, model: str, device: str = "cpu", dtype=torch.float32) -> "TrainedEnsemble":
@@ -43,9 +45,16 @@ class TrainedEnsemble:
         networks = [TrainedNetwork.from_checkpoint(torch.load(path, map_location="cpu", weights_only=False))
                     for path in checkpoints]
         physics = joblib.load(results / "physics" / model / "physics.joblib") if is_physics_model(model) else None
+        trees = None
+        if uses_voltage_trees(model):
+            trees_path = results / "physics" / model / "voltage_trees.joblib"
+            if not trees_path.exists():
+                raise InputError(f"no voltage trees of {model} at {trees_path} (rerun the workflow to fit them)")
+            trees = joblib.load(trees_path)
         metrics_path = results / "ensemble" / model / "metrics.json"
         intervals = read_json(metrics_path).get("prediction_interval") if metrics_path.exists() else None
-        return cls(model, joblib.load(transformer_path), StackedEnsemble(networks, device=device, dtype=dtype), physics, intervals)
+        return cls(model, joblib.load(transformer_path), StackedEnsemble(networks, device=device, dtype=dtype),
+                   physics, intervals, trees)
 
     def features(self, electrodes: pd.DataFrame) -> np.ndarray:
         return np.asarray(self.featurizer.transform(electrodes), dtype=np.float32)
@@ -60,7 +69,10 @@ class TrainedEnsemble:
         return np.concatenate([members for members, _ in parts], axis=1), np.concatenate([held for _, held in parts])
 
     def _predict_chunk(self, electrodes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        members = self.networks.predict(self.features(electrodes))
+        features = self.features(electrodes)
+        members = self.networks.predict(features)
+        if self.trees is not None:
+            members = self.trees.blend(members, features)
         if self.physics is None:
             return members, np.zeros(members.shape[1:], dtype=bool)
         physics = self.physics.transform(electrodes)

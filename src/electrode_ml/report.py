@@ -506,7 +506,8 @@ def beyond_physics(context: dict) -> str:
              "energies of the end members and one fitted reference energy per ion (energy = V × C); elsewhere "
              "the networks predict: <code>model2_phys</code> model2's, <code>model1_phys</code> those of "
              "<code>model1_redox</code>, which read feature set 1 plus the oxidation-state chemistry of the "
-             "formulas (the redox couple and the anions, by charge balance; no DFT).</p>")
+             "formulas (the redox couple and the anions, by charge balance; no DFT), blended with gradient-boosted "
+             "trees on the same redox features (<code>voltage_trees.weight</code> of the voltage).</p>")
     if not models:
         physics_table = "<p class='muted'>No physics model in this run.</p>"
     else:

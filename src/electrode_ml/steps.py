@@ -95,6 +95,22 @@ def physics_step(input, output, params, threads, **_):
     write_json(summary, output.summary)
 
 
+def voltage_trees_step(input, output, params, threads, **_):
+    """Fit the trees of a learned voltage (trees.py) on the base model's training features."""
+    import joblib
+
+    from electrode_ml.trees import TREE_PARAMS, fit_voltage_trees, voltage_mae
+
+    frames = {split: pd.read_parquet(input[split]) for split in ("train", "val", "test")}
+    trees, voltage = fit_voltage_trees(frames, weight=float(params.weight), seed=int(params.seed))
+    summary = {"weight": trees.weight, "params": TREE_PARAMS, "columns_read": int(len(trees.columns)),
+               "trees_alone_voltage_mae": voltage_mae(voltage, frames)}
+    log.info("voltage trees: %s", summary)
+    with atomic_path(output.fitted) as tmp:
+        joblib.dump(trees, tmp)
+    write_json(summary, output.summary)
+
+
 def seed_trainer(settings: dict, network_params: NetworkParams, device: str, model: str):
     """A function (x_train, y_train, x_val, y_val, seed) -> predict(x) for evaluations that train
     many networks of ``model``."""
@@ -165,9 +181,22 @@ def ensemble_step(input, output, params, threads, **_):
 
     per_seed = [pd.read_parquet(path) for path in input.predictions]
     physics = pd.read_parquet(input.physics) if input.get("physics") else None
-    truth = ensemble.true_values({split: pd.read_parquet(input[split]) for split in ("train", "val", "test")})
+    frames = {split: pd.read_parquet(input[split]) for split in ("train", "val", "test")}
+    truth = ensemble.true_values(frames)
+    trees_record = None
+    if input.get("trees"):
+        import joblib
+
+        from electrode_ml.trees import blend_seeds, tree_voltage, voltage_mae
+
+        trees = joblib.load(input.trees)
+        voltage = tree_voltage(trees, frames)
+        per_seed = blend_seeds(per_seed, trees, voltage)
+        trees_record = {"weight": trees.weight, "trees_alone_voltage_mae": voltage_mae(voltage, frames)}
     stacked, summary = ensemble.summarise(per_seed, truth, physics)
     metrics = ensemble.ensemble_metrics(stacked, truth, summary)
+    if trees_record:
+        metrics["voltage_trees"] = trees_record
     log.info("validation MAE of the ensemble mean: %s",
              {target: round(values["mae"], 4) for target, values in metrics["ensemble_mean"]["val"].items()})
     write_parquet(summary, output.predictions)
@@ -329,7 +358,7 @@ def group_evaluation_step(input, output, params, threads, wildcards=None, **_):
         trainer = seed_trainer(params.train, network_params, device, params.base)
         results = grouped_evaluation(electrodes, base=params.base, variants=list(params.variants),
                                      split_settings=params.split, feature_settings=params.features,
-                                     seeds=seeds, trainer=trainer)
+                                     seeds=seeds, trainer=trainer, tree_weight=float(params.tree_weight))
     for model, (summary, metrics) in results.items():
         log.info("group split, %s: test MAE %s", model,
                  {target: round(values["mae"], 4) for target, values in metrics["ensemble_mean"]["test"].items()})

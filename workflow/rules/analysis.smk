@@ -43,6 +43,7 @@ rule timing:
         transformers=expand(f"{RESULTS}/features/{{model}}/transformers.joblib", model=BASE_MODELS),
         checkpoints=expand(f"{RESULTS}/train/{{model}}/seed_{{seed}}/model.pt", model=BASE_MODELS, seed=SEEDS),
         physics=expand(f"{RESULTS}/physics/{{model}}/physics.joblib", model=PHYSICS_MODELS),
+        trees=expand(f"{RESULTS}/physics/{{model}}/voltage_trees.joblib", model=VOLTAGE_TREE_MODELS),
         metrics=expand(f"{RESULTS}/ensemble/{{model}}/metrics.json", model=MODELS),
     output:
         timing=f"{RESULTS}/analysis/timing.csv",

@@ -6,7 +6,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from electrode_ml.config import check_config, gpu_per_job, seeds, snapshot_input
 from electrode_ml.errors import InputError
-from electrode_ml.features import FEATURE_SETS, PHYSICS_BASES, base_model, is_physics_model
+from electrode_ml.features import FEATURE_SETS, KNOWN_MODELS, PHYSICS_BASES, base_model, is_physics_model, uses_voltage_trees
 
 try:
     check_config(config)
@@ -21,6 +21,8 @@ BASE_MODELS = sorted({base_model(model) for model in MODELS})
 # The wildcard values of the featurise, tune and train rules: the models with networks of their own.
 NETWORK_MODELS = "|".join(FEATURE_SETS)
 PHYSICS_MODELS = [model for model in MODELS if is_physics_model(model)]
+# Physics models whose learned voltage blends networks with gradient-boosted trees (trees.py).
+VOLTAGE_TREE_MODELS = [model for model in MODELS if uses_voltage_trees(model)]
 GROUP_MODELS = BASE_MODELS if config["evaluation"]["group_seeds"] else []
 SEEDS = seeds(config)
 # Training and tuning jobs each claim one GPU when the workflow runs on CUDA (see devices.py).

@@ -1,5 +1,6 @@
 # Stage 5: the Monte Carlo ensemble, its 95 % intervals, Table 3 metrics and Figs 3-5.
 # A physics model (model1_phys, model2_phys) combines its physics with its base model's networks.
+# model1_phys's learned voltage also blends gradient-boosted trees (rule voltage_trees, trees.py).
 
 
 rule physics:
@@ -23,6 +24,28 @@ rule physics:
         "../scripts/physics.py"
 
 
+rule voltage_trees:
+    input:
+        train=lambda wildcards: expand(rules.features.output.train, model=base_model(wildcards.model)),
+        val=lambda wildcards: expand(rules.features.output.val, model=base_model(wildcards.model)),
+        test=lambda wildcards: expand(rules.features.output.test, model=base_model(wildcards.model)),
+    output:
+        fitted=f"{RESULTS}/physics/{{model}}/voltage_trees.joblib",
+        summary=f"{RESULTS}/physics/{{model}}/voltage_trees.json",
+    wildcard_constraints:
+        model="|".join(model for model in KNOWN_MODELS if uses_voltage_trees(model)),
+    log:
+        f"{RESULTS}/logs/physics/{{model}}_voltage_trees.log",
+    params:
+        weight=config["voltage_trees"]["weight"],
+        seed=config["train"]["first_seed"],
+    threads: 1
+    conda:
+        "../../envs/electrode-ml.yaml"
+    script:
+        "../scripts/voltage_trees.py"
+
+
 rule ensemble:
     input:
         predictions=lambda wildcards: expand(
@@ -34,6 +57,11 @@ rule ensemble:
         physics=lambda wildcards: (
             expand(rules.physics.output.table, model=wildcards.model)[0]
             if is_physics_model(wildcards.model)
+            else []
+        ),
+        trees=lambda wildcards: (
+            expand(rules.voltage_trees.output.fitted, model=wildcards.model)[0]
+            if uses_voltage_trees(wildcards.model)
             else []
         ),
     output:

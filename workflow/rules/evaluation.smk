@@ -21,6 +21,11 @@ rule group_evaluation:
         split=config["split"],
         features=config["features"],
         train=config["train"],
+        tree_weight=lambda wildcards: (
+            config["voltage_trees"]["weight"]
+            if any(uses_voltage_trees(m) and base_model(m) == wildcards.model for m in MODELS)
+            else 0.0
+        ),
     threads: 1
     resources:
         gpu=GPU_PER_JOB,

@@ -31,6 +31,7 @@ rule screen_k:
         transformers=expand(f"{RESULTS}/features/{{model}}/transformers.joblib", model=BASE_MODELS),
         checkpoints=expand(f"{RESULTS}/train/{{model}}/seed_{{seed}}/model.pt", model=BASE_MODELS, seed=SEEDS),
         physics=expand(f"{RESULTS}/physics/{{model}}/physics.joblib", model=PHYSICS_MODELS),
+        trees=expand(f"{RESULTS}/physics/{{model}}/voltage_trees.joblib", model=VOLTAGE_TREE_MODELS),
         metrics=expand(f"{RESULTS}/ensemble/{{model}}/metrics.json", model=MODELS),
     output:
         table=f"{RESULTS}/screening/k_substitution.csv",

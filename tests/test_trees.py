@@ -1,0 +1,87 @@
+"""Gradient-boosted trees beside the networks for model1_phys's learned voltage (trees.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from electrode_ml.schema import TARGETS
+from electrode_ml.trees import VOLTAGE, VoltageTrees, blend_seeds, fit_voltage_trees, tree_columns, voltage_mae
+
+
+def synthetic_frames(rows: int = 300, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Voltage is a step in a redox column; the formula PCA columns are noise."""
+    rng = np.random.default_rng(seed)
+    frames = {}
+    for split, n in (("train", rows), ("val", rows // 3), ("test", rows // 3)):
+        redox = rng.uniform(0, 1, n)
+        frame = pd.DataFrame({
+            "battery_id": [f"{split}-{i}" for i in range(n)],
+            "average_voltage": np.where(redox > 0.5, 4.0, 2.0) + rng.normal(0, 0.05, n),
+            "capacity_grav": rng.uniform(50, 300, n),
+            "energy_grav": rng.uniform(100, 900, n),
+            "formula_charge__pca0": rng.normal(size=n),
+            "formula_discharge__pca0": rng.normal(size=n),
+            "redox__couple_share": redox,
+            "ion__working_ion_Li": 1.0,
+        })
+        frames[split] = frame
+    return frames
+
+
+def test_trees_read_every_column_but_the_formula_components():
+    names = ["formula_charge__pca0", "redox__a", "formula_discharge__pca3", "ion__working_ion_Na", "crystal__x"]
+    np.testing.assert_array_equal(tree_columns(names), [1, 3, 4])
+
+
+def test_trees_learn_the_voltage_from_the_redox_columns():
+    frames = synthetic_frames()
+    trees, voltage = fit_voltage_trees(frames, weight=0.5)
+    assert set(voltage["split"]) == {"train", "val", "test"} and len(voltage) == sum(map(len, frames.values()))
+    mae = voltage_mae(voltage, frames)
+    spread = (frames["test"]["average_voltage"] - frames["train"]["average_voltage"].mean()).abs().mean()
+    assert mae["test"] < 0.1 < spread  # the step is found; predicting the mean is off by about 1 V
+
+
+def test_only_formula_columns_is_a_clear_error():
+    frames = {split: frame.drop(columns=["redox__couple_share", "ion__working_ion_Li"])
+              for split, frame in synthetic_frames().items()}
+    with pytest.raises(ValueError, match="formula PCA"):
+        fit_voltage_trees(frames, weight=0.5)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_blend_moves_each_network_voltage_toward_the_trees(weight):
+    frames = synthetic_frames()
+    names = [name for name in frames["train"].columns if name not in ("battery_id", *TARGETS)]
+    x = frames["test"][names].to_numpy(np.float32)
+    trees = VoltageTrees(names, weight=weight).fit(frames["train"][names].to_numpy(np.float32),
+                                                   frames["train"]["average_voltage"].to_numpy())
+    rng = np.random.default_rng(1)
+    members = rng.normal(3.0, 0.5, size=(7, len(x), len(TARGETS)))
+    blended = trees.blend(members, x)
+    tree_voltage = trees.predict(x)
+    # the mean is the weighted mean of the two families, the spread the networks' times their share
+    np.testing.assert_allclose(blended[..., VOLTAGE].mean(0),
+                               (1 - weight) * members[..., VOLTAGE].mean(0) + weight * tree_voltage, rtol=1e-12)
+    np.testing.assert_allclose(blended[..., VOLTAGE].std(0), (1 - weight) * members[..., VOLTAGE].std(0), atol=1e-12)
+    others = [index for index in range(len(TARGETS)) if index != VOLTAGE]
+    np.testing.assert_array_equal(blended[..., others], members[..., others])
+    assert not np.shares_memory(blended, members)
+
+
+def test_blend_seeds_matches_blend_and_weight_zero_is_the_networks():
+    frames = synthetic_frames()
+    trees, voltage = fit_voltage_trees(frames, weight=0.25)
+    test = frames["test"]
+    per_seed = [pd.DataFrame({"battery_id": test["battery_id"], "split": "test", "seed": seed,
+                              **{target: np.full(len(test), 1.0 + seed) for target in TARGETS}})
+                for seed in range(3)]
+    blended = blend_seeds(per_seed, trees, voltage)
+    by_id = voltage.set_index("battery_id")["average_voltage"].loc[test["battery_id"]].to_numpy()
+    for seed, frame in enumerate(blended):
+        np.testing.assert_allclose(frame["average_voltage"], 0.75 * (1.0 + seed) + 0.25 * by_id, rtol=1e-12)
+        np.testing.assert_array_equal(frame["capacity_grav"], per_seed[seed]["capacity_grav"])
+    trees.weight = 0.0
+    assert blend_seeds(per_seed, trees, voltage) is per_seed
