@@ -21,7 +21,7 @@ from electrode_ml.physics import PhysicsBaseline
 from electrode_ml.schema import TARGETS
 from electrode_ml.split import make_split
 from electrode_ml.tables import frame_matrices, seed_predictions
-from electrode_ml.trees import blend_seeds, fit_voltage_trees, voltage_mae
+from electrode_ml.trees import blend_seeds, fit_voltage_trees
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def grouped_evaluation(electrodes: pd.DataFrame, *, base: str, variants: list[st
         if uses_voltage_trees(model):
             trees, voltage = fit_voltage_trees(frames, weight=tree_weight, seed=seeds[0])
             variant_seeds = blend_seeds(per_seed, trees, voltage)
-            trees_record = {"weight": tree_weight, "trees_alone_voltage_mae": voltage_mae(voltage, frames)}
+            trees_record = trees.record(voltage, frames)
         if is_physics_model(model):
             physics = PhysicsBaseline(uses_voltage=uses_dft(model)).fit(labelled[labelled["split"] == "train"])
             table = labelled[["battery_id"]].assign(**dict(zip(TARGETS, physics.transform(labelled).T)))

@@ -99,12 +99,11 @@ def voltage_trees_step(input, output, params, threads, **_):
     """Fit the trees of a learned voltage (trees.py) on the base model's training features."""
     import joblib
 
-    from electrode_ml.trees import TREE_PARAMS, fit_voltage_trees, voltage_mae
+    from electrode_ml.trees import TREE_PARAMS, fit_voltage_trees
 
     frames = {split: pd.read_parquet(input[split]) for split in ("train", "val", "test")}
     trees, voltage = fit_voltage_trees(frames, weight=float(params.weight), seed=int(params.seed))
-    summary = {"weight": trees.weight, "params": TREE_PARAMS, "columns_read": int(len(trees.columns)),
-               "trees_alone_voltage_mae": voltage_mae(voltage, frames)}
+    summary = {**trees.record(voltage, frames), "params": TREE_PARAMS, "columns_read": int(len(trees.columns))}
     log.info("voltage trees: %s", summary)
     with atomic_path(output.fitted) as tmp:
         joblib.dump(trees, tmp)
@@ -187,12 +186,12 @@ def ensemble_step(input, output, params, threads, **_):
     if input.get("trees"):
         import joblib
 
-        from electrode_ml.trees import blend_seeds, tree_voltage, voltage_mae
+        from electrode_ml.trees import blend_seeds, tree_voltage
 
         trees = joblib.load(input.trees)
         voltage = tree_voltage(trees, frames)
         per_seed = blend_seeds(per_seed, trees, voltage)
-        trees_record = {"weight": trees.weight, "trees_alone_voltage_mae": voltage_mae(voltage, frames)}
+        trees_record = trees.record(voltage, frames)
     stacked, summary = ensemble.summarise(per_seed, truth, physics)
     metrics = ensemble.ensemble_metrics(stacked, truth, summary)
     if trees_record:
