@@ -235,6 +235,15 @@ def test_beyond_section_reports_physics_and_exact_formulas(beyond_context):
     assert "trailing-zero strip" in physics and "formula_discharge: ion count truncated" in physics and ">43<" in physics
 
 
+def test_beyond_section_reports_the_voltage_trees_share_and_their_own_error(beyond_context):
+    trees = {"weight": 0.5, "trees_alone_voltage_mae": {"train": 0.1, "val": 0.338, "test": 0.372}}
+    context = {**beyond_context, "models": ["model1_phys"], "metrics": {"model1_phys": _metrics(0.3, voltage_trees=trees)}}
+    physics = report.section_beyond(context).split("Physics and exact formulas")[1]
+    assert "model1_phys</code>: 50% of the voltage from the trees" in physics
+    assert "trees alone 0.338 / 0.372 V, blended 0.300 / 0.300 V" in physics
+    assert "Voltage trees" not in report.section_beyond(beyond_context)
+
+
 def test_beyond_section_without_optional_parts(beyond_context):
     bare = {**beyond_context, "models": ["model1"], "metrics": {"model1": _metrics(0.4)}, "peer": None,
             "group": {}, "physics": {}, "data_report": {}}

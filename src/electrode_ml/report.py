@@ -513,7 +513,22 @@ def beyond_physics(context: dict) -> str:
     else:
         physics_table = table(["Model", "Electrodes", "Physics applies", "Network only (reason: electrodes)",
                                "Ion references (eV/atom)"], [_physics_row(m, physics[m]) for m in models])
-    return intro + physics_table + _formulas_made_exact(context["data_report"])
+    return intro + physics_table + _voltage_trees(context) + _formulas_made_exact(context["data_report"])
+
+
+def _voltage_trees(context: dict) -> str:
+    """How much of a learned voltage the trees give, and the trees alone against the blend."""
+    parts = []
+    for model in context["models"]:
+        metrics = context["metrics"].get(model, {})
+        trees = metrics.get("voltage_trees")
+        if not trees:
+            continue
+        alone, blended = trees["trees_alone_voltage_mae"], metrics["ensemble_mean"]
+        parts.append(f"<code>{esc(model)}</code>: {trees['weight']:.0%} of the voltage from the trees; voltage MAE "
+                     f"(validation / test) of the trees alone {alone['val']:.3f} / {alone['test']:.3f} V, blended "
+                     f"{blended['val']['average_voltage']['mae']:.3f} / {blended['test']['average_voltage']['mae']:.3f} V")
+    return f"<p>Voltage trees: {'; '.join(parts)}.</p>" if parts else ""
 
 
 def section_beyond(context: dict) -> str:
