@@ -48,7 +48,7 @@ def grouped_evaluation(electrodes: pd.DataFrame, *, base: str, variants: list[st
     for model in variants:
         table, variant_seeds, trees_record = None, per_seed, None
         if uses_voltage_trees(model):
-            trees, voltage = fit_voltage_trees(frames, weight=tree_weight, seed=seeds[0])
+            trees, voltage = fit_voltage_trees(frames, weight=tree_weight)
             variant_seeds = blend_seeds(per_seed, trees, voltage)
             trees_record = trees.record(voltage, frames)
         if is_physics_model(model):

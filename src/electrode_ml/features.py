@@ -117,6 +117,17 @@ def uses_voltage_trees(model: str) -> bool:
     return is_physics_model(model) and not uses_dft(model)
 
 
+def variants_of(base: str, models: list[str]) -> list[str]:
+    """The models in ``models`` that use ``base``'s features and networks (itself included)."""
+    return [model for model in models if base_model(model) == base]
+
+
+def voltage_tree_weight(models: list[str], weight: float) -> float:
+    """The trees' share for a job serving ``models``: 0 when none of them blends trees, so that a
+    change of the weight does not rerun jobs it cannot change."""
+    return weight if any(uses_voltage_trees(model) for model in models) else 0.0
+
+
 def paper_counterpart(model: str) -> str:
     """The paper's model that reads the same kind of inputs: model #2 with DFT, else model #1."""
     return "model2" if uses_dft(model) else "model1"

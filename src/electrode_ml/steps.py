@@ -102,7 +102,7 @@ def voltage_trees_step(input, output, params, threads, **_):
     from electrode_ml.trees import TREE_PARAMS, fit_voltage_trees
 
     frames = {split: pd.read_parquet(input[split]) for split in ("train", "val", "test")}
-    trees, voltage = fit_voltage_trees(frames, weight=float(params.weight), seed=int(params.seed))
+    trees, voltage = fit_voltage_trees(frames, weight=float(params.weight))
     summary = {**trees.record(voltage, frames), "params": TREE_PARAMS, "columns_read": int(len(trees.columns))}
     log.info("voltage trees: %s", summary)
     with atomic_path(output.fitted) as tmp:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor
 
+from electrode_ml.metrics import regression_metrics
 from electrode_ml.schema import TARGETS
 from electrode_ml.tables import frame_matrices
 
@@ -31,7 +32,8 @@ VOLTAGE = TARGETS.index("average_voltage")
 # Measured on the snapshot (validation / test voltage MAE of the trees, then of the half-and-half
 # blend): learning rate 0.1 x 500 trees 0.342 / 0.377, blend 0.319 / 0.346; 0.05 x 1000 0.338 /
 # 0.374, blend 0.318 / 0.344; 0.03 x 2000, in twice the time, 0.334 / 0.375, blend 0.315 / 0.345.
-TREE_PARAMS = {"learning_rate": 0.05, "max_iter": 1000, "early_stopping": False}
+# Without early stopping nothing is drawn at random; random_state only pins that down.
+TREE_PARAMS = {"learning_rate": 0.05, "max_iter": 1000, "early_stopping": False, "random_state": 0}
 # The feature columns left out: the formulas' PCA components (see the module docstring).
 LEFT_OUT_PREFIX = "formula_"
 
@@ -47,7 +49,6 @@ class VoltageTrees:
 
     feature_names: list[str]
     weight: float
-    seed: int = 0
     model: HistGradientBoostingRegressor | None = field(default=None, repr=False)
 
     @property
@@ -58,7 +59,7 @@ class VoltageTrees:
         columns = self.columns
         if len(columns) == 0:
             raise ValueError("voltage trees: every feature column is a formula PCA component; nothing to read")
-        self.model = HistGradientBoostingRegressor(random_state=self.seed, **TREE_PARAMS)
+        self.model = HistGradientBoostingRegressor(**TREE_PARAMS)
         self.model.fit(np.asarray(features)[:, columns], np.asarray(voltage, dtype=float))
         return self
 
@@ -92,11 +93,11 @@ def blend_voltage(network_voltage: np.ndarray, tree_voltage: np.ndarray, weight:
     return (1.0 - weight) * network_voltage + weight * tree_voltage
 
 
-def fit_voltage_trees(frames: dict[str, pd.DataFrame], weight: float, seed: int = 0) -> tuple[VoltageTrees, pd.DataFrame]:
+def fit_voltage_trees(frames: dict[str, pd.DataFrame], weight: float) -> tuple[VoltageTrees, pd.DataFrame]:
     """Fit on the training frame (the feature tables' layout); the trees' voltage for every split."""
     names = [name for name in frames["train"].columns if name not in ("battery_id", *TARGETS)]
     x_train, y_train = frame_matrices(frames["train"])
-    trees = VoltageTrees(names, weight=weight, seed=seed).fit(x_train, y_train[:, VOLTAGE])
+    trees = VoltageTrees(names, weight=weight).fit(x_train, y_train[:, VOLTAGE])
     return trees, tree_voltage(trees, frames)
 
 
@@ -112,8 +113,8 @@ def voltage_mae(voltage: pd.DataFrame, frames: dict[str, pd.DataFrame]) -> dict[
     """The trees' own voltage MAE per split, for the record beside the blend's."""
     truth = pd.concat([frame[["battery_id", "average_voltage"]] for frame in frames.values()])
     joined = voltage.merge(truth, on="battery_id", suffixes=("", "_true"), validate="one_to_one")
-    errors = (joined["average_voltage"] - joined["average_voltage_true"]).abs()
-    return {split: float(part.mean()) for split, part in errors.groupby(joined["split"], sort=False)}
+    return {split: regression_metrics(part["average_voltage_true"], part["average_voltage"])["mae"]
+            for split, part in joined.groupby("split", sort=False)}
 
 
 def blend_seeds(per_seed: list[pd.DataFrame], trees: VoltageTrees, tree_voltage: pd.DataFrame) -> list[pd.DataFrame]:

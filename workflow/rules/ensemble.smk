@@ -38,7 +38,6 @@ rule voltage_trees:
         f"{RESULTS}/logs/physics/{{model}}_voltage_trees.log",
     params:
         weight=config["voltage_trees"]["weight"],
-        seed=config["train"]["first_seed"],
     threads: 1
     conda:
         "../../envs/electrode-ml.yaml"

@@ -16,16 +16,13 @@ rule group_evaluation:
         f"{RESULTS}/benchmarks/group/{{model}}.tsv"
     params:
         base=lambda wildcards: wildcards.model,
-        variants=lambda wildcards: [m for m in MODELS if base_model(m) == wildcards.model],
+        variants=lambda wildcards: variants_of(wildcards.model, MODELS),
         seeds=config["evaluation"]["group_seeds"],
         split=config["split"],
         features=config["features"],
         train=config["train"],
-        tree_weight=lambda wildcards: (
-            config["voltage_trees"]["weight"]
-            if any(uses_voltage_trees(m) and base_model(m) == wildcards.model for m in MODELS)
-            else 0.0
-        ),
+        tree_weight=lambda wildcards: voltage_tree_weight(variants_of(wildcards.model, MODELS),
+                                                          config["voltage_trees"]["weight"]),
     threads: 1
     resources:
         gpu=GPU_PER_JOB,
