@@ -85,3 +85,16 @@ def test_blend_seeds_matches_blend_and_weight_zero_is_the_networks():
         np.testing.assert_array_equal(frame["capacity_grav"], per_seed[seed]["capacity_grav"])
     trees.weight = 0.0
     assert blend_seeds(per_seed, trees, voltage) is per_seed
+
+
+def test_float64_features_get_the_voltage_of_their_float32_values():
+    # 0.7 repeats, so a split threshold sits exactly on float32(0.7), which is below 0.7: a float64
+    # 0.7 compared as is would fall on the other side of the split than the value fitted on
+    rng = np.random.default_rng(0)
+    column = np.concatenate([rng.uniform(0, 1, 2000), np.full(600, 0.7)])
+    features = column[:, None].astype(np.float32)
+    voltage = np.where(features[:, 0] > np.float32(0.7), 4.0, 1.0)
+    trees = VoltageTrees(["redox__share"], weight=0.5).fit(features, voltage)
+    seventy = np.array([[0.7]])
+    assert trees.predict(seventy) == pytest.approx(trees.predict(seventy.astype(np.float32)))
+    assert trees.predict(seventy)[0] == pytest.approx(1.0, abs=0.1)

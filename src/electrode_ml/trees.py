@@ -38,6 +38,17 @@ TREE_PARAMS = {"learning_rate": 0.05, "max_iter": 1000, "early_stopping": False,
 LEFT_OUT_PREFIX = "formula_"
 
 
+def as_tree_input(features: np.ndarray) -> np.ndarray:
+    """Features in float32, the featuriser's dtype, for fitting and predicting alike.
+
+    With more distinct values than bins, a split threshold is a percentile of the column and often
+    sits exactly on a repeated value (a fraction such as 1/3); a float64 copy of that value lies on
+    the other side of the float32 one. The snapshot's trees fitted on float32 and fed float64 gave
+    a training voltage MAE of 0.179 V instead of 0.152 V.
+    """
+    return np.asarray(features, dtype=np.float32)
+
+
 def tree_columns(feature_names: list[str]) -> np.ndarray:
     """Indices of the feature columns the trees read."""
     return np.array([index for index, name in enumerate(feature_names) if not name.startswith(LEFT_OUT_PREFIX)])
@@ -60,12 +71,12 @@ class VoltageTrees:
         if len(columns) == 0:
             raise ValueError("voltage trees: every feature column is a formula PCA component; nothing to read")
         self.model = HistGradientBoostingRegressor(**TREE_PARAMS)
-        self.model.fit(np.asarray(features)[:, columns], np.asarray(voltage, dtype=float))
+        self.model.fit(as_tree_input(features)[:, columns], np.asarray(voltage, dtype=float))
         return self
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Voltage of each row of the full feature matrix (the featuriser's column order)."""
-        features = np.asarray(features)
+        features = as_tree_input(features)
         if len(features) == 0:
             return np.zeros(0)
         return self.model.predict(features[:, self.columns])
