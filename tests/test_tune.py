@@ -325,3 +325,21 @@ def test_search_space_validation():
         SearchSpace(units=(512, 16))
     with pytest.raises(ValueError, match="trials"):
         run_tuning(quadratic, trials=0, seed=0, state_path=Path("x"), trials_csv=Path("y"))
+
+
+def test_a_trial_trains_the_training_recipe_or_the_short_one():
+    from electrode_ml.steps import trial_settings, tuning_note
+
+    train = {"device": "cpu", "epochs": 500, "batch_size": 128, "patience": 100, "lr_scale": 0.5,
+             "huber_delta": {"model1_redox": 0.3}}
+    tune = {"trials": 30, "seed": 7, "epochs": None, "patience": 50}
+    recipe = trial_settings(tune, train, "cpu", "model1_redox")
+    assert (recipe.epochs, recipe.batch_size, recipe.patience, recipe.lr_scale, recipe.huber_delta, recipe.seed) == \
+        (500, 128, 100, 0.5, 0.3, 7)
+    assert recipe.log_every == 0
+    assert tuning_note(tune, train) == "30 trials of the training recipe (at most 500 epochs)"
+
+    short = trial_settings({**tune, "epochs": 100}, train, "cpu", "model1_redox")
+    assert (short.epochs, short.batch_size, short.patience, short.lr_scale, short.huber_delta, short.seed) == \
+        (100, 128, 50, 1.0, None, 7)
+    assert tuning_note({**tune, "epochs": 100}, train) == "30 trials of at most 100 epochs"

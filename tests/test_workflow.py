@@ -25,7 +25,7 @@ def tiny_config(results: Path, snapshot: Path, **overrides) -> dict:
     config["results"] = str(results)
     config["data"]["snapshot"] = str(snapshot)
     config["data"]["source"] = "snapshot"
-    config["tune"].update(trials=3, epochs=5)
+    config["tune"].update(trials=3, epochs=None)
     config["train"].update(n_seeds=3, epochs=30, patience=None, batch_size=256, device="cpu")
     config["evaluation"]["group_seeds"] = 2
     config["analysis"]["contribution_seeds"] = 2

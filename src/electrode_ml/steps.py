@@ -135,10 +135,7 @@ def tune_step(input, output, params, threads, **_):
     x_val, y_val = frame_matrices(pd.read_parquet(input.val))
     tune = params.tune
     with job_device(params.train["device"]) as device:
-        # a trial scores the learning rate it was given, at the tune's fidelity, trained on MSE
-        # like the objective that scores it
-        settings = replace(train_settings(params.train, tune["seed"], device, params.model), epochs=tune["epochs"],
-                           patience=tune["patience"], lr_scale=1.0, huber_delta=None, log_every=0)
+        settings = trial_settings(tune, params.train, device, params.model)
 
         def objective(values: dict) -> float:
             network = train_network(x_train, y_train, x_val, y_val, NetworkParams.from_dict(values), settings)
@@ -146,7 +143,8 @@ def tune_step(input, output, params, threads, **_):
 
         # The saved Ax state resumes an interrupted tuning only; Snakemake also reruns this job
         # when the features or the settings changed, and then the old trials must not count.
-        fidelity = {field: getattr(settings, field) for field in ("epochs", "batch_size", "patience")}
+        fidelity = {field: getattr(settings, field) for field in ("epochs", "batch_size", "patience", "lr_scale",
+                                                                   "huber_delta")}
         key = objective_fingerprint((x_train, y_train, x_val, y_val), fidelity)
         space = SearchSpace(lr=tuple(tune["lr"]), units=tuple(tune["units"]), dropout=tuple(tune["dropout"]))
         best = run_tuning(objective, trials=tune["trials"], seed=tune["seed"], state_path=Path(params.state),
@@ -154,6 +152,26 @@ def tune_step(input, output, params, threads, **_):
                           objective_key=key, restart_mismatched=True, tolerance=tune["tolerance"],
                           cost=lambda values: NetworkParams.from_dict(values).multiply_adds(x_train.shape[1]))
     write_json(best, output.best)
+
+
+def trial_settings(tune: dict, train: dict, device: str, model: str) -> TrainSettings:
+    """How one tuning trial trains its network (seed ``tune.seed``).
+
+    ``tune.epochs`` null: the training recipe itself (epochs, batch size, patience, learning-rate
+    scale, loss), so a trial's score is that of the network the ``train`` jobs then train 50 times.
+    A number: a lower-fidelity trial of at most that many epochs at the rate as suggested, on MSE.
+    """
+    settings = replace(train_settings(train, tune["seed"], device, model), log_every=0)
+    if tune["epochs"] is None:
+        return settings
+    return replace(settings, epochs=tune["epochs"], patience=tune["patience"], lr_scale=1.0, huber_delta=None)
+
+
+def tuning_note(tune: dict, train: dict) -> str:
+    """What the tuning's time in the timing table paid for."""
+    if tune["epochs"] is None:
+        return f"{tune['trials']} trials of the training recipe (at most {train['epochs']} epochs)"
+    return f"{tune['trials']} trials of at most {tune['epochs']} epochs"
 
 
 def train_step(input, output, params, threads, wildcards=None, **_):
@@ -329,7 +347,7 @@ def timing_step(input, output, params, threads, wildcards=None, **_):
             log.info("%s: prediction timing %s", model, prediction)
             base = base_model(model)
             tune_s = timing.read_benchmark(tune_files[base][0]) if tune_files.get(base) else None
-            note = f"{params.tune['trials']} trials of at most {params.tune['epochs']} epochs"
+            note = tuning_note(params.tune, params.train)
             tables.append(timing.timing_table(
                 model, tune_s, [timing.read_benchmark(path) for path in train_files.get(base, [])], prediction,
                 tune_note=note, include_training=not is_physics_model(model), device=device))

@@ -52,6 +52,7 @@ rule timing:
     params:
         models=MODELS,
         tune=config["tune"],
+        train=config["train"],
         device=config["train"]["device"],
         repeats=20,
     threads: 1
