@@ -340,7 +340,7 @@ def timing_step(input, output, params, threads, wildcards=None, **_):
     split = pd.read_parquet(input.split)
     val = electrodes[electrodes["battery_id"].isin(split.loc[split["split"] == "val", "battery_id"])]
     tables = []
-    with job_device(params.device) as device:
+    with job_device(params.train["device"]) as device:
         ensembles = _load_ensembles(input, params, device=device)
         for model in models:
             prediction = timing.measure_prediction(ensembles[model], val, repeats=int(params.repeats))

@@ -53,7 +53,6 @@ rule timing:
         models=MODELS,
         tune=config["tune"],
         train=config["train"],
-        device=config["train"]["device"],
         repeats=20,
     threads: 1
     resources:
