@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -296,3 +297,10 @@ def test_model1_phys_without_its_voltage_trees_is_one_line(tiny_run, candidates,
     out = tmp_path / "out.csv"
     code, text = predict_in_process(capsys, candidates, out, partial, model="model1_phys")
     assert_one_line_refusal(code, text, out, "no voltage trees of model1_phys", "voltage_trees.joblib")
+
+    # trees pickled by a release that kept one model in ``model`` instead of a list in ``models``
+    earlier = joblib.load(results / "physics" / "model1_phys" / "voltage_trees.joblib")
+    earlier.__dict__["model"] = earlier.__dict__.pop("models")[0]
+    joblib.dump(earlier, partial / "physics" / "model1_phys" / "voltage_trees.joblib")
+    code, text = predict_in_process(capsys, candidates, out, partial, model="model1_phys")
+    assert_one_line_refusal(code, text, out, "earlier release", "voltage_trees.joblib")

@@ -96,12 +96,13 @@ def test_space_groups_can_be_left_out(electrodes, split):
     assert not any(column["column"].startswith("space_group__") for column in without["columns"])
 
 
-def test_variants_and_the_tree_weight_a_job_depends_on():
-    from electrode_ml.features import variants_of, voltage_tree_weight
+def test_variants_and_the_tree_settings_a_job_depends_on():
+    from electrode_ml.features import variants_of, voltage_tree_settings
 
     models = ["model1", "model2", "model1_phys", "model2_phys"]
     assert variants_of("model1_redox", models) == ["model1_phys"]
     assert variants_of("model2", models) == ["model2", "model2_phys"]
-    # only a job serving model1_phys depends on the trees' share
-    assert voltage_tree_weight(variants_of("model1_redox", models), 0.5) == 0.5
-    assert voltage_tree_weight(variants_of("model2", models), 0.5) == 0.0
+    # only a job serving model1_phys depends on the trees' settings
+    settings = {"weight": 0.5, "bags": 8}
+    assert voltage_tree_settings(variants_of("model1_redox", models), settings) == settings
+    assert voltage_tree_settings(variants_of("model2", models), settings) == {}

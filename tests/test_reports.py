@@ -242,6 +242,8 @@ def test_beyond_section_reports_the_voltage_trees_share_and_their_own_error(beyo
     assert "model1_phys</code>: 50% of the voltage from the trees" in physics
     assert "trees alone 0.338 / 0.372 V, blended 0.300 / 0.300 V" in physics
     assert "Voltage trees" not in report.section_beyond(beyond_context)
+    bagged = {**context, "metrics": {"model1_phys": _metrics(0.3, voltage_trees={**trees, "bags": 4})}}
+    assert "50% of the voltage from the mean of 4 tree models" in report.section_beyond(bagged)
 
 
 def test_beyond_section_without_optional_parts(beyond_context):

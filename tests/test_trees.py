@@ -44,6 +44,24 @@ def test_trees_learn_the_voltage_from_the_redox_columns():
     assert mae["test"] < 0.1 < spread  # the step is found; predicting the mean is off by about 1 V
 
 
+def test_bagged_trees_average_models_that_differ_by_their_columns():
+    frames = synthetic_frames()
+    frames = {split: frame.assign(redox__noise=np.random.default_rng(5).normal(size=len(frame)))
+              for split, frame in frames.items()}
+    trees, voltage = fit_voltage_trees(frames, weight=0.5, bags=3)
+    names = trees.feature_names
+    x = frames["test"][names].to_numpy(np.float32)
+    members = np.array([model.predict(x[:, trees.columns]) for model in trees.models])
+    assert len(members) == 3 and not np.allclose(members[0], members[1])
+    np.testing.assert_allclose(trees.predict(x), members.mean(axis=0), rtol=1e-12)
+    test_voltage = voltage[voltage["split"] == "test"]["average_voltage"].to_numpy()
+    np.testing.assert_allclose(test_voltage, trees.predict(x), rtol=1e-12)
+    # the family is fixed by bags: a second fit gives the same voltage to the last bit
+    again, _ = fit_voltage_trees(frames, weight=0.5, bags=3)
+    np.testing.assert_array_equal(again.predict(x), trees.predict(x))
+    assert trees.record(voltage, frames)["bags"] == 3
+
+
 def test_only_formula_columns_is_a_clear_error():
     frames = {split: frame.drop(columns=["redox__couple_share", "ion__working_ion_Li"])
               for split, frame in synthetic_frames().items()}

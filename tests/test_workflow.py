@@ -29,6 +29,7 @@ def tiny_config(results: Path, snapshot: Path, **overrides) -> dict:
     config["train"].update(n_seeds=3, epochs=30, patience=None, batch_size=256, device="cpu")
     config["evaluation"]["group_seeds"] = 2
     config["analysis"]["contribution_seeds"] = 2
+    config["voltage_trees"]["bags"] = 2
     for section, values in overrides.items():
         config[section].update(values)
     return config
@@ -118,6 +119,7 @@ def test_physics_models_reuse_base_networks_and_keep_energy_consistent(tiny_run)
     networks = per_seed.groupby("battery_id")["average_voltage"].mean().sort_index()
     trees = joblib.load(results / "physics" / "model1_phys" / "voltage_trees.joblib")
     assert trees.weight == config["voltage_trees"]["weight"] > 0
+    assert len(trees.models) == trees.bags == config["voltage_trees"]["bags"] > 1
     frames = {split: pd.read_parquet(results / "features" / "model1_redox" / f"{split}.parquet")
               for split in ("train", "val", "test")}
     tree_voltage = tree_voltage_of(trees, frames).set_index("battery_id")["average_voltage"]

@@ -122,10 +122,10 @@ def variants_of(base: str, models: list[str]) -> list[str]:
     return [model for model in models if base_model(model) == base]
 
 
-def voltage_tree_weight(models: list[str], weight: float) -> float:
-    """The trees' share for a job serving ``models``: 0 when none of them blends trees, so that a
-    change of the weight does not rerun jobs it cannot change."""
-    return weight if any(uses_voltage_trees(model) for model in models) else 0.0
+def voltage_tree_settings(models: list[str], settings: dict) -> dict:
+    """The ``voltage_trees`` settings a job serving ``models`` depends on: none when no model of them
+    blends trees, so that a change of the trees does not rerun jobs it cannot change."""
+    return dict(settings) if any(uses_voltage_trees(model) for model in models) else {}
 
 
 def paper_counterpart(model: str) -> str:

@@ -51,6 +51,9 @@ class TrainedEnsemble:
             if not trees_path.exists():
                 raise InputError(f"no voltage trees of {model} at {trees_path} (rerun the workflow to fit them)")
             trees = joblib.load(trees_path)
+            if not getattr(trees, "models", None):
+                raise InputError(f"voltage trees of {model} at {trees_path} are an earlier release's single "
+                                 f"model (rerun the workflow to fit them again)")
         metrics_path = results / "ensemble" / model / "metrics.json"
         intervals = read_json(metrics_path).get("prediction_interval") if metrics_path.exists() else None
         return cls(model, joblib.load(transformer_path), StackedEnsemble(networks, device=device, dtype=dtype),

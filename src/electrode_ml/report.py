@@ -525,7 +525,8 @@ def _voltage_trees(context: dict) -> str:
         if not trees:
             continue
         alone, blended = trees["trees_alone_voltage_mae"], metrics["ensemble_mean"]
-        parts.append(f"<code>{esc(model)}</code>: {trees['weight']:.0%} of the voltage from the trees; voltage MAE "
+        family = f"the mean of {trees['bags']} tree models" if trees.get("bags", 1) > 1 else "the trees"
+        parts.append(f"<code>{esc(model)}</code>: {trees['weight']:.0%} of the voltage from {family}; voltage MAE "
                      f"(validation / test) of the trees alone {alone['val']:.3f} / {alone['test']:.3f} V, blended "
                      f"{blended['val']['average_voltage']['mae']:.3f} / {blended['test']['average_voltage']['mae']:.3f} V")
     return f"<p>Voltage trees: {'; '.join(parts)}.</p>" if parts else ""

@@ -102,7 +102,7 @@ def voltage_trees_step(input, output, params, threads, **_):
     from electrode_ml.trees import TREE_PARAMS, fit_voltage_trees
 
     frames = {split: pd.read_parquet(input[split]) for split in ("train", "val", "test")}
-    trees, voltage = fit_voltage_trees(frames, weight=float(params.weight))
+    trees, voltage = fit_voltage_trees(frames, **params.trees)
     summary = {**trees.record(voltage, frames), "params": TREE_PARAMS, "columns_read": int(len(trees.columns))}
     log.info("voltage trees: %s", summary)
     with atomic_path(output.fitted) as tmp:
@@ -375,7 +375,7 @@ def group_evaluation_step(input, output, params, threads, wildcards=None, **_):
         trainer = seed_trainer(params.train, network_params, device, params.base)
         results = grouped_evaluation(electrodes, base=params.base, variants=list(params.variants),
                                      split_settings=params.split, feature_settings=params.features,
-                                     seeds=seeds, trainer=trainer, tree_weight=float(params.tree_weight))
+                                     seeds=seeds, trainer=trainer, tree_settings=params.trees)
     for model, (summary, metrics) in results.items():
         log.info("group split, %s: test MAE %s", model,
                  {target: round(values["mae"], 4) for target, values in metrics["ensemble_mean"]["test"].items()})

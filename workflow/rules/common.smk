@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from electrode_ml.config import check_config, gpu_per_job, seeds, snapshot_input
 from electrode_ml.errors import InputError
 from electrode_ml.features import (FEATURE_SETS, KNOWN_MODELS, PHYSICS_BASES, base_model, is_physics_model,
-                                   uses_voltage_trees, variants_of, voltage_tree_weight)
+                                   uses_voltage_trees, variants_of, voltage_tree_settings)
 
 try:
     check_config(config)

@@ -37,7 +37,7 @@ rule voltage_trees:
     log:
         f"{RESULTS}/logs/physics/{{model}}_voltage_trees.log",
     params:
-        weight=config["voltage_trees"]["weight"],
+        trees=config["voltage_trees"],
     threads: 1
     conda:
         "../../envs/electrode-ml.yaml"

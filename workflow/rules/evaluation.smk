@@ -21,8 +21,8 @@ rule group_evaluation:
         split=config["split"],
         features=config["features"],
         train=config["train"],
-        tree_weight=lambda wildcards: voltage_tree_weight(variants_of(wildcards.model, MODELS),
-                                                          config["voltage_trees"]["weight"]),
+        trees=lambda wildcards: voltage_tree_settings(variants_of(wildcards.model, MODELS),
+                                                      config["voltage_trees"]),
     threads: 1
     resources:
         gpu=GPU_PER_JOB,
