@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from electrode_ml.redox import FEATURE_NAMES, charge_balance, electrode_features, oxidise, redox_features
+from electrode_ml.redox import (FEATURE_NAMES, MAX_LISTED_STEPS, charge_balance, electrode_features, mean_step_cost,
+                                oxidise, redox_features, step_cost)
 
 
 def features(charged: str, discharged: str, ion: str) -> dict[str, float]:
@@ -64,6 +65,30 @@ def test_oxidise_conserves_charge_even_past_the_tabulated_steps():
     for charge in (0.0, 2.5, 7.0, 1e6):
         states = oxidise({"Fe": 2.0, "Mn": 1.0}, charge)
         assert 2 * states["Fe"] + states["Mn"] == pytest.approx(charge)
+
+
+@pytest.mark.parametrize("symbol, first, stop", [("Fe", 0, 5000), ("Fe", 3, 2500), ("Mn", 1500, 4000), ("O", 0, 1001)])
+def test_a_couple_of_many_steps_is_averaged_in_closed_form_to_the_same_value(symbol, first, stop):
+    assert stop - first > MAX_LISTED_STEPS
+    listed = np.mean([step_cost(symbol, step) for step in range(first, stop)])
+    assert mean_step_cost(symbol, first, stop) == pytest.approx(listed, rel=1e-12)
+
+
+def test_a_trace_cation_taking_a_million_ions_electrons_stays_small_in_memory():
+    """1e6 Li into 1e-4 Fe is a couple of 1e10 steps; listed one by one that is 80 GB. Run under a
+    2 GB address-space limit so that a regression fails here instead of taking the machine."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    code = ("import math; from electrode_ml.redox import electrode_features; "
+            "values = electrode_features('Fe0.0001O1000000', 'Li1000000Fe0.0001O1000000', 'Li'); "
+            "assert all(map(math.isfinite, values)), values; print('ok')")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, preexec_fn=limit)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
 
 
 def test_every_snapshot_row_gets_finite_features_and_most_a_couple(snapshot_text):

@@ -51,6 +51,8 @@ ANION_ELEMENTS = ("O", "F", "Cl", "Br", "I", "S", "Se", "Te", "N", "P", "As", "C
 MAX_STATE = 8
 # A couple's ionisation energy beyond an element's tabulated ones (never the cheapest step).
 UNTABULATED_EV = 200.0
+# A real couple spans a few steps; one spanning more is averaged in closed form (mean_step_cost).
+MAX_LISTED_STEPS = 1000
 
 SCALARS = (
     "redox_state_charged", "redox_state_discharged", "electrons_per_redox_cation",
@@ -86,6 +88,23 @@ def step_cost(symbol: str, state: float) -> float:
     energies = _ionisation_energies(symbol)
     step = int(math.floor(state + 1e-9))
     return energies[step] if step < len(energies) else UNTABULATED_EV + step
+
+
+def mean_step_cost(symbol: str, first: int, stop: int) -> float:
+    """Mean of :func:`step_cost` over the steps ``first`` .. ``stop - 1`` (``first`` >= 0).
+
+    An absurd composition (a trace of cation taking a million ions' electrons) spans billions of
+    steps, so beyond the tabulated energies the arithmetic series is summed in closed form: listed
+    one by one, such a row took all of a 24 GB machine's memory.
+    """
+    if stop - first <= MAX_LISTED_STEPS:
+        return float(np.mean([step_cost(symbol, step) for step in range(first, stop)]))
+    energies = _ionisation_energies(symbol)
+    tabulated = sum(energies[first:stop])
+    untabulated_first = max(first, len(energies))
+    count = stop - untabulated_first
+    untabulated = count * UNTABULATED_EV + (untabulated_first + stop - 1) * count / 2
+    return float((tabulated + untabulated) / (stop - first))
 
 
 def oxidise(redox_cations: dict[str, float], charge: float) -> dict[str, float]:
@@ -181,8 +200,8 @@ def electrode_features(formula_charge: str, formula_discharge: str, working_ion:
     def couple_cost(symbol: str) -> float:
         # the mean ionisation energy of the steps undone between the two states
         low, high = states_discharged[symbol], states_charged[symbol]
-        steps = range(int(math.floor(low + 1e-9)), max(int(math.ceil(high - 1e-9)), int(math.floor(low + 1e-9)) + 1))
-        return float(np.mean([step_cost(symbol, step) for step in steps]))
+        first = int(math.floor(low + 1e-9))
+        return mean_step_cost(symbol, first, max(int(math.ceil(high - 1e-9)), first + 1))
 
     oxygen = discharged.get("O", 0.0)
     formers = sum(amount for symbol, amount in discharged.items() if symbol in OXO_FORMERS)
