@@ -30,11 +30,11 @@ Trainer = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int], Callab
 
 def grouped_evaluation(electrodes: pd.DataFrame, *, base: str, variants: list[str], split_settings: dict,
                        feature_settings: dict, seeds: list[int], trainer: Trainer,
-                       tree_settings: dict | None = None) -> dict[str, tuple[pd.DataFrame, dict]]:
+                       tree_settings: dict) -> dict[str, tuple[pd.DataFrame, dict]]:
     """Split by framework, featurise, train ``seeds`` networks of ``base``; summary and metrics per variant.
 
     A variant with a learned voltage blends its networks with trees fitted on this split (trees.py),
-    ``tree_settings`` being the config's ``voltage_trees`` section.
+    ``tree_settings`` being the config's ``voltage_trees`` section (empty when no variant blends trees).
     """
     split = make_split(electrodes, method="group", fractions=split_settings["fractions"], seed=split_settings["seed"])
     _, frames = fit_feature_sets(electrodes, split, base, **feature_settings)
@@ -49,7 +49,7 @@ def grouped_evaluation(electrodes: pd.DataFrame, *, base: str, variants: list[st
     for model in variants:
         table, variant_seeds, trees_record = None, per_seed, None
         if uses_voltage_trees(model):
-            trees, voltage = fit_voltage_trees(frames, **(tree_settings or {"weight": 0.0}))
+            trees, voltage = fit_voltage_trees(frames, **tree_settings)
             variant_seeds = blend_seeds(per_seed, trees, voltage)
             trees_record = trees.record(voltage, frames)
         if is_physics_model(model):
