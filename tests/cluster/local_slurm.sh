@@ -149,12 +149,23 @@ EOF
 }
 
 # Start a daemon in the foreground mode as a background process in its own session and record its PID.
-# setsid execs (the child of a non-interactive shell is no process-group leader), so $! is the daemon.
+# setsid execs (the child of a non-interactive shell is no process-group leader), so $! is the daemon,
+# but only once the forked shell, setsid and setpriv or env have each exec'd the next: until then the
+# PID carries their name, and alive_pid would call the daemon dead. So wait for the last exec.
 start() {
-    local name=$1
+    local name=$1 pid i
     shift
     setsid "$@" >>"$DIR/log/$name.out" 2>&1 </dev/null &
-    echo $! >"$PIDS/$name.pid"
+    pid=$!
+    echo "$pid" >"$PIDS/$name.pid"
+    for ((i = 0; i < 100; i++)); do
+        [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ] && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    log "$name did not start (pid $pid)"
+    show_logs
+    exit 1
 }
 
 up() {
@@ -253,13 +264,16 @@ down() {
     down_quietly
 }
 
-case "${1:-}" in
-up) up ;;
-down) down ;;
-status) is_up ;;
-env) echo "export SLURM_CONF=$SLURM_CONF" ;;
-*)
-    echo "usage: $0 up|down|status|env" >&2
-    exit 2
-    ;;
-esac
+# Run as a command; sourced (tests/test_local_slurm.py), it only defines the functions.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    case "${1:-}" in
+    up) up ;;
+    down) down ;;
+    status) is_up ;;
+    env) echo "export SLURM_CONF=$SLURM_CONF" ;;
+    *)
+        echo "usage: $0 up|down|status|env" >&2
+        exit 2
+        ;;
+    esac
+fi
