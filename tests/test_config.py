@@ -38,6 +38,8 @@ def test_default_config_is_valid(config):
     (("train", "huber_delta"), {"model9": 0.3}, "model9"),
     (("voltage_trees", "weight"), 1.5, "1.5"),
     (("voltage_trees", "weight"), "half", "half"),
+    (("voltage_trees", "capacity_weights"), [5, 150], "150"),
+    (("voltage_trees", "capacity_weights"), [5], "capacity_weights"),
 ])
 def test_schema_refuses_and_names_the_key(config, path, value, words):
     target = config
@@ -53,6 +55,7 @@ def test_schema_refuses_and_names_the_key(config, path, value, words):
     ("split", "fractions", [0.8, 0.1, 0.2], "split.fractions"),
     ("data", "voltage_window", [7, -1], "data.voltage_window"),
     ("tune", "units", [512, 32], "tune.units"),
+    ("voltage_trees", "capacity_weights", [95, 5], "voltage_trees.capacity_weights"),
 ])
 def test_inconsistent_values_are_refused_naming_the_key(config, section, key, value, words):
     config[section][key] = value

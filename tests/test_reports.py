@@ -243,7 +243,11 @@ def test_beyond_section_reports_the_voltage_trees_share_and_their_own_error(beyo
     assert "trees alone 0.338 / 0.372 V, blended 0.300 / 0.300 V" in physics
     assert "Voltage trees" not in report.section_beyond(beyond_context)
     bagged = {**context, "metrics": {"model1_phys": _metrics(0.3, voltage_trees={**trees, "bags": 4})}}
-    assert "50% of the voltage from the mean of 4 tree models" in report.section_beyond(bagged)
+    assert "50% of the voltage from the mean of 4 tree models;" in report.section_beyond(bagged)
+    weighted = {**context, "metrics": {"model1_phys": _metrics(0.3, voltage_trees={
+        **trees, "bags": 4, "capacity_weights": [5, 95], "weight_bounds_mAh_g": [40.2, 305.4]})}}
+    assert ("the mean of 4 tree models (each electrode weighted by its capacity, clipped to 40-305 mAh/g);"
+            in report.section_beyond(weighted))
 
 
 def test_beyond_section_without_optional_parts(beyond_context):

@@ -62,6 +62,41 @@ def test_bagged_trees_average_models_that_differ_by_their_columns():
     assert trees.record(voltage, frames)["bags"] == 3
 
 
+def test_capacity_weights_pull_the_voltage_toward_high_capacity_electrodes():
+    # The trees cannot tell the two halves apart (no column sees the capacity): equal weights give
+    # their plain mean voltage, capacity weights the capacity-weighted mean, here (2*50 + 4*300) / 350.
+    frames = synthetic_frames()
+    for frame in frames.values():
+        high = np.arange(len(frame)) % 2 == 1
+        frame["redox__couple_share"] = 0.5
+        frame["capacity_grav"] = np.where(high, 300.0, 50.0)
+        frame["average_voltage"] = np.where(high, 4.0, 2.0)
+    test = frames["test"]
+    equal, _ = fit_voltage_trees(frames, weight=0.5)
+    weighted, voltage = fit_voltage_trees(frames, weight=0.5, capacity_weights=(5, 95))
+    x = test[equal.feature_names].to_numpy(np.float32)
+    np.testing.assert_allclose(equal.predict(x), 3.0, atol=1e-6)
+    np.testing.assert_allclose(weighted.predict(x), (2 * 50 + 4 * 300) / 350, atol=1e-6)
+    assert equal.weight_bounds is None and weighted.weight_bounds == (50.0, 300.0)
+    record = weighted.record(voltage, frames)
+    assert record["capacity_weights"] == (5, 95) and record["weight_bounds_mAh_g"] == (50.0, 300.0)
+
+
+def test_capacity_weights_are_clipped_to_the_percentiles():
+    # One alloy-like electrode of 100000 mAh/g and 10 V: unclipped it would outweigh the other 299
+    frames = synthetic_frames()
+    train = frames["train"]
+    train["redox__couple_share"] = 0.5
+    train["average_voltage"] = 3.0
+    train.loc[0, ["capacity_grav", "average_voltage"]] = [1e5, 10.0]
+    trees, _ = fit_voltage_trees(frames, weight=0.5, capacity_weights=(0, 99))
+    low, high = np.percentile(train["capacity_grav"], [0, 99])
+    assert trees.weight_bounds == (low, high) and high < 300
+    x = frames["test"][trees.feature_names].to_numpy(np.float32)
+    # the outlier weighs at most high / (sum of the others) of the mean: under 0.7 %, so below 3.05 V
+    assert np.all(trees.predict(x) < 3.05)
+
+
 def test_only_formula_columns_is_a_clear_error():
     frames = {split: frame.drop(columns=["redox__couple_share", "ion__working_ion_Li"])
               for split, frame in synthetic_frames().items()}

@@ -120,6 +120,7 @@ def test_physics_models_reuse_base_networks_and_keep_energy_consistent(tiny_run)
     trees = joblib.load(results / "physics" / "model1_phys" / "voltage_trees.joblib")
     assert trees.weight == config["voltage_trees"]["weight"] > 0
     assert len(trees.models) == trees.bags == config["voltage_trees"]["bags"] > 1
+    assert trees.capacity_weights == config["voltage_trees"]["capacity_weights"] is not None
     frames = {split: pd.read_parquet(results / "features" / "model1_redox" / f"{split}.parquet")
               for split in ("train", "val", "test")}
     tree_voltage = tree_voltage_of(trees, frames).set_index("battery_id")["average_voltage"]

@@ -16,8 +16,10 @@ def check_config(config: dict) -> None:
         raise InputError(f"config key split.fractions: {fractions} sum to {sum(fractions):g}, not 1")
     if config["evaluation"]["group_seeds"] == 1:
         raise InputError("config key evaluation.group_seeds: 1 network gives no spread; use 0 (skip) or at least 2")
-    for key in ("data.voltage_window", "tune.lr", "tune.units", "tune.dropout"):
+    for key in ("data.voltage_window", "tune.lr", "tune.units", "tune.dropout", "voltage_trees.capacity_weights"):
         section, name = key.split(".")
+        if config[section][name] is None:
+            continue
         low, high = config[section][name]
         if not low < high:
             raise InputError(f"config key {key}: lower bound {low} is not below upper bound {high}")

@@ -526,6 +526,9 @@ def _voltage_trees(context: dict) -> str:
             continue
         alone, blended = trees["trees_alone_voltage_mae"], metrics["ensemble_mean"]
         family = f"the mean of {trees['bags']} tree models" if trees.get("bags", 1) > 1 else "the trees"
+        if trees.get("weight_bounds_mAh_g"):
+            low, high = trees["weight_bounds_mAh_g"]
+            family += f" (each electrode weighted by its capacity, clipped to {low:.0f}-{high:.0f} mAh/g)"
         parts.append(f"<code>{esc(model)}</code>: {trees['weight']:.0%} of the voltage from {family}; voltage MAE "
                      f"(validation / test) of the trees alone {alone['val']:.3f} / {alone['test']:.3f} V, blended "
                      f"{blended['val']['average_voltage']['mae']:.3f} / {blended['test']['average_voltage']['mae']:.3f} V")
