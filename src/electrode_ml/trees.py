@@ -12,9 +12,10 @@ does worst with (validation 0.383 V with them, 0.338 V without). The family is `
 models that differ only in the random half of the columns each split may choose from
 (``max_features``), averaged (what that gained: at ``TREE_PARAMS``). Without early stopping
 nothing else is drawn at random, so ``bags`` fixes the family. Each training electrode weighs
-its capacity in the fit, clipped (``capacity_weights``; see :func:`fit_voltage_trees`): model1_phys's
-energy is V x C, so the voltage errors that matter most sit on high capacities. It adds no spread: each network's
-voltage is shifted toward the trees' mean by the same amount. The ensemble's mean becomes the
+its capacity in the fit, clipped (``capacity_weights``, see :func:`fit_voltage_trees`):
+model1_phys's energy is V x C, so the voltage errors that matter most sit on high capacities.
+The family adds no spread: each network's voltage is shifted toward the trees' mean by the same
+amount. The ensemble's mean becomes the
 weighted mean of the two families, its spread (and the paper's CI) the networks' spread times the
 networks' share, and the calibrated interval is calibrated on the blended values.
 """
