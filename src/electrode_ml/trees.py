@@ -15,9 +15,9 @@ nothing else is drawn at random, so ``bags`` fixes the family. Each training ele
 its capacity in the fit, clipped (``capacity_weights``, see :func:`fit_voltage_trees`):
 model1_phys's energy is V x C, so the voltage errors that matter most sit on high capacities.
 The family adds no spread: each network's voltage is shifted toward the trees' mean by the same
-amount. The ensemble's mean becomes the
-weighted mean of the two families, its spread (and the paper's CI) the networks' spread times the
-networks' share, and the calibrated interval is calibrated on the blended values.
+amount. The ensemble's mean becomes the weighted mean of the two families, its spread (and the
+paper's CI) the networks' spread times the networks' share, and the calibrated interval is
+calibrated on the blended values.
 """
 
 from __future__ import annotations
@@ -130,10 +130,8 @@ def fit_voltage_trees(frames: dict[str, pd.DataFrame], weight: float, bags: int 
     percentiles) each training electrode weighs its capacity clipped to those percentiles of the
     training capacities: a voltage error costs energy in proportion to the capacity (E = V x C), and
     the clip keeps the few alloy-type electrodes of 1000-2500 mAh/g from steering the fit and the
-    near-empty ones from dropping out of it. Measured on the snapshot (one run's networks, blend
-    validation / test): equal weights 0.314 / 0.341 V and 45.0 / 45.8 Wh/kg; the 5th-95th
-    percentiles (40-305 mAh/g) 0.312 / 0.343 V and 43.8 / 45.3 Wh/kg; 1st-99th 0.316 / 0.342 V and
-    44.7 / 45.0; 10th-90th 0.314 / 0.343 V and 44.2 / 45.5."""
+    near-empty ones from dropping out of it (measured: config.yaml and the README, "Capacity
+    weights")."""
     names = [name for name in frames["train"].columns if name not in ("battery_id", *TARGETS)]
     x_train, y_train = frame_matrices(frames["train"])
     trees = VoltageTrees(names, weight=weight, bags=bags, capacity_weights=capacity_weights)

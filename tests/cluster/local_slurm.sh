@@ -159,7 +159,7 @@ start() {
     pid=$!
     echo "$pid" >"$PIDS/$name.pid"
     for ((i = 0; i < 100; i++)); do
-        [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ] && return 0
+        alive_pid "$name" >/dev/null && return 0
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.05
     done
