@@ -149,6 +149,40 @@ def test_relu_dropout_gradient_is_the_mask():
     assert (x.grad[~kept] == 0).all() and (x.grad[x.detach() <= 0] == 0).all()
 
 
+def test_relu_dropout_factor_is_the_byte_mask_times_relu():
+    """The float-only factor against its definition: the dropout scale where x > 0 and the
+    unit's random byte is at or above the threshold, 0 elsewhere (zeros of x included)."""
+    layer = ReLUDropout(0.3)
+    x = torch.randn(37, 41)
+    x[0, :5] = 0.0
+    torch.manual_seed(11)
+    factor = layer.factor(x)
+    torch.manual_seed(11)
+    words = torch.empty((x.numel() + 7) // 8, dtype=torch.int64).random_(-2**63, 2**63 - 1)
+    kept = words.view(torch.uint8)[:x.numel()].view_as(x) >= layer.threshold
+    expected = torch.where(kept & (x > 0), 256 / (256 - layer.threshold), 0.0)
+    assert torch.equal(factor, expected)
+    assert 0 < int((factor == 0).sum()) < x.numel()
+    assert torch.equal(ReLUDropout(0.0).factor(x), (x > 0).float())
+
+
+def test_flat_rmsprop_aligns_every_parameter_and_leaves_the_padding_at_zero(data):
+    x, y = torch.tensor(data[0]), torch.tensor(data[1], dtype=torch.float32)
+    network = MLP(x.shape[1], NetworkParams(33, 17, 9, 0.1, 0.1, 0.1, 1e-2))
+    optimiser = FlatRMSprop(network, lr=1e-2, alpha=0.9, eps=1e-7)
+    step = TrainingStep(network, optimiser)
+    for start in range(0, len(x), 60):
+        step(x[start:start + 60], y[start:start + 60])
+    used = torch.zeros_like(optimiser.weights, dtype=torch.bool)
+    base = optimiser.weights.data_ptr()
+    for parameter in network.parameters():
+        assert parameter.data_ptr() % 64 == 0 and parameter.grad.data_ptr() % 64 == 0
+        start = (parameter.data_ptr() - base) // 4
+        used[start:start + parameter.numel()] = True
+    assert int(used.sum()) == sum(p.numel() for p in network.parameters()) < used.numel()
+    assert (optimiser.weights[~used] == 0).all() and (optimiser.weights[used] != 0).any()
+
+
 def test_relu_dropout_is_seeded():
     x = torch.ones(1000)
     draws = []
