@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from electrode_ml import contribution
 from electrode_ml.errors import InputError
+from electrode_ml.fileio import write_json, write_parquet
+from electrode_ml.model import NetworkParams
 from electrode_ml.schema import TARGETS
+from electrode_ml.steps import seed_trainer, train_step
 
 MODEL2_COLUMNS = [
     "formula_charge__pca0", "formula_discharge__pca0",
@@ -107,3 +112,47 @@ def test_a_block_left_out_by_the_configuration_is_skipped():
     per_seed = contribution.run_contribution(frames, linear_trainer, seeds=[0])
     assert "space group" not in set(per_seed["group"])
     assert len(per_seed) == len(contribution.FEATURE_GROUPS)  # the full network + every other group
+
+
+class Files(dict):
+    """A rule's input as the step sees it: by name, as attribute or key."""
+    __getattr__ = dict.__getitem__
+
+
+def test_the_train_jobs_predictions_stand_in_for_the_full_network_bit_for_bit(tmp_path):
+    """The rule hands the train jobs' predictions in as the full networks: they must be what retraining gives."""
+    frames = synthetic_frames()
+    inputs = {}
+    for split, frame in frames.items():
+        inputs[split] = tmp_path / f"{split}.parquet"
+        write_parquet(frame, inputs[split])
+    network = {"lr": 3e-3, "units_1": 24, "units_2": 16, "units_3": 8,
+               "dropout_1": 0.2, "dropout_2": 0.1, "dropout_3": 0.0}
+    inputs["params"] = tmp_path / "best_params.json"
+    write_json(network, inputs["params"])
+    recipe = {"epochs": 6, "batch_size": 64, "patience": None, "lr_scale": 0.5, "huber_delta": {}, "device": "cpu",
+              "first_seed": 0}
+    output = SimpleNamespace(model=tmp_path / "model.pt", history=tmp_path / "history.csv",
+                             predictions=tmp_path / "predictions.parquet")
+    train_step(Files(inputs), output, SimpleNamespace(train=recipe), threads=1,
+               wildcards=SimpleNamespace(seed="1", model="model2"))
+
+    trainer = seed_trainer(recipe, NetworkParams.from_dict(network), "cpu", "model2")
+    groups = {"band gap": contribution.FEATURE_GROUPS["band gap"]}
+    retrained = contribution.run_contribution(frames, trainer, seeds=[1], groups=groups)
+    trained = {1: pd.read_parquet(output.predictions)}
+
+    def refuse(*args):
+        raise AssertionError("the full network was trained again")
+
+    reused = contribution.run_contribution(frames, lambda *args: refuse() if args[0].shape[1] == len(MODEL2_COLUMNS)
+                                           else trainer(*args), seeds=[1], groups=groups, trained=trained)
+    pd.testing.assert_frame_equal(reused, retrained, check_exact=True)
+    assert np.isfinite(reused["contribution"].iloc[1])
+
+
+def test_predictions_of_other_feature_tables_are_refused():
+    frames = synthetic_frames()
+    foreign = pd.DataFrame({"battery_id": ["elsewhere-0"], "split": ["val"], **{target: [1.0] for target in TARGETS}})
+    with pytest.raises(InputError, match="lack train electrode 'train-0'"):
+        contribution.run_contribution(frames, linear_trainer, seeds=[0], trained={0: foreign})

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from electrode_ml import report, timing
+from electrode_ml import contribution, report, timing
 from electrode_ml.schema import TARGETS
 from electrode_ml.screening import CRITERIA, passes
 from test_workflow import snakemake
@@ -151,6 +151,16 @@ def test_feature_contribution_and_timing_outputs(report_run):
     assert len(summary) == groups and (summary["n_seeds"] == 2).all()
     assert ("space group" in set(summary["group"])) == space_groups
     assert len(per_seed) == (groups + 1) * 2 and np.isfinite(summary["contribution_mean"]).all()
+    # the full networks are the train jobs' seeds 0 and 1, not trained a second time
+    full = per_seed[per_seed["group"] == contribution.FULL].set_index("seed")
+    val = pd.read_parquet(results / "features" / "model2" / "val.parquet")
+    for seed in (0, 1):
+        predictions = pd.read_parquet(results / "train" / "model2" / f"seed_{seed}" / "predictions.parquet")
+        predicted = contribution.predictions_by_split(predictions, {"val": val})["val"]
+        r = contribution.pearson_by_target(val[list(TARGETS)].to_numpy(), predicted)
+        assert full.loc[seed, "val_mean_r"] == pytest.approx(np.mean(r), rel=1e-12)
+    log = (results / "logs" / "analysis" / "feature_contribution.log").read_text()
+    assert log.count("(the train job's network)") == 2
     assert (results / "analysis" / "feature_contribution.png").read_bytes()[:4] == b"\x89PNG"
     table = pd.read_csv(results / "analysis" / "timing.csv")
     for model in ("model1", "model2"):

@@ -30,6 +30,12 @@ def seeds(config: dict) -> list[int]:
     return list(range(first, first + config["train"]["n_seeds"]))
 
 
+def contribution_seeds(config: dict) -> list[int]:
+    """The feature contribution's seeds: the train jobs' first ones, so that their networks serve as its full networks."""
+    first = config["train"]["first_seed"]
+    return list(range(first, first + config["analysis"]["contribution_seeds"]))
+
+
 def cuda_visible(environ=os.environ) -> bool:
     """Whether this host shows an NVIDIA GPU, checked without importing torch in the scheduler."""
     visible = environ.get("CUDA_VISIBLE_DEVICES")

@@ -6,7 +6,9 @@ PC_x is the Pearson r between DFT and predicted target x of the network trained 
 PC_x,i the same for a network retrained without feature group i. A value above 1 means that leaving
 the group out lowers the correlation. The chemical formula takes no part (the paper: without it the
 model does not work). Every group is retrained with the same seeds as the full model, and each seed's
-contribution pairs the two networks of that seed, so seed noise cancels where it can.
+contribution pairs the two networks of that seed, so seed noise cancels where it can. The full network
+of a seed is the train job's own where there is one: the same data, recipe and seed train the same
+network, so its saved predictions stand in for a second training.
 """
 
 from __future__ import annotations
@@ -79,37 +81,59 @@ def _left_out_by_configuration(columns: list[str], patterns: tuple[str, ...]) ->
 
 
 def run_contribution(frames: Mapping[str, pd.DataFrame], trainer: Trainer, seeds: Iterable[int],
-                     groups: Mapping[str, tuple[str, ...]] = FEATURE_GROUPS, evaluate: str = "val") -> pd.DataFrame:
+                     groups: Mapping[str, tuple[str, ...]] = FEATURE_GROUPS, evaluate: str = "val",
+                     trained: Mapping[int, pd.DataFrame] | None = None) -> pd.DataFrame:
     """Train the full network and one per left-out group, for every seed; one row per (group, seed).
 
     ``frames`` are the feature tables (battery_id, targets, feature columns) of the train, val and
-    test splits. Columns: group, seed, n_removed, the Pearson r and MAE of each target on ``evaluate``
-    and on test, mean_r, and contribution (Eq. 9 against the full network of the same seed).
+    test splits. ``trained`` maps a seed to the predictions of its full network already trained (the
+    train rule's layout), which are used instead of training it again. Columns: group, seed,
+    n_removed, the Pearson r and MAE of each target on ``evaluate`` and on test, mean_r, and
+    contribution (Eq. 9 against the full network of the same seed).
     """
+    trained = dict(trained or {})
     features = [name for name in frames["train"].columns if name != "battery_id" and name not in TARGETS]
     present = [group for group in groups if not _left_out_by_configuration(features, groups[group])]
     runs = [(FULL, [])] + [(group, group_columns(features, group, groups)) for group in present]
     y = {split: frame[list(TARGETS)].to_numpy(np.float64) for split, frame in frames.items()}
+    scored = [split for split in dict.fromkeys((evaluate, "test")) if split in frames]
     rows = []
     for group, removed in runs:
         kept = [name for name in features if name not in set(removed)]
         x = {split: frame[kept].to_numpy(np.float32) for split, frame in frames.items()}
         for seed in seeds:
-            predict = trainer(x["train"], y["train"], x["val"], y["val"], int(seed))
+            reused = group == FULL and int(seed) in trained
+            if reused:
+                predictions = predictions_by_split(trained[int(seed)], frames)
+            else:
+                predict = trainer(x["train"], y["train"], x["val"], y["val"], int(seed))
+                predictions = {split: predict(x[split]) for split in scored}
             row = {"group": group, "seed": int(seed), "n_removed": len(removed), "n_features": len(kept)}
-            for split in dict.fromkeys((evaluate, "test")):
-                if split not in x:
-                    continue
-                predicted = predict(x[split])
+            for split in scored:
+                predicted = predictions[split]
                 r = pearson_by_target(y[split], predicted)
                 for index, target in enumerate(TARGETS):
                     row[f"{split}_r_{target}"] = float(r[index])
                     row[f"{split}_mae_{target}"] = float(np.mean(np.abs(predicted[:, index] - y[split][:, index])))
                 row[f"{split}_mean_r"] = float(np.mean(r))
             rows.append(row)
-            log.info("%s, seed %d: mean r on %s %.4f", group, seed, evaluate, row[f"{evaluate}_mean_r"])
+            log.info("%s, seed %d%s: mean r on %s %.4f", group, seed, " (the train job's network)" if reused else "",
+                     evaluate, row[f"{evaluate}_mean_r"])
     table = pd.DataFrame(rows)
     return add_contributions(table, evaluate)
+
+
+def predictions_by_split(predictions: pd.DataFrame, frames: Mapping[str, pd.DataFrame]) -> dict[str, np.ndarray]:
+    """A train job's predictions (battery_id, split, targets) in the row order of each split's feature table."""
+    by_split = {}
+    for split, frame in frames.items():
+        part = predictions[predictions["split"] == split].set_index("battery_id")
+        missing = pd.Index(frame["battery_id"]).difference(part.index)
+        if len(missing):
+            raise InputError(f"feature contribution: the full network's predictions lack {split} electrode "
+                             f"{missing[0]!r}: they were made on other feature tables")
+        by_split[split] = part.loc[frame["battery_id"], list(TARGETS)].to_numpy(np.float64)
+    return by_split
 
 
 def add_contributions(table: pd.DataFrame, evaluate: str = "val") -> pd.DataFrame:

@@ -314,11 +314,11 @@ def feature_contribution_step(input, output, params, threads, wildcards=None, **
     torch.set_num_threads(threads)
     frames = {split: pd.read_parquet(input[split]) for split in ("train", "val", "test")}
     network_params = NetworkParams.from_dict(read_json(input.params))
-    first = params.train["first_seed"]
-    seeds = list(range(first, first + int(params.seeds)))
+    seeds = [int(seed) for seed in params.seeds]
+    trained = {int(table["seed"].iloc[0]): table for table in map(pd.read_parquet, input.get("trained", []))}
     with job_device(params.train["device"]) as device:
         trainer = seed_trainer(params.train, network_params, device, params.model)
-        per_seed = contribution.run_contribution(frames, trainer, seeds)
+        per_seed = contribution.run_contribution(frames, trainer, seeds, trained=trained)
     summary = contribution.summarise(per_seed)
     log.info("feature contribution (Eq. 9, %d seeds): %s", len(seeds),
              dict(zip(summary["group"], summary["contribution_mean"].round(4))))

@@ -1,14 +1,16 @@
 # Stage 7: feature contribution of feature set 2 (Eq. 9, Fig 6) and the timings of Table 4.
 
 
-# One job: the full network and one per left-out feature group (8 groups), each trained with
-# analysis.contribution_seeds seeds using the tuned parameters and the train section's recipe.
+# One job: a network per left-out feature group (8 groups), each trained with
+# analysis.contribution_seeds seeds using the tuned parameters and the train section's recipe; the
+# full network of each seed is the train job's (trained here only for seeds beyond train.n_seeds).
 rule feature_contribution:
     input:
         train=f"{RESULTS}/features/model2/train.parquet",
         val=f"{RESULTS}/features/model2/val.parquet",
         test=f"{RESULTS}/features/model2/test.parquet",
         params=f"{RESULTS}/tune/model2/best_params.json",
+        trained=expand(f"{RESULTS}/train/model2/seed_{{seed}}/predictions.parquet", seed=CONTRIBUTION_TRAINED_SEEDS),
     output:
         summary=f"{RESULTS}/analysis/feature_contribution.csv",
         per_seed=f"{RESULTS}/analysis/feature_contribution_seeds.csv",
@@ -23,7 +25,7 @@ rule feature_contribution:
         f"{RESULTS}/benchmarks/analysis/feature_contribution.tsv"
     params:
         model="model2",
-        seeds=config["analysis"]["contribution_seeds"],
+        seeds=contribution_seeds(config),
         train=config["train"],
     threads: 1
     resources:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from electrode_ml.config import check_config, gpu_per_job, seeds, snapshot_input
+from electrode_ml.config import check_config, contribution_seeds, gpu_per_job, seeds, snapshot_input
 from electrode_ml.errors import InputError
 from electrode_ml.features import (FEATURE_SETS, KNOWN_MODELS, PHYSICS_BASES, base_model, is_physics_model,
                                    uses_voltage_trees, variants_of, voltage_tree_settings)
@@ -26,5 +26,7 @@ PHYSICS_MODELS = [model for model in MODELS if is_physics_model(model)]
 VOLTAGE_TREE_MODELS = [model for model in MODELS if uses_voltage_trees(model)]
 GROUP_MODELS = BASE_MODELS if config["evaluation"]["group_seeds"] else []
 SEEDS = seeds(config)
+# The feature contribution's full networks that train jobs already train (model2's first seeds).
+CONTRIBUTION_TRAINED_SEEDS = [seed for seed in contribution_seeds(config) if seed in SEEDS]
 # Training and tuning jobs each claim one GPU when the workflow runs on CUDA (see devices.py).
 GPU_PER_JOB = gpu_per_job(config)
