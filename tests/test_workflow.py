@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -180,6 +181,24 @@ def test_default_dry_run_plans_fifty_train_jobs_per_model(tmp_path):
     counts = dict(line.split()[:2] for line in run.stdout.splitlines() if line.strip().startswith("train "))
     # the paper's model1 and model2, and model1_redox, whose networks model1_phys reads
     assert counts["train"] == str(50 * 3)
+
+
+def test_long_jobs_and_the_contributions_networks_go_first(tmp_path):
+    """Snakemake breaks ties arbitrarily: without priorities the 12-minute feature contribution once ran last, alone."""
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--config", f"results={tmp_path / 'results'}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    prioritised = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", run.stdout):
+        if re.search(r"^\s+priority: 1$", block, re.MULTILINE):
+            wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.MULTILINE)
+            prioritised.append((re.match(r"(?:local)?rule (\w+):", block).group(1),
+                                wildcards.group(1) if wildcards else ""))
+    assert sorted(prioritised) == sorted(
+        [("tune", f"model={model}") for model in ("model1", "model1_redox", "model2")]
+        + [("group_evaluation", f"model={model}") for model in ("model1", "model1_redox", "model2")]
+        + [("train", f"model=model2, seed={seed}") for seed in range(3)]  # the contribution's full networks
+        + [("feature_contribution", "")])
 
 
 def test_lint_is_clean():

@@ -28,6 +28,7 @@ rule feature_contribution:
         seeds=contribution_seeds(config),
         train=config["train"],
     threads: 1
+    priority: LONG_JOB_PRIORITY
     resources:
         gpu=GPU_PER_JOB,
     conda:

@@ -28,5 +28,13 @@ GROUP_MODELS = BASE_MODELS if config["evaluation"]["group_seeds"] else []
 SEEDS = seeds(config)
 # The feature contribution's full networks that train jobs already train (model2's first seeds).
 CONTRIBUTION_TRAINED_SEEDS = [seed for seed in contribution_seeds(config) if seed in SEEDS]
+# Snakemake breaks ties between ready jobs arbitrarily, and on 2 cores a 12-minute job that lands last
+# runs beside an idle core. The long jobs (tuning, grouped evaluation, feature contribution) and the
+# train jobs the contribution waits for go first, so that the short train jobs fill the end of the run.
+LONG_JOB_PRIORITY = 1
+
+
+def train_priority(wildcards):
+    return LONG_JOB_PRIORITY if wildcards.model == "model2" and int(wildcards.seed) in CONTRIBUTION_TRAINED_SEEDS else 0
 # Training and tuning jobs each claim one GPU when the workflow runs on CUDA (see devices.py).
 GPU_PER_JOB = gpu_per_job(config)

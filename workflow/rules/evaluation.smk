@@ -24,6 +24,7 @@ rule group_evaluation:
         trees=lambda wildcards: voltage_tree_settings(variants_of(wildcards.model, MODELS),
                                                       config["voltage_trees"]),
     threads: 1
+    priority: LONG_JOB_PRIORITY
     resources:
         gpu=GPU_PER_JOB,
     conda:

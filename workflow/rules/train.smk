@@ -20,6 +20,7 @@ rule train:
     params:
         train=config["train"],
     threads: 1
+    priority: train_priority
     resources:
         gpu=GPU_PER_JOB,
     conda:

@@ -22,6 +22,7 @@ rule tune:
         tune=config["tune"],
         train=config["train"],
     threads: 1
+    priority: LONG_JOB_PRIORITY
     resources:
         gpu=GPU_PER_JOB,
     conda:
