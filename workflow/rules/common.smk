@@ -32,9 +32,6 @@ CONTRIBUTION_TRAINED_SEEDS = [seed for seed in contribution_seeds(config) if see
 # runs beside an idle core. The long jobs (tuning, grouped evaluation, feature contribution) and the
 # train jobs the contribution waits for go first, so that the short train jobs fill the end of the run.
 LONG_JOB_PRIORITY = 1
-
-
-def train_priority(wildcards):
-    return LONG_JOB_PRIORITY if wildcards.model == "model2" and int(wildcards.seed) in CONTRIBUTION_TRAINED_SEEDS else 0
+CONTRIBUTION_TRAIN_JOBS = {("model2", seed) for seed in CONTRIBUTION_TRAINED_SEEDS}
 # Training and tuning jobs each claim one GPU when the workflow runs on CUDA (see devices.py).
 GPU_PER_JOB = gpu_per_job(config)
