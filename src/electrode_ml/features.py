@@ -142,8 +142,8 @@ def build_featurizer(model: str, *, formula_variance: float = 0.99, space_group_
     element's fraction to [0, 1] and then runs PCA (the default); ``after_pca`` scales each PCA
     component to [0, 1], which blows the low-variance, mostly-noise components up to the size of
     the leading ones and cost model1 0.07 V of single-network validation MAE on the snapshot.
-    ``space_groups=False`` leaves out the space-group block (the paper's Table 1 has it; see the
-    README for what it costs on the snapshot).
+    ``space_groups=False`` leaves out the space-group block (the paper's Table 1 has it; see
+    docs/method.md for what it costs on the snapshot).
     """
 
     def formula_block() -> Pipeline:

@@ -130,8 +130,8 @@ def fit_voltage_trees(frames: dict[str, pd.DataFrame], weight: float, bags: int 
     percentiles) each training electrode weighs its capacity clipped to those percentiles of the
     training capacities: a voltage error costs energy in proportion to the capacity (E = V x C), and
     the clip keeps the few alloy-type electrodes of 1000-2500 mAh/g from steering the fit and the
-    near-empty ones from dropping out of it (measured: config.yaml and the README, "Capacity
-    weights")."""
+    near-empty ones from dropping out of it (measured: config.yaml and docs/accuracy.md,
+    "Capacity weights")."""
     names = [name for name in frames["train"].columns if name not in ("battery_id", *TARGETS)]
     x_train, y_train = frame_matrices(frames["train"])
     trees = VoltageTrees(names, weight=weight, bags=bags, capacity_weights=capacity_weights)
