@@ -25,15 +25,19 @@ def check_config(config: dict) -> None:
             raise InputError(f"config key {key}: lower bound {low} is not below upper bound {high}")
 
 
+def seed_range(train: dict, count: int) -> list[int]:
+    """``count`` seeds from ``train.first_seed`` on: the analyses that train networks of their own
+    start where the ensemble does, so that their seeds are the train jobs' first ones."""
+    return list(range(train["first_seed"], train["first_seed"] + int(count)))
+
+
 def seeds(config: dict) -> list[int]:
-    first = config["train"]["first_seed"]
-    return list(range(first, first + config["train"]["n_seeds"]))
+    return seed_range(config["train"], config["train"]["n_seeds"])
 
 
 def contribution_seeds(config: dict) -> list[int]:
-    """The feature contribution's seeds: the train jobs' first ones, so that their networks serve as its full networks."""
-    first = config["train"]["first_seed"]
-    return list(range(first, first + config["analysis"]["contribution_seeds"]))
+    """The feature contribution's seeds; those the train jobs also train serve as its full networks."""
+    return seed_range(config["train"], config["analysis"]["contribution_seeds"])
 
 
 def cuda_visible(environ=os.environ) -> bool:
