@@ -195,7 +195,8 @@ def test_long_jobs_and_the_contributions_networks_go_first(tmp_path):
             prioritised.append((re.match(r"(?:local)?rule (\w+):", block).group(1),
                                 wildcards.group(1) if wildcards else ""))
     assert sorted(prioritised) == sorted(
-        [("tune", f"model={model}") for model in ("model1", "model1_redox", "model2")]
+        [("features", f"model={model}") for model in ("model1", "model1_redox", "model2")]  # what they read
+        + [("tune", f"model={model}") for model in ("model1", "model1_redox", "model2")]
         + [("group_evaluation", f"model={model}") for model in ("model1", "model1_redox", "model2")]
         + [("train", f"model=model2, seed={seed}") for seed in range(3)]  # the contribution's full networks
         + [("feature_contribution", "")])

@@ -28,9 +28,12 @@ GROUP_MODELS = BASE_MODELS if config["evaluation"]["group_seeds"] else []
 SEEDS = seeds(config)
 # The feature contribution's full networks that train jobs already train (model2's first seeds).
 CONTRIBUTION_TRAINED_SEEDS = [seed for seed in contribution_seeds(config) if seed in SEEDS]
-# Snakemake breaks ties between ready jobs arbitrarily, and on 2 cores a 12-minute job that lands last
-# runs beside an idle core. The long jobs (tuning, grouped evaluation, feature contribution) and the
-# train jobs the contribution waits for go first, so that the short train jobs fill the end of the run.
+# On 2 cores a 12-minute job that lands last runs beside an idle core, and Snakemake picks among
+# ready jobs of one priority by input size: the train jobs' feature tables outweigh a features job's
+# inputs. The long jobs (tuning, grouped evaluation, feature contribution), the train jobs the
+# contribution waits for and the feature tables every one of them reads go first (a priority does not
+# reach a job's inputs: without it, model2's features waited behind 100 train jobs), so that the
+# short train jobs fill the end of the run.
 LONG_JOB_PRIORITY = 1
 CONTRIBUTION_TRAIN_JOBS = {("model2", seed) for seed in CONTRIBUTION_TRAINED_SEEDS}
 # Training and tuning jobs each claim one GPU when the workflow runs on CUDA (see devices.py).

@@ -19,6 +19,7 @@ rule features:
         model=lambda wildcards: wildcards.model,
         features=config["features"],
     threads: 1
+    priority: LONG_JOB_PRIORITY
     conda:
         "../../envs/electrode-ml.yaml"
     script:
