@@ -6,11 +6,11 @@
 # full network of each seed is the train job's (trained here only for seeds beyond train.n_seeds).
 rule feature_contribution:
     input:
-        train=f"{RESULTS}/features/model2/train.parquet",
-        val=f"{RESULTS}/features/model2/val.parquet",
-        test=f"{RESULTS}/features/model2/test.parquet",
-        params=f"{RESULTS}/tune/model2/best_params.json",
-        trained=expand(f"{RESULTS}/train/model2/seed_{{seed}}/predictions.parquet", seed=CONTRIBUTION_TRAINED_SEEDS),
+        train=f"{RESULTS}/features/{CONTRIBUTION_MODEL}/train.parquet",
+        val=f"{RESULTS}/features/{CONTRIBUTION_MODEL}/val.parquet",
+        test=f"{RESULTS}/features/{CONTRIBUTION_MODEL}/test.parquet",
+        params=f"{RESULTS}/tune/{CONTRIBUTION_MODEL}/best_params.json",
+        trained=expand(f"{RESULTS}/train/{CONTRIBUTION_MODEL}/seed_{{seed}}/predictions.parquet", seed=CONTRIBUTION_TRAINED_SEEDS),
     output:
         summary=f"{RESULTS}/analysis/feature_contribution.csv",
         per_seed=f"{RESULTS}/analysis/feature_contribution_seeds.csv",
@@ -24,7 +24,7 @@ rule feature_contribution:
     benchmark:
         f"{RESULTS}/benchmarks/analysis/feature_contribution.tsv"
     params:
-        model="model2",
+        model=CONTRIBUTION_MODEL,
         seeds=contribution_seeds(config),
         train=config["train"],
     threads: 1

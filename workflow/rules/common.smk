@@ -26,7 +26,9 @@ PHYSICS_MODELS = [model for model in MODELS if is_physics_model(model)]
 VOLTAGE_TREE_MODELS = [model for model in MODELS if uses_voltage_trees(model)]
 GROUP_MODELS = BASE_MODELS if config["evaluation"]["group_seeds"] else []
 SEEDS = seeds(config)
-# The feature contribution's full networks that train jobs already train (model2's first seeds).
+# The feature contribution (Eq. 9) is the paper's analysis of feature set 2's model.
+CONTRIBUTION_MODEL = "model2"
+# The contribution's full networks that train jobs already train (the model's first seeds).
 CONTRIBUTION_TRAINED_SEEDS = [seed for seed in contribution_seeds(config) if seed in SEEDS]
 # On 2 cores a 12-minute job that lands last runs beside an idle core, and Snakemake picks among
 # ready jobs of one priority by input size: the train jobs' feature tables outweigh a features job's
@@ -35,6 +37,5 @@ CONTRIBUTION_TRAINED_SEEDS = [seed for seed in contribution_seeds(config) if see
 # reach a job's inputs: without it, model2's features waited behind 100 train jobs), so that the
 # short train jobs fill the end of the run.
 LONG_JOB_PRIORITY = 1
-CONTRIBUTION_TRAIN_JOBS = {("model2", seed) for seed in CONTRIBUTION_TRAINED_SEEDS}
 # Training and tuning jobs each claim one GPU when the workflow runs on CUDA (see devices.py).
 GPU_PER_JOB = gpu_per_job(config)

@@ -20,9 +20,9 @@ rule report:
         peer=rules.peer_gbm.output.metrics,
         group=expand(rules.group_evaluation.output.metrics, model=GROUP_MODELS),
         physics=expand(rules.physics.output.summary, model=PHYSICS_MODELS),
-        contribution=rules.feature_contribution.output.summary if "model2" in BASE_MODELS else [],
-        contribution_seeds=rules.feature_contribution.output.per_seed if "model2" in BASE_MODELS else [],
-        contribution_figure=rules.feature_contribution.output.figure if "model2" in BASE_MODELS else [],
+        contribution=rules.feature_contribution.output.summary if CONTRIBUTION_MODEL in BASE_MODELS else [],
+        contribution_seeds=rules.feature_contribution.output.per_seed if CONTRIBUTION_MODEL in BASE_MODELS else [],
+        contribution_figure=rules.feature_contribution.output.figure if CONTRIBUTION_MODEL in BASE_MODELS else [],
     output:
         html=f"{RESULTS}/report/index.html",
     log:

@@ -20,7 +20,7 @@ rule train:
     params:
         train=config["train"],
     threads: 1
-    priority: lambda wildcards: LONG_JOB_PRIORITY if (wildcards.model, int(wildcards.seed)) in CONTRIBUTION_TRAIN_JOBS else 0
+    priority: lambda wildcards: LONG_JOB_PRIORITY if wildcards.model == CONTRIBUTION_MODEL and int(wildcards.seed) in CONTRIBUTION_TRAINED_SEEDS else 0
     resources:
         gpu=GPU_PER_JOB,
     conda:
