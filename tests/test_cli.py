@@ -67,6 +67,31 @@ def test_predict_in_bfloat16_is_close_to_float32(tiny_run, candidates, tmp_path)
         assert 0 < shift.max() <= 0.02 * exact.abs().max()
 
 
+def test_predict_says_where_each_value_came_from_and_flags_unseen_elements(tiny_run, tmp_path, capsys):
+    _, results, _ = tiny_run
+    rows = pd.read_parquet(results / "data" / "electrodes.parquet")
+    rows = rows[rows["working_ion"] == "Li"].head(3)[candidate_columns("model1")].reset_index(drop=True)
+    # no snapshot electrode holds plutonium, so no training formula of the tiny run does
+    rows.loc[1, ["formula_charge", "formula_discharge"]] = ["Li0PuPO4", "Li1PuPO4"]
+    # charged and discharged swapped: the ion count falls, the stoichiometry does not describe it
+    rows.loc[2, ["formula_charge", "formula_discharge"]] = rows.loc[2, ["formula_discharge", "formula_charge"]].to_list()
+    candidates, out = tmp_path / "candidates.csv", tmp_path / "out.csv"
+    rows.to_csv(candidates, index=False)
+    code, text = predict_in_process(capsys, candidates, out, results, model="model1_phys")
+    assert code == 0
+    table = pd.read_csv(out, keep_default_na=False)
+    assert table["unseen_elements"].tolist() == ["", "Pu", ""]
+    assert "1 candidate(s) hold elements that no training formula held (Pu)" in text
+    assert table["capacity_grav_source"].tolist() == ["physics", "physics", "network"]
+    assert (table["average_voltage_source"] == "network").all()  # model1_phys learns its voltage
+    assert table["physics_note"].tolist()[:2] == ["", ""]
+    assert "no working ion gained" in table["physics_note"][2]
+    code, text = predict_in_process(capsys, candidates, out, results, model="model1")
+    plain = pd.read_csv(out, keep_default_na=False)
+    assert "physics_note" not in plain and (plain["capacity_grav_source"] == "network").all()
+    assert plain["unseen_elements"].tolist() == ["", "Pu", ""]
+
+
 def test_bad_row_is_one_line_and_nothing_is_written(tiny_run, candidates, tmp_path):
     _, results, _ = tiny_run
     rows = pd.read_csv(candidates, dtype=str)

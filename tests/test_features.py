@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from electrode_ml.data import read_electrode_csv, validate_electrodes
-from electrode_ml.features import DFT_FIELDS, build_featurizer, describe_features, fit_feature_sets
+from electrode_ml.features import (DFT_FIELDS, build_featurizer, describe_features, fit_feature_sets,
+                                    training_elements, unseen_elements)
 from electrode_ml.schema import TARGETS, WORKING_IONS
 from electrode_ml.split import make_split
 
@@ -106,3 +107,20 @@ def test_variants_and_the_tree_settings_a_job_depends_on():
     settings = {"weight": 0.5, "bags": 8}
     assert voltage_tree_settings(variants_of("model1_redox", models), settings) == settings
     assert voltage_tree_settings(variants_of("model2", models), settings) == {}
+
+
+@pytest.mark.parametrize("formula_scaling", ["before_pca", "after_pca"])
+def test_elements_no_training_formula_held_are_invisible_and_flagged(electrodes, split, formula_scaling):
+    featurizer = fit_feature_sets(electrodes, split, "model1", formula_scaling=formula_scaling)[0]
+    assert "Pu" not in training_elements(featurizer)["formula_discharge"]
+    assert {"Fe", "P", "O", "Li"} <= training_elements(featurizer)["formula_discharge"]
+    olivine = electrodes.iloc[:1].assign(formula_charge="Li0FePO4", formula_discharge="Li1FePO4", working_ion="Li")
+    exotic = pd.concat([olivine.assign(formula_charge="Li0PuPO4", formula_discharge="Li1PuPO4"),
+                        olivine.assign(formula_charge="Li0NpPO4", formula_discharge="Li1NpPO4"),
+                        olivine.assign(formula_charge="Li0Pu0.5Np0.5PO4", formula_discharge="Li1FePO4")])
+    # why the flag exists: the fitted scaling and PCA give an unseen element no weight, so two
+    # different unseen metals in the same anion frame look like one and the same material
+    features = featurizer.transform(exotic)
+    np.testing.assert_array_equal(features[0], features[1])
+    assert unseen_elements(featurizer, olivine) == [""]
+    assert unseen_elements(featurizer, exotic) == ["Pu", "Np", "Np Pu"]

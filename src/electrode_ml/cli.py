@@ -56,7 +56,20 @@ def score(input_path: Path, model: str, results: Path, skip_bad: bool,
     predictions = ensemble.predict(candidates)
     predictions.insert(1, "working_ion", candidates["working_ion"].to_numpy())
     predictions.insert(2, "model", model)
+    warn_unseen_elements(predictions)
     return predictions, rejects
+
+
+def warn_unseen_elements(predictions: pd.DataFrame) -> None:
+    """Say when network values lie outside the training chemistry: their intervals do not know it
+    (physics values do not depend on it)."""
+    from_network = (predictions[[f"{target}_source" for target in TARGETS]] == "network").any(axis=1)
+    flagged = predictions.loc[from_network & (predictions["unseen_elements"] != ""), "unseen_elements"]
+    if len(flagged):
+        elements = sorted(set(" ".join(flagged).split()))
+        log.warning("%d candidate(s) hold elements that no training formula held (%s): the networks cannot "
+                    "see them, so their network values and intervals are extrapolations (column unseen_elements)",
+                    len(flagged), " ".join(elements))
 
 
 def passes(predictions: pd.DataFrame, voltage: float, capacity: float, energy: float, column: str = "mean") -> pd.Series:

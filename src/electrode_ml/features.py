@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from pymatgen.core import Element
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, StandardScaler
 
-from electrode_ml.chemistry import N_ELEMENTS, element_fractions
+from electrode_ml.chemistry import N_ELEMENTS, element_fractions, parse_formula
 from electrode_ml.errors import InputError
 from electrode_ml.redox import FEATURE_NAMES as REDOX_FEATURES
 from electrode_ml.redox import redox_features
@@ -195,6 +196,36 @@ def fit_feature_sets(electrodes: pd.DataFrame, split: pd.DataFrame, model: str, 
     featurizer = build_featurizer(model, **options).fit(train)
     frames = {name: feature_frame(featurizer, labelled[labelled["split"] == name]) for name in ("train", "val", "test")}
     return featurizer, frames
+
+
+def training_elements(featurizer: ColumnTransformer) -> dict[str, frozenset[str]]:
+    """Per formula column, the elements some training formula held in it.
+
+    An element no training formula held had a constant zero fraction at fit time, so the fitted
+    min-max scaling and PCA give it no weight: in a candidate it is invisible to the networks, and
+    their spread cannot widen for it. Read from the step fitted on the raw fractions (the scaler's
+    ``data_max_``, or the PCA's ``mean_`` with ``after_pca``), so earlier runs' featurisers answer too.
+    """
+    seen = {}
+    for column in ("formula_charge", "formula_discharge"):
+        fitted = featurizer.named_transformers_[column].steps[1][1]
+        present = fitted.data_max_ if isinstance(fitted, MinMaxScaler) else fitted.mean_
+        seen[column] = frozenset(Element.from_Z(int(z) + 1).symbol for z in np.flatnonzero(present > 0))
+    return seen
+
+
+def unseen_elements(featurizer: ColumnTransformer, electrodes: pd.DataFrame) -> list[str]:
+    """Per electrode, the elements of its formulas outside :func:`training_elements`, in order of
+    atomic number, space-separated ('' for an electrode inside the training chemistry)."""
+    seen = training_elements(featurizer)
+    flagged = []
+    for charge, discharge in zip(electrodes["formula_charge"], electrodes["formula_discharge"]):
+        outside = ({element for element in parse_formula(charge).elements
+                    if element.symbol not in seen["formula_charge"]}
+                   | {element for element in parse_formula(discharge).elements
+                      if element.symbol not in seen["formula_discharge"]})
+        flagged.append(" ".join(element.symbol for element in sorted(outside, key=lambda element: element.Z)))
+    return flagged
 
 
 def describe_features(featurizer: ColumnTransformer) -> dict:

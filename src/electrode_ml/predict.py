@@ -12,7 +12,7 @@ import torch
 
 from electrode_ml.ensemble import Z_95, interval_scale
 from electrode_ml.errors import InputError
-from electrode_ml.features import base_model, is_physics_model, uses_voltage_trees
+from electrode_ml.features import base_model, is_physics_model, unseen_elements, uses_voltage_trees
 from electrode_ml.fileio import read_json
 from electrode_ml.model import StackedEnsemble, TrainedNetwork
 from electrode_ml.physics import PhysicsBaseline, combine
@@ -82,8 +82,10 @@ class TrainedEnsemble:
         return combine(physics[np.newaxis], members), ~np.isnan(physics)
 
     def predict(self, electrodes: pd.DataFrame) -> pd.DataFrame:
-        """Wide table: battery_id and, per target, mean, std, the paper's 95 % CI of the mean and the
-        calibrated 95 % prediction interval (physics values get the physics quantile)."""
+        """Wide table: battery_id and, per target, mean, std, the paper's 95 % CI of the mean, the
+        calibrated 95 % prediction interval (physics values get the physics quantile) and where the
+        value came from; then, for a physics model, why the physics did not describe a row, and the
+        elements no training formula held (:func:`electrode_ml.features.unseen_elements`)."""
         members, held = self.predict_members(electrodes)
         n = members.shape[0]
         mean = members.mean(axis=0)
@@ -101,4 +103,8 @@ class TrainedEnsemble:
                 pi_half = by_source * interval_scale(std[:, index], self.intervals["spread_floor"][target])
                 columns[f"{target}_pi_low"] = mean[:, index] - pi_half
                 columns[f"{target}_pi_high"] = mean[:, index] + pi_half
+            columns[f"{target}_source"] = np.where(held[:, index], "physics", "network")
+        if self.physics is not None:
+            columns["physics_note"] = self.physics.reasons(electrodes)
+        columns["unseen_elements"] = unseen_elements(self.featurizer, electrodes)
         return pd.DataFrame(columns)
