@@ -92,6 +92,23 @@ def test_predict_says_where_each_value_came_from_and_flags_unseen_elements(tiny_
     assert plain["unseen_elements"].tolist() == ["", "Pu", ""]
 
 
+def test_predict_flags_dft_values_outside_the_training_range(tiny_run, tmp_path, capsys):
+    _, results, _ = tiny_run
+    rows = pd.read_parquet(results / "data" / "electrodes.parquet").head(3)[candidate_columns("model2")]
+    rows = rows.reset_index(drop=True)
+    rows.loc[1, "charge_energy_per_atom"] = -850.0  # another code's total energy, not MP's scale
+    candidates, out = tmp_path / "candidates.csv", tmp_path / "out.csv"
+    rows.to_csv(candidates, index=False)
+    code, text = predict_in_process(capsys, candidates, out, results, model="model2_phys")
+    assert code == 0
+    table = pd.read_csv(out, keep_default_na=False)
+    assert table["dft_outside_training"].tolist() == ["", "charge_energy_per_atom", ""]
+    assert "1 candidate(s) have DFT values outside the training range (charge_energy_per_atom)" in text
+    # the thermodynamic voltage of that row is implausible, so the networks take it over
+    assert table["average_voltage_source"].tolist() == ["physics", "network", "physics"]
+    assert "DFT energies imply a voltage outside" in table["physics_note"][1]
+
+
 def test_bad_row_is_one_line_and_nothing_is_written(tiny_run, candidates, tmp_path):
     _, results, _ = tiny_run
     rows = pd.read_csv(candidates, dtype=str)

@@ -4,7 +4,7 @@ import pytest
 
 from electrode_ml.data import read_electrode_csv, validate_electrodes
 from electrode_ml.features import (DFT_FIELDS, build_featurizer, describe_features, fit_feature_sets,
-                                    training_elements, unseen_elements)
+                                    dft_outside_training, training_elements, unseen_elements)
 from electrode_ml.schema import TARGETS, WORKING_IONS
 from electrode_ml.split import make_split
 
@@ -124,3 +124,15 @@ def test_elements_no_training_formula_held_are_invisible_and_flagged(electrodes,
     np.testing.assert_array_equal(features[0], features[1])
     assert unseen_elements(featurizer, olivine) == [""]
     assert unseen_elements(featurizer, exotic) == ["Pu", "Np", "Np Pu"]
+
+
+def test_dft_values_outside_the_training_range_are_flagged(electrodes, split):
+    featurizer = fit_feature_sets(electrodes, split, "model2")[0]
+    train = electrodes[electrodes["battery_id"].isin(split.loc[split["split"] == "train", "battery_id"])]
+    assert set(dft_outside_training(featurizer, train)) == {""}
+    # another code's total energies (eV per atom in the hundreds) and a negative energy above hull
+    foreign = train.head(2).copy()
+    foreign.loc[foreign.index[0], "charge_energy_per_atom"] = -850.0
+    foreign.loc[foreign.index[1], ["discharge_band_gap", "stability_charge"]] = [99.0, -0.5]
+    assert dft_outside_training(featurizer, foreign) == ["charge_energy_per_atom", "discharge_band_gap stability_charge"]
+    assert dft_outside_training(fit_feature_sets(electrodes, split, "model1")[0], foreign) is None

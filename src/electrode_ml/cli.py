@@ -57,6 +57,7 @@ def score(input_path: Path, model: str, results: Path, skip_bad: bool,
     predictions.insert(1, "working_ion", candidates["working_ion"].to_numpy())
     predictions.insert(2, "model", model)
     warn_unseen_elements(predictions)
+    warn_dft_outside_training(predictions)
     return predictions, rejects
 
 
@@ -70,6 +71,19 @@ def warn_unseen_elements(predictions: pd.DataFrame) -> None:
         log.warning("%d candidate(s) hold elements that no training formula held (%s): the networks cannot "
                     "see them, so their network values and intervals are extrapolations (column unseen_elements)",
                     len(flagged), " ".join(elements))
+
+
+def warn_dft_outside_training(predictions: pd.DataFrame) -> None:
+    """Say when DFT inputs leave the training range: the networks extrapolate, and energies from
+    another code or other corrections than MP's are not on the scale the ion references were fitted in."""
+    if "dft_outside_training" not in predictions:
+        return
+    flagged = predictions["dft_outside_training"][predictions["dft_outside_training"] != ""]
+    if len(flagged):
+        fields = sorted(set(" ".join(flagged).split()))
+        log.warning("%d candidate(s) have DFT values outside the training range (%s): the model extrapolates "
+                    "there; the DFT fields must be MP's, with MP's energy corrections (column dft_outside_training)",
+                    len(flagged), " ".join(fields))
 
 
 def passes(predictions: pd.DataFrame, voltage: float, capacity: float, energy: float, column: str = "mean") -> pd.Series:

@@ -228,6 +228,22 @@ def unseen_elements(featurizer: ColumnTransformer, electrodes: pd.DataFrame) -> 
     return flagged
 
 
+def dft_outside_training(featurizer: ColumnTransformer, electrodes: pd.DataFrame) -> list[str] | None:
+    """Per electrode, the DFT fields whose value lies outside the training split's range,
+    space-separated ('' when none); None for a feature set without DFT.
+
+    The networks extrapolate there, and energies from another code or another set of corrections
+    than MP's fall outside by whole eV per atom; the thermodynamic voltage of model2_phys reads the
+    same energies, so its narrow physics interval would not know either.
+    """
+    if "dft" not in featurizer.named_transformers_:
+        return None
+    scaler = featurizer.named_transformers_["dft"]
+    values = electrodes[list(scaler.feature_names_in_)].to_numpy(dtype=float)
+    outside = (values < scaler.data_min_) | (values > scaler.data_max_)
+    return [" ".join(scaler.feature_names_in_[row]) for row in outside]
+
+
 def describe_features(featurizer: ColumnTransformer) -> dict:
     """Each output column with the block it came from, and each block's in/out dimensions."""
     columns = []

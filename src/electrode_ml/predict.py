@@ -12,7 +12,8 @@ import torch
 
 from electrode_ml.ensemble import Z_95, interval_scale
 from electrode_ml.errors import InputError
-from electrode_ml.features import base_model, is_physics_model, unseen_elements, uses_voltage_trees
+from electrode_ml.features import (base_model, dft_outside_training, is_physics_model, unseen_elements,
+                                   uses_voltage_trees)
 from electrode_ml.fileio import read_json
 from electrode_ml.model import StackedEnsemble, TrainedNetwork
 from electrode_ml.physics import PhysicsBaseline, combine
@@ -84,8 +85,9 @@ class TrainedEnsemble:
     def predict(self, electrodes: pd.DataFrame) -> pd.DataFrame:
         """Wide table: battery_id and, per target, mean, std, the paper's 95 % CI of the mean, the
         calibrated 95 % prediction interval (physics values get the physics quantile) and where the
-        value came from; then, for a physics model, why the physics did not describe a row, and the
-        elements no training formula held (:func:`electrode_ml.features.unseen_elements`)."""
+        value came from; then, for a physics model, why the physics did not describe a row, the
+        elements no training formula held and, with DFT inputs, the fields outside their training
+        range (:func:`electrode_ml.features.unseen_elements`, :func:`~.dft_outside_training`)."""
         members, held = self.predict_members(electrodes)
         n = members.shape[0]
         mean = members.mean(axis=0)
@@ -107,4 +109,7 @@ class TrainedEnsemble:
         if self.physics is not None:
             columns["physics_note"] = self.physics.reasons(electrodes)
         columns["unseen_elements"] = unseen_elements(self.featurizer, electrodes)
+        outside = dft_outside_training(self.featurizer, electrodes)
+        if outside is not None:
+            columns["dft_outside_training"] = outside
         return pd.DataFrame(columns)
