@@ -75,19 +75,14 @@ def test_predict_says_where_each_value_came_from_and_flags_unseen_elements(tiny_
     rows.loc[1, ["formula_charge", "formula_discharge"]] = ["Li0PuPO4", "Li1PuPO4"]
     # charged and discharged swapped: the ion count falls, the stoichiometry does not describe it
     rows.loc[2, ["formula_charge", "formula_discharge"]] = rows.loc[2, ["formula_discharge", "formula_charge"]].to_list()
-    candidates, out = tmp_path / "candidates.csv", tmp_path / "out.csv"
-    rows.to_csv(candidates, index=False)
-    code, text = predict_in_process(capsys, candidates, out, results, model="model1_phys")
-    assert code == 0
-    table = pd.read_csv(out, keep_default_na=False)
+    table, text = predict_rows(capsys, rows, tmp_path, results, "model1_phys")
     assert table["unseen_elements"].tolist() == ["", "Pu", ""]
     assert "1 candidate(s) hold elements that no training formula held (Pu)" in text
     assert table["capacity_grav_source"].tolist() == ["physics", "physics", "network"]
     assert (table["average_voltage_source"] == "network").all()  # model1_phys learns its voltage
     assert table["physics_note"].tolist()[:2] == ["", ""]
     assert "no working ion gained" in table["physics_note"][2]
-    code, text = predict_in_process(capsys, candidates, out, results, model="model1")
-    plain = pd.read_csv(out, keep_default_na=False)
+    plain, _ = predict_rows(capsys, rows, tmp_path, results, "model1")
     assert "physics_note" not in plain and (plain["capacity_grav_source"] == "network").all()
     assert plain["unseen_elements"].tolist() == ["", "Pu", ""]
 
@@ -97,11 +92,7 @@ def test_predict_flags_dft_values_outside_the_training_range(tiny_run, tmp_path,
     rows = pd.read_parquet(results / "data" / "electrodes.parquet").head(3)[candidate_columns("model2")]
     rows = rows.reset_index(drop=True)
     rows.loc[1, "charge_energy_per_atom"] = -850.0  # another code's total energy, not MP's scale
-    candidates, out = tmp_path / "candidates.csv", tmp_path / "out.csv"
-    rows.to_csv(candidates, index=False)
-    code, text = predict_in_process(capsys, candidates, out, results, model="model2_phys")
-    assert code == 0
-    table = pd.read_csv(out, keep_default_na=False)
+    table, text = predict_rows(capsys, rows, tmp_path, results, "model2_phys")
     assert table["dft_outside_training"].tolist() == ["", "charge_energy_per_atom", ""]
     assert "1 candidate(s) have DFT values outside the training range (charge_energy_per_atom)" in text
     # the thermodynamic voltage of that row is implausible, so the networks take it over
@@ -212,6 +203,15 @@ def predict_in_process(capsys, candidates: Path, out: Path, results: Path, *extr
     code = main(["predict", str(candidates), "-o", str(out), "--model", model, "--results", str(results), *extra])
     captured = capsys.readouterr()
     return code, captured.out + captured.err
+
+
+def predict_rows(capsys, rows: pd.DataFrame, tmp_path: Path, results: Path, model: str) -> tuple[pd.DataFrame, str]:
+    """Score candidate rows in process: the output table (empty cells as '') and what was logged."""
+    candidates, out = tmp_path / "candidates.csv", tmp_path / "out.csv"
+    rows.to_csv(candidates, index=False)
+    code, text = predict_in_process(capsys, candidates, out, results, model=model)
+    assert code == 0, text
+    return pd.read_csv(out, keep_default_na=False), text
 
 
 def assert_one_line_refusal(code: int, text: str, out: Path, *words: str) -> str:
