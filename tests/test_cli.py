@@ -346,3 +346,10 @@ def test_model1_phys_without_its_voltage_trees_is_one_line(tiny_run, candidates,
     joblib.dump(earlier, partial / "physics" / "model1_phys" / "voltage_trees.joblib")
     code, text = predict_in_process(capsys, candidates, out, partial, model="model1_phys")
     assert_one_line_refusal(code, text, out, "earlier release", "voltage_trees.joblib")
+
+
+def test_help_lists_the_output_columns(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = capsys.readouterr().out
+    assert all(name in text for name in ("_pi_low", "_source", "physics_note", "unseen_elements", "dft_outside_training"))

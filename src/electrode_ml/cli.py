@@ -25,6 +25,13 @@ STRUCTURE_FIELDS = ("formula_charge", "formula_discharge", "working_ion",
                     "discharge_crystal_system", "discharge_space_group_number")
 
 
+OUTPUT_COLUMNS = ("Output per candidate: for each target (average_voltage, capacity_grav, energy_grav) _mean, "
+                  "_std, the paper's CI of the mean (_ci_low, _ci_high), the calibrated 95 % interval (_pi_low, "
+                  "_pi_high) and _source (physics or network); physics_note (physics models: why the physics "
+                  "did not apply); unseen_elements (elements no training formula held: the networks cannot see "
+                  "them); dft_outside_training (model2 variants: DFT fields outside the training range).")
+
+
 def candidate_columns(model: str) -> list[str]:
     """Input columns a candidate file needs for this model (DFT fields only for model2 variants)."""
     return ["battery_id", *STRUCTURE_FIELDS, *(DFT_FIELDS if uses_dft(model) else ())]
@@ -120,8 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--skip-bad", action="store_true",
                          help="write bad rows with their reason to OUTPUT.rejects.csv and score the rest")
 
-    common(commands.add_parser("predict", help="mean, paper CI and calibrated 95 %% interval per target"))
-    screen = commands.add_parser("screen", help="predict, then apply the paper's filter (Table 5)")
+    common(commands.add_parser("predict", help="mean, paper CI and calibrated 95 %% interval per target",
+                               epilog=OUTPUT_COLUMNS))
+    screen = commands.add_parser("screen", help="predict, then apply the paper's filter (Table 5)",
+                                 epilog=OUTPUT_COLUMNS + " screen adds passes and passes_at_pi_low.")
     common(screen)
     screen.add_argument("--ion", help="keep only candidates of this working ion (any ion; default all)")
     screen.add_argument("--voltage", type=float, default=2.0, help="minimum average voltage, V (default 2.0)")
