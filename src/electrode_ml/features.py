@@ -232,9 +232,9 @@ def dft_outside_training(featurizer: ColumnTransformer, electrodes: pd.DataFrame
     """Per electrode, the DFT fields whose value lies outside the training split's range,
     space-separated ('' when none); None for a feature set without DFT.
 
-    The networks extrapolate there, and energies from another code or another set of corrections
-    than MP's fall outside by whole eV per atom; the thermodynamic voltage of model2_phys reads the
-    same energies, so its narrow physics interval would not know either.
+    The networks extrapolate there. A code that reports total energies lands hundreds of eV per atom
+    outside MP's scale, which model2_phys's ion references were fitted in (energies of MP's
+    functional without MP's corrections stay inside the range: no check on one row can see them).
     """
     if "dft" not in featurizer.named_transformers_:
         return None
