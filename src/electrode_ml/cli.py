@@ -63,34 +63,29 @@ def score(input_path: Path, model: str, results: Path, skip_bad: bool,
     predictions = ensemble.predict(candidates)
     predictions.insert(1, "working_ion", candidates["working_ion"].to_numpy())
     predictions.insert(2, "model", model)
-    warn_unseen_elements(predictions)
-    warn_dft_outside_training(predictions)
+    warn_outside_training(predictions)
     return predictions, rejects
 
 
-def warn_unseen_elements(predictions: pd.DataFrame) -> None:
-    """Say when network values lie outside the training chemistry: their intervals do not know it
-    (physics values do not depend on it)."""
+def warn_outside_training(predictions: pd.DataFrame) -> None:
+    """Warn about candidates outside the training data: their intervals do not know it."""
+    # physics values do not depend on the elements, so only network values are warned about them
     from_network = (predictions[[f"{target}_source" for target in TARGETS]] == "network").any(axis=1)
-    flagged = predictions.loc[from_network & (predictions["unseen_elements"] != ""), "unseen_elements"]
-    if len(flagged):
-        elements = sorted(set(" ".join(flagged).split()))
-        log.warning("%d candidate(s) hold elements that no training formula held (%s): the networks cannot "
-                    "see them, so their network values and intervals are extrapolations (column unseen_elements)",
-                    len(flagged), " ".join(elements))
+    warn_flagged(predictions["unseen_elements"][from_network],
+                 "hold elements that no training formula held (%s): the networks cannot see them, so their "
+                 "network values and intervals are extrapolations")
+    if "dft_outside_training" in predictions:
+        warn_flagged(predictions["dft_outside_training"],
+                     "have DFT values outside the training range (%s): the model extrapolates there; the DFT "
+                     "fields must be MP's, with MP's energy corrections")
 
 
-def warn_dft_outside_training(predictions: pd.DataFrame) -> None:
-    """Say when DFT inputs leave the training range: the networks extrapolate, and energies from
-    another code or other corrections than MP's are not on the scale the ion references were fitted in."""
-    if "dft_outside_training" not in predictions:
-        return
-    flagged = predictions["dft_outside_training"][predictions["dft_outside_training"] != ""]
+def warn_flagged(flags: pd.Series, message: str) -> None:
+    """One warning line for the candidates whose flag column names something, naming all it names."""
+    flagged = flags[flags != ""]
     if len(flagged):
-        fields = sorted(set(" ".join(flagged).split()))
-        log.warning("%d candidate(s) have DFT values outside the training range (%s): the model extrapolates "
-                    "there; the DFT fields must be MP's, with MP's energy corrections (column dft_outside_training)",
-                    len(flagged), " ".join(fields))
+        named = " ".join(sorted(set(" ".join(flagged).split())))
+        log.warning("%d candidate(s) " + message + " (column %s)", len(flagged), named, flags.name)
 
 
 def passes(predictions: pd.DataFrame, voltage: float, capacity: float, energy: float, column: str = "mean") -> pd.Series:
