@@ -36,6 +36,7 @@ def test_default_config_is_valid(config):
     (("split", "fractions"), [0.8, 0.1], "fractions"),
     (("train", "huber_delta"), {"model1_redox": -0.3}, "model1_redox"),
     (("train", "huber_delta"), {"model9": 0.3}, "model9"),
+    (("train", "precision"), "float16", "float16"),
     (("voltage_trees", "weight"), 1.5, "1.5"),
     (("voltage_trees", "weight"), "half", "half"),
     (("voltage_trees", "capacity_weights"), [5, 150], "150"),
@@ -129,3 +130,14 @@ def test_default_config_keeps_the_papers_mse_for_its_models_and_huber_for_model1
     assert settings["model1_redox"].huber_delta == config["train"]["huber_delta"]["model1_redox"] > 0
     del config["train"]["huber_delta"]
     assert train_settings(config["train"], 0, "cpu", "model1_redox").huber_delta is None
+
+
+def test_precision_reaches_the_training_and_defaults_to_float32(config):
+    from electrode_ml.steps import train_settings
+
+    assert config["train"]["precision"] == "float32"
+    config["train"]["precision"] = "bfloat16"
+    validate(config, SCHEMA)
+    assert train_settings(config["train"], 0, "cpu", "model2").precision == "bfloat16"
+    del config["train"]["precision"]
+    assert train_settings(config["train"], 0, "cpu", "model2").precision == "float32"

@@ -113,6 +113,76 @@ def test_training_step_takes_the_steps_of_autograd(data, params, huber_delta):
     assert torch.equal(losses, reference_losses)
 
 
+@pytest.mark.parametrize("huber_delta", [None, 0.3], ids=["mse", "huber"])
+def test_mixed_precision_step_takes_the_steps_of_autograd_on_bfloat16_operands(data, huber_delta):
+    """bfloat16 matmul operands, float32 everything else: autograd with each Linear's operands
+    cast to bfloat16 and its output back to float32 takes the same steps bit for bit, and they are
+    not float32's."""
+    x, y = torch.tensor(data[0]), torch.tensor(data[1], dtype=torch.float32)
+    params = NetworkParams(64, 48, 41, 0.1, 0.3, 0.5, 1e-2)
+    loss_fn = (lambda output, target: torch.nn.functional.huber_loss(output, target, delta=huber_delta)) \
+        if huber_delta else torch.nn.functional.mse_loss
+    weights = {}
+    for kind in ("autograd", "mixed", "float32"):
+        torch.manual_seed(7)
+        network = MLP(x.shape[1], params)
+        optimiser = FlatRMSprop(network, lr=params.lr, alpha=0.9, eps=1e-7)
+        initial = optimiser.weights.clone()
+        step = TrainingStep(network, optimiser, huber_delta, torch.bfloat16 if kind == "mixed" else torch.float32)
+        for _ in range(3):
+            for start in range(0, len(x), 70):
+                batch_x, batch_y = x[start:start + 70], y[start:start + 70]
+                if kind == "mixed":
+                    step(batch_x.bfloat16(), batch_y)
+                elif kind == "float32":
+                    step(batch_x, batch_y)
+                else:
+                    optimiser.zero_grad()
+                    hidden = batch_x
+                    for layer in network.layers:
+                        if isinstance(layer, torch.nn.Linear):
+                            hidden = torch.nn.functional.linear(hidden.bfloat16(), layer.weight.bfloat16(),
+                                                                layer.bias.bfloat16()).float()
+                        else:
+                            hidden = layer(hidden)
+                    loss_fn(hidden, batch_y).backward()
+                    optimiser.step()
+        weights[kind] = optimiser.weights.clone()
+    assert not torch.equal(weights["mixed"], initial)
+    assert torch.equal(weights["mixed"], weights["autograd"])
+    assert not torch.equal(weights["mixed"], weights["float32"])
+
+
+def test_mixed_precision_training_learns_and_repeats_itself(data):
+    settings = TrainSettings(epochs=60, batch_size=32, seed=2, precision="bfloat16", log_every=0)
+    first, again = train_network(*data, PARAMS, settings), train_network(*data, PARAMS, settings)
+    np.testing.assert_array_equal(predict(first, data[2]), predict(again, data[2]))
+    assert first.state_dict["layers.0.weight"].dtype == torch.float32
+    baseline = np.abs(data[3] - data[1].mean(axis=0)).mean(axis=0)
+    assert (np.abs(predict(first, data[2]) - data[3]).mean(axis=0) < baseline).all()
+    full = train_network(*data, PARAMS, replace(settings, precision="float32"))
+    assert not np.array_equal(predict(first, data[2]), predict(full, data[2]))
+
+
+def test_bfloat16_training_on_a_cpu_without_bfloat16_hardware_warns_once(data, monkeypatch, caplog):
+    from electrode_ml import model
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    model.warn_if_bfloat16_is_emulated.cache_clear()
+    settings = TrainSettings(epochs=1, precision="bfloat16", log_every=0)
+    for _ in range(2):
+        train_network(*data, PARAMS, settings)
+    model.warn_if_bfloat16_is_emulated.cache_clear()
+    warnings = [record.message for record in caplog.records if "emulated" in record.message]
+    assert len(warnings) == 1 and "AMX" in warnings[0]
+
+
+def test_unknown_training_precision_is_refused(data):
+    with pytest.raises(ValueError, match="float16"):
+        train_network(*data, PARAMS, TrainSettings(epochs=1, precision="float16", log_every=0))
+
+
 def test_huber_loss_trains_other_weights_than_mse(data):
     """Huber's delta (0.3 standardised units) is well inside this data's errors at the start,
     so the two losses must take different steps."""

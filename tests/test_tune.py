@@ -343,3 +343,19 @@ def test_a_trial_trains_the_training_recipe_or_the_short_one():
     assert (short.epochs, short.batch_size, short.patience, short.lr_scale, short.huber_delta, short.seed) == \
         (100, 128, 50, 1.0, None, 7)
     assert tuning_note({**tune, "epochs": 100}, train) == "30 trials of at most 100 epochs"
+
+
+def test_trials_in_bfloat16_do_not_resume_a_float32_tuning():
+    """A trial's fidelity keys the saved tuning: a precision other than float32 is part of it, and
+    float32 leaves it as it was before the setting existed, so those tunings still resume."""
+    from electrode_ml.steps import trial_fidelity, trial_settings
+
+    train = {"device": "cpu", "epochs": 500, "batch_size": 128, "patience": 100, "lr_scale": 0.5}
+    tune = {"trials": 30, "seed": 7, "epochs": None, "patience": 50}
+    float32 = trial_fidelity(trial_settings(tune, train, "cpu", "model2"))
+    assert float32 == {"epochs": 500, "batch_size": 128, "patience": 100, "lr_scale": 0.5, "huber_delta": None}
+    mixed = trial_settings(tune, {**train, "precision": "bfloat16"}, "cpu", "model2")
+    assert mixed.precision == "bfloat16"
+    assert trial_fidelity(mixed) == {**float32, "precision": "bfloat16"}
+    assert trial_settings({**tune, "epochs": 100}, {**train, "precision": "bfloat16"}, "cpu", "model2").precision \
+        == "bfloat16"

@@ -125,6 +125,7 @@ def seed_trainer(settings: dict, network_params: NetworkParams, device: str, mod
 def train_settings(settings: dict, seed: int, device: str, model: str) -> TrainSettings:
     return TrainSettings(epochs=settings["epochs"], batch_size=settings["batch_size"], patience=settings["patience"],
                          lr_scale=settings["lr_scale"], huber_delta=(settings.get("huber_delta") or {}).get(model),
+                         precision=settings.get("precision", "float32"),
                          seed=seed, device=device)
 
 
@@ -144,9 +145,7 @@ def tune_step(input, output, params, threads, **_):
 
         # The saved Ax state resumes an interrupted tuning only; Snakemake also reruns this job
         # when the features or the settings changed, and then the old trials must not count.
-        fidelity = {field: getattr(settings, field) for field in ("epochs", "batch_size", "patience", "lr_scale",
-                                                                   "huber_delta")}
-        key = objective_fingerprint((x_train, y_train, x_val, y_val), fidelity)
+        key = objective_fingerprint((x_train, y_train, x_val, y_val), trial_fidelity(settings))
         space = SearchSpace(lr=tuple(tune["lr"]), units=tuple(tune["units"]), dropout=tuple(tune["dropout"]))
         best = run_tuning(objective, trials=tune["trials"], seed=tune["seed"], state_path=Path(params.state),
                           trials_csv=Path(output.trials), space=space, name=params.model,
@@ -168,6 +167,16 @@ def trial_settings(tune: dict, train: dict, device: str, model: str) -> TrainSet
     return replace(settings, epochs=tune["epochs"], patience=tune["patience"], lr_scale=1.0, huber_delta=None)
 
 
+def trial_fidelity(settings: TrainSettings) -> dict:
+    """What a trial's score depends on besides the data: a saved tuning resumes only if it matches."""
+    fidelity = {field: getattr(settings, field) for field in ("epochs", "batch_size", "patience", "lr_scale",
+                                                               "huber_delta")}
+    if settings.precision != "float32":
+        # only then: tunings saved before the setting existed still resume
+        fidelity["precision"] = settings.precision
+    return fidelity
+
+
 def tuning_note(tune: dict, train: dict) -> str:
     """What the tuning's time in the timing table paid for."""
     if tune["epochs"] is None:
@@ -183,8 +192,9 @@ def train_step(input, output, params, threads, wildcards=None, **_):
     network_params = NetworkParams.from_dict(read_json(input.params))
     with job_device(params.train["device"]) as device:
         settings = train_settings(params.train, seed, device, wildcards.model)
-        log.info("training seed %d on %s with %s, learning rate x %g, %s loss", seed, device, network_params,
-                 settings.lr_scale, f"Huber (delta {settings.huber_delta})" if settings.huber_delta else "MSE")
+        log.info("training seed %d on %s with %s, learning rate x %g, %s loss, %s matmuls", seed, device,
+                 network_params, settings.lr_scale,
+                 f"Huber (delta {settings.huber_delta})" if settings.huber_delta else "MSE", settings.precision)
         network = train_network(x_train, y_train, x_val, y_val, network_params, settings)
         predictions = seed_predictions(frames, lambda x: predict(network, x, device), seed)
     log.info("seed %d: best epoch %d of %d, %.1f s", seed, network.best_epoch, len(network.history), network.seconds)
