@@ -29,6 +29,14 @@ def test_bench_writes_its_figures(tmp_path, snapshot_path, capsys):
     assert "GFLOP/s" in printed and "bfloat16 matmuls" in printed
 
 
+def test_bench_skips_the_bfloat16_training_where_it_would_be_emulated(tmp_path, snapshot_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "native_bfloat16", lambda: False)
+    figures = run_bench(tmp_path, snapshot_path, REPO / "config.yaml")
+    assert figures["train_one_network_s_bfloat16"] is None and figures["train_best_val_loss_bfloat16"] is None
+    assert figures["train_one_network_s"] > 0
+    assert "skipped, this CPU has neither AMX nor AVX512-BF16" in capsys.readouterr().out
+
+
 def test_bench_trains_on_the_configured_features(tmp_path, snapshot_path):
     """The benchmarked network sees the workflow's inputs: the space-group block only when configured."""
     config = yaml.safe_load((REPO / "config.yaml").read_text())

@@ -21,7 +21,8 @@ import yaml
 from electrode_ml.data import prepare_electrodes, read_electrode_csv
 from electrode_ml.features import fit_feature_sets
 from electrode_ml.fileio import read_json, write_json
-from electrode_ml.model import PAPER_PARAMS, NetworkParams, StackedEnsemble, TrainedNetwork, TrainSettings, train_network
+from electrode_ml.model import (PAPER_PARAMS, NetworkParams, StackedEnsemble, TrainedNetwork, TrainSettings, native_bfloat16,
+                                train_network)
 from electrode_ml.runner import setup_logging
 from electrode_ml.schema import TARGETS, UNITS
 from electrode_ml.split import make_split
@@ -50,6 +51,18 @@ def training_flops(n_train: int, n_val: int, n_inputs: int, params: NetworkParam
     forward = sum(2 * i * o for i, o in shapes)
     backward = sum(2 * i * o for i, o in shapes) + sum(2 * i * o for i, o in shapes[1:])
     return epochs * (n_train * (forward + backward) + n_val * forward)
+
+
+def mixed_precision_figures(mixed: TrainedNetwork | None, flops: float, bf16_peak: float) -> dict:
+    """bench.json's figures of the bfloat16 training; None where it was skipped."""
+    names = ("train_one_network_s_bfloat16", "train_gflops_bfloat16", "train_bfloat16_fraction_of_bfloat16_peak",
+             "train_best_val_loss_bfloat16")
+    if mixed is None:
+        return dict.fromkeys(names)
+    gflops = flops / mixed.seconds / 1e9
+    values = (round(mixed.seconds, 2), round(gflops, 1), round(gflops / bf16_peak, 3),
+              round(float(mixed.history["val_loss"].min()), 5))
+    return dict(zip(names, values))
 
 
 def load_ensemble(results: Path, model: str) -> list[TrainedNetwork]:
@@ -104,9 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     flops = training_flops(len(x["train"]), len(x["val"]), x["train"].shape[1], params, args.epochs)
     train_gflops = flops / network.seconds / 1e9
     bf16_peak = matmul_peak_gflops(dtype=torch.bfloat16)
-    log.info("the same training with bfloat16 matmuls (train.precision: bfloat16)")
-    mixed = train_network(x["train"], y["train"], x["val"], y["val"], params, replace(settings, precision="bfloat16"))
-    mixed_gflops = flops / mixed.seconds / 1e9
+    # emulated bfloat16 products are slower than float32's: nothing to learn from timing them
+    mixed = None
+    if native_bfloat16():
+        log.info("the same training with bfloat16 matmuls (train.precision: bfloat16)")
+        mixed = train_network(x["train"], y["train"], x["val"], y["val"], params, replace(settings, precision="bfloat16"))
 
     trained = load_ensemble(args.results, args.model)
     val_features = args.results / "features" / args.model / "val.parquet"
@@ -135,10 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_gflops": round(train_gflops, 1),
         "train_fraction_of_peak": round(train_gflops / peak, 3),
         "train_best_val_loss": round(float(network.history["val_loss"].min()), 5),
-        "train_one_network_s_bfloat16": round(mixed.seconds, 2),
-        "train_gflops_bfloat16": round(mixed_gflops, 1),
-        "train_bfloat16_fraction_of_bfloat16_peak": round(mixed_gflops / bf16_peak, 3),
-        "train_best_val_loss_bfloat16": round(float(mixed.history["val_loss"].min()), 5),
+        **mixed_precision_figures(mixed, flops, bf16_peak),
         "paper_train_one_network_s_A40": paper["train_mean_s"],
         "ensemble_predict_val_ms": round(ensemble_ms, 2),
         "ensemble_networks": len(networks),
@@ -158,9 +170,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"one {args.model} training ({x['train'].shape[1]} inputs, paper widths), {args.epochs} epochs full batch: "
           f"{network.seconds:8.2f} s  "
           f"({train_gflops:.1f} GFLOP/s = {100 * train_gflops / peak:.0f} % of peak; paper {paper['train_mean_s']} s on an A40)")
-    print(f"the same with bfloat16 matmuls (peak {bf16_peak:.1f} GFLOP/s): {mixed.seconds:8.2f} s  "
-          f"({mixed_gflops:.1f} GFLOP/s = {100 * mixed_gflops / bf16_peak:.0f} % of that peak); best validation loss "
-          f"{mixed.history['val_loss'].min():.4f} against float32's {network.history['val_loss'].min():.4f}")
+    if mixed is None:
+        print("the same with bfloat16 matmuls: skipped, this CPU has neither AMX nor AVX512-BF16")
+    else:
+        print(f"the same with bfloat16 matmuls (peak {bf16_peak:.1f} GFLOP/s): {mixed.seconds:8.2f} s  "
+              f"({figures['train_gflops_bfloat16']} GFLOP/s = "
+              f"{100 * figures['train_bfloat16_fraction_of_bfloat16_peak']:.0f} % of that peak); best validation "
+              f"loss {figures['train_best_val_loss_bfloat16']:.4f} against float32's {figures['train_best_val_loss']:.4f}")
     print(f"predict {len(x_val)} val electrodes with {len(networks)} networks: {ensemble_ms:8.2f} ms  "
           f"(paper: {paper['predict_ms']} ms for one network on an A40)  [{source}]")
     print(f"the same in bfloat16: {bf16_ms:8.2f} ms; ensemble means move by "

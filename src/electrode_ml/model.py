@@ -369,10 +369,15 @@ def matmul_precision(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
+def native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX512-BF16)."""
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+
+
 @functools.cache
 def warn_if_bfloat16_is_emulated() -> None:
     """Once per process: a tuning trains 30 networks."""
-    if not (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()):
+    if not native_bfloat16():
         log.warning("train.precision bfloat16 on a CPU without AMX or AVX512-BF16: its matmuls are emulated "
                     "and slower than float32's")
 
