@@ -166,6 +166,24 @@ def test_screen_agrees_with_hand_filter(tiny_run, candidates, tmp_path):
     assert (table["passes_at_pi_low"] <= table["passes"]).all()
 
 
+def test_screen_names_the_passing_candidates_outside_the_training_data(tiny_run, tmp_path, capsys):
+    _, results, _ = tiny_run
+    rows = pd.read_parquet(results / "data" / "electrodes.parquet")
+    rows = rows[rows["working_ion"] == "Li"].head(3)[candidate_columns("model1")].reset_index(drop=True)
+    rows.loc[1, ["battery_id", "formula_charge", "formula_discharge"]] = ["plutonium-olivine", "Li0PuPO4", "Li1PuPO4"]
+    candidates, out = tmp_path / "candidates.csv", tmp_path / "screened.csv"
+    rows.to_csv(candidates, index=False)
+    common = ["-o", str(out), "--model", "model1", "--results", str(results)]
+    assert main(["screen", str(candidates), *common, "--voltage", "0", "--capacity", "0", "--energy", "0"]) == 0
+    text = capsys.readouterr().err
+    assert "3 of 3 candidate(s) pass the filter" in text
+    assert "1 passing candidate(s) lie outside the training data, their values extrapolated: plutonium-olivine" in text
+    # a filter nothing passes names no one
+    assert main(["screen", str(candidates), *common, "--voltage", "99"]) == 0
+    text = capsys.readouterr().err
+    assert "0 of 3 candidate(s) pass" in text and "passing candidate(s) lie outside" not in text
+
+
 def test_passes_on_a_handmade_frame():
     frame = pd.DataFrame({"average_voltage_mean": [2.5, 1.9, 3.0], "capacity_grav_mean": [120, 150, 99],
                           "energy_grav_mean": [300, 285, 297]})

@@ -67,11 +67,23 @@ def score(input_path: Path, model: str, results: Path, skip_bad: bool,
     return predictions, rejects
 
 
+def from_network(predictions: pd.DataFrame) -> pd.Series:
+    """Candidates with a network value: physics values do not depend on the elements seen in training."""
+    return (predictions[[f"{target}_source" for target in TARGETS]] == "network").any(axis=1)
+
+
+def outside_training(predictions: pd.DataFrame) -> pd.Series:
+    """Candidates whose values the training data cannot vouch for: network values of elements no
+    training formula held, or DFT fields outside the training range."""
+    flagged = (predictions["unseen_elements"] != "") & from_network(predictions)
+    if "dft_outside_training" in predictions:
+        flagged |= predictions["dft_outside_training"] != ""
+    return flagged
+
+
 def warn_outside_training(predictions: pd.DataFrame) -> None:
     """Warn about candidates outside the training data: their intervals do not know it."""
-    # physics values do not depend on the elements, so only network values are warned about them
-    from_network = (predictions[[f"{target}_source" for target in TARGETS]] == "network").any(axis=1)
-    warn_flagged(predictions["unseen_elements"][from_network],
+    warn_flagged(predictions["unseen_elements"][from_network(predictions)],
                  "hold elements that no training formula held (%s): the networks cannot see them, so their "
                  "network values and intervals are extrapolations")
     if "dft_outside_training" in predictions:
@@ -95,6 +107,18 @@ def passes(predictions: pd.DataFrame, voltage: float, capacity: float, energy: f
     for target, threshold in thresholds.items():
         result &= predictions[f"{target}_{column}"] >= threshold
     return result
+
+
+def report_screen(screened: pd.DataFrame, shown: int = 10) -> None:
+    """How many candidates pass, and which of those the training data cannot vouch for."""
+    passing = screened["passes"].astype(bool)
+    log.info("%d of %d candidate(s) pass the filter", passing.sum(), len(screened))
+    doubtful = screened["battery_id"][passing & outside_training(screened)].astype(str)
+    if len(doubtful):
+        more = f" and {len(doubtful) - shown} more" if len(doubtful) > shown else ""
+        log.warning("%d passing candidate(s) lie outside the training data, their values extrapolated: %s%s "
+                    "(columns unseen_elements, dft_outside_training)", len(doubtful),
+                    ", ".join(doubtful[:shown]), more)
 
 
 def write_outputs(predictions: pd.DataFrame, rejects: pd.DataFrame, output: Path) -> None:
@@ -125,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(commands.add_parser("predict", help="mean, paper CI and calibrated 95 %% interval per target",
                                epilog=OUTPUT_COLUMNS))
     screen = commands.add_parser("screen", help="predict, then apply the paper's filter (Table 5)",
-                                 epilog=OUTPUT_COLUMNS + " screen adds passes and passes_at_pi_low.")
+                                 epilog=OUTPUT_COLUMNS + " screen adds passes and passes_at_pi_low, and names the "
+                                        "passing candidates either flag marks.")
     common(screen)
     screen.add_argument("--ion", help="keep only candidates of this working ion (any ion; default all)")
     screen.add_argument("--voltage", type=float, default=2.0, help="minimum average voltage, V (default 2.0)")
@@ -146,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             predictions = predictions.assign(passes=passes(predictions, *thresholds) if len(predictions) else [])
             if "average_voltage_pi_low" in predictions:
                 predictions["passes_at_pi_low"] = passes(predictions, *thresholds, column="pi_low")
+            if len(predictions):
+                report_screen(predictions)
         write_outputs(predictions, rejects, args.output)
     except InputError as error:
         print(f"electrode-ml: error: {error}", file=sys.stderr)
