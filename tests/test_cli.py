@@ -184,6 +184,18 @@ def test_screen_names_the_passing_candidates_outside_the_training_data(tiny_run,
     assert "0 of 3 candidate(s) pass" in text and "passing candidate(s) lie outside" not in text
 
 
+def test_outside_training_on_a_handmade_frame():
+    """Unseen elements count only where a network gave a value; DFT fields out of range always do."""
+    from electrode_ml.cli import outside_training
+
+    sources = {"average_voltage_source": ["physics", "network", "physics", "physics"],
+               "capacity_grav_source": ["physics"] * 4, "energy_grav_source": ["physics"] * 4}
+    frame = pd.DataFrame({**sources, "unseen_elements": ["Pu", "Pu", "", ""],
+                          "dft_outside_training": ["", "", "charge_energy_per_atom", ""]})
+    assert outside_training(frame).tolist() == [False, True, True, False]
+    assert outside_training(frame.drop(columns="dft_outside_training")).tolist() == [False, True, False, False]
+
+
 def test_passes_on_a_handmade_frame():
     frame = pd.DataFrame({"average_voltage_mean": [2.5, 1.9, 3.0], "capacity_grav_mean": [120, 150, 99],
                           "energy_grav_mean": [300, 285, 297]})
