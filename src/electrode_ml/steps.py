@@ -125,7 +125,7 @@ def seed_trainer(settings: dict, network_params: NetworkParams, device: str, mod
 def train_settings(settings: dict, seed: int, device: str, model: str) -> TrainSettings:
     return TrainSettings(epochs=settings["epochs"], batch_size=settings["batch_size"], patience=settings["patience"],
                          lr_scale=settings["lr_scale"], huber_delta=(settings.get("huber_delta") or {}).get(model),
-                         precision=settings.get("precision", "float32"),
+                         precision=settings.get("precision", TrainSettings.precision),
                          seed=seed, device=device)
 
 
@@ -171,8 +171,8 @@ def trial_fidelity(settings: TrainSettings) -> dict:
     """What a trial's score depends on besides the data: a saved tuning resumes only if it matches."""
     fidelity = {field: getattr(settings, field) for field in ("epochs", "batch_size", "patience", "lr_scale",
                                                                "huber_delta")}
-    if settings.precision != "float32":
-        # only then: tunings saved before the setting existed still resume
+    if settings.precision != TrainSettings.precision:
+        # only off the default: tunings saved before the setting existed still resume
         fidelity["precision"] = settings.precision
     return fidelity
 
