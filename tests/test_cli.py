@@ -100,6 +100,22 @@ def test_predict_flags_dft_values_outside_the_training_range(tiny_run, tmp_path,
     assert "DFT energies imply a voltage outside" in table["physics_note"][1]
 
 
+def test_chunked_prediction_keeps_every_row_its_values_and_physics_note(tiny_run):
+    from electrode_ml.predict import TrainedEnsemble
+
+    _, results, _ = tiny_run
+    rows = pd.read_parquet(results / "data" / "electrodes.parquet").head(5)[candidate_columns("model2")]
+    rows = rows.reset_index(drop=True)
+    rows.loc[3, ["formula_charge", "formula_discharge"]] = rows.loc[3, ["formula_discharge", "formula_charge"]].to_list()
+    ensemble = TrainedEnsemble.load(results, "model2_phys")
+    whole, chunked = ensemble.predict_members(rows), ensemble.predict_members(rows, chunk_rows=2)
+    np.testing.assert_array_equal(chunked.members, whole.members)
+    np.testing.assert_array_equal(chunked.held, whole.held)
+    assert chunked.physics_notes.tolist() == whole.physics_notes.tolist()
+    assert [bool(note) for note in whole.physics_notes] == [False, False, False, True, False]
+    assert not whole.held[3].any() and whole.held[[0, 1, 2, 4]].all()
+
+
 def test_bad_row_is_one_line_and_nothing_is_written(tiny_run, candidates, tmp_path):
     _, results, _ = tiny_run
     rows = pd.read_csv(candidates, dtype=str)

@@ -125,9 +125,12 @@ class PhysicsBaseline:
             reasons = np.where(implausible, "DFT energies imply a voltage outside -1..7 V", reasons)
         return reasons
 
-    def transform(self, electrodes: pd.DataFrame) -> np.ndarray:
-        """(n, 3) physics value of voltage, capacity, energy; NaN where the network must predict."""
-        applies = self.reasons(electrodes) == ""
+    def transform(self, electrodes: pd.DataFrame, reasons: np.ndarray | None = None) -> np.ndarray:
+        """(n, 3) physics value of voltage, capacity, energy; NaN where the network must predict.
+
+        ``reasons``, from :meth:`reasons` on the same rows, spares parsing every formula again
+        for a caller that reports them too (``electrode-ml predict``)."""
+        applies = (self.reasons(electrodes) if reasons is None else reasons) == ""
         capacity = np.where(applies, stoichiometric_capacity_array(electrodes), np.nan)
         voltage = np.full(len(electrodes), np.nan)
         if self.uses_voltage:

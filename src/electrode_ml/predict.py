@@ -22,6 +22,17 @@ from electrode_ml.trees import VoltageTrees
 
 
 @dataclass
+class MemberPredictions:
+    """Per-network values, shape (n_networks, n_rows, 3); where physics gave a value outright,
+    shape (n_rows, 3); and, per row, why the physics did not describe it ('' where it did, and
+    for a model without physics)."""
+
+    members: np.ndarray
+    held: np.ndarray
+    physics_notes: np.ndarray
+
+
+@dataclass
 class TrainedEnsemble:
     """What a workflow run leaves for later use: featuriser + networks of one model."""
 
@@ -63,24 +74,28 @@ class TrainedEnsemble:
     def features(self, electrodes: pd.DataFrame) -> np.ndarray:
         return np.asarray(self.featurizer.transform(electrodes), dtype=np.float32)
 
-    def predict_members(self, electrodes: pd.DataFrame, chunk_rows: int = 20000) -> tuple[np.ndarray, np.ndarray]:
-        """Per-network predictions, shape (n_networks, n_rows, 3), computed in chunks to bound memory,
-        and where physics gave the value outright, shape (n_rows, 3)."""
+    def predict_members(self, electrodes: pd.DataFrame, chunk_rows: int = 20000) -> MemberPredictions:
+        """Every network's predictions, computed in chunks to bound memory (see MemberPredictions)."""
         parts = [self._predict_chunk(electrodes.iloc[start:start + chunk_rows])
                  for start in range(0, len(electrodes), chunk_rows)]
         if not parts:
-            return np.zeros((len(self.networks), 0, len(TARGETS))), np.zeros((0, len(TARGETS)), dtype=bool)
-        return np.concatenate([members for members, _ in parts], axis=1), np.concatenate([held for _, held in parts])
+            return MemberPredictions(np.zeros((len(self.networks), 0, len(TARGETS))),
+                                     np.zeros((0, len(TARGETS)), dtype=bool), np.array([], dtype=object))
+        return MemberPredictions(np.concatenate([part.members for part in parts], axis=1),
+                                 np.concatenate([part.held for part in parts]),
+                                 np.concatenate([part.physics_notes for part in parts]))
 
-    def _predict_chunk(self, electrodes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    def _predict_chunk(self, electrodes: pd.DataFrame) -> MemberPredictions:
         features = self.features(electrodes)
         members = self.networks.predict(features)
         if self.trees is not None:
             members = self.trees.blend(members, features)
         if self.physics is None:
-            return members, np.zeros(members.shape[1:], dtype=bool)
-        physics = self.physics.transform(electrodes)
-        return combine(physics[np.newaxis], members), ~np.isnan(physics)
+            return MemberPredictions(members, np.zeros(members.shape[1:], dtype=bool),
+                                     np.full(len(electrodes), "", dtype=object))
+        notes = self.physics.reasons(electrodes)
+        physics = self.physics.transform(electrodes, notes)
+        return MemberPredictions(combine(physics[np.newaxis], members), ~np.isnan(physics), notes)
 
     def predict(self, electrodes: pd.DataFrame) -> pd.DataFrame:
         """Wide table: battery_id and, per target, mean, std, the paper's 95 % CI of the mean, the
@@ -88,7 +103,8 @@ class TrainedEnsemble:
         value came from; then, for a physics model, why the physics did not describe a row, the
         elements no training formula held and, with DFT inputs, the fields outside their training
         range (:func:`electrode_ml.features.unseen_elements`, :func:`~.dft_outside_training`)."""
-        members, held = self.predict_members(electrodes)
+        predicted = self.predict_members(electrodes)
+        members, held = predicted.members, predicted.held
         n = members.shape[0]
         mean = members.mean(axis=0)
         std = members.std(axis=0, ddof=1)
@@ -107,7 +123,7 @@ class TrainedEnsemble:
                 columns[f"{target}_pi_high"] = mean[:, index] + pi_half
             columns[f"{target}_source"] = np.where(held[:, index], "physics", "network")
         if self.physics is not None:
-            columns["physics_note"] = self.physics.reasons(electrodes)
+            columns["physics_note"] = predicted.physics_notes
         columns["unseen_elements"] = unseen_elements(self.featurizer, electrodes)
         outside = dft_outside_training(self.featurizer, electrodes)
         if outside is not None:
