@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from electrode_ml.ensemble import (Z_95, add_prediction_intervals, aggregate, best_single_seed, conformal_quantile,
-                                   coverage, mark_sources, stack_predictions)
+                                   coverage, mark_applicability, mark_sources, outside_training, outside_training_metrics,
+                                   stack_predictions)
 from electrode_ml.metrics import regression_metrics
 
 
@@ -128,3 +129,28 @@ def test_mark_sources_follows_the_physics_table():
     physics = pd.DataFrame({"battery_id": ["a", "b"], "average_voltage": [np.nan, np.nan], "capacity_grav": [100.0, np.nan],
                             "energy_grav": [np.nan, np.nan]})
     assert mark_sources(summary, physics)["source"].tolist() == ["physics", "network", "network"]
+
+
+def test_rows_outside_the_training_data_are_flagged_and_scored_apart():
+    summary = pd.DataFrame({
+        "battery_id": ["a", "a", "b", "b", "c", "c"],
+        "split": ["test"] * 6,
+        "target": ["average_voltage", "capacity_grav"] * 3,
+        "true": [3.0, 100.0, 3.0, 100.0, 3.0, 100.0],
+        "mean": [3.1, 101.0, 4.5, 100.0, 3.0, 90.0],
+        "source": ["network", "network", "network", "physics", "network", "network"],
+    })
+    summary["pi_low"], summary["pi_high"] = summary["mean"] - 0.5, summary["mean"] + 5.0
+    flags = pd.DataFrame({"battery_id": ["a", "b", "c"], "unseen_elements": ["", "Pu", ""],
+                          "dft_outside_training": ["", "", "charge_band_gap"]})
+    marked = mark_applicability(summary, flags)
+    assert marked["unseen_elements"].tolist() == ["", "", "Pu", "Pu", "", ""]
+    # b's capacity comes from physics, which does not depend on the elements seen in training
+    assert outside_training(marked).tolist() == [False, False, True, False, True, True]
+    scored = outside_training_metrics(marked)["test"]
+    assert scored["average_voltage"]["rows"] == 2 and scored["average_voltage"]["battery_ids"] == ["b", "c"]
+    assert scored["average_voltage"]["mae"] == pytest.approx(0.75)
+    assert scored["average_voltage"]["mae_others"] == pytest.approx(0.1)
+    assert scored["average_voltage"]["pi_coverage"] == pytest.approx(0.5)  # b's 3.0 lies below 4.5 - 0.5
+    assert scored["capacity_grav"] == {"rows": 1, "mae": 10.0, "mae_others": 0.5, "pi_coverage": 0.0,
+                                       "battery_ids": ["c"]}

@@ -232,6 +232,16 @@ def test_beyond_section_shows_test_errors_coverage_and_the_peer(beyond_context):
     assert "physics 100.0 % of 8, network 50.0 % of 2" in page
 
 
+def test_beyond_section_names_the_test_electrodes_outside_the_training_data(beyond_context):
+    scored = {"test": {"average_voltage": {"rows": 1, "mae": 1.31, "mae_others": 0.40, "pi_coverage": 0.0,
+                                           "battery_ids": ["mp-753108_Li"]}}}
+    context = {**beyond_context, "metrics": {**beyond_context["metrics"],
+                                             "model2": _metrics(0.3, outside_training=scored)}}
+    page = report.section_beyond(context)
+    assert "<b>model2</b> (mp-753108_Li): Voltage MAE 1.310 against 0.400, PI holds 0 % of 1</li>" in page
+    assert "cannot vouch for" not in report.section_beyond(beyond_context)
+
+
 def test_beyond_section_sets_the_group_split_against_the_random_one(beyond_context):
     page = report.section_beyond(beyond_context)
     assert "2.00×" in page and "train 8 / val 1 / test 1" in page

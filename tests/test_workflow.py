@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from electrode_ml.features import applicability
 from electrode_ml.schema import TARGETS
 from electrode_ml.trees import tree_voltage as tree_voltage_of
 
@@ -108,6 +109,29 @@ def test_ensemble_is_well_formed_and_beats_the_mean(tiny_run):
             assert 0 <= metrics["coverage"][kind]["test"]["average_voltage"] <= 1
         for figure in ("parity.png", "error_histograms.png"):
             assert (results / "figures" / model / figure).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ensembles_flag_the_electrodes_the_training_data_cannot_vouch_for(tiny_run):
+    _, results, _ = tiny_run
+    electrodes = pd.read_parquet(results / "data" / "electrodes.parquet")
+    for model, base in (("model1", "model1"), ("model2_phys", "model2")):
+        expected = applicability(joblib.load(results / "features" / base / "transformers.joblib"), electrodes)
+        summary = pd.read_parquet(results / "ensemble" / model / "predictions.parquet")
+        assert ("dft_outside_training" in summary) == (base == "model2")
+        marked = summary.merge(expected, on="battery_id", suffixes=("", "_expected"))
+        assert len(marked) == len(summary) and (marked["unseen_elements"] == marked["unseen_elements_expected"]).all()
+        # the snapshot's random split leaves a few held-out electrodes with elements no training formula held
+        assert (summary.loc[summary["split"] != "train", "unseen_elements"] != "").any()
+        assert (summary.loc[summary["split"] == "train", "unseen_elements"] == "").all()
+        scored = json.loads((results / "ensemble" / model / "metrics.json").read_text())["outside_training"]
+        assert "train" not in scored
+        test_voltage = summary[(summary["split"] == "test") & (summary["target"] == "average_voltage")]
+        flagged = (test_voltage["unseen_elements"] != "") & (test_voltage["source"] == "network")
+        if "dft_outside_training" in summary:
+            flagged |= test_voltage["dft_outside_training"] != ""
+        assert scored["test"]["average_voltage"]["battery_ids"] == test_voltage.loc[flagged, "battery_id"].tolist()
+    grouped = pd.read_parquet(results / "group" / "model1" / "predictions.parquet")
+    assert grouped["unseen_elements"].notna().all()
 
 
 def test_physics_models_reuse_base_networks_and_keep_energy_consistent(tiny_run):

@@ -92,7 +92,42 @@ def ensemble_metrics(stacked: pd.DataFrame, truth: pd.DataFrame, summary: pd.Dat
         metrics["coverage_by_source"] = coverage_by_source(summary)
     if "pi_scale" in summary.attrs:
         metrics["prediction_interval"] = summary.attrs["pi_scale"]
+    if "unseen_elements" in summary:
+        metrics["outside_training"] = outside_training_metrics(summary)
     return metrics
+
+
+def mark_applicability(summary: pd.DataFrame, flags: pd.DataFrame) -> pd.DataFrame:
+    """The summary with each electrode's flags (:func:`electrode_ml.features.applicability`) appended."""
+    marked = summary.merge(flags, on="battery_id", how="left", validate="many_to_one")
+    marked.attrs = summary.attrs
+    return marked
+
+
+def outside_training(summary: pd.DataFrame) -> pd.Series:
+    """Rows the training data cannot vouch for: network values of electrodes with elements no
+    training formula held (physics values do not depend on them), and any value of an electrode
+    with DFT fields outside the training range."""
+    flagged = (summary["unseen_elements"] != "") & (summary["source"] == "network")
+    if "dft_outside_training" in summary:
+        flagged |= summary["dft_outside_training"] != ""
+    return flagged
+
+
+def outside_training_metrics(summary: pd.DataFrame) -> dict:
+    """Per split and target with such rows: how many, their MAE beside the other rows', and how
+    many of their DFT values the calibrated interval holds (it cannot widen for what it never saw)."""
+    flagged = outside_training(summary)
+    error = (summary["mean"] - summary["true"]).abs()
+    inside = (summary["true"] >= summary["pi_low"]) & (summary["true"] <= summary["pi_high"])
+    result: dict = {}
+    for (split, target), rows in summary[flagged].groupby(["split", "target"], sort=False):
+        others = (summary["split"] == split) & (summary["target"] == target) & ~flagged
+        result.setdefault(split, {})[target] = {
+            "rows": int(len(rows)), "mae": float(error[rows.index].mean()),
+            "mae_others": float(error[others].mean()), "pi_coverage": float(inside[rows.index].mean()),
+            "battery_ids": rows["battery_id"].astype(str).tolist()}
+    return result
 
 
 def spread_floor(summary: pd.DataFrame, typical_spread: bool = True) -> dict[str, float]:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from electrode_ml import ensemble
-from electrode_ml.features import fit_feature_sets, is_physics_model, uses_dft, uses_voltage_trees
+from electrode_ml.features import applicability, fit_feature_sets, is_physics_model, uses_dft, uses_voltage_trees
 from electrode_ml.physics import PhysicsBaseline
 from electrode_ml.schema import TARGETS
 from electrode_ml.split import make_split
@@ -37,7 +37,7 @@ def grouped_evaluation(electrodes: pd.DataFrame, *, base: str, variants: list[st
     ``tree_settings`` being the config's ``voltage_trees`` section (empty when no variant blends trees).
     """
     split = make_split(electrodes, method="group", fractions=split_settings["fractions"], seed=split_settings["seed"])
-    _, frames = fit_feature_sets(electrodes, split, base, **feature_settings)
+    featurizer, frames = fit_feature_sets(electrodes, split, base, **feature_settings)
     (x_train, y_train), (x_val, y_val) = frame_matrices(frames["train"]), frame_matrices(frames["val"])
     per_seed = []
     for seed in seeds:
@@ -45,6 +45,7 @@ def grouped_evaluation(electrodes: pd.DataFrame, *, base: str, variants: list[st
         log.info("group split, %s: seed %d trained", base, seed)
     truth = ensemble.true_values(frames)
     labelled = electrodes.merge(split, on="battery_id", validate="one_to_one")
+    flags = applicability(featurizer, labelled)
     results = {}
     for model in variants:
         table, variant_seeds, trees_record = None, per_seed, None
@@ -56,6 +57,7 @@ def grouped_evaluation(electrodes: pd.DataFrame, *, base: str, variants: list[st
             physics = PhysicsBaseline(uses_voltage=uses_dft(model)).fit(labelled[labelled["split"] == "train"])
             table = labelled[["battery_id"]].assign(**dict(zip(TARGETS, physics.transform(labelled).T)))
         stacked, summary = ensemble.summarise(variant_seeds, truth, table)
+        summary = ensemble.mark_applicability(summary, flags)
         metrics = ensemble.ensemble_metrics(stacked, truth, summary)
         if trees_record:
             metrics["voltage_trees"] = trees_record

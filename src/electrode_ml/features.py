@@ -244,6 +244,17 @@ def dft_outside_training(featurizer: ColumnTransformer, electrodes: pd.DataFrame
     return [" ".join(scaler.feature_names_in_[row]) for row in outside]
 
 
+def applicability(featurizer: ColumnTransformer, electrodes: pd.DataFrame) -> pd.DataFrame:
+    """Per electrode, what the training data cannot vouch for: ``battery_id``, ``unseen_elements``
+    and, for a feature set with DFT, ``dft_outside_training`` (the two functions above)."""
+    flags = pd.DataFrame({"battery_id": electrodes["battery_id"].to_numpy(),
+                          "unseen_elements": unseen_elements(featurizer, electrodes)})
+    outside = dft_outside_training(featurizer, electrodes)
+    if outside is not None:
+        flags["dft_outside_training"] = outside
+    return flags
+
+
 def describe_features(featurizer: ColumnTransformer) -> dict:
     """Each output column with the block it came from, and each block's in/out dimensions."""
     columns = []

@@ -12,8 +12,7 @@ import torch
 
 from electrode_ml.ensemble import Z_95, interval_scale
 from electrode_ml.errors import InputError
-from electrode_ml.features import (base_model, dft_outside_training, is_physics_model, unseen_elements,
-                                   uses_voltage_trees)
+from electrode_ml.features import applicability, base_model, is_physics_model, uses_voltage_trees
 from electrode_ml.fileio import read_json
 from electrode_ml.model import StackedEnsemble, TrainedNetwork
 from electrode_ml.physics import PhysicsBaseline, combine
@@ -102,7 +101,7 @@ class TrainedEnsemble:
         calibrated 95 % prediction interval (physics values get the physics quantile) and where the
         value came from; then, for a physics model, why the physics did not describe a row, the
         elements no training formula held and, with DFT inputs, the fields outside their training
-        range (:func:`electrode_ml.features.unseen_elements`, :func:`~.dft_outside_training`)."""
+        range (:func:`electrode_ml.features.applicability`)."""
         predicted = self.predict_members(electrodes)
         members, held = predicted.members, predicted.held
         n = members.shape[0]
@@ -124,8 +123,6 @@ class TrainedEnsemble:
             columns[f"{target}_source"] = np.where(held[:, index], "physics", "network")
         if self.physics is not None:
             columns["physics_note"] = predicted.physics_notes
-        columns["unseen_elements"] = unseen_elements(self.featurizer, electrodes)
-        outside = dft_outside_training(self.featurizer, electrodes)
-        if outside is not None:
-            columns["dft_outside_training"] = outside
+        flags = applicability(self.featurizer, electrodes)
+        columns.update({name: flags[name].to_numpy() for name in flags.columns.drop("battery_id")})
         return pd.DataFrame(columns)

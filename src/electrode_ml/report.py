@@ -425,6 +425,17 @@ def _coverage_by_source(model: str, by_source: dict) -> str:
     return f"<li><b>{esc(model)}</b>: {'; '.join(parts)}</li>"
 
 
+def _outside_training(model: str, scored: dict) -> str:
+    """One line: the test electrodes the training data cannot vouch for, then per target their MAE
+    beside the other rows' and how many of them the calibrated interval holds ('' where none)."""
+    test = scored.get("test", {})
+    names = sorted({name for entry in test.values() for name in entry["battery_ids"]})
+    parts = [f"{TARGET_NAMES[target]} MAE {fmt(entry['mae'], DIGITS[target])} against "
+             f"{fmt(entry['mae_others'], DIGITS[target])}, PI holds {percent(entry['pi_coverage'], 0)} of "
+             f"{fmt(int(entry['rows']))}" for target, entry in test.items()]
+    return f"<li><b>{esc(model)}</b> ({esc(', '.join(names))}): {'; '.join(parts)}</li>" if parts else ""
+
+
 def beyond_test_split(context: dict) -> str:
     models = models_on_test(context)
     intro = ("<h3>Test split: every model and the peer baseline</h3><p>Ensemble mean on the test split. "
@@ -442,7 +453,11 @@ def beyond_test_split(context: dict) -> str:
                if metrics.get("coverage_by_source")]
     by_source = ("<p class='legend'>Test PI coverage by source (physics value or network), with the rows of each:</p>"
                  f"<ul class='legend'>{''.join(sources)}</ul>" if sources else "")
-    return intro + table(header, [_test_split_row(model, metrics) for model, metrics in models]) + by_source
+    outside = [line for model, metrics in models if (line := _outside_training(model, metrics.get("outside_training", {})))]
+    flagged = ("<p class='legend'>Test electrodes the training data cannot vouch for (network values of elements "
+               "no training formula held; DFT fields outside the training range), their MAE against the other "
+               f"test electrodes', and the share the calibrated interval holds:</p><ul class='legend'>{''.join(outside)}</ul>" if outside else "")
+    return intro + table(header, [_test_split_row(model, metrics) for model, metrics in models]) + by_source + flagged
 
 
 def _group_rows(model: str, random: dict | None, grouped: dict) -> list[list[str]]:

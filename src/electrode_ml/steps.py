@@ -222,6 +222,13 @@ def ensemble_step(input, output, params, threads, **_):
         per_seed = blend_seeds(per_seed, trees, voltage)
         trees_record = trees.record(voltage, frames)
     stacked, summary = ensemble.summarise(per_seed, truth, physics)
+    if input.get("transformers"):
+        import joblib
+
+        from electrode_ml.features import applicability
+
+        flags = applicability(joblib.load(input.transformers), pd.read_parquet(input.electrodes))
+        summary = ensemble.mark_applicability(summary, flags)
     metrics = ensemble.ensemble_metrics(stacked, truth, summary)
     if trees_record:
         metrics["voltage_trees"] = trees_record

@@ -53,6 +53,8 @@ rule ensemble:
         train=lambda wildcards: expand(rules.features.output.train, model=base_model(wildcards.model)),
         val=lambda wildcards: expand(rules.features.output.val, model=base_model(wildcards.model)),
         test=lambda wildcards: expand(rules.features.output.test, model=base_model(wildcards.model)),
+        transformers=lambda wildcards: expand(rules.features.output.transformers, model=base_model(wildcards.model))[0],
+        electrodes=rules.data.output.electrodes,
         physics=lambda wildcards: (
             expand(rules.physics.output.table, model=wildcards.model)[0]
             if is_physics_model(wildcards.model)
