@@ -205,6 +205,8 @@ def train_step(input, output, params, threads, wildcards=None, **_):
 
 
 def ensemble_step(input, output, params, threads, **_):
+    import joblib
+
     from electrode_ml import ensemble, plots
 
     per_seed = [pd.read_parquet(path) for path in input.predictions]
@@ -213,8 +215,6 @@ def ensemble_step(input, output, params, threads, **_):
     truth = ensemble.true_values(frames)
     trees_record = None
     if input.get("trees"):
-        import joblib
-
         from electrode_ml.trees import blend_seeds, tree_voltage
 
         trees = joblib.load(input.trees)
@@ -223,8 +223,6 @@ def ensemble_step(input, output, params, threads, **_):
         trees_record = trees.record(voltage, frames)
     stacked, summary = ensemble.summarise(per_seed, truth, physics)
     if input.get("transformers"):
-        import joblib
-
         from electrode_ml.features import applicability
 
         flags = applicability(joblib.load(input.transformers), pd.read_parquet(input.electrodes))
