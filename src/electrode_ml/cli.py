@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from electrode_ml.data import coerce_types, find_bad_rows, read_electrode_csv, refusal, require_columns
+from electrode_ml.ensemble import outside_training as rows_outside_training
 from electrode_ml.errors import InputError
 from electrode_ml.features import DFT_FIELDS, KNOWN_MODELS, uses_dft
 from electrode_ml.fileio import write_csv
@@ -73,12 +74,8 @@ def from_network(predictions: pd.DataFrame) -> pd.Series:
 
 
 def outside_training(predictions: pd.DataFrame) -> pd.Series:
-    """Candidates whose values the training data cannot vouch for: network values of elements no
-    training formula held, or DFT fields outside the training range."""
-    flagged = (predictions["unseen_elements"] != "") & from_network(predictions)
-    if "dft_outside_training" in predictions:
-        flagged |= predictions["dft_outside_training"] != ""
-    return flagged
+    """Candidates whose values the training data cannot vouch for (:func:`electrode_ml.ensemble.outside_training`)."""
+    return rows_outside_training(predictions, from_network(predictions))
 
 
 def warn_outside_training(predictions: pd.DataFrame) -> None:

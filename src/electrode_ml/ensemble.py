@@ -104,13 +104,17 @@ def mark_applicability(summary: pd.DataFrame, flags: pd.DataFrame) -> pd.DataFra
     return marked
 
 
-def outside_training(summary: pd.DataFrame) -> pd.Series:
+def outside_training(rows: pd.DataFrame, from_network: pd.Series | None = None) -> pd.Series:
     """Rows the training data cannot vouch for: network values of electrodes with elements no
     training formula held (physics values do not depend on them), and any value of an electrode
-    with DFT fields outside the training range."""
-    flagged = (summary["unseen_elements"] != "") & (summary["source"] == "network")
-    if "dft_outside_training" in summary:
-        flagged |= summary["dft_outside_training"] != ""
+    with DFT fields outside the training range. ``from_network`` says which rows hold a network
+    value (default: ``source`` is 'network', as in a summary; ``electrode-ml screen`` passes its own
+    for a wide table)."""
+    if from_network is None:
+        from_network = rows["source"] == "network"
+    flagged = (rows["unseen_elements"] != "") & from_network
+    if "dft_outside_training" in rows:
+        flagged |= rows["dft_outside_training"] != ""
     return flagged
 
 
