@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 SNAKEMAKE := $(BIN)/snakemake
 
-.PHONY: venv run dry-run test test-slurm test-fast bench lint dag clean
+.PHONY: venv run dry-run test test-slurm test-fast bench split-spread lint dag clean
 
 venv: $(VENV)/.installed
 
@@ -39,6 +39,14 @@ test-fast: venv
 bench: venv
 	$(BIN)/python -m electrode_ml.bench --results results --model model1
 	$(BIN)/python -m electrode_ml.bench --results results --model model2
+
+# How far the accuracy moves with the random split drawn: 8 splits x 10 networks per model, after
+# `make run` (not part of it: 20-40 min per model on one core; `make -j2 split-spread` runs two at once).
+SPREAD_MODELS ?= model1 model2 model1_phys
+split-spread: $(addprefix split-spread-,$(SPREAD_MODELS))
+
+split-spread-%: venv
+	$(BIN)/python -m electrode_ml.split_spread --results results --model $*
 
 lint: venv
 	$(SNAKEMAKE) --lint

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -38,3 +40,21 @@ def test_group_split_keeps_frameworks_on_one_side(electrodes):
     counts = split["split"].value_counts()
     assert abs(counts["train"] / len(split) - 0.81) < 0.02
     assert counts["val"] > 0 and counts["test"] > 0
+
+
+def test_split_spread_says_in_one_line_what_is_missing_or_wrong(tmp_path):
+    from electrode_ml import split_spread
+
+    config = str(Path(__file__).resolve().parents[1] / "config.yaml")
+    with pytest.raises(SystemExit) as missing:
+        split_spread.main(["--results", str(tmp_path / "results"), "--config", config, "--model", "model1_phys"])
+    message = str(missing.value)
+    assert message.count("\n") == 0
+    assert str(tmp_path / "results" / "data" / "electrodes.parquet") in message and "model1_phys" in message
+    with pytest.raises(SystemExit) as bad_seeds:
+        split_spread.main(["--results", str(tmp_path / "results"), "--config", config, "--split-seeds", "1,two"])
+    assert "--split-seeds" in str(bad_seeds.value) and "'1,two'" in str(bad_seeds.value)
+    with pytest.raises(SystemExit) as no_config:
+        split_spread.main(["--results", str(tmp_path / "results"), "--config", str(tmp_path / "none.yaml")])
+    assert "none.yaml" in str(no_config.value)
+    assert not (tmp_path / "results" / "analysis").exists()

@@ -186,6 +186,34 @@ def test_group_evaluation_runs_in_its_own_folder(tiny_run):
         assert set(predictions["model"]) == variants
 
 
+def test_split_spread_reproduces_the_run_on_its_own_split(tiny_run, capsys):
+    """`make split-spread` with the run's split seed and networks scores exactly what the run did."""
+    import torch
+
+    from electrode_ml import split_spread
+
+    config, results, workdir = tiny_run
+    own_seed, networks = config["split"]["seed"], config["train"]["n_seeds"]
+    threads = torch.get_num_threads()
+    try:
+        split_spread.main(["--results", str(results), "--config", str(workdir / "config.yaml"),
+                           "--model", "model1_phys", "--split-seeds", f"{own_seed},1", "--networks", str(networks)])
+    finally:
+        torch.set_num_threads(threads)
+    table = pd.read_csv(results / "analysis" / "split_spread_model1_phys.csv")
+    assert len(table) == 2 * 2 * len(TARGETS)
+    run = json.loads((results / "ensemble" / "model1_phys" / "metrics.json").read_text())["ensemble_mean"]
+    own = table[table["split_seed"] == own_seed]
+    for row in own.itertuples():
+        assert row.mae == pytest.approx(run[row.split][row.target]["mae"], rel=1e-9, abs=1e-12)
+    # another split scores other electrodes: the learned voltage's error moves
+    other = table[table["split_seed"] == 1].set_index(["split", "target"])["mae"]
+    voltage = ("val", "average_voltage")
+    assert other[voltage] != pytest.approx(own.set_index(["split", "target"])["mae"][voltage], rel=1e-6)
+    printed = capsys.readouterr().out
+    assert "over 2 random splits" in printed and "written to" in printed
+
+
 def test_same_seed_gives_identical_predictions(tiny_run, tmp_path):
     config, results, _ = tiny_run
     rerun_results = tmp_path / "results"

@@ -1,10 +1,11 @@
-"""Honest evaluation: the whole pipeline again on a framework-grouped split.
+"""Honest evaluation: the whole pipeline again on another split of the electrodes.
 
 A random split puts polymorphs of one host, and the same host with another ion, on both sides,
-so part of the random-split accuracy is recall of near-duplicates. Here every electrode of one
-``framework_formula`` sits on one side; the gap between the two sets of metrics is that leakage.
-The network keeps the hyperparameters tuned on the random split (re-tuning per split would cost
-another 30 trials and is not what is being measured).
+so part of the random-split accuracy is recall of near-duplicates. The grouped evaluation puts
+every electrode of one ``framework_formula`` on one side; the gap between the two sets of metrics
+is that leakage. ``split_spread`` runs the same on other random splits. The network keeps the
+hyperparameters tuned on the workflow's split (re-tuning per split would cost another 30 trials
+and is not what is being measured).
 """
 
 from __future__ import annotations
@@ -31,18 +32,26 @@ Trainer = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int], Callab
 def grouped_evaluation(electrodes: pd.DataFrame, *, base: str, variants: list[str], split_settings: dict,
                        feature_settings: dict, seeds: list[int], trainer: Trainer,
                        tree_settings: dict) -> dict[str, tuple[pd.DataFrame, dict]]:
-    """Split by framework, featurise, train ``seeds`` networks of ``base``; summary and metrics per variant.
+    """Split by framework, then :func:`evaluate_on_split`."""
+    split = make_split(electrodes, method="group", fractions=split_settings["fractions"], seed=split_settings["seed"])
+    return evaluate_on_split(electrodes, split, base=base, variants=variants, feature_settings=feature_settings,
+                             seeds=seeds, trainer=trainer, tree_settings=tree_settings)
+
+
+def evaluate_on_split(electrodes: pd.DataFrame, split: pd.DataFrame, *, base: str, variants: list[str],
+                      feature_settings: dict, seeds: list[int], trainer: Trainer,
+                      tree_settings: dict) -> dict[str, tuple[pd.DataFrame, dict]]:
+    """Featurise on ``split``, train ``seeds`` networks of ``base``; summary and metrics per variant.
 
     A variant with a learned voltage blends its networks with trees fitted on this split (trees.py),
     ``tree_settings`` being the config's ``voltage_trees`` section (empty when no variant blends trees).
     """
-    split = make_split(electrodes, method="group", fractions=split_settings["fractions"], seed=split_settings["seed"])
     featurizer, frames = fit_feature_sets(electrodes, split, base, **feature_settings)
     (x_train, y_train), (x_val, y_val) = frame_matrices(frames["train"]), frame_matrices(frames["val"])
     per_seed = []
     for seed in seeds:
         per_seed.append(seed_predictions(frames, trainer(x_train, y_train, x_val, y_val, seed), seed))
-        log.info("group split, %s: seed %d trained", base, seed)
+        log.info("%s: seed %d trained", base, seed)
     truth = ensemble.true_values(frames)
     labelled = electrodes.merge(split, on="battery_id", validate="one_to_one")
     flags = applicability(featurizer, labelled)
