@@ -58,3 +58,10 @@ def test_split_spread_says_in_one_line_what_is_missing_or_wrong(tmp_path):
         split_spread.main(["--results", str(tmp_path / "results"), "--config", str(tmp_path / "none.yaml")])
     assert "none.yaml" in str(no_config.value)
     assert not (tmp_path / "results" / "analysis").exists()
+
+
+def test_split_spread_draws_eight_distinct_splits_with_the_runs_own_first():
+    from electrode_ml.split_spread import default_split_seeds
+
+    assert default_split_seeds(42) == [42, 1, 2, 3, 4, 5, 6, 7]
+    assert default_split_seeds(3) == [3, 1, 2, 4, 5, 6, 7, 8]

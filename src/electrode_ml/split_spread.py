@@ -61,6 +61,12 @@ def spread_summary(table: pd.DataFrame) -> pd.DataFrame:
     return grouped.agg(["min", "max", "mean", "std", "count"]).reset_index()
 
 
+def default_split_seeds(own_seed: int, count: int = 8) -> list[int]:
+    """The run's own split seed first (it reproduces the run), then the smallest other seeds from 1."""
+    others = [seed for seed in range(1, count + 1) if seed != own_seed]
+    return [own_seed, *others[: count - 1]]
+
+
 def parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]
@@ -86,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", default="results", type=Path, help="a finished run's results folder")
     parser.add_argument("--config", default="config.yaml", type=Path, help="that run's configuration")
     parser.add_argument("--model", default="model2", choices=KNOWN_MODELS)
-    parser.add_argument("--split-seeds", help="comma-separated; default: the configuration's split.seed and 1-7")
+    parser.add_argument("--split-seeds",
+                        help="comma-separated; default: the configuration's split.seed and seven others from 1 on")
     parser.add_argument("--networks", type=int, default=10, help="networks per split (the train jobs' first seeds)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.config.is_file():
             raise InputError(f"split-spread: --config {args.config} is not a file")
         config = yaml.safe_load(args.config.read_text())
-        seeds = parse_seeds(args.split_seeds) if args.split_seeds else [config["split"]["seed"], *range(1, 8)]
+        seeds = parse_seeds(args.split_seeds) if args.split_seeds else default_split_seeds(config["split"]["seed"])
         electrodes, network_params = read_run(args.results, args.model)
         torch.set_num_threads(args.threads)
         with job_device(config["train"]["device"]) as device:
