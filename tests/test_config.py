@@ -41,6 +41,8 @@ def test_default_config_is_valid(config):
     (("voltage_trees", "weight"), "half", "half"),
     (("voltage_trees", "capacity_weights"), [5, 150], "150"),
     (("voltage_trees", "capacity_weights"), [5], "capacity_weights"),
+    (("peer_gbm", "max_iter"), 0, "max_iter"),
+    (("peer_gbm", "rounds"), 40, "rounds"),
 ])
 def test_schema_refuses_and_names_the_key(config, path, value, words):
     target = config
@@ -141,3 +143,10 @@ def test_precision_reaches_the_training_and_defaults_to_float32(config):
     assert train_settings(config["train"], 0, "cpu", "model2").precision == "bfloat16"
     del config["train"]["precision"]
     assert train_settings(config["train"], 0, "cpu", "model2").precision == "float32"
+
+
+def test_a_config_from_before_the_peer_budget_gets_the_default(config):
+    """peer_gbm is the one optional section: configs written before it still validate, at config.yaml's value."""
+    shipped = config.pop("peer_gbm")
+    validate(config, SCHEMA)
+    assert config["peer_gbm"] == shipped == {"max_iter": 500}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from threadpoolctl import threadpool_limits
 
 from electrode_ml import peer
@@ -17,6 +19,7 @@ from electrode_ml.fileio import write_parquet
 from electrode_ml.schema import CRYSTAL_SYSTEMS, TARGETS, WORKING_IONS
 from electrode_ml.split import make_split
 
+REPO = Path(__file__).resolve().parents[1]
 PAPER_SPLIT = {"method": "random", "fractions": (0.81, 0.0902, 0.0998), "seed": 42}
 PREDICTION_COLUMNS = ["battery_id", "split", "target", "true", "mean", "std", "n",
                       "ci_low", "ci_high", "pi_low", "pi_high", "source"]
@@ -46,7 +49,8 @@ def step_run(electrodes, split, tmp_path_factory):
     input = SimpleNamespace(electrodes=root / "electrodes.parquet", split=root / "split.parquet")
     output = SimpleNamespace(predictions=root / "predictions.parquet", metrics=root / "metrics.json",
                              parity=root / "parity.png", errors=root / "error_histograms.png")
-    peer.peer_gbm_step(input, output, SimpleNamespace(seed=0), threads=1)
+    rounds = yaml.safe_load((REPO / "config.yaml").read_text())["peer_gbm"]["max_iter"]  # the shipped budget
+    peer.peer_gbm_step(input, output, SimpleNamespace(seed=0, max_iter=rounds), threads=1)
     return output
 
 

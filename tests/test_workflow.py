@@ -32,6 +32,7 @@ def tiny_config(results: Path, snapshot: Path, **overrides) -> dict:
     config["evaluation"]["group_seeds"] = 2
     config["analysis"]["contribution_seeds"] = 2
     config["voltage_trees"]["bags"] = 2
+    config["peer_gbm"]["max_iter"] = 40
     for section, values in overrides.items():
         config[section].update(values)
     return config
@@ -89,6 +90,14 @@ def test_train_outputs_per_seed(tiny_run):
             assert (folder / "model.pt").stat().st_size > 0
             assert (results / "logs" / "train" / model / f"seed_{seed}.log").exists()
             assert (results / "benchmarks" / "train" / model / f"seed_{seed}.tsv").exists()
+
+
+def test_peer_baseline_fits_the_configured_rounds(tiny_run):
+    config, results, _ = tiny_run
+    log = (results / "logs" / "peer_gbm.log").read_text()
+    assert f"'max_iter': {config['peer_gbm']['max_iter']}," in log and "'max_iter': 500" not in log
+    summary = pd.read_parquet(results / "ensemble" / "peer_gbm" / "predictions.parquet")
+    assert len(summary) == 4300 * 3 and np.isfinite(summary[["mean", "pi_low", "pi_high"]].to_numpy()).all()
 
 
 def test_ensemble_is_well_formed_and_beats_the_mean(tiny_run):

@@ -152,12 +152,13 @@ def peer_gbm_step(input, output, params, threads, **_):
     electrodes = pd.read_parquet(input.electrodes)
     split = pd.read_parquet(input.split)
     frames = feature_sets(electrodes, split)
+    settings = {**GBM_PARAMS, "max_iter": int(params.max_iter)}
     log.info("%s: %d features (Magpie of both formulas, ion, crystal systems, space groups); "
              "HistGradientBoostingRegressor %s, seed %d",
-             MODEL, len(feature_columns(frames["train"])), GBM_PARAMS, int(params.seed))
+             MODEL, len(feature_columns(frames["train"])), settings, int(params.seed))
     with threadpool_limits(limits=max(int(threads), 1)):
-        predictions = fit_predict_gbm(frames["train"], frames, seed=int(params.seed))
-        spread = fit_predict_spread(frames["train"], frames, seed=int(params.seed))
+        predictions = fit_predict_gbm(frames["train"], frames, seed=int(params.seed), **settings)
+        spread = fit_predict_spread(frames["train"], frames, seed=int(params.seed), **settings)
     summary, metrics = summarise(frames, predictions, int(params.seed), spread)
     log.info("validation MAE of %s: %s", MODEL,
              {target: round(values["mae"], 4) for target, values in metrics["ensemble_mean"]["val"].items()})

@@ -17,6 +17,7 @@ rule peer_gbm:
         f"{RESULTS}/benchmarks/peer_gbm.tsv"
     params:
         seed=config["train"]["first_seed"],
+        max_iter=config["peer_gbm"]["max_iter"],
     threads: 1
     conda:
         "../../envs/electrode-ml.yaml"
