@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 MODEL = "peer_gbm"
 ENDS = ("charge", "discharge")
 # A first try, not a tuned model: scikit-learn's defaults except a smaller step and more of them.
+# The rule takes max_iter from config.yaml's peer_gbm.max_iter (the same 500 by default).
 GBM_PARAMS = {"learning_rate": 0.05, "max_iter": 500, "early_stopping": False}
 # The two quantile GBMs whose gap scales the peer's prediction interval (a 95 % band).
 SPREAD_QUANTILES = (0.025, 0.975)
