@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 
 MODEL = "peer_gbm"
 ENDS = ("charge", "discharge")
-# A first try, not a tuned model: scikit-learn's defaults except a smaller step and more of them.
-# The rule takes max_iter from config.yaml's peer_gbm.max_iter (the same 500 by default).
-GBM_PARAMS = {"learning_rate": 0.05, "max_iter": 500, "early_stopping": False}
+# A first try, not a tuned model: scikit-learn's defaults except a smaller step and more of them
+# (the rounds, max_iter, are config.yaml's peer_gbm.max_iter: 500).
+GBM_PARAMS = {"learning_rate": 0.05, "early_stopping": False}
 # The two quantile GBMs whose gap scales the peer's prediction interval (a 95 % band).
 SPREAD_QUANTILES = (0.025, 0.975)
 
@@ -89,11 +89,11 @@ def feature_sets(electrodes: pd.DataFrame, split: pd.DataFrame) -> dict[str, pd.
             for name in SPLITS}
 
 
-def fit_predict_gbm(train: pd.DataFrame, frames: dict[str, pd.DataFrame], seed: int,
+def fit_predict_gbm(train: pd.DataFrame, frames: dict[str, pd.DataFrame], seed: int, max_iter: int,
                     **params) -> dict[str, pd.DataFrame]:
     """One gradient-boosted tree model per target, fitted on ``train``; per split battery_id, split, targets."""
     columns = feature_columns(train)
-    settings = {**GBM_PARAMS, **params}
+    settings = {**GBM_PARAMS, "max_iter": max_iter, **params}
     predictions = {name: frame[["battery_id"]].assign(split=name).reset_index(drop=True)
                    for name, frame in frames.items()}
     for target in TARGETS:
@@ -104,7 +104,7 @@ def fit_predict_gbm(train: pd.DataFrame, frames: dict[str, pd.DataFrame], seed: 
     return predictions
 
 
-def fit_predict_spread(train: pd.DataFrame, frames: dict[str, pd.DataFrame], seed: int,
+def fit_predict_spread(train: pd.DataFrame, frames: dict[str, pd.DataFrame], seed: int, max_iter: int,
                        **params) -> dict[str, pd.DataFrame]:
     """Per split: battery_id, split and, per target, half the gap between two quantile GBMs.
 
@@ -113,7 +113,7 @@ def fit_predict_spread(train: pd.DataFrame, frames: dict[str, pd.DataFrame], see
     regressions at ``SPREAD_QUANTILES`` say per electrode how unsure the trees are;
     the split-conformal step then calibrates that width on the validation split.
     """
-    low, high = (fit_predict_gbm(train, frames, seed, loss="quantile", quantile=quantile, **params)
+    low, high = (fit_predict_gbm(train, frames, seed, max_iter, loss="quantile", quantile=quantile, **params)
                  for quantile in SPREAD_QUANTILES)
     return {name: low[name].assign(**{target: (high[name][target] - low[name][target]).abs() / 2
                                       for target in TARGETS})
@@ -153,13 +153,13 @@ def peer_gbm_step(input, output, params, threads, **_):
     electrodes = pd.read_parquet(input.electrodes)
     split = pd.read_parquet(input.split)
     frames = feature_sets(electrodes, split)
-    settings = {**GBM_PARAMS, "max_iter": int(params.max_iter)}
+    max_iter = int(params.max_iter)
     log.info("%s: %d features (Magpie of both formulas, ion, crystal systems, space groups); "
              "HistGradientBoostingRegressor %s, seed %d",
-             MODEL, len(feature_columns(frames["train"])), settings, int(params.seed))
+             MODEL, len(feature_columns(frames["train"])), {"max_iter": max_iter, **GBM_PARAMS}, int(params.seed))
     with threadpool_limits(limits=max(int(threads), 1)):
-        predictions = fit_predict_gbm(frames["train"], frames, seed=int(params.seed), **settings)
-        spread = fit_predict_spread(frames["train"], frames, seed=int(params.seed), **settings)
+        predictions = fit_predict_gbm(frames["train"], frames, int(params.seed), max_iter)
+        spread = fit_predict_spread(frames["train"], frames, int(params.seed), max_iter)
     summary, metrics = summarise(frames, predictions, int(params.seed), spread)
     log.info("validation MAE of %s: %s", MODEL,
              {target: round(values["mae"], 4) for target, values in metrics["ensemble_mean"]["val"].items()})
