@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from electrode_ml import bench
@@ -59,3 +60,14 @@ def test_bench_compares_each_model_with_its_own_paper_figures(tmp_path, snapshot
     assert (figures["model1"]["paper_train_one_network_s_A40"], figures["model1"]["paper_predict_val_ms_one_network_A40"]) == (238.51, 72.9)
     assert (figures["model2"]["paper_train_one_network_s_A40"], figures["model2"]["paper_predict_val_ms_one_network_A40"]) == (245.6, 75.7)
     assert figures["model2"]["train_inputs"] != figures["model1"]["train_inputs"]
+
+
+def test_bench_refuses_a_broken_config_in_one_line_before_training(tmp_path, snapshot_path):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["split"]["fractions"] = [0.8, 0.1]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as error:
+        run_bench(tmp_path / "results", snapshot_path, bad)
+    assert str(error.value).startswith("error: ") and "config key split.fractions" in str(error.value)
+    assert "\n" not in str(error.value) and not (tmp_path / "results").exists()

@@ -150,3 +150,47 @@ def test_a_config_from_before_the_peer_budget_gets_the_default(config):
     shipped = config.pop("peer_gbm")
     validate(config, SCHEMA)
     assert config["peer_gbm"] == shipped == {"max_iter": 500}
+
+
+# --- the tools that read a run's config.yaml outside Snakemake (make bench, make split-spread) --------
+
+def test_load_config_reads_the_shipped_config_as_snakemake_does(config, tmp_path):
+    from electrode_ml.config import SCHEMA as PACKAGE_SCHEMA, load_config
+
+    assert PACKAGE_SCHEMA == Path(SCHEMA)
+    assert load_config(REPO / "config.yaml") == config
+    del config["peer_gbm"]
+    older = tmp_path / "older.yaml"
+    older.write_text(yaml.safe_dump(config))
+    assert load_config(older)["peer_gbm"] == {"max_iter": 500}
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda config: config["train"].update(n_seeds="fifty"), "config key train.n_seeds: 'fifty' is not of type"),
+    (lambda config: config.pop("split"), "top level: 'split' is a required property"),
+    (lambda config: config["split"].update(fractions=[0.8, 0.1, 0.2]), "config key split.fractions"),
+    (lambda config: config["tune"].update(colour="blue"), "config key tune: Additional properties"),
+])
+def test_load_config_refuses_in_one_line_naming_file_and_key(config, tmp_path, edit, words):
+    from electrode_ml.config import load_config
+
+    edit(config)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    with pytest.raises(InputError) as error:
+        load_config(bad)
+    assert words in str(error.value) and "\n" not in str(error.value)
+    if "split.fractions" not in words:  # check_config's messages name the key, not the file
+        assert str(bad) in str(error.value)
+
+
+def test_load_config_refuses_a_missing_file_and_broken_yaml(tmp_path):
+    from electrode_ml.config import load_config
+
+    with pytest.raises(InputError, match="none.yaml is not a file"):
+        load_config(tmp_path / "none.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: {n_seeds: 50\n")
+    with pytest.raises(InputError) as error:
+        load_config(broken)
+    assert "broken.yaml is not valid YAML" in str(error.value) and "\n" not in str(error.value)

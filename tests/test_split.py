@@ -57,6 +57,11 @@ def test_split_spread_says_in_one_line_what_is_missing_or_wrong(tmp_path):
     with pytest.raises(SystemExit) as no_config:
         split_spread.main(["--results", str(tmp_path / "results"), "--config", str(tmp_path / "none.yaml")])
     assert "none.yaml" in str(no_config.value)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(Path(config).read_text().replace("n_seeds: 50", "n_seeds: fifty"))
+    with pytest.raises(SystemExit) as bad_config:
+        split_spread.main(["--results", str(tmp_path / "results"), "--config", str(broken)])
+    assert str(bad_config.value) == f"error: {broken}: config key train.n_seeds: 'fifty' is not of type 'integer'"
     assert not (tmp_path / "results" / "analysis").exists()
 
 

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
+from electrode_ml.config import load_config
 from electrode_ml.data import prepare_electrodes, read_electrode_csv
+from electrode_ml.errors import InputError
 from electrode_ml.features import fit_feature_sets
 from electrode_ml.fileio import read_json, write_json
 from electrode_ml.model import (PAPER_PARAMS, NetworkParams, StackedEnsemble, TrainedNetwork, TrainSettings, native_bfloat16,
@@ -98,9 +99,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
 
     # the network the workflow trains: its data, split and feature settings, the paper's widths
-    config = yaml.safe_load(args.config.read_text())
-    snapshot = args.snapshot or config["data"]["snapshot"]
-    electrodes, _ = prepare_electrodes(read_electrode_csv(snapshot), config["data"], where=snapshot)
+    try:
+        config = load_config(args.config)
+        snapshot = args.snapshot or config["data"]["snapshot"]
+        electrodes, _ = prepare_electrodes(read_electrode_csv(snapshot), config["data"], where=snapshot)
+    except InputError as error:
+        raise SystemExit(f"error: {error}") from None
     split = make_split(electrodes, method=config["split"]["method"], fractions=config["split"]["fractions"],
                        seed=config["split"]["seed"])
     _, frames = fit_feature_sets(electrodes, split, args.model, **config["features"])

@@ -5,8 +5,37 @@ from __future__ import annotations
 import glob
 import math
 import os
+from pathlib import Path
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 
 from electrode_ml.errors import InputError
+
+# The Snakefile validates against the same file; the package is installed editable from the repository.
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def load_config(path: Path) -> dict:
+    """A configuration file as the Snakefile sees it: schema-checked, the schema's defaults filled in,
+    then ``check_config``; for the tools that read a run's config.yaml outside Snakemake."""
+    from snakemake.utils import validate  # imported here: the workflow's own rules never call this
+
+    if not path.is_file():
+        raise InputError(f"--config {path} is not a file")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise InputError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
+    schema = yaml.safe_load(SCHEMA.read_text())
+    error = best_match(Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
+        where = "config key " + ".".join(map(str, error.absolute_path)) if error.absolute_path else "top level"
+        raise InputError(f"{path}: {where}: {error.message}")
+    validate(config, str(SCHEMA))  # fills in the defaults of optional sections, as the Snakefile's validate does
+    check_config(config)
+    return config
 
 
 def check_config(config: dict) -> None:

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
 
-from electrode_ml.config import seed_range
+from electrode_ml.config import load_config, seed_range
 from electrode_ml.devices import job_device
 from electrode_ml.errors import InputError
 from electrode_ml.evaluation import evaluate_on_split
@@ -99,9 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        if not args.config.is_file():
-            raise InputError(f"split-spread: --config {args.config} is not a file")
-        config = yaml.safe_load(args.config.read_text())
+        config = load_config(args.config)
         seeds = parse_seeds(args.split_seeds) if args.split_seeds else default_split_seeds(config["split"]["seed"])
         electrodes, network_params = read_run(args.results, args.model)
         torch.set_num_threads(args.threads)
