@@ -89,6 +89,8 @@ def test_report_renders_every_section(report_run):
         assert number in page, number
     assert "rgba(27,158,119" in page or "rgba(217,95,2" in page  # comparisons are coloured
     assert "Table 5" in page and "Table 6" in page and "The same screen over every Na electrode" in page
+    data_report = json.loads((results / "data" / "data_report.json").read_text())
+    assert f"(SHA-256 <code>{data_report['snapshot_sha256']}</code>)" in page  # which file the run read
 
 
 @pytest.mark.e2e

@@ -234,6 +234,37 @@ def test_same_seed_gives_identical_predictions(tiny_run, tmp_path):
     pd.testing.assert_frame_equal(first, second)
 
 
+def test_a_copied_snapshot_keeps_the_run_and_a_changed_one_reruns_it(tmp_path, snapshot_path):
+    """The profile has Snakemake compare the snapshot's checksum when its file time is newer than the
+    outputs: data folders get provisioned again (new time, same bytes), and a needless rerun of the
+    default workflow costs an hour on 2 cores. Snakemake's own threshold (1 MB) leaves the snapshot out."""
+    import hashlib
+    import os
+
+    snapshot = tmp_path / "snapshot.csv"
+    snapshot.write_bytes(snapshot_path.read_bytes())
+    assert snapshot.stat().st_size > 1_000_000
+    results = tmp_path / "results"
+    config = tiny_config(results, snapshot)
+    report = results / "data" / "data_report.json"
+    split = results / "split" / "split.parquet"
+    snakemake(config, tmp_path, str(split))
+    recorded = json.loads(report.read_text())
+    assert recorded["snapshot"] == str(snapshot) and recorded["rows_out"] == 4300
+    assert recorded["snapshot_sha256"] == hashlib.sha256(snapshot.read_bytes()).hexdigest()
+
+    os.utime(snapshot)  # now: a copy of the same bytes, newer than every output
+    assert snapshot.stat().st_mtime > split.stat().st_mtime
+    assert "Nothing to be done" in snakemake(config, tmp_path, "-n", str(split)).stdout
+
+    lines = snapshot.read_text().splitlines(keepends=True)
+    snapshot.write_text("".join(lines[:-1]))
+    plan = snakemake(config, tmp_path, "-n", str(split)).stdout
+    assert "rule data:" in plan and "rule split:" in plan and f"Updated input files: {snapshot}" in plan
+    snakemake(config, tmp_path, str(split))
+    assert json.loads(report.read_text())["rows_out"] == 4299
+
+
 def test_default_dry_run_plans_fifty_train_jobs_per_model(tmp_path):
     run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules",
                           "--config", f"results={tmp_path / 'results'}"], cwd=REPO,

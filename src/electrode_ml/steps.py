@@ -15,7 +15,7 @@ import torch
 
 from electrode_ml.config import seed_range
 from electrode_ml.devices import job_device
-from electrode_ml.fileio import atomic_path, read_json, write_csv, write_json, write_parquet
+from electrode_ml.fileio import atomic_path, file_sha256, read_json, write_csv, write_json, write_parquet
 from electrode_ml.model import NetworkParams, TrainSettings, predict, train_network
 from electrode_ml.schema import TARGETS
 from electrode_ml.tables import frame_matrices, seed_predictions
@@ -43,8 +43,9 @@ def data_step(input, output, params, threads, **_):
         where = str(input.snapshot)
     log.info("read %d electrodes from %s", len(raw), where)
     electrodes, report = data_mod.prepare_electrodes(raw, settings, source=source, where=where)
+    provenance = {"snapshot": where, "snapshot_sha256": file_sha256(input.snapshot)} if source == "snapshot" else {}
     write_parquet(electrodes, output.electrodes)
-    write_json(report.as_dict(), output.report)
+    write_json({**report.as_dict(), **provenance}, output.report)
 
 
 def split_step(input, output, params, threads, **_):
