@@ -41,6 +41,7 @@ def test_default_config_is_valid(config):
     (("voltage_trees", "weight"), "half", "half"),
     (("voltage_trees", "capacity_weights"), [5, 150], "150"),
     (("voltage_trees", "capacity_weights"), [5], "capacity_weights"),
+    (("voltage_trees", "high_capacity_weight"), 1.5, "1.5"),
     (("peer_gbm", "max_iter"), 0, "max_iter"),
     (("peer_gbm", "rounds"), 40, "rounds"),
 ])
@@ -194,3 +195,17 @@ def test_load_config_refuses_a_missing_file_and_broken_yaml(tmp_path):
     with pytest.raises(InputError) as error:
         load_config(broken)
     assert "broken.yaml is not valid YAML" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_trees_high_capacity_share_needs_their_capacity_weights(config):
+    config["voltage_trees"]["capacity_weights"] = None
+    with pytest.raises(InputError, match="voltage_trees.high_capacity_weight: .*capacity_weights, which is null"):
+        check_config(config)
+    config["voltage_trees"]["high_capacity_weight"] = None
+    check_config(config)
+
+
+def test_a_config_from_before_the_high_capacity_share_gets_the_default(config):
+    shipped = config["voltage_trees"].pop("high_capacity_weight")
+    validate(config, SCHEMA)
+    assert config["voltage_trees"]["high_capacity_weight"] == shipped == 0.8

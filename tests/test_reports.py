@@ -270,6 +270,9 @@ def test_beyond_section_reports_the_voltage_trees_share_and_their_own_error(beyo
         **trees, "bags": 4, "capacity_weights": [5, 95], "weight_bounds_mAh_g": [40.2, 305.4]})}}
     assert ("the mean of 4 tree models (each electrode weighted by its capacity, clipped to 40-305 mAh/g);"
             in report.section_beyond(weighted))
+    raised = {**context, "metrics": {"model1_phys": _metrics(0.3, voltage_trees={
+        **trees, "bags": 4, "capacity_weights": [5, 95], "weight_bounds_mAh_g": [40.2, 305.4], "high_capacity_weight": 0.8})}}
+    assert "model1_phys</code>: 50% (80% above 305 mAh/g) of the voltage from the mean of 4" in report.section_beyond(raised)
 
 
 def test_beyond_section_without_optional_parts(beyond_context):

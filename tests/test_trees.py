@@ -113,7 +113,7 @@ def test_blend_moves_each_network_voltage_toward_the_trees(weight):
                                                    frames["train"]["average_voltage"].to_numpy())
     rng = np.random.default_rng(1)
     members = rng.normal(3.0, 0.5, size=(7, len(x), len(TARGETS)))
-    blended = trees.blend(members, x)
+    blended = trees.blend(members, x, frames["test"]["capacity_grav"].to_numpy())
     tree_voltage = trees.predict(x)
     # the mean is the weighted mean of the two families, the spread the networks' times their share
     np.testing.assert_allclose(blended[..., VOLTAGE].mean(0),
@@ -131,13 +131,51 @@ def test_blend_seeds_matches_blend_and_weight_zero_is_the_networks():
     per_seed = [pd.DataFrame({"battery_id": test["battery_id"], "split": "test", "seed": seed,
                               **{target: np.full(len(test), 1.0 + seed) for target in TARGETS}})
                 for seed in range(3)]
-    blended = blend_seeds(per_seed, trees, voltage)
+    physics = test[["battery_id", *TARGETS]]
+    blended = blend_seeds(per_seed, trees, voltage, physics)
     by_id = voltage.set_index("battery_id")["average_voltage"].loc[test["battery_id"]].to_numpy()
     for seed, frame in enumerate(blended):
         np.testing.assert_allclose(frame["average_voltage"], 0.75 * (1.0 + seed) + 0.25 * by_id, rtol=1e-12)
         np.testing.assert_array_equal(frame["capacity_grav"], per_seed[seed]["capacity_grav"])
     trees.weight = 0.0
-    assert blend_seeds(per_seed, trees, voltage) is per_seed
+    assert blend_seeds(per_seed, trees, voltage, physics) is per_seed
+
+
+def test_above_the_upper_capacity_bound_the_trees_take_their_high_share():
+    frames = synthetic_frames()
+    trees, voltage = fit_voltage_trees(frames, weight=0.5, capacity_weights=(5, 95), high_capacity_weight=0.8)
+    bound = np.percentile(frames["train"]["capacity_grav"], 95)
+    assert trees.weight_bounds[1] == pytest.approx(bound)
+    capacity = np.array([bound - 1.0, bound + 1.0, np.nan, 1000.0])
+    np.testing.assert_array_equal(trees.shares(capacity), [0.5, 0.8, 0.5, 0.8])  # NaN: not described
+    test = frames["test"]
+    physics = test[["battery_id", *TARGETS]].assign(capacity_grav=np.where(np.arange(len(test)) % 2, 1000.0, 10.0))
+    per_seed = [test[["battery_id", *TARGETS]].assign(average_voltage=1.0 + seed) for seed in range(3)]
+    by_id = voltage.set_index("battery_id")["average_voltage"].loc[test["battery_id"]].to_numpy()
+    share = np.where(np.arange(len(test)) % 2, 0.8, 0.5)
+    for seed, frame in enumerate(blend_seeds(per_seed, trees, voltage, physics)):
+        np.testing.assert_allclose(frame["average_voltage"], (1 - share) * (1.0 + seed) + share * by_id, rtol=1e-12)
+    names = [name for name in test.columns if name not in ("battery_id", *TARGETS)]
+    members = np.stack([frame[list(TARGETS)].to_numpy() for frame in per_seed])
+    from_arrays = trees.blend(members, test[names].to_numpy(np.float32), physics["capacity_grav"].to_numpy())
+    np.testing.assert_allclose(from_arrays[..., VOLTAGE], np.stack(
+        [frame["average_voltage"] for frame in blend_seeds(per_seed, trees, voltage, physics)]), rtol=1e-12)
+    # weight 0 with a high share still blends above the bound
+    trees.weight = 0.0
+    assert blend_seeds(per_seed, trees, voltage, physics) is not per_seed
+    assert trees.record(voltage, frames)["high_capacity_weight"] == 0.8
+
+
+def test_a_high_capacity_share_needs_the_capacity_weights():
+    with pytest.raises(ValueError, match="high_capacity_weight needs capacity_weights"):
+        fit_voltage_trees(synthetic_frames(), weight=0.5, high_capacity_weight=0.8)
+
+
+def test_trees_pickled_before_the_high_share_blend_evenly():
+    trees = VoltageTrees(["redox__a"], weight=0.5)
+    del trees.high_capacity_weight  # what an older pickle's __dict__ lacks: the class default answers
+    assert trees.high_capacity_weight is None
+    np.testing.assert_array_equal(trees.shares(np.array([10.0, 5000.0])), [0.5, 0.5])
 
 
 def test_float64_features_get_the_voltage_of_their_float32_values():

@@ -45,6 +45,10 @@ def check_config(config: dict) -> None:
         raise InputError(f"config key split.fractions: {fractions} sum to {sum(fractions):g}, not 1")
     if config["evaluation"]["group_seeds"] == 1:
         raise InputError("config key evaluation.group_seeds: 1 network gives no spread; use 0 (skip) or at least 2")
+    trees = config["voltage_trees"]
+    if trees.get("high_capacity_weight") is not None and trees["capacity_weights"] is None:
+        raise InputError("config key voltage_trees.high_capacity_weight: its bound is the upper of "
+                         "voltage_trees.capacity_weights, which is null; set both or neither")
     for key in ("data.voltage_window", "tune.lr", "tune.units", "tune.dropout", "voltage_trees.capacity_weights"):
         section, name = key.split(".")
         if config[section][name] is None:

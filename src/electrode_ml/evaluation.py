@@ -58,13 +58,13 @@ def evaluate_on_split(electrodes: pd.DataFrame, split: pd.DataFrame, *, base: st
     results = {}
     for model in variants:
         table, variant_seeds, trees_record = None, per_seed, None
-        if uses_voltage_trees(model):
-            trees, voltage = fit_voltage_trees(frames, **tree_settings)
-            variant_seeds = blend_seeds(per_seed, trees, voltage)
-            trees_record = trees.record(voltage, frames)
         if is_physics_model(model):
             physics = PhysicsBaseline(uses_voltage=uses_dft(model)).fit(labelled[labelled["split"] == "train"])
             table = labelled[["battery_id"]].assign(**dict(zip(TARGETS, physics.transform(labelled).T)))
+        if uses_voltage_trees(model):
+            trees, voltage = fit_voltage_trees(frames, **tree_settings)
+            variant_seeds = blend_seeds(per_seed, trees, voltage, table)
+            trees_record = trees.record(voltage, frames)
         stacked, summary = ensemble.summarise(variant_seeds, truth, table)
         summary = ensemble.mark_applicability(summary, flags)
         metrics = ensemble.ensemble_metrics(stacked, truth, summary)

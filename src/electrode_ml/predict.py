@@ -17,7 +17,7 @@ from electrode_ml.fileio import read_json
 from electrode_ml.model import StackedEnsemble, TrainedNetwork
 from electrode_ml.physics import PhysicsBaseline, combine
 from electrode_ml.schema import TARGETS
-from electrode_ml.trees import VoltageTrees
+from electrode_ml.trees import CAPACITY, VoltageTrees
 
 
 @dataclass
@@ -87,13 +87,13 @@ class TrainedEnsemble:
     def _predict_chunk(self, electrodes: pd.DataFrame) -> MemberPredictions:
         features = self.features(electrodes)
         members = self.networks.predict(features)
-        if self.trees is not None:
-            members = self.trees.blend(members, features)
         if self.physics is None:
             return MemberPredictions(members, np.zeros(members.shape[1:], dtype=bool),
                                      np.full(len(electrodes), "", dtype=object))
         notes = self.physics.reasons(electrodes)
         physics = self.physics.transform(electrodes, notes)
+        if self.trees is not None:  # the trees' share follows the physics capacity
+            members = self.trees.blend(members, features, physics[:, CAPACITY])
         return MemberPredictions(combine(physics[np.newaxis], members), ~np.isnan(physics), notes)
 
     def predict(self, electrodes: pd.DataFrame) -> pd.DataFrame:

@@ -546,7 +546,10 @@ def _voltage_trees(context: dict) -> str:
         if trees.get("weight_bounds_mAh_g"):
             low, high = trees["weight_bounds_mAh_g"]
             family += f" (each electrode weighted by its capacity, clipped to {low:.0f}-{high:.0f} mAh/g)"
-        parts.append(f"<code>{esc(model)}</code>: {trees['weight']:.0%} of the voltage from {family}; voltage MAE "
+        share = f"{trees['weight']:.0%}"
+        if trees.get("high_capacity_weight") is not None and trees.get("weight_bounds_mAh_g"):
+            share += f" ({trees['high_capacity_weight']:.0%} above {trees['weight_bounds_mAh_g'][1]:.0f} mAh/g)"
+        parts.append(f"<code>{esc(model)}</code>: {share} of the voltage from {family}; voltage MAE "
                      f"(validation / test) of the trees alone {alone['val']:.3f} / {alone['test']:.3f} V, blended "
                      f"{blended['val']['average_voltage']['mae']:.3f} / {blended['test']['average_voltage']['mae']:.3f} V")
     return f"<p>Voltage trees: {'; '.join(parts)}.</p>" if parts else ""

@@ -220,7 +220,7 @@ def ensemble_step(input, output, params, threads, **_):
 
         trees = joblib.load(input.trees)
         voltage = tree_voltage(trees, frames)
-        per_seed = blend_seeds(per_seed, trees, voltage)
+        per_seed = blend_seeds(per_seed, trees, voltage, physics)
         trees_record = trees.record(voltage, frames)
     stacked, summary = ensemble.summarise(per_seed, truth, physics)
     if input.get("transformers"):

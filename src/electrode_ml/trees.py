@@ -14,6 +14,10 @@ models that differ only in the random half of the columns each split may choose 
 nothing else is drawn at random, so ``bags`` fixes the family. Each training electrode weighs
 its capacity in the fit, clipped (``capacity_weights``, see :func:`fit_voltage_trees`):
 model1_phys's energy is V x C, so the voltage errors that matter most sit on high capacities.
+Above the upper clip the trees' share rises (``high_capacity_weight``): they were fitted to weigh
+those electrodes most, and there they err less than the networks (measured: config.yaml and
+docs/accuracy.md, "Capacity weights"). The electrode's capacity there is the physics model's, from
+stoichiometry; a row the physics does not describe keeps the even share.
 The family adds no spread: each network's voltage is shifted toward the trees' mean by the same
 amount. The ensemble's mean becomes the weighted mean of the two families, its spread (and the
 paper's CI) the networks' spread times the networks' share, and the calibrated interval is
@@ -67,7 +71,8 @@ def tree_columns(feature_names: list[str]) -> np.ndarray:
 class VoltageTrees:
     """Trees fitted on the training split's voltage; ``weight`` is their share of the blended voltage,
     ``bags`` the number of tree models averaged, ``capacity_weights`` the config's percentiles
-    (None: equal weights) and ``weight_bounds`` the capacities (mAh/g) they came to."""
+    (None: equal weights), ``weight_bounds`` the capacities (mAh/g) they came to, and
+    ``high_capacity_weight`` the trees' share above the upper one (None: ``weight`` everywhere)."""
 
     feature_names: list[str]
     weight: float
@@ -75,6 +80,7 @@ class VoltageTrees:
     capacity_weights: tuple[float, float] | None = None
     weight_bounds: tuple[float, float] | None = None
     models: list[HistGradientBoostingRegressor] = field(default_factory=list, repr=False)
+    high_capacity_weight: float | None = None
 
     @property
     def columns(self) -> np.ndarray:
@@ -98,32 +104,50 @@ class VoltageTrees:
         features = features[:, self.columns]
         return np.mean([model.predict(features) for model in self.models], axis=0)
 
-    def blend(self, members: np.ndarray, features: np.ndarray) -> np.ndarray:
-        """Networks' predictions (n_networks, n_rows, 3) with each voltage moved ``weight`` of the way to the trees'."""
+    @property
+    def blends(self) -> bool:
+        return self.weight > 0 or bool(self.high_capacity_weight)
+
+    def shares(self, capacity: np.ndarray) -> np.ndarray:
+        """The trees' share of each row's voltage, from its physics capacity (NaN: not described)."""
+        capacity = np.asarray(capacity, dtype=float)
+        if self.high_capacity_weight is None:
+            return np.full(capacity.shape, self.weight)
+        with np.errstate(invalid="ignore"):
+            above = capacity > self.weight_bounds[1]
+        return np.where(above, self.high_capacity_weight, self.weight)
+
+    def blend(self, members: np.ndarray, features: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+        """Networks' predictions (n_networks, n_rows, 3) with each voltage moved the row's share of the
+        way to the trees'; ``capacity`` per row is the physics model's (NaN where it does not hold)."""
         blended = np.array(members, dtype=float, copy=True)
-        if self.weight > 0:
-            blended[..., VOLTAGE] = blend_voltage(blended[..., VOLTAGE], self.predict(features), self.weight)
+        if self.blends:
+            blended[..., VOLTAGE] = blend_voltage(blended[..., VOLTAGE], self.predict(features), self.shares(capacity))
         return blended
 
-    def blend_frame(self, per_seed: pd.DataFrame, tree_voltage: pd.Series) -> pd.DataFrame:
-        """One seed's prediction table with its voltage blended; ``tree_voltage`` is indexed by battery_id."""
+    def blend_frame(self, per_seed: pd.DataFrame, tree_voltage: pd.Series, capacity: pd.Series) -> pd.DataFrame:
+        """One seed's prediction table with its voltage blended; ``tree_voltage`` and ``capacity`` are
+        indexed by battery_id."""
         blended = per_seed.copy()
         trees_own = tree_voltage.loc[per_seed["battery_id"]].to_numpy()
-        blended["average_voltage"] = blend_voltage(per_seed["average_voltage"].to_numpy(), trees_own, self.weight)
+        shares = self.shares(capacity.loc[per_seed["battery_id"]].to_numpy())
+        blended["average_voltage"] = blend_voltage(per_seed["average_voltage"].to_numpy(), trees_own, shares)
         return blended
 
     def record(self, voltage: pd.DataFrame, frames: dict[str, pd.DataFrame]) -> dict:
-        """What metrics.json keeps of the trees: their share and their own voltage MAE per split."""
-        return {"weight": self.weight, "bags": self.bags, "capacity_weights": self.capacity_weights,
-                "weight_bounds_mAh_g": self.weight_bounds, "trees_alone_voltage_mae": voltage_mae(voltage, frames)}
+        """What metrics.json keeps of the trees: their shares and their own voltage MAE per split."""
+        return {"weight": self.weight, "high_capacity_weight": self.high_capacity_weight, "bags": self.bags,
+                "capacity_weights": self.capacity_weights, "weight_bounds_mAh_g": self.weight_bounds,
+                "trees_alone_voltage_mae": voltage_mae(voltage, frames)}
 
 
-def blend_voltage(network_voltage: np.ndarray, tree_voltage: np.ndarray, weight: float) -> np.ndarray:
+def blend_voltage(network_voltage: np.ndarray, tree_voltage: np.ndarray, weight: float | np.ndarray) -> np.ndarray:
     return (1.0 - weight) * network_voltage + weight * tree_voltage
 
 
 def fit_voltage_trees(frames: dict[str, pd.DataFrame], weight: float, bags: int = 1,
-                      capacity_weights: tuple[float, float] | None = None) -> tuple[VoltageTrees, pd.DataFrame]:
+                      capacity_weights: tuple[float, float] | None = None,
+                      high_capacity_weight: float | None = None) -> tuple[VoltageTrees, pd.DataFrame]:
     """Fit on the training frame (the feature tables' layout); the trees' voltage for every split.
 
     The arguments are the config's ``voltage_trees`` section. With ``capacity_weights`` (two
@@ -131,10 +155,13 @@ def fit_voltage_trees(frames: dict[str, pd.DataFrame], weight: float, bags: int 
     training capacities: a voltage error costs energy in proportion to the capacity (E = V x C), and
     the clip keeps the few alloy-type electrodes of 1000-2500 mAh/g from steering the fit and the
     near-empty ones from dropping out of it (measured: config.yaml and docs/accuracy.md,
-    "Capacity weights")."""
+    "Capacity weights"). ``high_capacity_weight`` needs those weights: its bound is their upper one."""
+    if high_capacity_weight is not None and capacity_weights is None:
+        raise ValueError("voltage trees: high_capacity_weight needs capacity_weights (their upper bound)")
     names = [name for name in frames["train"].columns if name not in ("battery_id", *TARGETS)]
     x_train, y_train = frame_matrices(frames["train"])
-    trees = VoltageTrees(names, weight=weight, bags=bags, capacity_weights=capacity_weights)
+    trees = VoltageTrees(names, weight=weight, bags=bags, capacity_weights=capacity_weights,
+                         high_capacity_weight=high_capacity_weight)
     sample_weight = None
     if capacity_weights is not None:
         capacity = y_train[:, CAPACITY]
@@ -160,9 +187,12 @@ def voltage_mae(voltage: pd.DataFrame, frames: dict[str, pd.DataFrame]) -> dict[
             for split, part in joined.groupby("split", sort=False)}
 
 
-def blend_seeds(per_seed: list[pd.DataFrame], trees: VoltageTrees, tree_voltage: pd.DataFrame) -> list[pd.DataFrame]:
-    """Every seed's table blended with the trees' voltage (the frame :func:`fit_voltage_trees` returns)."""
-    if trees.weight == 0:
+def blend_seeds(per_seed: list[pd.DataFrame], trees: VoltageTrees, tree_voltage: pd.DataFrame,
+                physics: pd.DataFrame) -> list[pd.DataFrame]:
+    """Every seed's table blended with the trees' voltage (the frame :func:`fit_voltage_trees` returns);
+    ``physics`` is the physics model's table (battery_id and its values, NaN where it does not hold)."""
+    if not trees.blends:
         return per_seed
     by_id = tree_voltage.set_index("battery_id")["average_voltage"]
-    return [trees.blend_frame(frame, by_id) for frame in per_seed]
+    capacity = physics.set_index("battery_id")["capacity_grav"]
+    return [trees.blend_frame(frame, by_id, capacity) for frame in per_seed]
