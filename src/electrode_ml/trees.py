@@ -16,8 +16,8 @@ its capacity in the fit, clipped (``capacity_weights``, see :func:`fit_voltage_t
 model1_phys's energy is V x C, so the voltage errors that matter most sit on high capacities.
 Above the upper clip the trees' share rises (``high_capacity_weight``): they were fitted to weigh
 those electrodes most, and there they err less than the networks (measured: config.yaml and
-docs/accuracy.md, "Capacity weights"). The electrode's capacity there is the physics model's, from
-stoichiometry; a row the physics does not describe keeps the even share.
+docs/accuracy.md, "A higher share above the upper bound"). The electrode's capacity there is the
+physics model's, from stoichiometry; a row the physics does not describe keeps the even share.
 The family adds no spread: each network's voltage is shifted toward the trees' mean by the same
 amount. The ensemble's mean becomes the weighted mean of the two families, its spread (and the
 paper's CI) the networks' spread times the networks' share, and the calibrated interval is
