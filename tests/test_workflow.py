@@ -160,10 +160,17 @@ def test_physics_models_reuse_base_networks_and_keep_energy_consistent(tiny_run)
     tree_voltage = tree_voltage_of(trees, frames).set_index("battery_id")["average_voltage"]
     model1_phys = (pd.read_parquet(results / "ensemble" / "model1_phys" / "predictions.parquet")
                    .query("target == 'average_voltage'").set_index("battery_id")["mean"].sort_index())
-    expected = (1 - trees.weight) * networks.loc[model1_phys.index] + trees.weight * tree_voltage.loc[model1_phys.index]
+    # the trees' share rises above the capacity weights' upper bound, gated by the physics capacity
+    assert trees.high_capacity_weight == config["voltage_trees"]["high_capacity_weight"] > trees.weight
+    capacity = (pd.read_parquet(results / "physics" / "model1_phys" / "physics.parquet")
+                .set_index("battery_id")["capacity_grav"].loc[model1_phys.index])
+    share = np.where(capacity > trees.weight_bounds[1], trees.high_capacity_weight, trees.weight)
+    assert 0.02 < (share > trees.weight).mean() < 0.1  # the 95th percentile of the training capacities
+    expected = (1 - share) * networks.loc[model1_phys.index] + share * tree_voltage.loc[model1_phys.index]
     np.testing.assert_allclose(model1_phys.to_numpy(), expected.to_numpy(), rtol=1e-12)
     recorded = json.loads((results / "ensemble" / "model1_phys" / "metrics.json").read_text())["voltage_trees"]
     assert recorded["weight"] == trees.weight and set(recorded["trees_alone_voltage_mae"]) == {"train", "val", "test"}
+    assert recorded["high_capacity_weight"] == trees.high_capacity_weight
     physics = json.loads((results / "physics" / "model2_phys" / "physics.json").read_text())
     assert physics["physics_applies"] > 0.95 * physics["rows"]
     summary = pd.read_parquet(results / "ensemble" / "model2_phys" / "predictions.parquet")
