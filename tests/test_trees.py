@@ -153,8 +153,11 @@ def test_above_the_upper_capacity_bound_the_trees_take_their_high_share():
     per_seed = [test[["battery_id", *TARGETS]].assign(average_voltage=1.0 + seed) for seed in range(3)]
     by_id = voltage.set_index("battery_id")["average_voltage"].loc[test["battery_id"]].to_numpy()
     share = np.where(np.arange(len(test)) % 2, 0.8, 0.5)
-    for seed, frame in enumerate(blend_seeds(per_seed, trees, voltage, physics)):
-        np.testing.assert_allclose(frame["average_voltage"], (1 - share) * (1.0 + seed) + share * by_id, rtol=1e-12)
+    blended = np.stack([frame["average_voltage"] for frame in blend_seeds(per_seed, trees, voltage, physics)])
+    # the mean moves the row's share of the way; the spread stays the even blend's (the networks' halved)
+    np.testing.assert_allclose(blended.mean(0), (1 - share) * 2.0 + share * by_id, rtol=1e-12)
+    np.testing.assert_allclose(blended - blended.mean(0), np.broadcast_to(0.5 * (np.arange(3.0)[:, None] - 1.0), blended.shape),
+                               atol=1e-12)
     names = [name for name in test.columns if name not in ("battery_id", *TARGETS)]
     members = np.stack([frame[list(TARGETS)].to_numpy() for frame in per_seed])
     from_arrays = trees.blend(members, test[names].to_numpy(np.float32), physics["capacity_grav"].to_numpy())
@@ -163,6 +166,12 @@ def test_above_the_upper_capacity_bound_the_trees_take_their_high_share():
     # weight 0 with a high share still blends above the bound
     trees.weight = 0.0
     assert blend_seeds(per_seed, trees, voltage, physics) is not per_seed
+    # rows come back in each seed's own order
+    shuffled = [frame.iloc[::-1].reset_index(drop=True) for frame in per_seed]
+    again = blend_seeds(shuffled, trees, voltage, physics)
+    for frame, other in zip(blend_seeds(per_seed, trees, voltage, physics), again):
+        pd.testing.assert_series_equal(frame.set_index("battery_id")["average_voltage"],
+                                       other.set_index("battery_id")["average_voltage"].loc[frame["battery_id"]])
     assert trees.record(voltage, frames)["high_capacity_weight"] == 0.8
 
 
