@@ -113,9 +113,7 @@ class VoltageTrees:
         capacity = np.asarray(capacity, dtype=float)
         if self.high_capacity_weight is None:
             return np.full(capacity.shape, self.weight)
-        with np.errstate(invalid="ignore"):
-            above = capacity > self.weight_bounds[1]
-        return np.where(above, self.high_capacity_weight, self.weight)
+        return np.where(capacity > self.weight_bounds[1], self.high_capacity_weight, self.weight)
 
     def blend_voltages(self, network_voltage: np.ndarray, tree_voltage: np.ndarray, capacity: np.ndarray) -> np.ndarray:
         """Networks' voltages (n_networks, n_rows) blended with the trees' (n_rows): the mean moves each
