@@ -335,6 +335,22 @@ def test_failed_download_leaves_nothing_under_results_and_never_the_key(tmp_path
 
 # ------------------------------------------------------------------ c. memory of a big prediction
 
+def polled_peak_rss_mb(proc: subprocess.Popen, interval: float = 0.02) -> float:
+    """The child's own peak RSS (VmHWM) until it exits. Not wait4's ru_maxrss: Linux carries the
+    parent's resident set at the fork into it, so inside a long test session (a pytest process of
+    about 1 GB) it read 1061-1068 MB for a prediction that peaks at 683 MB."""
+    peak_kb = 0
+    while proc.poll() is None:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        peak_kb = max([peak_kb] + [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")])
+        time.sleep(interval)
+    proc.wait()
+    return peak_kb / 1024
+
+
 def test_predicting_200k_candidates_stays_within_memory(tiny_run, snapshot_text, tmp_path, capsys):
     _, results, _ = tiny_run
     model = "model1_phys"  # the CLI's default
@@ -349,14 +365,12 @@ def test_predicting_200k_candidates_stays_within_memory(tiny_run, snapshot_text,
     with log.open("w") as handle:
         proc = subprocess.Popen([sys.executable, "-m", "electrode_ml.cli", "predict", str(candidates), "-o", str(out),
                                  "--model", model, "--results", str(results)], stdout=handle, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)  # the resource usage of this one child
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        peak_mb = polled_peak_rss_mb(proc)
     seconds = time.monotonic() - started
-    peak_mb = usage.ru_maxrss / 1024  # KiB on Linux
     with capsys.disabled():
         print(f"\nelectrode-ml predict, {BIG_ROWS} rows, {model}: peak RSS {peak_mb:.0f} MB, {seconds:.1f} s")
     assert proc.returncode == 0, log.read_text()[-3000:]
     table = pd.read_csv(out)
     assert len(table) == BIG_ROWS and table["battery_id"].is_unique
     assert np.isfinite(table[[f"{target}_mean" for target in TARGETS]].to_numpy()).all()
-    assert peak_mb < RSS_BOUND_MB, f"peak RSS {peak_mb:.0f} MB"
+    assert 100 < peak_mb < RSS_BOUND_MB, f"peak RSS {peak_mb:.0f} MB"  # torch alone is over 100 MB: the poll saw the child
