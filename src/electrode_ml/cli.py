@@ -138,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"{', '.join(KNOWN_MODELS)} (default model1_phys: needs no DFT)")
         sub.add_argument("--results", type=Path, default=Path("results"), help="the workflow's results folder")
         sub.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
-                         help="network arithmetic; bfloat16 was 2-3x faster on a CPU with AMX and moved ensemble "
-                              "means by about 0.002-0.003 V / 0.2-0.3 mAh/g / 0.6-0.8 Wh/kg (make bench measures it)")
+                         help="network arithmetic; bfloat16 was about 3x faster on a CPU with AMX and moved ensemble "
+                              "means by about 0.002-0.003 V / 0.2-0.3 mAh/g / 0.7 Wh/kg (make bench measures it)")
         sub.add_argument("--skip-bad", action="store_true",
                          help="write bad rows with their reason to OUTPUT.rejects.csv and score the rest")
 
