@@ -358,6 +358,24 @@ def test_missing_column_is_one_line(tiny_run, candidates, tmp_path, capsys):
     assert_one_line_refusal(code, text, out, "missing column(s) working_ion")
 
 
+def test_only_the_columns_the_run_read_are_needed(tiny_run, candidates, tmp_path, capsys):
+    """The tiny run, like the default, has no space groups: a candidate file without them scores the
+    same; the crystal systems it read are still required."""
+    config, results, _ = tiny_run
+    assert config["features"]["space_groups"] is False
+    full = tmp_path / "full.csv"
+    assert main(["predict", str(candidates), "-o", str(full), "--model", "model1_phys", "--results", str(results)]) == 0
+    groups = ["charge_space_group_number", "discharge_space_group_number"]
+    pd.read_csv(candidates, dtype=str).drop(columns=groups).to_csv(candidates, index=False)
+    lean = tmp_path / "lean.csv"
+    assert main(["predict", str(candidates), "-o", str(lean), "--model", "model1_phys", "--results", str(results)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(lean), pd.read_csv(full))
+    pd.read_csv(candidates, dtype=str).drop(columns=["discharge_crystal_system"]).to_csv(candidates, index=False)
+    out = tmp_path / "out.csv"
+    code, text = predict_in_process(capsys, candidates, out, results)
+    assert_one_line_refusal(code, text, out, "missing column(s) discharge_crystal_system")
+
+
 def test_refusals_from_the_command_line_are_one_line_without_traceback(tiny_run, candidates, tmp_path):
     """The same path as a user's shell: a subprocess, exit status 2, one line on stderr."""
     _, results, _ = tiny_run

@@ -97,6 +97,21 @@ def test_space_groups_can_be_left_out(electrodes, split):
     assert not any(column["column"].startswith("space_group__") for column in without["columns"])
 
 
+@pytest.mark.parametrize("model, dft", [("model1", False), ("model2", True), ("model1_redox", False)])
+def test_a_featuriser_names_the_inputs_it_reads(electrodes, split, model, dft):
+    from electrode_ml.features import DFT_FIELDS, featurizer_inputs
+
+    core = ["formula_charge", "formula_discharge", "charge_crystal_system", "discharge_crystal_system", "working_ion"]
+    groups = ["charge_space_group_number", "discharge_space_group_number"]
+    with_groups = featurizer_inputs(fit_feature_sets(electrodes, split, model)[0])
+    without = featurizer_inputs(fit_feature_sets(electrodes, split, model, space_groups=False)[0])
+    assert sorted(without) == sorted(core + (list(DFT_FIELDS) if dft else []))
+    assert sorted(with_groups) == sorted(without + groups)
+    # those columns alone featurise as the whole table does
+    featurizer = fit_feature_sets(electrodes, split, model)[0]
+    np.testing.assert_array_equal(featurizer.transform(electrodes[with_groups]), featurizer.transform(electrodes))
+
+
 def test_variants_and_the_tree_settings_a_job_depends_on():
     from electrode_ml.features import variants_of, voltage_tree_settings
 

@@ -10,12 +10,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from electrode_ml.data import coerce_types, find_bad_rows, read_electrode_csv, refusal, require_columns
+from electrode_ml.data import (SPACE_GROUP_FIELDS, coerce_types, find_bad_rows, present, read_electrode_csv, refusal,
+                               require_columns)
 from electrode_ml.ensemble import outside_training as rows_outside_training
 from electrode_ml.errors import InputError
 from electrode_ml.features import DFT_FIELDS, KNOWN_MODELS, uses_dft
 from electrode_ml.fileio import write_csv
-from electrode_ml.predict import TrainedEnsemble
+from electrode_ml.predict import TrainedEnsemble, input_columns
 from electrode_ml.runner import setup_logging
 from electrode_ml.schema import TARGETS
 
@@ -34,30 +35,38 @@ OUTPUT_COLUMNS = ("Output per candidate: for each target (average_voltage, capac
 
 
 def candidate_columns(model: str) -> list[str]:
-    """Input columns a candidate file needs for this model (DFT fields only for model2 variants)."""
+    """Every snapshot input column a candidate for this model may hold (DFT fields for model2
+    variants); a run's featuriser reads a subset (:func:`electrode_ml.predict.input_columns`)."""
     return ["battery_id", *STRUCTURE_FIELDS, *(DFT_FIELDS if uses_dft(model) else ())]
 
 
-def validate_candidates(frame: pd.DataFrame, model: str, where: str, skip_bad: bool):
-    """Typed candidates and a table of rejected rows with their reason."""
-    needed = candidate_columns(model)
+def validate_candidates(frame: pd.DataFrame, needed: list[str], where: str, skip_bad: bool,
+                        known: tuple[str, ...] | list[str] = ()):
+    """Typed candidates and a table of rejected rows with their reason.
+
+    The ``needed`` columns must be there; those of ``known`` that are there too are checked as
+    strictly though the model does not read them (a space group of 231 says the file is not what
+    its writer thinks); any other column is ignored."""
     require_columns(frame, needed, where)
     frame = frame.reset_index(drop=True)
-    typed, bad = coerce_types(frame[needed])
+    checked = [*needed, *(name for name in known if name in frame.columns and name not in needed)]
+    typed, bad = coerce_types(frame[checked])
     bad += find_bad_rows(typed)
     if bad and not skip_bad:
         raise refusal(bad, where, hint="; --skip-bad scores the rest")
     rejects = pd.DataFrame([{"battery_id": row.battery_id, "field": row.field, "reason": row.reason} for row in bad],
                            columns=["battery_id", "field", "reason"])
     good = typed.drop(index=sorted({row.row for row in bad}))
-    for name in ("charge_space_group_number", "discharge_space_group_number"):
+    for name in present(good, SPACE_GROUP_FIELDS):
         good[name] = good[name].astype("int64")
     return good, rejects
 
 
 def score(input_path: Path, model: str, results: Path, skip_bad: bool,
           precision: str = "float32") -> tuple[pd.DataFrame, pd.DataFrame]:
-    candidates, rejects = validate_candidates(read_electrode_csv(input_path), model, str(input_path), skip_bad)
+    frame = read_electrode_csv(input_path)
+    candidates, rejects = validate_candidates(frame, input_columns(results, model), str(input_path), skip_bad,
+                                              known=candidate_columns(model))
     if candidates.empty:
         return pd.DataFrame(columns=["battery_id"]), rejects
     ensemble = TrainedEnsemble.load(results, model, dtype=getattr(torch, precision))
@@ -132,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def common(sub):
-        sub.add_argument("input", type=Path, help="CSV of candidate electrodes (the snapshot's input columns)")
+        sub.add_argument("input", type=Path, help="CSV of candidate electrodes: battery_id, both formulas, working_ion, both "
+                                                     "crystal systems; the space groups if the run used them, the DFT "
+                                                     "fields for model2 variants")
         sub.add_argument("-o", "--output", type=Path, required=True, help="CSV to write (atomically)")
         sub.add_argument("--model", default="model1_phys",
                          help=f"{', '.join(KNOWN_MODELS)} (default model1_phys: needs no DFT)")

@@ -198,6 +198,19 @@ def fit_feature_sets(electrodes: pd.DataFrame, split: pd.DataFrame, model: str, 
     return featurizer, frames
 
 
+def featurizer_inputs(featurizer: ColumnTransformer) -> list[str]:
+    """The input columns a fitted featuriser reads, in the order its blocks first read them.
+
+    What a candidate file must hold: the space groups only where the run used them
+    (``features.space_groups``), the DFT fields only for a feature set with DFT.
+    """
+    columns: list[str] = []
+    for name, transformer, selected in featurizer.transformers_:
+        if name != "remainder" and not (isinstance(transformer, str) and transformer == "drop"):
+            columns += [column for column in selected if column not in columns]
+    return columns
+
+
 def training_elements(featurizer: ColumnTransformer) -> dict[str, frozenset[str]]:
     """Per formula column, the elements some training formula held in it.
 

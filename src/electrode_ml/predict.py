@@ -12,12 +12,28 @@ import torch
 
 from electrode_ml.ensemble import Z_95, interval_scale
 from electrode_ml.errors import InputError
-from electrode_ml.features import applicability, base_model, is_physics_model, uses_voltage_trees
+from electrode_ml.features import (applicability, base_model, featurizer_inputs, is_physics_model,
+                                   uses_voltage_trees)
 from electrode_ml.fileio import read_json
 from electrode_ml.model import StackedEnsemble, TrainedNetwork
 from electrode_ml.physics import PhysicsBaseline, combine
 from electrode_ml.schema import TARGETS
 from electrode_ml.trees import CAPACITY, VoltageTrees
+
+
+def not_trained(results: Path, model: str) -> InputError:
+    return InputError(f"no trained {model} under {results} (run the workflow first, "
+                      f"or pass --results pointing at its output folder)")
+
+
+def input_columns(results: str | Path, model: str) -> list[str]:
+    """What a candidate for ``model`` must hold: its id and the columns the run's featuriser reads
+    (the physics reads the formulas and the ion, and model2_phys the DFT energies, which the
+    featuriser reads too)."""
+    transformer_path = Path(results) / "features" / base_model(model) / "transformers.joblib"
+    if not transformer_path.exists():
+        raise not_trained(Path(results), model)
+    return ["battery_id", *featurizer_inputs(joblib.load(transformer_path))]
 
 
 @dataclass
@@ -51,8 +67,7 @@ class TrainedEnsemble:
         transformer_path = results / "features" / base / "transformers.joblib"
         checkpoints = sorted((results / "train" / base).glob("seed_*/model.pt"))
         if not transformer_path.exists() or not checkpoints:
-            raise InputError(f"no trained {model} under {results} (run the workflow first, "
-                             f"or pass --results pointing at its output folder)")
+            raise not_trained(results, model)
         networks = [TrainedNetwork.from_checkpoint(torch.load(path, map_location="cpu", weights_only=False))
                     for path in checkpoints]
         physics = joblib.load(results / "physics" / model / "physics.joblib") if is_physics_model(model) else None
