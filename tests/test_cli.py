@@ -412,6 +412,15 @@ def test_model1_phys_without_its_voltage_trees_is_one_line(tiny_run, candidates,
     assert_one_line_refusal(code, text, out, "earlier release", "voltage_trees.joblib")
 
 
+def test_version_is_the_installed_package_s(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"electrode-ml {version('electrode-ml')}"
+
+
 def test_help_lists_the_output_columns(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--help"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pandas as pd
@@ -138,6 +139,7 @@ def write_outputs(predictions: pd.DataFrame, rejects: pd.DataFrame, output: Path
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="electrode-ml", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('electrode-ml')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def common(sub):
