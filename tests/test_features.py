@@ -76,10 +76,18 @@ def test_validation_and_test_rows_do_not_influence_the_fit(electrodes, split):
     assert not frames["test"].equals(altered_frames["test"])
 
 
-def test_min_max_columns_span_unit_interval_on_train(electrodes, split):
-    featurizer, frames = fit_feature_sets(electrodes, split, "model2")
-    dft = frames["train"][[c for c in frames["train"].columns if c.startswith("dft__")]]
-    assert np.allclose(dft.min(), 0) and np.allclose(dft.max(), 1)
+def test_dft_columns_are_min_max_or_standardised_on_train(electrodes, split):
+    def dft_columns(scaling):
+        frames = fit_feature_sets(electrodes, split, "model2", dft_scaling=scaling)[1]
+        return {name: frame[[c for c in frame.columns if c.startswith("dft__")]] for name, frame in frames.items()}
+
+    minmax, standard = dft_columns("minmax"), dft_columns("standard")
+    assert np.allclose(minmax["train"].min(), 0) and np.allclose(minmax["train"].max(), 1)
+    assert np.allclose(standard["train"].mean(), 0, atol=1e-6) and np.allclose(standard["train"].std(ddof=0), 1, atol=1e-5)
+    # the same affine map of each field on every split: standardising the min-max values
+    for name in ("val", "test"):
+        expected = (minmax[name] - minmax["train"].mean()) / minmax["train"].std(ddof=0)
+        np.testing.assert_allclose(standard[name], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_unknown_categories_in_new_data_do_not_crash(electrodes, split):
