@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--results", type=Path, default=Path("results"), help="the workflow's results folder")
         sub.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
                          help="network arithmetic; bfloat16 was about 3x faster on a CPU with AMX and moved ensemble "
-                              "means by about 0.002-0.003 V / 0.2-0.3 mAh/g / 0.7 Wh/kg (make bench measures it)")
+                              "means by about 0.002-0.004 V / 0.3-0.4 mAh/g / 0.7-0.9 Wh/kg (make bench measures it)")
         sub.add_argument("--skip-bad", action="store_true",
                          help="write bad rows with their reason to OUTPUT.rejects.csv and score the rest")
 
