@@ -17,7 +17,7 @@ from electrode_ml.ensemble import outside_training as rows_outside_training
 from electrode_ml.errors import InputError
 from electrode_ml.features import DFT_FIELDS, KNOWN_MODELS, uses_dft
 from electrode_ml.fileio import write_csv
-from electrode_ml.predict import TrainedEnsemble, input_columns
+from electrode_ml.predict import TrainedEnsemble
 from electrode_ml.runner import setup_logging
 from electrode_ml.schema import TARGETS
 
@@ -37,7 +37,7 @@ OUTPUT_COLUMNS = ("Output per candidate: for each target (average_voltage, capac
 
 def candidate_columns(model: str) -> list[str]:
     """Every snapshot input column a candidate for this model may hold (DFT fields for model2
-    variants); a run's featuriser reads a subset (:func:`electrode_ml.predict.input_columns`)."""
+    variants); a run's featuriser reads a subset (``TrainedEnsemble.input_columns``)."""
     return ["battery_id", *STRUCTURE_FIELDS, *(DFT_FIELDS if uses_dft(model) else ())]
 
 
@@ -66,11 +66,11 @@ def validate_candidates(frame: pd.DataFrame, needed: list[str], where: str, skip
 def score(input_path: Path, model: str, results: Path, skip_bad: bool,
           precision: str = "float32") -> tuple[pd.DataFrame, pd.DataFrame]:
     frame = read_electrode_csv(input_path)
-    candidates, rejects = validate_candidates(frame, input_columns(results, model), str(input_path), skip_bad,
+    ensemble = TrainedEnsemble.load(results, model, dtype=getattr(torch, precision))
+    candidates, rejects = validate_candidates(frame, ensemble.input_columns, str(input_path), skip_bad,
                                               known=candidate_columns(model))
     if candidates.empty:
         return pd.DataFrame(columns=["battery_id"]), rejects
-    ensemble = TrainedEnsemble.load(results, model, dtype=getattr(torch, precision))
     predictions = ensemble.predict(candidates)
     predictions.insert(1, "working_ion", candidates["working_ion"].to_numpy())
     predictions.insert(2, "model", model)

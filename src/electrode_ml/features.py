@@ -224,7 +224,7 @@ def featurizer_inputs(featurizer: ColumnTransformer) -> list[str]:
     """
     columns: list[str] = []
     for name, transformer, selected in featurizer.transformers_:
-        if name != "remainder" and not (isinstance(transformer, str) and transformer == "drop"):
+        if name != "remainder":
             columns += [column for column in selected if column not in columns]
     return columns
 

@@ -21,21 +21,6 @@ from electrode_ml.schema import TARGETS
 from electrode_ml.trees import CAPACITY, VoltageTrees
 
 
-def not_trained(results: Path, model: str) -> InputError:
-    return InputError(f"no trained {model} under {results} (run the workflow first, "
-                      f"or pass --results pointing at its output folder)")
-
-
-def input_columns(results: str | Path, model: str) -> list[str]:
-    """What a candidate for ``model`` must hold: its id and the columns the run's featuriser reads
-    (the physics reads the formulas and the ion, and model2_phys the DFT energies, which the
-    featuriser reads too)."""
-    transformer_path = Path(results) / "features" / base_model(model) / "transformers.joblib"
-    if not transformer_path.exists():
-        raise not_trained(Path(results), model)
-    return ["battery_id", *featurizer_inputs(joblib.load(transformer_path))]
-
-
 @dataclass
 class MemberPredictions:
     """Per-network values, shape (n_networks, n_rows, 3); where physics gave a value outright,
@@ -67,7 +52,8 @@ class TrainedEnsemble:
         transformer_path = results / "features" / base / "transformers.joblib"
         checkpoints = sorted((results / "train" / base).glob("seed_*/model.pt"))
         if not transformer_path.exists() or not checkpoints:
-            raise not_trained(results, model)
+            raise InputError(f"no trained {model} under {results} (run the workflow first, "
+                             f"or pass --results pointing at its output folder)")
         networks = [TrainedNetwork.from_checkpoint(torch.load(path, map_location="cpu", weights_only=False))
                     for path in checkpoints]
         physics = joblib.load(results / "physics" / model / "physics.joblib") if is_physics_model(model) else None
@@ -84,6 +70,12 @@ class TrainedEnsemble:
         intervals = read_json(metrics_path).get("prediction_interval") if metrics_path.exists() else None
         return cls(model, joblib.load(transformer_path), StackedEnsemble(networks, device=device, dtype=dtype),
                    physics, intervals, trees)
+
+    @property
+    def input_columns(self) -> list[str]:
+        """What a candidate must hold: its id and the columns the run's featuriser reads (the physics
+        reads the formulas and the ion, and model2_phys the DFT energies, which it reads too)."""
+        return ["battery_id", *featurizer_inputs(self.featurizer)]
 
     def features(self, electrodes: pd.DataFrame) -> np.ndarray:
         return np.asarray(self.featurizer.transform(electrodes), dtype=np.float32)
