@@ -50,7 +50,7 @@ def validate_candidates(frame: pd.DataFrame, needed: list[str], where: str, skip
     its writer thinks); any other column is ignored."""
     require_columns(frame, needed, where)
     frame = frame.reset_index(drop=True)
-    checked = [*needed, *(name for name in known if name in frame.columns and name not in needed)]
+    checked = [*needed, *(name for name in present(frame, known) if name not in needed)]
     typed, bad = coerce_types(frame[checked])
     bad += find_bad_rows(typed)
     if bad and not skip_bad:
