@@ -205,7 +205,34 @@ def test_the_trees_high_capacity_share_needs_their_capacity_weights(config):
     check_config(config)
 
 
-def test_a_config_from_before_the_high_capacity_share_gets_the_default(config):
-    shipped = config["voltage_trees"].pop("high_capacity_weight")
+@pytest.mark.parametrize("key, shipped", [("high_capacity_weight", 0.8), ("max_iter", 1000)])
+def test_a_config_from_before_a_trees_setting_gets_the_shipped_value(config, key, shipped):
+    assert config["voltage_trees"].pop(key) == shipped
     validate(config, SCHEMA)
-    assert config["voltage_trees"]["high_capacity_weight"] == shipped == 0.8
+    assert config["voltage_trees"][key] == shipped
+
+
+def test_a_snapshot_folder_or_a_missing_snapshot_stops_a_real_run_before_any_job(tmp_path, config):
+    """Snakemake takes a folder as an input and would start the run; the data job would fail only then."""
+    folder = tmp_path / "mp_insertion_electrodes"
+    folder.mkdir()
+    (folder / "electrodes.csv").write_text("battery_id\n")
+    config["results"] = str(tmp_path / "results")
+    for snapshot, words in ((folder, f"{folder} is a folder; name the snapshot's CSV file in it (electrodes.csv)"),
+                            (folder / "absent.csv", f"{folder / 'absent.csv'} not found")):
+        config["data"].update(source="snapshot", snapshot=str(snapshot))
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(yaml.safe_dump(config))
+        run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile",
+                              str(bad), "--cores", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        output = run.stdout + run.stderr
+        assert run.returncode != 0 and f"config key data.snapshot: {words}" in output, output[-2000:]
+        assert "Select jobs to execute" not in output and not (tmp_path / "results").exists()
+
+
+def test_a_download_run_needs_no_snapshot(config, monkeypatch):
+    from electrode_ml.config import snapshot_input
+
+    config["data"].update(source="mp_api", snapshot="/nowhere/snapshot.csv")
+    monkeypatch.setenv("MP_API_KEY", "x" * 32)
+    assert snapshot_input(config) == []

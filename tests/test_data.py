@@ -98,9 +98,11 @@ def test_unreadable_files_are_one_line(tmp_path, snapshot_text, content, words):
         read_electrode_csv(path)
 
 
-def test_missing_file_is_named(tmp_path):
-    with pytest.raises(InputError, match="file not found"):
+def test_missing_file_and_folder_are_named(tmp_path):
+    with pytest.raises(InputError, match="absent.csv: file not found"):
         read_electrode_csv(tmp_path / "absent.csv")
+    with pytest.raises(InputError, match=f"^{tmp_path}: a folder, not a CSV file$"):
+        read_electrode_csv(tmp_path)
 
 
 # --- issue #7: the rest of the bad-input corpus ----------------------------------------------------------

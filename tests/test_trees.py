@@ -180,6 +180,14 @@ def test_a_high_capacity_share_needs_the_capacity_weights():
         fit_voltage_trees(synthetic_frames(), weight=0.5, high_capacity_weight=0.8)
 
 
+def test_each_tree_model_boosts_the_configured_rounds():
+    trees, _ = fit_voltage_trees(synthetic_frames(), weight=0.5, bags=2, max_iter=7)
+    assert [model.n_iter_ for model in trees.models] == [7, 7]
+    assert trees.params["max_iter"] == 7 and trees.params["learning_rate"] == 0.05
+    default, _ = fit_voltage_trees(synthetic_frames(rows=60), weight=0.5)
+    assert default.models[0].n_iter_ == 1000  # config.yaml's voltage_trees.max_iter
+
+
 def test_trees_pickled_before_the_high_share_blend_evenly():
     trees = VoltageTrees(["redox__a"], weight=0.5)
     del trees.high_capacity_weight  # what an older pickle's __dict__ lacks: the class default answers

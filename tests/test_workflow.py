@@ -31,7 +31,7 @@ def tiny_config(results: Path, snapshot: Path, **overrides) -> dict:
     config["train"].update(n_seeds=3, epochs=30, patience=None, batch_size=256, device="cpu")
     config["evaluation"]["group_seeds"] = 2
     config["analysis"]["contribution_seeds"] = 2
-    config["voltage_trees"]["bags"] = 2
+    config["voltage_trees"].update(bags=2, max_iter=100)
     config["peer_gbm"]["max_iter"] = 40
     for section, values in overrides.items():
         config[section].update(values)

@@ -97,5 +97,17 @@ def resolve_source(source: str, environ=os.environ) -> str:
 
 
 def snapshot_input(config: dict) -> str | list:
-    """The snapshot is a rule input only when it is the source, so a download run does not need it."""
-    return config["data"]["snapshot"] if resolve_source(config["data"]["source"]) == "snapshot" else []
+    """The snapshot is a rule input only when it is the source, so a download run does not need it.
+
+    Checked here, before any job: Snakemake accepts a folder as an input, and the data job would
+    only fail once the run had started."""
+    if resolve_source(config["data"]["source"]) != "snapshot":
+        return []
+    snapshot = Path(config["data"]["snapshot"])  # relative to Snakemake's working directory
+    if snapshot.is_dir():
+        inside = ", ".join(sorted(path.name for path in snapshot.glob("*.csv"))) or "no CSV files"
+        raise InputError(f"config key data.snapshot: {snapshot} is a folder; name the snapshot's CSV file "
+                         f"in it ({inside})")
+    if not snapshot.is_file():
+        raise InputError(f"config key data.snapshot: {snapshot} not found")
+    return config["data"]["snapshot"]

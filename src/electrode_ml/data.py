@@ -63,6 +63,8 @@ class DataReport:
 def read_electrode_csv(path: str | Path) -> pd.DataFrame:
     """Read a CSV of electrodes as text; typing happens in :func:`coerce_types` so errors can name rows."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: a folder, not a CSV file")
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:

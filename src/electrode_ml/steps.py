@@ -101,11 +101,11 @@ def voltage_trees_step(input, output, params, threads, **_):
     """Fit the trees of a learned voltage (trees.py) on the base model's training features."""
     import joblib
 
-    from electrode_ml.trees import TREE_PARAMS, fit_voltage_trees
+    from electrode_ml.trees import fit_voltage_trees
 
     frames = {split: pd.read_parquet(input[split]) for split in ("train", "val", "test")}
     trees, voltage = fit_voltage_trees(frames, **params.trees)
-    summary = {**trees.record(voltage, frames), "params": TREE_PARAMS, "columns_read": int(len(trees.columns))}
+    summary = {**trees.record(voltage, frames), "params": trees.params, "columns_read": int(len(trees.columns))}
     log.info("voltage trees: %s", summary)
     with atomic_path(output.fitted) as tmp:
         joblib.dump(trees, tmp)

@@ -45,8 +45,10 @@ CAPACITY = TARGETS.index("capacity_grav")
 # family) fixes which. On one run's networks, blend voltage MAE validation / test: one model of
 # every column 0.320 / 0.344 V, one of half the columns 0.315 / 0.344, the mean of 4 such 0.314 /
 # 0.341 (grouped split: 0.393 / 0.444, 0.388 / 0.445, 0.390 / 0.442); 8 such, or a quarter of the
-# columns, did no better (0.314 / 0.341 both, with 8).
-TREE_PARAMS = {"learning_rate": 0.05, "max_iter": 1000, "early_stopping": False, "max_features": 0.5}
+# columns, did no better (0.314 / 0.341 both, with 8). The rounds (max_iter) are the config's
+# voltage_trees.max_iter (1000).
+TREE_PARAMS = {"learning_rate": 0.05, "early_stopping": False, "max_features": 0.5}
+DEFAULT_ROUNDS = 1000
 # The feature columns left out: the formulas' PCA components (see the module docstring).
 LEFT_OUT_PREFIX = "formula_"
 
@@ -72,7 +74,8 @@ class VoltageTrees:
     """Trees fitted on the training split's voltage; ``weight`` is their share of the blended voltage,
     ``bags`` the number of tree models averaged, ``capacity_weights`` the config's percentiles
     (None: equal weights), ``weight_bounds`` the capacities (mAh/g) they came to, and
-    ``high_capacity_weight`` the trees' share above the upper one (None: ``weight`` everywhere)."""
+    ``high_capacity_weight`` the trees' share above the upper one (None: ``weight`` everywhere),
+    ``max_iter`` each model's boosting rounds."""
 
     feature_names: list[str]
     weight: float
@@ -81,6 +84,12 @@ class VoltageTrees:
     weight_bounds: tuple[float, float] | None = None
     models: list[HistGradientBoostingRegressor] = field(default_factory=list, repr=False)
     high_capacity_weight: float | None = None
+    max_iter: int = DEFAULT_ROUNDS
+
+    @property
+    def params(self) -> dict:
+        """Every tree model's settings but its random_state."""
+        return {**TREE_PARAMS, "max_iter": self.max_iter}
 
     @property
     def columns(self) -> np.ndarray:
@@ -92,7 +101,7 @@ class VoltageTrees:
         if len(columns) == 0:
             raise ValueError("voltage trees: every feature column is a formula PCA component; nothing to read")
         features, voltage = as_tree_input(features)[:, columns], np.asarray(voltage, dtype=float)
-        self.models = [HistGradientBoostingRegressor(**TREE_PARAMS, random_state=bag)
+        self.models = [HistGradientBoostingRegressor(**self.params, random_state=bag)
                        .fit(features, voltage, sample_weight=sample_weight) for bag in range(self.bags)]
         return self
 
@@ -146,7 +155,8 @@ def blend_voltage(network_voltage: np.ndarray, tree_voltage: np.ndarray, weight:
 
 def fit_voltage_trees(frames: dict[str, pd.DataFrame], weight: float, bags: int = 1,
                       capacity_weights: tuple[float, float] | None = None,
-                      high_capacity_weight: float | None = None) -> tuple[VoltageTrees, pd.DataFrame]:
+                      high_capacity_weight: float | None = None,
+                      max_iter: int = DEFAULT_ROUNDS) -> tuple[VoltageTrees, pd.DataFrame]:
     """Fit on the training frame (the feature tables' layout); the trees' voltage for every split.
 
     The arguments are the config's ``voltage_trees`` section. With ``capacity_weights`` (two
@@ -160,7 +170,7 @@ def fit_voltage_trees(frames: dict[str, pd.DataFrame], weight: float, bags: int 
     names = [name for name in frames["train"].columns if name not in ("battery_id", *TARGETS)]
     x_train, y_train = frame_matrices(frames["train"])
     trees = VoltageTrees(names, weight=weight, bags=bags, capacity_weights=capacity_weights,
-                         high_capacity_weight=high_capacity_weight)
+                         high_capacity_weight=high_capacity_weight, max_iter=max_iter)
     sample_weight = None
     if capacity_weights is not None:
         capacity = y_train[:, CAPACITY]
