@@ -97,17 +97,16 @@ def resolve_source(source: str, environ=os.environ) -> str:
 
 
 def snapshot_input(config: dict) -> str | list:
-    """The snapshot is a rule input only when it is the source, so a download run does not need it.
+    """The snapshot is a rule input only when it is the source, so a download run does not need it."""
+    return config["data"]["snapshot"] if resolve_source(config["data"]["source"]) == "snapshot" else []
 
-    Checked here, before any job: Snakemake accepts a folder as an input, and the data job would
-    only fail once the run had started."""
-    if resolve_source(config["data"]["source"]) != "snapshot":
-        return []
-    snapshot = Path(config["data"]["snapshot"])  # relative to Snakemake's working directory
-    if snapshot.is_dir():
-        inside = ", ".join(sorted(path.name for path in snapshot.glob("*.csv"))) or "no CSV files"
-        raise InputError(f"config key data.snapshot: {snapshot} is a folder; name the snapshot's CSV file "
-                         f"in it ({inside})")
-    if not snapshot.is_file():
-        raise InputError(f"config key data.snapshot: {snapshot} not found")
-    return config["data"]["snapshot"]
+
+def check_snapshot(snapshot: str) -> None:
+    """Refuse a snapshot path that is a folder or no file, before any job: Snakemake takes a folder as
+    an input, and the data job would only fail once the run had started."""
+    path = Path(snapshot)  # relative to Snakemake's working directory
+    if path.is_dir():
+        inside = ", ".join(sorted(csv.name for csv in path.glob("*.csv"))) or "no CSV files"
+        raise InputError(f"config key data.snapshot: {path} is a folder; name the snapshot's CSV file in it ({inside})")
+    if not path.is_file():
+        raise InputError(f"config key data.snapshot: {path} not found")

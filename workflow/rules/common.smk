@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from electrode_ml.config import check_config, contribution_seeds, gpu_per_job, seeds, snapshot_input
+from electrode_ml.config import check_config, check_snapshot, contribution_seeds, gpu_per_job, seeds, snapshot_input
 from electrode_ml.errors import InputError
 from electrode_ml.features import (FEATURE_SETS, KNOWN_MODELS, PHYSICS_BASES, base_model, is_physics_model,
                                    uses_voltage_trees, variants_of, voltage_tree_settings)
@@ -12,6 +12,8 @@ from electrode_ml.features import (FEATURE_SETS, KNOWN_MODELS, PHYSICS_BASES, ba
 try:
     check_config(config)
     SNAPSHOT = snapshot_input(config)
+    if SNAPSHOT and workflow.is_main_process:  # a job submitted to a cluster node never reads it
+        check_snapshot(SNAPSHOT)
 except InputError as error:
     raise WorkflowError(str(error))
 
