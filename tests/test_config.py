@@ -101,24 +101,26 @@ def test_schema_refuses_wrong_values_naming_the_key(config, path, value, key):
     assert path[-1] in str(error.value)
 
 
+def real_run(config: dict, workdir: Path) -> tuple[subprocess.CompletedProcess, str]:
+    """Snakemake on ``config`` for real (not a dry run), in its own working directory so that it leaves
+    nothing in the repository's .snakemake/ folder; the process and its output."""
+    bad = workdir / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile", str(bad),
+                          "--cores", "1"], cwd=workdir, capture_output=True, text=True, timeout=300)
+    return run, run.stdout + run.stderr
+
+
 @pytest.mark.parametrize("path, value, key", WRONG_VALUES)
 def test_wrong_value_stops_a_real_run_before_any_job(tmp_path, config, path, value, key):
-    """Not a dry run: the refusal comes at parse time, so no job starts and no results folder appears.
-
-    Runs in its own working directory (``-s`` with the repository's Snakefile) so it leaves nothing in the
-    repository's .snakemake/ folder.
-    """
+    """Not a dry run: the refusal comes at parse time, so no job starts and no results folder appears."""
     target = config
     for name in path[:-1]:
         target = target[name]
     target[path[-1]] = value
     config["results"] = str(tmp_path / "results")
     config["data"]["snapshot"] = str((REPO / config["data"]["snapshot"]).resolve())
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(config))
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile", str(bad),
-                          "--cores", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    output = run.stdout + run.stderr
+    run, output = real_run(config, tmp_path)
     assert run.returncode != 0
     assert key in output and repr(value) in output, output[-2000:]
     assert "Traceback" not in output and "Select jobs to execute" not in output
@@ -221,11 +223,7 @@ def test_a_snapshot_folder_or_a_missing_snapshot_stops_a_real_run_before_any_job
     for snapshot, words in ((folder, f"{folder} is a folder; name the snapshot's CSV file in it (electrodes.csv)"),
                             (folder / "absent.csv", f"{folder / 'absent.csv'} not found")):
         config["data"].update(source="snapshot", snapshot=str(snapshot))
-        bad = tmp_path / "bad.yaml"
-        bad.write_text(yaml.safe_dump(config))
-        run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile",
-                              str(bad), "--cores", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        output = run.stdout + run.stderr
+        run, output = real_run(config, tmp_path)
         assert run.returncode != 0 and f"config key data.snapshot: {words}" in output, output[-2000:]
         assert "Select jobs to execute" not in output and not (tmp_path / "results").exists()
 
