@@ -285,6 +285,23 @@ def test_checkpoint_round_trip(data):
     np.testing.assert_array_equal(predict(network, data[2]), predict(restored, data[2]))
 
 
+def test_predicting_a_read_only_array_prints_no_warning():
+    """Frames read from parquet hand out read-only arrays (the feature contribution predicts such),
+    and torch warns once per process about those: so in a process of its own."""
+    code = """
+import warnings, numpy as np
+from electrode_ml.model import NetworkParams, TrainSettings, predict, train_network
+warnings.simplefilter("error")
+rng = np.random.default_rng(0)
+x, y = rng.random((40, 4)).astype(np.float32), rng.random((40, 3))
+network = train_network(x, y, x, y, NetworkParams(8, 8, 8, 0.0, 0.0, 0.0, 1e-3), TrainSettings(epochs=2, log_every=0))
+x.flags.writeable = False
+print(predict(network, x).shape)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.split() == ["(40,", "3)"], result.stderr[-2000:]
+
+
 def test_device_choice_on_this_machine():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto") == expected

@@ -458,7 +458,9 @@ def predict(network: TrainedNetwork, x: np.ndarray, device: str = "cpu") -> np.n
     """Predictions in physical units (V, mAh/g, Wh/kg)."""
     module = network.module(device)
     with torch.no_grad():
-        scaled = module(torch.as_tensor(x, dtype=torch.float32, device=device)).cpu().numpy()
+        # torch.tensor copies: a read-only view of a parquet-backed frame made torch.as_tensor print
+        # a UserWarning into the feature contribution's run output
+        scaled = module(torch.tensor(x, dtype=torch.float32, device=device)).cpu().numpy()
     return scaled * network.target_std + network.target_mean
 
 
