@@ -282,22 +282,27 @@ def test_default_dry_run_plans_fifty_train_jobs_per_model(tmp_path):
     assert counts["train"] == str(50 * 3)
 
 
-def test_the_workstation_profile_prints_no_empty_shell_command(tmp_path):
-    """Every rule runs a script: printshellcmds printed "Shell command: None" once per job, 175 lines."""
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--config", f"results={tmp_path / 'results'}"],
+@pytest.fixture(scope="module")
+def default_dry_run(tmp_path_factory) -> subprocess.CompletedProcess:
+    """`snakemake -n` of the default config, through the workstation profile it picks up by itself."""
+    results = tmp_path_factory.mktemp("dry") / "results"
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--config", f"results={results}"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "rule train:" in run.stdout and "Shell command" not in run.stdout + run.stderr
+    return run
 
 
-def test_long_jobs_and_the_contributions_networks_go_first(tmp_path):
+def test_the_workstation_profile_prints_no_empty_shell_command(default_dry_run):
+    """Every rule runs a script: printshellcmds printed "Shell command: None" once per job, 175 lines."""
+    assert "rule train:" in default_dry_run.stdout
+    assert "Shell command" not in default_dry_run.stdout + default_dry_run.stderr
+
+
+def test_long_jobs_and_the_contributions_networks_go_first(default_dry_run):
     """Without priorities the 12-minute feature contribution once ran last, alone; with them on the long jobs only,
     model2's features (smaller inputs than a train job's, so picked after every one of them) held back its tuning."""
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--config", f"results={tmp_path / 'results'}"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
     prioritised = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", run.stdout):
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", default_dry_run.stdout):
         if re.search(r"^\s+priority: 1$", block, re.MULTILINE):
             wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.MULTILINE)
             prioritised.append((re.match(r"(?:local)?rule (\w+):", block).group(1),
