@@ -92,8 +92,11 @@ def test_run_writes_state_csv_and_returns_lowest_observed(tmp_path, caplog):
         assert lo <= best[k] <= hi, k
     assert type(best["score"]) is float
 
-    progress = [r.getMessage() for r in caplog.records if r.name == "electrode_ml.tune" and "trial" in r.getMessage()]
-    assert sum(m.startswith("trial ") for m in progress) == 6
+    messages = [r.getMessage() for r in caplog.records if r.name == "electrode_ml.tune"]
+    # a new tuning says what it searches before its first trial
+    assert messages[0].startswith("tuning mlp: 6 trials, seed ") and "units 16..512" in messages[0]
+    progress = [m for m in messages if m.startswith("trial ")]
+    assert len(progress) == 6
     assert progress[0].startswith("trial 1/6 (#0): lr=")
     # Ax's own INFO chatter does not reach the root logger.
     assert not [r for r in caplog.records if r.name.startswith(("ax", "botorch")) and r.levelno < logging.WARNING]

@@ -181,6 +181,9 @@ def run_tuning(
             )
         else:
             client = _new_client(space=space, name=name, seed=seed, trials=trials, objective_key=objective_key)
+            log.info("tuning %s: %d trials, seed %d, over lr %g..%g (log scale), units %d..%d, dropout %g..%g; "
+                     "the state saved to %s after every trial", name, trials, seed, *space.lr, *space.units,
+                     *space.dropout, state_path)
         _save(client, state_path, trials_csv)
 
         experiment = _experiment(client)
