@@ -10,11 +10,13 @@ The stand-in is a ThreadingHTTPServer on 127.0.0.1 that the real mp_api MPRester
 with the API's ``{"data": [...], "meta": {"total_doc": ..}}`` envelope, serving documents rebuilt from
 real snapshot rows (MP's reduced formulas from the merged file, the adj_pairs parsed back into dicts).
 Faults are injected per route, in order: HTTP 429 with Retry-After, 5xx, a response slower than the
-timeout, a truncated body, invalid JSON, a connection reset.
+timeout, a truncated body, invalid JSON, a connection reset. ``page_cap`` makes it serve shorter pages
+than asked for, as an API that lowered its page limit would.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -23,8 +25,10 @@ import struct
 import threading
 import time
 import traceback
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
@@ -57,6 +61,7 @@ OTHER_ION_IDS = ["mp-867522_Cs"]
 SERVED_IDS = EXPECTED_IDS + OUTSIDE_WINDOW_IDS + OTHER_ION_IDS
 
 SLOW_S = 1.0  # how long a "slow" answer takes; the download's timeout in those tests is shorter
+STALL_S = 8.0  # how long a "stall" takes: a download that waits it out has no timeout on that request
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -187,8 +192,10 @@ ROUTES = {
 class FakeMP:
     """A tiny Materials Project API: heartbeat, insertion_electrodes and summary, with fault injection."""
 
-    def __init__(self, electrodes: list[dict], summaries: list[dict], key: str = FAKE_KEY) -> None:
+    def __init__(self, electrodes: list[dict], summaries: list[dict], key: str = FAKE_KEY,
+                 page_cap: int | None = None) -> None:
         self.electrodes = electrodes
+        self.page_cap = page_cap
         self.summaries = summaries
         self.key = key
         self.faults: dict[str, list[str]] = {}
@@ -243,6 +250,8 @@ class FakeMP:
             return None
         if fault == "slow":
             time.sleep(SLOW_S)
+        if fault == "stall":  # accepts, then answers far later than any timeout of these tests
+            time.sleep(STALL_S)
         if fault == "429":
             return self._send(handler, 429, {"detail": "Rate limit exceeded"}, {"Retry-After": "1"})
         if fault.isdigit():
@@ -267,11 +276,10 @@ class FakeMP:
             return self._send_raw(handler, 200, payload[: len(payload) // 2] + b"<html>oops</html>")
         return self._send_raw(handler, 200, payload)
 
-    @staticmethod
-    def _page(docs: list[dict], params: dict) -> dict:
+    def _page(self, docs: list[dict], params: dict) -> dict:
         fields = [f for f in params.get("_fields", "").split(",") if f]
         skip = int(params.get("_skip", 0) or 0)
-        limit = int(params.get("_limit", 1000) or 1000)
+        limit = min(int(params.get("_limit", 1000) or 1000), self.page_cap or 1000)
         page = docs[skip: skip + limit]
         if fields:
             page = [{k: v for k, v in doc.items() if k in fields} for doc in page]
@@ -338,9 +346,11 @@ def server(snapshot_rows):
 
 
 def download(fake: FakeMP, **kwargs) -> pd.DataFrame:
+    """The downloaded table (the provenance beside it has tests of its own)."""
     options = {"api_key": FAKE_KEY, "endpoint": fake.url, "max_retries": 3, "timeout_s": 5.0}
     options.update(kwargs)
-    return download_electrodes(IONS, WINDOW, **options)
+    table, _ = download_electrodes(IONS, WINDOW, **options)
+    return table
 
 
 def assert_one_line_error(error: InputError) -> str:
@@ -405,7 +415,7 @@ def test_download_and_snapshot_load_alike(server):
 
 def test_api_key_from_environment(server, expected, monkeypatch):
     monkeypatch.setenv("MP_API_KEY", FAKE_KEY)
-    table = download_electrodes(IONS, WINDOW, endpoint=server.url, max_retries=1, timeout_s=5.0)
+    table, _ = download_electrodes(IONS, WINDOW, endpoint=server.url, max_retries=1, timeout_s=5.0)
     pd.testing.assert_frame_equal(table, expected, check_exact=True)
 
 
@@ -508,6 +518,75 @@ def test_wrong_endpoint_is_one_line_input_error(server):
     with pytest.raises(InputError) as caught:
         download(server, endpoint=server.url + "nowhere/")
     assert "HTTP 404" in assert_one_line_error(caught.value)
+
+
+def test_http_400_is_one_line_naming_the_likely_cause(server):
+    server.inject("insertion_electrodes", "400")
+    with pytest.raises(InputError) as caught:
+        download(server)
+    text = assert_one_line_error(caught.value)
+    assert "refused the query (HTTP 400)" in text and "outdated mp-api" in text
+    assert "_fields" not in text  # not the query URL cut off at 200 characters
+    assert len(server.hits("insertion_electrodes")) == 1  # permanent: not retried
+
+
+@pytest.mark.parametrize("stalled", [1, 2])
+def test_a_stalled_client_heartbeat_times_out_and_is_retried(server, expected, stalled):
+    """MPRester's constructor GETs /heartbeat twice with a bare requests.get; either may stall."""
+    import requests
+
+    bare_get = requests.get
+    server.inject("heartbeat", *["ok"] * stalled, "stall")  # the first is the download's own probe
+    started = time.monotonic()
+    table = download(server, timeout_s=SLOW_S / 2)
+    assert time.monotonic() - started < STALL_S / 2
+    pd.testing.assert_frame_equal(table, expected, check_exact=True)
+    assert server.faults["heartbeat"] == []
+    assert requests.get is bare_get  # the bounded get was only lent to the constructor
+
+
+def test_pages_shorter_than_asked_are_an_error_not_a_gap(snapshot_rows):
+    """mp_api moves its offset by the page size it asked for: a server serving less would lose rows."""
+    fake = _serve(snapshot_rows, page_cap=1)  # PAGE_SIZE is 2 here
+    try:
+        with pytest.raises(InputError) as caught:
+            download(fake)
+    finally:
+        fake.stop()
+    text = assert_one_line_error(caught.value)
+    assert re.search(r"downloading the K insertion electrodes: the Materials Project counts 5 documents "
+                     r"but returned [0-4]\b", text), text
+
+
+def test_the_download_records_where_and_when(server):
+    from importlib.metadata import version
+
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    _, provenance = download_electrodes(IONS, WINDOW, api_key=FAKE_KEY, endpoint=server.url, max_retries=1)
+    assert provenance["endpoint"] == server.url
+    assert provenance["database_version"] == "2025.09.25"  # what the heartbeat said
+    assert provenance["mp_api_version"] == version("mp-api")
+    assert provenance["emmet_core_version"] == version("emmet-core")
+    assert before <= datetime.fromisoformat(provenance["downloaded_at"]) <= datetime.now(timezone.utc)
+
+
+def test_the_data_step_writes_a_download_and_its_provenance(server, tmp_path, monkeypatch):
+    """The data rule's step with source mp_api: the table, and the report saying which database it is."""
+    from electrode_ml.steps import data_step
+
+    monkeypatch.setenv("MP_API_KEY", FAKE_KEY)
+    monkeypatch.setattr(mp_download, "download_electrodes", functools.partial(
+        mp_download.download_electrodes, endpoint=server.url, max_retries=1))
+    data = tmp_path / "results" / "data"
+    output = SimpleNamespace(electrodes=str(data / "electrodes.parquet"), report=str(data / "data_report.json"))
+    settings = {"source": "mp_api", "ions": IONS, "voltage_window": list(WINDOW), "on_bad_row": "error",
+                "exact_formulas": True}
+    data_step(SimpleNamespace(snapshot=None), output, SimpleNamespace(data=settings), 1)
+    report = json.loads((data / "data_report.json").read_text())
+    assert report["source"] == "mp_api" and report["rows_out"] == len(EXPECTED_IDS)
+    assert report["endpoint"] == server.url and report["database_version"] == "2025.09.25"
+    assert "snapshot_sha256" not in report
+    assert sorted(pd.read_parquet(data / "electrodes.parquet")["battery_id"]) == sorted(EXPECTED_IDS)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -23,22 +23,31 @@ only show once the body is read (truncated body, invalid JSON) are retried by re
 again at most ``max_retries`` times. So a query page costs at most (max_retries + 1)**2 requests of at
 most ``timeout_s`` each, plus capped sleeps. This adapter replaces mp_api's own (urllib3: 3 retries of
 429/502/504 only, Retry-After honoured up to 6 h, 20 s timeout), so the retries do not multiply. One gap
-is mp_api's: ``MPRester()`` GETs ``/heartbeat`` twice with a bare ``requests.get`` (no timeout, no retry);
-a bounded heartbeat probe runs first, and the construction is retried as a whole.
-Anything permanent (bad key, wrong endpoint, retries exhausted) raises `InputError` with one line that
-never contains the API key.
+is mp_api's: ``MPRester()`` GETs ``/heartbeat`` twice with a bare ``requests.get`` (no timeout, no retry),
+so a server that accepts the connection and then stalls would hang the job for good: while the client is
+built those two calls are given ``timeout_s`` (`_bounded_heartbeats`), after a bounded heartbeat probe, and
+the construction is retried as a whole.
+mp_api pages by the number of documents it asked for, not the number it got, and stops at the first
+empty page, so a server serving shorter pages than asked would drop documents without a word: every
+query's document count is checked against the server's own count of it (one more small request each).
+Anything permanent (bad key, wrong endpoint, retries exhausted, a short download) raises `InputError`
+with one line that never contains the API key.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
 from typing import Any, TypeVar
 
 import pandas as pd
@@ -99,12 +108,13 @@ def download_electrodes(
     endpoint: str | None = None,
     max_retries: int = 5,
     timeout_s: float = 60.0,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Download the insertion electrodes of `ions` from the Materials Project, in the snapshot's layout.
 
     Keeps electrodes with ``voltage_window[0] < average_voltage < voltage_window[1]`` whose two end
     members have all summary properties; returns them typed per ``ELECTRODE_COLUMNS``, sorted by
-    battery_id. `api_key` defaults to the ``MP_API_KEY`` environment variable; `endpoint` to mp_api's
+    battery_id, with the download's provenance (endpoint, database and client versions, UTC time) for
+    the data report. `api_key` defaults to the ``MP_API_KEY`` environment variable; `endpoint` to mp_api's
     default (``MP_API_ENDPOINT`` or https://api.materialsproject.org/). Raises `InputError` (one line,
     never containing the key) for bad arguments, a missing or rejected key, an unreachable or failing API.
     """
@@ -139,13 +149,13 @@ def download_electrodes(
 
     guard.call("contacting the Materials Project API",
                lambda: _check_heartbeat(base, _bounded_adapter(max_retries, timeout_s)))
-    # MPRester's constructor GETs /heartbeat twice with plain requests.get (no retry, no timeout), so the
-    # construction itself is retried here; the heartbeat above has just shown that the server answers.
-    mpr = guard.call(
-        "opening the Materials Project client",
-        lambda: MPRester(key, endpoint=base, mute_progress_bars=True, use_document_model=False),
-        transport_retried=False,
-    )
+
+    def open_client():
+        with _bounded_heartbeats(timeout_s):
+            return MPRester(key, endpoint=base, mute_progress_bars=True, use_document_model=False)
+
+    # the heartbeat above has just shown that the server answers; the construction is retried whole
+    mpr = guard.call("opening the Materials Project client", open_client, transport_retried=False)
     with mpr:
         adapter = _bounded_adapter(max_retries, timeout_s)  # shared by the client's resters via the session
         mpr.session.mount("http://", adapter)
@@ -160,12 +170,15 @@ def download_electrodes(
 
         electrodes: list[dict[str, Any]] = []
         for ion in ions:
+            what = f"downloading the {ion} insertion electrodes"
             docs = guard.call(
-                f"downloading the {ion} insertion electrodes",
+                what,
                 lambda ion=ion: electrode_rester.search(
                     working_ion=ion, fields=list(ELECTRODE_FIELDS), chunk_size=PAGE_SIZE
                 ),
             )
+            _check_complete(what, docs, guard.call(f"counting the {ion} insertion electrodes",
+                                                   lambda ion=ion: electrode_rester.count({"working_ion": ion})))
             rows = _electrode_rows(docs, ion)
             kept = [row for row in rows if low < row["average_voltage"] < high]
             log.info(
@@ -179,13 +192,21 @@ def download_electrodes(
         chunks = [material_ids[i:i + SUMMARY_IDS_PER_QUERY]
                   for i in range(0, len(material_ids), SUMMARY_IDS_PER_QUERY)]
         for number, chunk in enumerate(chunks, start=1):
+            what = f"downloading summary properties ({number}/{len(chunks)})"
             docs = guard.call(
-                f"downloading summary properties ({number}/{len(chunks)})",
+                what,
                 lambda chunk=chunk: summary_rester.search(
                     material_ids=chunk, fields=list(SUMMARY_FIELDS), chunk_size=PAGE_SIZE
                 ),
             )
+            # the summary search sends the ids comma-joined, as here
+            _check_complete(what, docs, guard.call(
+                f"counting summary documents ({number}/{len(chunks)})",
+                lambda chunk=chunk: summary_rester.count({"material_ids": ",".join(chunk)})))
             end_members.update(_end_member_properties(docs))
+        provenance = {"endpoint": base, "database_version": mpr.db_version, "mp_api_version": _version("mp-api"),
+                      "emmet_core_version": _version("emmet-core"),
+                      "downloaded_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
     table = _join(electrodes, end_members)
     if table.empty:
@@ -193,8 +214,9 @@ def download_electrodes(
             f"the Materials Project returned no complete insertion electrodes for {', '.join(ions)} "
             f"with {low:g} V < average_voltage < {high:g} V"
         )
-    log.info("downloaded %d insertion electrodes for %s", len(table), ", ".join(ions))
-    return table
+    log.info("downloaded %d insertion electrodes for %s (database %s)", len(table), ", ".join(ions),
+             provenance["database_version"])
+    return table, provenance
 
 
 def to_classic_id(identifier: Any) -> str:
@@ -306,6 +328,39 @@ def _bounded_adapter(max_retries: int, timeout_s: float):
     return _BoundedAdapter(max_retries=retry)
 
 
+@contextmanager
+def _bounded_heartbeats(timeout_s: float) -> Iterator[None]:
+    """While ``MPRester`` is built, its two bare ``requests.get`` heartbeats time out after `timeout_s`.
+
+    mp_api calls ``requests.get`` in its core client and a ``get`` imported from requests in
+    ``mprester``; both names are swapped for the bounded call and put back, whatever happens.
+    """
+    import requests
+    from mp_api.client import mprester
+
+    bounded = functools.partial(requests.get, timeout=timeout_s)
+    bare = requests.get, mprester.get
+    requests.get = mprester.get = bounded
+    try:
+        yield
+    finally:
+        requests.get, mprester.get = bare
+
+
+def _check_complete(what: str, docs: Sequence[Any], counted: int) -> None:
+    """Every document the server counts for a query came back (see the module docstring, paging)."""
+    if len(docs) != counted:
+        raise InputError(f"{what}: the Materials Project counts {counted} documents but returned "
+                         f"{len(docs)} (pages shorter than asked for?); nothing was written")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 class _HTTPStatus(Exception):
     def __init__(self, status: int, url: str) -> None:
         super().__init__(f"error status code {status} on URL {url}")
@@ -405,6 +460,9 @@ class _Guard:
                 return _Problem(True, f"HTTP {status}")
             return _Problem(False, f"the server at {where} refused the query (HTTP {status}): "
                                    f"{_detail(text)}")
+        if "does not support the request" in text:  # mp_api's text for HTTP 400, without the code
+            return _Problem(False, f"the server at {where} refused the query (HTTP 400): an outdated "
+                                   "mp-api package or a malformed query")
         if "32 characters" in text or "valid API key" in text:
             return _Problem(False, "MP_API_KEY is not a valid Materials Project API key "
                                    "(they are 32 characters)")

@@ -323,9 +323,13 @@ def section_data(context: dict) -> str:
                 [td(f"<b>{fmt(total)}</b> <span class='delta'>paper {fmt(PAPER_SPLIT[name])}</span>", cls="num")
                  for name, total in zip(splits, totals)])
     dropped = ", ".join(f"{esc(k)}: {v}" for k, v in report.get("dropped", {}).items()) or "none"
-    snapshot = (f" <code>{esc(report['snapshot'])}</code> (SHA-256 <code>{esc(report['snapshot_sha256'])}</code>)"
-                if report.get("snapshot_sha256") else "")
-    return (f"<p>Source: <b>{esc(report.get('source', '?'))}</b>{snapshot}; {fmt(report.get('rows_in'))} electrodes read, "
+    origin = ""
+    if report.get("snapshot_sha256"):
+        origin = f" <code>{esc(report['snapshot'])}</code> (SHA-256 <code>{esc(report['snapshot_sha256'])}</code>)"
+    elif report.get("database_version"):  # a download: which database, from where, when
+        origin = (f" <code>{esc(report['endpoint'])}</code> (database {esc(report['database_version'])}, "
+                  f"downloaded {esc(report['downloaded_at'])} with mp-api {esc(report['mp_api_version'])})")
+    return (f"<p>Source: <b>{esc(report.get('source', '?'))}</b>{origin}; {fmt(report.get('rows_in'))} electrodes read, "
             f"{fmt(report.get('rows_out'))} kept (dropped: {dropped}; bad rows: {len(report.get('bad_rows', []))}).</p>"
             + table(header, rows, "compact"))
 

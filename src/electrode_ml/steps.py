@@ -36,14 +36,14 @@ def data_step(input, output, params, threads, **_):
     if source == "mp_api":
         from electrode_ml.mp_download import download_electrodes
 
-        raw = download_electrodes(settings["ions"], tuple(settings["voltage_window"]))
+        raw, provenance = download_electrodes(settings["ions"], tuple(settings["voltage_window"]))
         where = "Materials Project download"
     else:
         raw = data_mod.read_electrode_csv(input.snapshot)
         where = str(input.snapshot)
+        provenance = {"snapshot": where, "snapshot_sha256": file_sha256(input.snapshot)}
     log.info("read %d electrodes from %s", len(raw), where)
     electrodes, report = data_mod.prepare_electrodes(raw, settings, source=source, where=where)
-    provenance = {"snapshot": where, "snapshot_sha256": file_sha256(input.snapshot)} if source == "snapshot" else {}
     write_parquet(electrodes, output.electrodes)
     write_json({**report.as_dict(), **provenance}, output.report)
 
