@@ -159,3 +159,17 @@ def test_feature_rows_are_finite_for_any_valid_composition(fitted_featurizers, r
         values = np.asarray(featurizer.transform(frame), dtype=float)
         assert values.shape[0] == len(frame)
         assert np.isfinite(values).all(), (model, frame_rows)
+
+
+def test_insertion_problem_names_the_field_and_why():
+    from electrode_ml.chemistry import insertion_problem
+
+    assert insertion_problem("Li0FePO4", "Li1FePO4", "Li") is None
+    assert insertion_problem("Li0Fe2(PO4)2", "Li1FePO4", "Li") is None  # one host, per formula unit
+    assert insertion_problem("Li0.5CoO2", "Li1CoO2", "Li") is None
+    field, why = insertion_problem("Li1FePO4", "Li0FePO4", "Li")
+    assert field == "formula_discharge" and "no more Li per FePO4" in why and "(0 against 1)" in why
+    field, why = insertion_problem("Li0FePO4", "Li1FePO4", "Na")  # the Li is then part of the host
+    assert field == "formula_discharge" and "LiFePO4 is not the charged formula's FePO4" in why
+    field, why = insertion_problem("Li1", "Li2", "Li")
+    assert field == "formula_charge" and "no framework besides the working ion" in why

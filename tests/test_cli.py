@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,15 +74,12 @@ def test_predict_says_where_each_value_came_from_and_flags_unseen_elements(tiny_
     rows = rows[rows["working_ion"] == "Li"].head(3)[candidate_columns("model1")].reset_index(drop=True)
     # no snapshot electrode holds plutonium, so no training formula of the tiny run does
     rows.loc[1, ["formula_charge", "formula_discharge"]] = ["Li0PuPO4", "Li1PuPO4"]
-    # charged and discharged swapped: the ion count falls, the stoichiometry does not describe it
-    rows.loc[2, ["formula_charge", "formula_discharge"]] = rows.loc[2, ["formula_discharge", "formula_charge"]].to_list()
     table, text = predict_rows(capsys, rows, tmp_path, results, "model1_phys")
     assert table["unseen_elements"].tolist() == ["", "Pu", ""]
     assert "1 candidate(s) hold elements that no training formula held (Pu)" in text
-    assert table["capacity_grav_source"].tolist() == ["physics", "physics", "network"]
+    # a candidate gains ions on one host (the CLI refuses anything else), so stoichiometry holds
+    assert (table["capacity_grav_source"] == "physics").all() and (table["physics_note"] == "").all()
     assert (table["average_voltage_source"] == "network").all()  # model1_phys learns its voltage
-    assert table["physics_note"].tolist()[:2] == ["", ""]
-    assert "no working ion gained" in table["physics_note"][2]
     plain, _ = predict_rows(capsys, rows, tmp_path, results, "model1")
     assert "physics_note" not in plain and (plain["capacity_grav_source"] == "network").all()
     assert plain["unseen_elements"].tolist() == ["", "Pu", ""]
@@ -143,15 +141,115 @@ def test_skip_bad_writes_rejects_and_scores_the_rest(tiny_run, candidates, tmp_p
     assert set(rejects["field"]) == {"charge_space_group_number", "working_ion"}
 
 
-def test_only_bad_rows_gives_empty_output_and_rejects(tiny_run, candidates, tmp_path):
+@pytest.mark.parametrize("command", ["predict", "screen"])
+def test_only_bad_rows_gives_empty_output_and_rejects(tiny_run, candidates, tmp_path, command):
     _, results, _ = tiny_run
     rows = pd.read_csv(candidates, dtype=str).head(3)
     rows["working_ion"] = "Xe"
     rows.to_csv(candidates, index=False)
     out = tmp_path / "out.csv"
-    assert main(["predict", str(candidates), "-o", str(out), "--model", "model1", "--results", str(results), "--skip-bad"]) == 0
-    assert pd.read_csv(out).empty
+    assert main([command, str(candidates), "-o", str(out), "--model", "model1", "--results", str(results),
+                 "--skip-bad", *(["--ion", "Na"] if command == "screen" else [])]) == 0
+    written = pd.read_csv(out)
+    assert written.empty and "average_voltage_pi_high" in written  # the full header, for scripts reading it
+    assert ("passes_at_pi_low" in written) == (command == "screen")
     assert len(pd.read_csv(tmp_path / "out.rejects.csv")) == 3
+
+
+def test_rows_that_are_no_insertion_electrode_are_refused(tiny_run, candidates, tmp_path, capsys):
+    """Swapped ends, the ion in neither formula, two hosts, no host: the networks would still give
+    numbers (a negative capacity for swapped ends), so such rows are bad input like a bad number."""
+    _, results, _ = tiny_run
+    rows = pd.read_csv(candidates, dtype=str, keep_default_na=False).head(6)
+    rows.loc[:, "working_ion"] = "Li"
+    rows.loc[0, ["formula_charge", "formula_discharge"]] = ["Li1FePO4", "Li0FePO4"]  # swapped
+    rows.loc[1, ["formula_charge", "formula_discharge"]] = ["FePO4", "FePO4"]  # no Li at either end
+    rows.loc[2, ["formula_charge", "formula_discharge"]] = ["Li0FePO4", "Li1MnPO4"]  # two hosts
+    rows.loc[3, ["formula_charge", "formula_discharge"]] = ["Li1", "Li2"]  # no host
+    rows.loc[4, ["formula_charge", "formula_discharge"]] = ["Li0Fe2(PO4)2", "Li1FePO4"]  # one host, two ways
+    rows.loc[5, ["formula_charge", "formula_discharge"]] = ["Fe0.0001O1000000", "Li1000000Fe0.0001O1000000"]
+    rows.to_csv(candidates, index=False)
+    out = tmp_path / "out.csv"
+    code, text = predict_in_process(capsys, candidates, out, results)
+    assert_one_line_refusal(code, text, out, f"battery_id={rows.loc[0, 'battery_id']!r} (row 1)",
+                            "'formula_discharge'", "holds no more Li per FePO4", "(and 3 more problem(s)")
+    code, text = predict_in_process(capsys, candidates, out, results, "--skip-bad", model="model1_phys")
+    assert code == 0, text
+    rejects = pd.read_csv(tmp_path / "out.rejects.csv")
+    assert rejects["row"].tolist() == [1, 2, 3, 4]
+    assert rejects["field"].tolist() == ["formula_discharge"] * 3 + ["formula_charge"]
+    assert "host MnPO4 is not the charged formula's FePO4" in rejects["reason"][2]
+    assert "holds no framework besides the working ion" in rejects["reason"][3]
+    assert "4 row(s) rejected" in text
+    scored = pd.read_csv(out, keep_default_na=False)
+    # one host written two ways, and a million ions per framework unit (its formula once failed to
+    # round-trip through "1e+06"): both are insertions, with a stoichiometric capacity
+    assert scored["battery_id"].tolist() == rows.loc[4:, "battery_id"].tolist()
+    assert (scored["capacity_grav_source"] == "physics").all() and (scored["capacity_grav_mean"] > 0).all()
+
+
+def test_implausible_values_name_the_targets_no_electrode_can_have():
+    from electrode_ml.cli import implausible_values
+
+    predictions = pd.DataFrame({"average_voltage_mean": [3.0, 1.3e8, -2.0, 6.9],
+                                "capacity_grav_mean": [150.0, 1168.0, -40.0, 0.0]})
+    assert implausible_values(predictions) == ["", "average_voltage", "average_voltage capacity_grav", ""]
+
+
+def test_rejects_count_rows_and_a_clean_rerun_removes_them(tiny_run, candidates, tmp_path, capsys):
+    _, results, _ = tiny_run
+    rows = pd.read_csv(candidates, dtype=str, keep_default_na=False).head(4)
+    rows.loc[[1, 2], "battery_id"] = ""  # two rows without an id: the row number tells them apart
+    rows.loc[1, "working_ion"] = "Xe"
+    rows.to_csv(candidates, index=False)
+    out = tmp_path / "out.csv"
+    code, text = predict_in_process(capsys, candidates, out, results, "--skip-bad")
+    assert code == 0 and "2 row(s) rejected" in text
+    rejects = pd.read_csv(tmp_path / "out.rejects.csv", keep_default_na=False)
+    assert set(rejects["row"]) == {2, 3} and (rejects["battery_id"] == "").all()
+    rows.drop(index=[1, 2]).to_csv(candidates, index=False)
+    code, text = predict_in_process(capsys, candidates, out, results, "--skip-bad")
+    assert code == 0 and not (tmp_path / "out.rejects.csv").exists() and "earlier run's rejects" in text
+
+
+def test_an_output_over_the_input_or_on_a_folder_is_refused_before_scoring(tiny_run, candidates, tmp_path, capsys):
+    _, results, _ = tiny_run
+    before = candidates.read_bytes()
+    code, text = predict_in_process(capsys, candidates, candidates, results)
+    assert code == 2 and "would overwrite the input" in text and candidates.read_bytes() == before
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    code, text = predict_in_process(capsys, candidates, folder, results)
+    assert code == 2 and "a folder; OUTPUT must be a CSV file path" in text and not any(folder.iterdir())
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    code, text = predict_in_process(capsys, candidates, blocked / "out.csv", results)
+    errors = [line for line in text.splitlines() if line.startswith("electrode-ml: error:")]
+    assert code == 2 and len(errors) == 1 and "cannot write" in errors[0] and "Traceback" not in text
+
+
+@pytest.mark.parametrize("option", [["--ion", "na"], ["--ion", "Xx"], ["--energy", "nan"], ["--voltage=-1"],
+                                    ["--capacity", "inf"], ["--model", "Model1"]])
+def test_screen_refuses_unknown_ions_models_and_thresholds(tiny_run, candidates, tmp_path, capsys, option):
+    _, results, _ = tiny_run
+    out = tmp_path / "out.csv"
+    with pytest.raises(SystemExit) as stopped:
+        main(["screen", str(candidates), "-o", str(out), "--results", str(results), *option])
+    assert stopped.value.code == 2 and not out.exists()
+    assert f"argument {option[0].split('=')[0]}" in capsys.readouterr().err
+
+
+def test_a_results_folder_without_physics_or_calibration_is_one_line(tiny_run, candidates, tmp_path, capsys):
+    _, results, _ = tiny_run
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    (copy / "ensemble" / "model1" / "metrics.json").unlink()
+    out = tmp_path / "out.csv"
+    code, text = predict_in_process(capsys, candidates, out, copy)
+    assert_one_line_refusal(code, text, out, "no evaluated ensemble of model1", "metrics.json")
+    (copy / "physics" / "model1_phys" / "physics.joblib").unlink()
+    code, text = predict_in_process(capsys, candidates, out, copy, model="model1_phys")
+    assert_one_line_refusal(code, text, out, "no fitted physics of model1_phys", "physics.joblib")
 
 
 @pytest.mark.parametrize("content, words", [("", "empty file"), ("battery_id,formula_charge\n", "no rows")])
@@ -201,15 +299,17 @@ def test_screen_names_the_passing_candidates_outside_the_training_data(tiny_run,
 
 
 def test_outside_training_on_a_handmade_frame():
-    """Unseen elements count only where a network gave a value; DFT fields out of range always do."""
+    """Unseen elements count only where a network gave a value; DFT fields out of range and
+    implausible values always do."""
     from electrode_ml.cli import outside_training
 
-    sources = {"average_voltage_source": ["physics", "network", "physics", "physics"],
-               "capacity_grav_source": ["physics"] * 4, "energy_grav_source": ["physics"] * 4}
-    frame = pd.DataFrame({**sources, "unseen_elements": ["Pu", "Pu", "", ""],
-                          "dft_outside_training": ["", "", "charge_energy_per_atom", ""]})
-    assert outside_training(frame).tolist() == [False, True, True, False]
-    assert outside_training(frame.drop(columns="dft_outside_training")).tolist() == [False, True, False, False]
+    sources = {"average_voltage_source": ["physics", "network", "physics", "physics", "network"],
+               "capacity_grav_source": ["physics"] * 5, "energy_grav_source": ["physics"] * 5}
+    frame = pd.DataFrame({**sources, "unseen_elements": ["Pu", "Pu", "", "", ""],
+                          "dft_outside_training": ["", "", "charge_energy_per_atom", "", ""],
+                          "implausible_values": ["", "", "", "", "average_voltage"]})
+    assert outside_training(frame).tolist() == [False, True, True, False, True]
+    assert outside_training(frame.drop(columns="dft_outside_training")).tolist() == [False, True, False, False, True]
 
 
 def test_passes_on_a_handmade_frame():
@@ -386,7 +486,7 @@ def test_refusals_from_the_command_line_are_one_line_without_traceback(tiny_run,
     run = run_cli("predict", str(candidates), "-o", str(out), "--model", "model1", "--results", str(results))
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert [line for line in run.stderr.splitlines() if line.strip()] == [
-        f"electrode-ml: error: {candidates}: battery_id={rows.loc[7, 'battery_id']!r}, field "
+        f"electrode-ml: error: {candidates}: battery_id={rows.loc[7, 'battery_id']!r} (row 8), field "
         "'charge_space_group_number': space group 0 is not an integer in 1..230"]
     assert not out.exists()
 

@@ -120,6 +120,8 @@ MORE_BAD_VALUES = [
     ("num_steps", "two", "not a number"),
     ("charge_space_group_number", "12.5", "space group"),
     ("charge_space_group_number", "-3", "space group"),
+    ("charge_band_gap", "-3", "negative value"),            # a band gap is 0 or more by definition
+    ("stability_discharge", "-0.5", "negative value"),      # so is an energy above the hull
 ]
 
 
@@ -132,6 +134,7 @@ def test_more_bad_values_are_one_line_naming_row_and_field(small_raw, field, val
     message = str(error.value)
     assert "\n" not in message and message.startswith("corpus.csv:")
     assert battery_id in message and field in message and words in message
+    assert "(row 4)" in message  # the 4th electrode of the file: found without its id
 
 
 @pytest.mark.parametrize("field, value, words", MORE_BAD_VALUES)

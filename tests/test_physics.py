@@ -73,6 +73,16 @@ def test_framework_is_derived_when_not_given():
     assert baseline_reasons(rows)[0] == ""
 
 
+def test_a_derived_framework_reads_back_at_any_count():
+    """Written "O1e+06", a million oxygens per formula did not parse back."""
+    from electrode_ml.physics import framework_of
+
+    assert framework_of("Li1000000Fe0.0001O1000000", "Li") == "Fe0.0001O1000000"
+    rows = pd.DataFrame({"formula_charge": ["Fe0.00001O1000000"], "formula_discharge": ["Li2Fe0.00001O1000000"],
+                         "working_ion": ["Li"]})
+    assert baseline_reasons(rows)[0] == ""
+
+
 def test_combine_takes_physics_where_it_holds_and_energy_is_v_times_c():
     physics = np.array([[np.nan, 150.0, np.nan], [np.nan, np.nan, np.nan]])
     network = np.array([[3.0, 140.0, 999.0], [2.0, 80.0, 999.0]])

@@ -68,6 +68,30 @@ def per_framework_unit(formula: str, working_ion: str) -> tuple[float, Compositi
     return ion / factor, framework
 
 
+def insertion_problem(formula_charge: str, formula_discharge: str, working_ion: str) -> tuple[str, str] | None:
+    """(the field at fault, why) when two parsable formulas are no insertion electrode of this ion.
+
+    Both ends must share one host framework and the discharged end must hold more of the ion per
+    framework unit: every electrode of the snapshot does. Anything else (swapped ends, the ion in
+    neither formula, two hosts) would still get numbers from the networks, numbers of nothing.
+    """
+    ends = {}
+    for name, formula in (("formula_charge", formula_charge), ("formula_discharge", formula_discharge)):
+        try:
+            ends[name] = per_framework_unit(formula, working_ion)
+        except InputError as exc:
+            return name, str(exc)
+    (charged, charged_host), (discharged, discharged_host) = ends["formula_charge"], ends["formula_discharge"]
+    if charged_host != discharged_host:
+        return "formula_discharge", (f"its host {discharged_host.reduced_formula} is not the charged formula's "
+                                     f"{charged_host.reduced_formula}: an insertion electrode keeps its framework")
+    if discharged <= charged:
+        return "formula_discharge", (f"holds no more {working_ion} per {discharged_host.reduced_formula} than "
+                                     f"formula_charge ({discharged:g} against {charged:g}): swapped ends, or the "
+                                     f"wrong ion?")
+    return None
+
+
 def stoichiometric_capacity(formula_charge: str, formula_discharge: str, working_ion: str) -> float:
     """Gravimetric capacity in mAh/g: C = n z F / (3.6 M), M the molar mass of the discharged formula."""
     gained = ion_count(formula_discharge, working_ion) - ion_count(formula_charge, working_ion)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -11,15 +12,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from electrode_ml.data import (SPACE_GROUP_FIELDS, coerce_types, find_bad_rows, present, read_electrode_csv, refusal,
-                               require_columns)
+from electrode_ml.chemistry import insertion_problem
+from electrode_ml.data import (FORMULA_FIELDS, SPACE_GROUP_FIELDS, BadRow, coerce_types, find_bad_rows, present,
+                               read_electrode_csv, refusal, require_columns)
 from electrode_ml.ensemble import outside_training as rows_outside_training
 from electrode_ml.errors import InputError
 from electrode_ml.features import DFT_FIELDS, KNOWN_MODELS, uses_dft
 from electrode_ml.fileio import write_csv
+from electrode_ml.physics import PLAUSIBLE_VOLTAGE
 from electrode_ml.predict import TrainedEnsemble
 from electrode_ml.runner import setup_logging
-from electrode_ml.schema import TARGETS
+from electrode_ml.schema import TARGETS, WORKING_IONS
 
 log = logging.getLogger("electrode_ml.cli")
 
@@ -32,7 +35,9 @@ OUTPUT_COLUMNS = ("Output per candidate: for each target (average_voltage, capac
                   "_std, the paper's CI of the mean (_ci_low, _ci_high), the calibrated 95 % interval (_pi_low, "
                   "_pi_high) and _source (physics or network); physics_note (physics models: why the physics "
                   "did not apply); unseen_elements (elements no training formula held: the networks cannot see "
-                  "them); dft_outside_training (model2 variants: DFT fields outside the training range).")
+                  "them); dft_outside_training (model2 variants: DFT fields outside the training range); "
+                  "implausible_values (targets whose mean no electrode can have: voltage outside -1..7 V, "
+                  "capacity below 0).")
 
 
 def candidate_columns(model: str) -> list[str]:
@@ -53,14 +58,27 @@ def validate_candidates(frame: pd.DataFrame, needed: list[str], where: str, skip
     checked = [*needed, *(name for name in present(frame, known) if name not in needed)]
     typed, bad = coerce_types(frame[checked])
     bad += find_bad_rows(typed)
+    bad += not_insertions(typed, {row.row for row in bad if row.field in (*FORMULA_FIELDS, "working_ion")})
     if bad and not skip_bad:
         raise refusal(bad, where, hint="; --skip-bad scores the rest")
-    rejects = pd.DataFrame([{"battery_id": row.battery_id, "field": row.field, "reason": row.reason} for row in bad],
-                           columns=["battery_id", "field", "reason"])
+    rejects = pd.DataFrame([{"row": row.row + 1, "battery_id": row.battery_id, "field": row.field,
+                             "reason": row.reason} for row in bad], columns=["row", "battery_id", "field", "reason"])
     good = typed.drop(index=sorted({row.row for row in bad}))
     for name in present(good, SPACE_GROUP_FIELDS):
         good[name] = good[name].astype("int64")
     return good, rejects
+
+
+def not_insertions(candidates: pd.DataFrame, unreadable: set[int]) -> list[BadRow]:
+    """Rows whose formulas parse but describe no insertion of their ion (:func:`insertion_problem`);
+    ``unreadable`` rows already have a bad formula or ion."""
+    bad = []
+    for row in candidates.index.difference(sorted(unreadable)):
+        electrode = candidates.loc[row]
+        problem = insertion_problem(electrode["formula_charge"], electrode["formula_discharge"], electrode["working_ion"])
+        if problem:
+            bad.append(BadRow(str(electrode["battery_id"]), *problem, row))
+    return bad
 
 
 def score(input_path: Path, model: str, results: Path, skip_bad: bool,
@@ -70,12 +88,22 @@ def score(input_path: Path, model: str, results: Path, skip_bad: bool,
     candidates, rejects = validate_candidates(frame, ensemble.input_columns, str(input_path), skip_bad,
                                               known=candidate_columns(model))
     if candidates.empty:
-        return pd.DataFrame(columns=["battery_id"]), rejects
+        log.warning("every row of %s was rejected: nothing to score", input_path)
     predictions = ensemble.predict(candidates)
     predictions.insert(1, "working_ion", candidates["working_ion"].to_numpy())
     predictions.insert(2, "model", model)
+    predictions["implausible_values"] = implausible_values(predictions)
     warn_outside_training(predictions)
     return predictions, rejects
+
+
+def implausible_values(predictions: pd.DataFrame) -> list[str]:
+    """Per candidate, the mean values no electrode can have (voltage outside the paper's -1..7 V, a
+    negative capacity), space-separated: what networks far outside their training data return."""
+    low, high = PLAUSIBLE_VOLTAGE
+    voltage, capacity = predictions["average_voltage_mean"], predictions["capacity_grav_mean"]
+    flags = pd.DataFrame({"average_voltage": ~voltage.between(low, high), "capacity_grav": capacity < 0})
+    return [" ".join(flags.columns[row]) for row in flags.to_numpy()]
 
 
 def from_network(predictions: pd.DataFrame) -> pd.Series:
@@ -84,8 +112,9 @@ def from_network(predictions: pd.DataFrame) -> pd.Series:
 
 
 def outside_training(predictions: pd.DataFrame) -> pd.Series:
-    """Candidates whose values the training data cannot vouch for (:func:`electrode_ml.ensemble.outside_training`)."""
-    return rows_outside_training(predictions, from_network(predictions))
+    """Candidates whose values the training data cannot vouch for (:func:`electrode_ml.ensemble.outside_training`),
+    and those with implausible values."""
+    return rows_outside_training(predictions, from_network(predictions)) | (predictions["implausible_values"] != "")
 
 
 def warn_outside_training(predictions: pd.DataFrame) -> None:
@@ -97,6 +126,9 @@ def warn_outside_training(predictions: pd.DataFrame) -> None:
         warn_flagged(predictions["dft_outside_training"],
                      "have DFT values outside the training range (%s): the model extrapolates there; the DFT "
                      "fields must be MP's, with MP's energy corrections")
+    warn_flagged(predictions["implausible_values"],
+                 "got values no electrode can have (%s): the networks are far outside their training data; "
+                 "check the formulas")
 
 
 def warn_flagged(flags: pd.Series, message: str) -> None:
@@ -118,23 +150,56 @@ def passes(predictions: pd.DataFrame, voltage: float, capacity: float, energy: f
 
 def report_screen(screened: pd.DataFrame, shown: int = 10) -> None:
     """How many candidates pass, and which of those the training data cannot vouch for."""
+    if screened.empty:
+        log.warning("no candidate to screen")
+        return
     passing = screened["passes"].astype(bool)
     log.info("%d of %d candidate(s) pass the filter", passing.sum(), len(screened))
     doubtful = screened["battery_id"][passing & outside_training(screened)].astype(str)
     if len(doubtful):
         more = f" and {len(doubtful) - shown} more" if len(doubtful) > shown else ""
         log.warning("%d passing candidate(s) lie outside the training data, their values extrapolated: %s%s "
-                    "(columns unseen_elements, dft_outside_training)", len(doubtful),
+                    "(columns unseen_elements, dft_outside_training, implausible_values)", len(doubtful),
                     ", ".join(doubtful[:shown]), more)
 
 
+def rejects_path(output: Path) -> Path:
+    return output.with_name(output.stem + ".rejects.csv")
+
+
+def check_output(output: Path, input_path: Path) -> None:
+    """Refuse, before any scoring, an output that would overwrite the input or cannot be a file."""
+    for path, what in ((output, "OUTPUT"), (rejects_path(output), "OUTPUT's rejects file")):
+        if path.resolve() == input_path.resolve():
+            raise InputError(f"{output}: {what} would overwrite the input {input_path}; write elsewhere")
+    if output.is_dir():
+        raise InputError(f"{output}: a folder; OUTPUT must be a CSV file path")
+
+
 def write_outputs(predictions: pd.DataFrame, rejects: pd.DataFrame, output: Path) -> None:
-    write_csv(predictions, output)
-    if not rejects.empty:
-        rejects_path = output.with_name(output.stem + ".rejects.csv")
-        write_csv(rejects, rejects_path)
-        log.warning("%d row(s) rejected; reasons in %s", rejects["battery_id"].nunique(), rejects_path)
+    try:
+        write_csv(predictions, output)
+        stale = rejects_path(output)
+        if not rejects.empty:
+            write_csv(rejects, stale)
+            log.warning("%d row(s) rejected; reasons in %s", rejects["row"].nunique(), stale)
+        elif stale.exists():  # an earlier run's rejects would read as this run's
+            stale.unlink()
+            log.info("removed %s, an earlier run's rejects (this run rejected no row)", stale)
+    except OSError as error:
+        raise InputError(f"{output}: cannot write ({error.strerror or error})") from None
     log.info("wrote %d prediction(s) to %s", len(predictions), output)
+
+
+def threshold(text: str) -> float:
+    """A screening threshold: a finite number, 0 or more (as the workflow's screen.* config)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of 0 or more, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "crystal systems; the space groups if the run used them, the DFT "
                                                      "fields for model2 variants")
         sub.add_argument("-o", "--output", type=Path, required=True, help="CSV to write (atomically)")
-        sub.add_argument("--model", default="model1_phys",
+        sub.add_argument("--model", default="model1_phys", choices=KNOWN_MODELS, metavar="MODEL",
                          help=f"{', '.join(KNOWN_MODELS)} (default model1_phys: needs no DFT)")
         sub.add_argument("--results", type=Path, default=Path("results"), help="the workflow's results folder")
         sub.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
@@ -162,10 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  epilog=OUTPUT_COLUMNS + " screen adds passes and passes_at_pi_low, and names the "
                                         "passing candidates either flag marks.")
     common(screen)
-    screen.add_argument("--ion", help="keep only candidates of this working ion (any ion; default all)")
-    screen.add_argument("--voltage", type=float, default=2.0, help="minimum average voltage, V (default 2.0)")
-    screen.add_argument("--capacity", type=float, default=100.0, help="minimum capacity, mAh/g (default 100)")
-    screen.add_argument("--energy", type=float, default=200.0, help="minimum specific energy, Wh/kg (default 200)")
+    screen.add_argument("--ion", choices=WORKING_IONS, metavar="ION",
+                        help=f"keep only candidates of this working ion ({', '.join(WORKING_IONS)}; default all)")
+    screen.add_argument("--voltage", type=threshold, default=2.0, help="minimum average voltage, V (default 2.0)")
+    screen.add_argument("--capacity", type=threshold, default=100.0, help="minimum capacity, mAh/g (default 100)")
+    screen.add_argument("--energy", type=threshold, default=200.0, help="minimum specific energy, Wh/kg (default 200)")
     return parser
 
 
@@ -173,16 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     try:
+        check_output(args.output, args.input)
         predictions, rejects = score(args.input, args.model, args.results, args.skip_bad, args.precision)
         if args.command == "screen":
             if args.ion:
                 predictions = predictions[predictions["working_ion"] == args.ion]
             thresholds = (args.voltage, args.capacity, args.energy)
-            predictions = predictions.assign(passes=passes(predictions, *thresholds) if len(predictions) else [])
-            if "average_voltage_pi_low" in predictions:
-                predictions["passes_at_pi_low"] = passes(predictions, *thresholds, column="pi_low")
-            if len(predictions):
-                report_screen(predictions)
+            predictions = predictions.assign(passes=passes(predictions, *thresholds),
+                                             passes_at_pi_low=passes(predictions, *thresholds, column="pi_low"))
+            report_screen(predictions)
         write_outputs(predictions, rejects, args.output)
     except InputError as error:
         print(f"electrode-ml: error: {error}", file=sys.stderr)

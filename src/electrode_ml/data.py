@@ -22,6 +22,8 @@ NUMERIC_FIELDS = tuple(name for name, dtype in ELECTRODE_COLUMNS.items() if dtyp
 SPACE_GROUP_FIELDS = ("charge_space_group_number", "discharge_space_group_number")
 MISSING_TEXT = ("", "nan", "na", "n/a", "null", "none")
 CRYSTAL_SYSTEM_FIELDS = ("charge_crystal_system", "discharge_crystal_system")
+# A band gap and an energy above the hull are never negative (the snapshot's smallest are 0).
+NON_NEGATIVE_FIELDS = ("charge_band_gap", "discharge_band_gap", "stability_charge", "stability_discharge")
 PAIR_FORMULA = re.compile(r"formula_(?:dis)?charge='([^']+)'")
 
 
@@ -30,10 +32,10 @@ class BadRow:
     battery_id: str
     field: str
     reason: str
-    row: int  # index label in the checked frame: rows without a usable id are still found by it
+    row: int  # 0-based row of the checked frame (messages say row + 1): rows without a usable id are found by it
 
     def __str__(self) -> str:
-        return f"battery_id={self.battery_id!r}, field {self.field!r}: {self.reason}"
+        return f"battery_id={self.battery_id!r} (row {self.row + 1}), field {self.field!r}: {self.reason}"
 
 
 @dataclass
@@ -125,6 +127,9 @@ def find_bad_rows(frame: pd.DataFrame) -> list[BadRow]:
         values = frame[name].to_numpy(dtype=float)
         for idx in frame.index[np.isinf(values)]:
             bad.append(BadRow(ids[idx], name, "infinite value", idx))
+    for name in present(frame, NON_NEGATIVE_FIELDS):
+        for idx in frame.index[frame[name] < 0]:
+            bad.append(BadRow(ids[idx], name, f"negative value {frame[name][idx]:g} (0 or more by definition)", idx))
     for name in present(frame, SPACE_GROUP_FIELDS):
         values = frame[name]
         out_of_range = values.notna() & ((values < 1) | (values > 230) | (values != values.round()))
@@ -144,7 +149,7 @@ def find_bad_rows(frame: pd.DataFrame) -> list[BadRow]:
             except InputError as exc:
                 bad.append(BadRow(ids[idx], name, str(exc), idx))
     for idx in frame.index[ids.str.strip().eq("")]:
-        bad.append(BadRow(f"row {idx + 2}", "battery_id", "empty id", idx))
+        bad.append(BadRow(ids[idx], "battery_id", "empty id", idx))
     # which copy of a duplicated id is right is unknown, so every copy is bad
     duplicated = ids.duplicated(keep=False) & ids.str.strip().ne("")
     for idx in frame.index[duplicated]:

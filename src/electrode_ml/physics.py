@@ -33,7 +33,8 @@ def framework_of(formula: str, working_ion: str) -> str:
     """The host without the working ion, for candidates that give no framework_formula."""
     host = parse_formula(formula).as_dict()
     host.pop(working_ion, None)
-    return "".join(f"{element}{amount:g}" for element, amount in host.items())
+    # positional: an exponent (1e+06) is no formula pymatgen can read back
+    return "".join(f"{element}{np.format_float_positional(amount, trim='-')}" for element, amount in host.items())
 
 
 def baseline_reasons(electrodes: pd.DataFrame) -> np.ndarray:

@@ -46,7 +46,8 @@ class TrainedEnsemble:
 
     @classmethod
     def load(cls, results: str | Path, model: str, device: str = "cpu", dtype=torch.float32) -> "TrainedEnsemble":
-        """A physics model reuses its base model's featuriser and networks (see physics.py)."""
+        """A physics model reuses its base model's featuriser and networks (see physics.py); the
+        calibration of the intervals comes from the model's evaluated ensemble (metrics.json)."""
         results = Path(results)
         base = base_model(model)
         transformer_path = results / "features" / base / "transformers.joblib"
@@ -56,7 +57,12 @@ class TrainedEnsemble:
                              f"or pass --results pointing at its output folder)")
         networks = [TrainedNetwork.from_checkpoint(torch.load(path, map_location="cpu", weights_only=False))
                     for path in checkpoints]
-        physics = joblib.load(results / "physics" / model / "physics.joblib") if is_physics_model(model) else None
+        physics = None
+        if is_physics_model(model):
+            physics_path = results / "physics" / model / "physics.joblib"
+            if not physics_path.exists():
+                raise InputError(f"no fitted physics of {model} at {physics_path} (rerun the workflow to fit it)")
+            physics = joblib.load(physics_path)
         trees = None
         if uses_voltage_trees(model):
             trees_path = results / "physics" / model / "voltage_trees.joblib"
@@ -67,7 +73,10 @@ class TrainedEnsemble:
                 raise InputError(f"voltage trees of {model} at {trees_path} are an earlier release's single "
                                  f"model (rerun the workflow to fit them again)")
         metrics_path = results / "ensemble" / model / "metrics.json"
-        intervals = read_json(metrics_path).get("prediction_interval") if metrics_path.exists() else None
+        if not metrics_path.exists():  # no calibration: the calibrated interval promised would be missing
+            raise InputError(f"no evaluated ensemble of {model} at {metrics_path}: the workflow calibrates the "
+                             f"intervals of the models in config `models` (add {model} there and rerun)")
+        intervals = read_json(metrics_path)["prediction_interval"]
         return cls(model, joblib.load(transformer_path), StackedEnsemble(networks, device=device, dtype=dtype),
                    physics, intervals, trees)
 
