@@ -194,6 +194,23 @@ def test_more_unreadable_files_are_one_line(tmp_path, content, words):
     assert "\n" not in str(error.value) and error.value.__suppress_context__
 
 
+def test_a_late_non_utf8_byte_is_placed_in_the_file(tmp_path):
+    """pandas decodes in chunks and reports the offset in its chunk; the message gives the file's."""
+    lines = ["battery_id,formula_charge"] + [f"mp-{n}_Li,Li2FeO2" for n in range(40000)] + ["mp-x_Li,Li2FéO2"]
+    path = tmp_path / "late.csv"
+    path.write_bytes("\n".join(lines).encode("latin-1"))
+    offset = path.read_bytes().index(b"\xe9")
+    with pytest.raises(InputError, match=f"not UTF-8 text \\(byte {offset} of the file, line 40002\\)"):
+        read_electrode_csv(path)
+
+
+def test_another_delimiter_is_named(tmp_path, small_raw):
+    path = tmp_path / "semicolons.csv"
+    small_raw[["battery_id", "formula_charge", "formula_discharge", "working_ion"]].to_csv(path, index=False, sep=";")
+    with pytest.raises(InputError, match="the header is one column holding ';': separate columns with commas"):
+        validate(read_electrode_csv(path), where=str(path))
+
+
 def test_utf8_with_byte_order_mark_reads_like_plain_utf8(tmp_path, small_raw):
     path = tmp_path / "excel.csv"
     small_raw.to_csv(path, index=False, encoding="utf-8-sig")

@@ -71,8 +71,8 @@ def read_electrode_csv(path: str | Path) -> pd.DataFrame:
         raise InputError(f"{path}: file not found")
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text ({_first_non_utf8(path)})") from None
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: empty file, expected a header row and electrodes") from None
     except pd.errors.ParserError as exc:
@@ -82,10 +82,24 @@ def read_electrode_csv(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def _first_non_utf8(path: Path) -> str:
+    """Where the first byte that is no UTF-8 sits (pandas decodes in chunks: its offset is the chunk's)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return f"byte {exc.start} of the file, line {line}"
+    return "a byte pandas could not decode"
+
+
 def require_columns(frame: pd.DataFrame, columns, where: str) -> None:
     missing = [name for name in columns if name not in frame.columns]
     if missing:
-        raise InputError(f"{where}: missing column(s) {', '.join(missing)}")
+        # a file of another delimiter reads as one column whose name holds every header
+        other = next((mark for mark in ";\t|" if len(frame.columns) == 1 and mark in str(frame.columns[0])), None)
+        hint = f" (the header is one column holding {other!r}: separate columns with commas)" if other else ""
+        raise InputError(f"{where}: missing column(s) {', '.join(missing)}{hint}")
 
 
 def coerce_types(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[BadRow]]:
@@ -138,10 +152,12 @@ def find_bad_rows(frame: pd.DataFrame) -> list[BadRow]:
     for name in present(frame, CRYSTAL_SYSTEM_FIELDS):
         unknown = ~frame[name].isin(CRYSTAL_SYSTEMS)
         for idx in frame.index[unknown]:
-            bad.append(BadRow(ids[idx], name, f"unknown crystal system {frame[name][idx]!r}", idx))
+            bad.append(BadRow(ids[idx], name, f"unknown crystal system {frame[name][idx]!r} (one of "
+                                              f"{', '.join(CRYSTAL_SYSTEMS)})", idx))
     for name in present(frame, ("working_ion",)):
         for idx in frame.index[~frame[name].isin(WORKING_IONS)]:
-            bad.append(BadRow(ids[idx], name, f"unknown working ion {frame[name][idx]!r}", idx))
+            bad.append(BadRow(ids[idx], name, f"unknown working ion {frame[name][idx]!r} (one of "
+                                              f"{', '.join(WORKING_IONS)})", idx))
     for name in present(frame, FORMULA_FIELDS):
         for idx, formula in frame[name].items():
             try:
