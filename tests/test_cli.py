@@ -336,7 +336,6 @@ CLI_BAD_VALUES = [
     ("formula_discharge", "Li0Fe0P0O0", "no atoms"),
     ("formula_charge", "LiFe-1PO4", "malformed"),
     ("working_ion", "Xe", "unknown working ion"),
-    ("charge_space_group_number", "NaN", "missing value"),
     ("charge_space_group_number", "inf", "infinite"),
     ("discharge_space_group_number", "twelve", "not a number"),
     ("charge_space_group_number", "0", "space group"),
@@ -466,6 +465,11 @@ def test_only_the_columns_the_run_read_are_needed(tiny_run, candidates, tmp_path
     full = tmp_path / "full.csv"
     assert main(["predict", str(candidates), "-o", str(full), "--model", "model1_phys", "--results", str(results)]) == 0
     groups = ["charge_space_group_number", "discharge_space_group_number"]
+    unknown = tmp_path / "unknown_groups.csv"  # blank (unknown) where the run reads none: fine
+    pd.read_csv(candidates, dtype=str).assign(charge_space_group_number="").to_csv(unknown, index=False)
+    blanks = tmp_path / "blanks.csv"
+    assert main(["predict", str(unknown), "-o", str(blanks), "--model", "model1_phys", "--results", str(results)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(blanks), pd.read_csv(full))
     pd.read_csv(candidates, dtype=str).drop(columns=groups).to_csv(candidates, index=False)
     lean = tmp_path / "lean.csv"
     assert main(["predict", str(candidates), "-o", str(lean), "--model", "model1_phys", "--results", str(results)]) == 0

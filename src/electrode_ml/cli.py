@@ -52,11 +52,12 @@ def validate_candidates(frame: pd.DataFrame, needed: list[str], where: str, skip
 
     The ``needed`` columns must be there; those of ``known`` that are there too are checked as
     strictly though the model does not read them (a space group of 231 says the file is not what
-    its writer thinks); any other column is ignored."""
+    its writer thinks), except that they may be blank (unknown); any other column is ignored."""
     require_columns(frame, needed, where)
     frame = frame.reset_index(drop=True)
-    checked = [*needed, *(name for name in present(frame, known) if name not in needed)]
-    typed, bad = coerce_types(frame[checked])
+    unread = [name for name in present(frame, known) if name not in needed]
+    typed, bad = coerce_types(frame[[*needed, *unread]])
+    bad = [row for row in bad if not (row.field in unread and row.reason == "missing value")]
     bad += find_bad_rows(typed)
     bad += not_insertions(typed, {row.row for row in bad if row.field in (*FORMULA_FIELDS, "working_ion")})
     if bad and not skip_bad:
@@ -65,7 +66,8 @@ def validate_candidates(frame: pd.DataFrame, needed: list[str], where: str, skip
                              "reason": row.reason} for row in bad], columns=["row", "battery_id", "field", "reason"])
     good = typed.drop(index=sorted({row.row for row in bad}))
     for name in present(good, SPACE_GROUP_FIELDS):
-        good[name] = good[name].astype("int64")
+        if name in needed:  # an unread one may hold blanks: it stays float
+            good[name] = good[name].astype("int64")
     return good, rejects
 
 
