@@ -32,6 +32,13 @@ class MemberPredictions:
     physics_notes: np.ndarray
 
 
+def _fitted(path: Path, what: str, pronoun: str):
+    """A joblib file the workflow fits, or one line saying it is missing."""
+    if not path.exists():
+        raise InputError(f"no {what} at {path} (rerun the workflow to fit {pronoun})")
+    return joblib.load(path)
+
+
 @dataclass
 class TrainedEnsemble:
     """What a workflow run leaves for later use: featuriser + networks of one model."""
@@ -57,18 +64,12 @@ class TrainedEnsemble:
                              f"or pass --results pointing at its output folder)")
         networks = [TrainedNetwork.from_checkpoint(torch.load(path, map_location="cpu", weights_only=False))
                     for path in checkpoints]
-        physics = None
-        if is_physics_model(model):
-            physics_path = results / "physics" / model / "physics.joblib"
-            if not physics_path.exists():
-                raise InputError(f"no fitted physics of {model} at {physics_path} (rerun the workflow to fit it)")
-            physics = joblib.load(physics_path)
+        physics = _fitted(results / "physics" / model / "physics.joblib", f"fitted physics of {model}",
+                          "it") if is_physics_model(model) else None
         trees = None
         if uses_voltage_trees(model):
             trees_path = results / "physics" / model / "voltage_trees.joblib"
-            if not trees_path.exists():
-                raise InputError(f"no voltage trees of {model} at {trees_path} (rerun the workflow to fit them)")
-            trees = joblib.load(trees_path)
+            trees = _fitted(trees_path, f"voltage trees of {model}", "them")
             if not getattr(trees, "models", None):
                 raise InputError(f"voltage trees of {model} at {trees_path} are an earlier release's single "
                                  f"model (rerun the workflow to fit them again)")
