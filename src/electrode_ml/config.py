@@ -1,4 +1,5 @@
-"""Checks on the workflow configuration that a JSON schema cannot express."""
+"""The workflow configuration's checks, each refusal one line naming the key: the JSON schema's, and
+those a schema cannot express."""
 
 from __future__ import annotations
 
@@ -13,29 +14,44 @@ from jsonschema.exceptions import best_match
 
 from electrode_ml.errors import InputError
 
-# The Snakefile validates against the same file; the package is installed editable from the repository.
+# The default for the tools outside Snakemake (the package is installed editable from the repository);
+# the workflow passes the schema beside its own Snakefile.
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def load_config(path: Path) -> dict:
     """A configuration file as the Snakefile sees it: schema-checked, the schema's defaults filled in,
     then ``check_config``; for the tools that read a run's config.yaml outside Snakemake."""
-    from snakemake.utils import validate  # imported here: the workflow's own rules never call this
-
     if not path.is_file():
         raise InputError(f"--config {path} is not a file")
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise InputError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
-    schema = yaml.safe_load(SCHEMA.read_text())
-    error = best_match(Draft202012Validator(schema).iter_errors(config))
-    if error is not None:
-        where = "config key " + ".".join(map(str, error.absolute_path)) if error.absolute_path else "top level"
-        raise InputError(f"{path}: {where}: {error.message}")
-    validate(config, str(SCHEMA))  # fills in the defaults of optional sections, as the Snakefile's validate does
-    check_config(config)
+    try:
+        validate_config(config)
+    except InputError as error:
+        raise InputError(f"{path}: {error}") from None
     return config
+
+
+def validate_config(config: dict, schema: Path = SCHEMA) -> None:
+    """The Snakefile's and the tools' one check of a configuration: ``check_schema``, the schema's
+    defaults filled in (optional sections of older configs), then ``check_config``."""
+    from snakemake.utils import validate  # imported here: only the workflow and the measuring tools need it
+
+    check_schema(config, schema)
+    validate(config, str(schema))  # cannot fail after check_schema; it fills in the defaults
+    check_config(config)
+
+
+def check_schema(config, schema: Path = SCHEMA) -> None:
+    """Raise InputError, one line naming the key, at the schema's most relevant complaint (best_match)."""
+    error = best_match(Draft202012Validator(yaml.safe_load(schema.read_text())).iter_errors(config))
+    if error is None:
+        return
+    where = "config key " + ".".join(map(str, error.absolute_path)) if error.absolute_path else "config top level"
+    raise InputError(f"{where}: {' '.join(error.message.split())}")
 
 
 def check_config(config: dict) -> None:
