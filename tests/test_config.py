@@ -1,4 +1,5 @@
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -138,6 +139,8 @@ def test_wrong_value_stops_a_real_run_before_any_job(tmp_path, config, path, val
      "config key train: Additional properties are not allowed ('epoch' was unexpected)"),
     (lambda config: config.pop("split"), "config top level: 'split' is a required property"),
     (lambda config: config.update(train=None), "config key train: None is not of type 'object'"),
+    # a float for an integer: JSON Schema lets 0.0 pass, and range() ended the parse in a TypeError traceback
+    (lambda config: config["train"].update(first_seed=0.0), "config key train.first_seed: 0.0 is not of type 'integer'"),
     # the workflow's own checks, past the schema
     (lambda config: config["split"].update(fractions=[0.8, 0.1, 0.2]),
      "config key split.fractions: [0.8, 0.1, 0.2] sum to 1.1, not 1"),
@@ -154,6 +157,40 @@ def test_a_bad_config_is_one_line_from_a_dry_run(tmp_path, config, edit, message
     assert error_lines(output) == [f"electrode-ml: error: {message}"], output[-3000:]
     assert f"electrode-ml: error: {message}" in run.stderr
     assert not (tmp_path / "results").exists()
+
+
+def integer_paths(schema: dict, value, path: tuple = ()):
+    """The paths of ``value`` (a config) that ``schema`` types as integers, array items included."""
+    types = schema.get("type", [])
+    if "integer" in (types if isinstance(types, list) else [types]) and isinstance(value, int):
+        yield path
+    for name, sub in schema.get("properties", {}).items():
+        if isinstance(value, dict) and name in value:
+            yield from integer_paths(sub, value[name], path + (name,))
+    if "items" in schema and isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from integer_paths(schema["items"], item, path + (index,))
+
+
+INTEGER_PATHS = list(integer_paths(yaml.safe_load(Path(SCHEMA).read_text()),
+                                   yaml.safe_load((REPO / "config.yaml").read_text())))
+
+
+def test_the_integer_keys_are_found():
+    assert {("train", "epochs"), ("train", "first_seed"), ("tune", "trials"), ("tune", "units", 0),
+            ("evaluation", "group_seeds"), ("peer_gbm", "max_iter")} <= set(INTEGER_PATHS)
+
+
+@pytest.mark.parametrize("path", INTEGER_PATHS, ids=lambda path: ".".join(map(str, path)))
+def test_a_float_for_an_integer_key_is_refused(config, path):
+    """train.epochs: 500.0 passed the schema (JSON Schema counts it an integer) and failed only inside the jobs."""
+    target = config
+    for name in path[:-1]:
+        target = target[name]
+    target[path[-1]] = float(target[path[-1]])
+    key = ".".join(map(str, path))
+    with pytest.raises(InputError, match=rf"^config key {re.escape(key)}: {target[path[-1]]!r} is not of type 'integer'"):
+        check_schema(config)
 
 
 def test_default_config_keeps_the_papers_mse_for_its_models_and_huber_for_model1_redox(config):

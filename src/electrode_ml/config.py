@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import yaml
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import best_match
 
 from electrode_ml.errors import InputError
@@ -45,9 +45,15 @@ def validate_config(config: dict, schema: Path = SCHEMA) -> None:
     check_config(config)
 
 
+# "integer" as YAML writes it: JSON Schema counts 500.0 as an integer, and such a float then reached
+# range() at parse time (a traceback) or a job (train.epochs, tune.trials: failing only once running).
+StrictValidator = validators.extend(Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)))
+
+
 def check_schema(config, schema: Path = SCHEMA) -> None:
     """Raise InputError, one line naming the key, at the schema's most relevant complaint (best_match)."""
-    error = best_match(Draft202012Validator(yaml.safe_load(schema.read_text())).iter_errors(config))
+    error = best_match(StrictValidator(yaml.safe_load(schema.read_text())).iter_errors(config))
     if error is None:
         return
     where = "config key " + ".".join(map(str, error.absolute_path)) if error.absolute_path else "config top level"
