@@ -140,7 +140,7 @@ def test_wrong_value_stops_a_real_run_before_any_job(tmp_path, config, path, val
     (lambda config: config.pop("split"), "config top level: 'split' is a required property"),
     (lambda config: config.update(train=None), "config key train: None is not of type 'object'"),
     # a float for an integer: JSON Schema lets 0.0 pass, and range() ended the parse in a TypeError traceback
-    (lambda config: config["train"].update(first_seed=0.0), "config key train.first_seed: 0.0 is not of type 'integer'"),
+    (lambda config: config["train"].update(first_seed=0.0), "config key train.first_seed: 0.0 is not of type 'integer' (write 0)"),
     # the workflow's own checks, past the schema
     (lambda config: config["split"].update(fractions=[0.8, 0.1, 0.2]),
      "config key split.fractions: [0.8, 0.1, 0.2] sum to 1.1, not 1"),
@@ -191,6 +191,43 @@ def test_a_float_for_an_integer_key_is_refused(config, path):
     key = ".".join(map(str, path))
     with pytest.raises(InputError, match=rf"^config key {re.escape(key)}: {target[path[-1]]!r} is not of type 'integer'"):
         check_schema(config)
+
+
+@pytest.mark.parametrize("key, text, message", [
+    # YAML 1.1 (PyYAML) reads a float only with a decimal point and an exponent only with its sign
+    ("lr", "[1e-4, 0.01]", "config key tune.lr.0: '1e-4' is not of type 'number' (YAML reads 1e-4 as text; write 1.0e-4)"),
+    ("lr", "[0.0001, 1.0e4]", "config key tune.lr.1: '1.0e4' is not of type 'number' (YAML reads 1.0e4 as text; write 1.0e+4)"),
+    ("tolerance", "'0.05'", "config key tune.tolerance: '0.05' is not of type 'number' (a number in quotes is text; write 0.05)"),
+    ("trials", "'30'", "config key tune.trials: '30' is not of type 'integer' (a number in quotes is text; write 30)"),
+    ("trials", "30.0", "config key tune.trials: 30.0 is not of type 'integer' (write 30)"),
+])
+def test_a_number_yaml_reads_otherwise_gets_a_hint_that_loads(tmp_path, key, text, message):
+    """The spelling the hint gives, put in place of the value, must pass."""
+    from electrode_ml.config import load_config
+
+    shipped = (REPO / "config.yaml").read_text()
+    line = re.search(rf"^  {key}: .*$", shipped, re.MULTILINE).group(0)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(shipped.replace(line, f"  {key}: {text}", 1))
+    with pytest.raises(InputError) as error:
+        load_config(bad)
+    assert str(error.value) == f"{bad}: {message}"
+    value = re.search(r"key \S+: (\S+) is not of type", message).group(1)
+    value = value if value in text else value.strip("'")  # the message quotes text, the YAML may not
+    hinted = re.search(r"write (\S+)\)$", message).group(1)
+    bad.write_text(shipped.replace(line, f"  {key}: {text.replace(value, hinted)}", 1))
+    load_config(bad)
+
+
+def test_the_config_and_the_docs_spell_no_number_yaml_reads_as_text():
+    """What users copy (config.yaml, settings in backticks in the README and docs/) must not spell an exponent
+    without a decimal point and a sign; the config's own note on it names 1e-4 as the wrong way."""
+    text_number = re.compile(r"\b\d+(?:\.\d*)?[eE]\d+\b|\b\d+[eE][-+]?\d+\b")
+    config_lines = (REPO / "config.yaml").read_text().splitlines()
+    assert [line for line in config_lines if text_number.search(line) and "YAML reads 1e-4 as text" not in line] == []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        settings = [span for span in re.findall(r"`([^`\n]+)`", doc.read_text()) if ":" in span or "=" in span]
+        assert [span for span in settings if text_number.search(span)] == [], doc
 
 
 def test_default_config_keeps_the_papers_mse_for_its_models_and_huber_for_model1_redox(config):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -57,7 +58,30 @@ def check_schema(config, schema: Path = SCHEMA) -> None:
     if error is None:
         return
     where = "config key " + ".".join(map(str, error.absolute_path)) if error.absolute_path else "config top level"
-    raise InputError(f"{where}: {' '.join(error.message.split())}")
+    raise InputError(f"{where}: {' '.join(error.message.split())}{_hint(error)}")
+
+
+def _hint(error) -> str:
+    """How to write the number the schema wanted, when YAML read the value as text or as a float."""
+    if error.validator != "type":
+        return ""
+    value, wanted = error.instance, error.validator_value
+    wanted = wanted if isinstance(wanted, list) else [wanted]
+    if isinstance(value, float) and value.is_integer() and "integer" in wanted:
+        return f" (write {int(value)})"
+    if not isinstance(value, str):
+        return ""
+    text = value.strip()
+    # PyYAML (YAML 1.1) reads a float only with a decimal point, and an exponent only with its sign:
+    # 1e-4 and 1.0e4 are text, 1.0e-4 and 1.0e+4 numbers.
+    exponent = re.fullmatch(r"([+-]?\d+)(?:\.(\d*))?[eE]([+-]?)(\d+)", text)
+    if exponent and "number" in wanted:
+        whole, fraction, sign, power = exponent.groups()
+        return f" (YAML reads {text} as text; write {whole}.{fraction or 0}e{sign or '+'}{power})"
+    if ("integer" in wanted and re.fullmatch(r"[+-]?\d+", text)) or (
+            "number" in wanted and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)", text)):
+        return f" (a number in quotes is text; write {text})"
+    return ""
 
 
 def check_config(config: dict) -> None:
