@@ -60,3 +60,45 @@ def test_the_slurm_profile_gives_every_network_rule_a_gpu(tmp_path):
             assert job.get("gpu", "0") == ("1" if rule in rules else "0"), (rule, job)
             if rule in rules:
                 assert int(job["runtime"]) > 30 and int(job["mem_mb"]) > 2000, (rule, job)
+
+
+SETTINGS = ("executor", "jobs", "keep_going", "latency_wait", "rerun_incomplete", "show_failed_logs",
+            "max_checksum_file_size", "default_resources", "set_resources", "set_threads")
+
+
+def effective_settings(*argv: str) -> dict:
+    """The settings Snakemake's command line parser derives from ``argv`` and the profiles it loads."""
+    code = f"""
+import json, sys
+from snakemake.cli import parse_args
+
+def plain(value):  # resources are mappings of Resource objects; compare them by their text, key by key
+    if hasattr(value, "items"):
+        return {{str(key): plain(item) for key, item in value.items()}}
+    return value if isinstance(value, (bool, int, float, str, type(None))) else str(value)
+
+_, args = parse_args(sys.argv[1:])
+print(json.dumps({{key: plain(getattr(args, key)) for key in {SETTINGS!r}}}))
+"""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SBATCH_")}
+    run = subprocess.run([sys.executable, "-c", code, *argv, "-n"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return yaml.safe_load(run.stdout)
+
+
+def test_profile_and_workflow_profile_give_the_same_slurm_settings():
+    """`--profile profiles/slurm` also loads profiles/default as the workflow profile, whose keys win: its
+    keep-going: false and latency-wait: 5 replaced the SLURM profile's true and 60."""
+    as_workflow_profile = effective_settings("--workflow-profile", "profiles/slurm")
+    assert as_workflow_profile["executor"] == "slurm"
+    assert as_workflow_profile["keep_going"] is True and as_workflow_profile["latency_wait"] == 60
+    assert effective_settings("--profile", "profiles/slurm") == as_workflow_profile
+
+
+def test_the_workstation_profile_sets_no_key_the_slurm_profile_sets_otherwise():
+    default = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
+    differing = {key for key, value in default.items() if key in SLURM_PROFILE and SLURM_PROFILE[key] != value}
+    assert differing == set()
+    # keys only the workstation sets pass into a SLURM run too; cores there only caps a job's threads
+    assert set(default) - set(SLURM_PROFILE) == {"cores"}
