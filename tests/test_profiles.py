@@ -28,9 +28,11 @@ def network_rules() -> set[str]:
 def slurm_dry_run(tmp_path: Path, **environ: str) -> dict[str, list[dict]]:
     """`snakemake -n --workflow-profile profiles/slurm` on a host without a GPU, as a login node is:
     {rule: [the resources of each of its jobs]}."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("SBATCH_")}
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("SBATCH_") and key != "ELECTRODE_ML_GPU_PER_JOB"}
     env.update(CUDA_VISIBLE_DEVICES="", **environ)
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--workflow-profile", "profiles/slurm",
+    # --cores 8: a dry run's cores (1 by default) would cap the threads it shows
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "8", "--workflow-profile", "profiles/slurm",
                           "--config", f"results={tmp_path / 'results'}"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -85,6 +87,41 @@ print(json.dumps({{key: plain(getattr(args, key)) for key in {SETTINGS!r}}}))
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     return yaml.safe_load(run.stdout)
+
+
+def test_a_cluster_without_gpus_asks_for_none_and_keeps_the_limits(tmp_path):
+    """train.device: cpu still asked SLURM for a GPU per job; --set-resources train:gpu=0 would have replaced all
+    of the profile's set-resources (memory and time limits too), so the profile reads ELECTRODE_ML_GPU_PER_JOB."""
+    rules = network_rules()
+    jobs = slurm_dry_run(tmp_path, ELECTRODE_ML_GPU_PER_JOB="0")
+    for rule, resources in jobs.items():
+        for job in resources:
+            assert job.get("gpu", "0") == "0", (rule, job)
+            if rule in rules:
+                assert job["mem_mb"] == "4000" and int(job["runtime"]) > 30, (rule, job)
+
+
+class PluginJob:
+    """What the SLURM plugin reads of a job to choose its CPUs: threads, and resources by key or attribute."""
+
+    def __init__(self, threads: int, resources: dict):
+        self.threads = threads
+        self.resources = type("Resources", (dict,), {"__getattr__": dict.__getitem__})(resources)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_network_job_asks_for_as_many_cpus_as_it_runs_threads(tmp_path, threads):
+    """The profile asked cpus_per_task: 2 while each job ran torch on its rule's 1 thread; without cpus_per_task
+    the plugin asks for the job's threads, which set-threads would raise together with the torch threads."""
+    from snakemake_executor_plugin_slurm_jobstep import get_cpu_setting
+
+    for rule in network_rules():
+        resources = {key: value for key, value in SLURM_PROFILE["set-resources"][rule].items() if key != "gpu"}
+        assert get_cpu_setting(PluginJob(threads, {**resources, "gpu": 1}), gpu=True) == f"--cpus-per-task={threads}"
+    if threads == 1:
+        jobs = slurm_dry_run(tmp_path, ELECTRODE_ML_GPU_PER_JOB="1")
+        assert all("cpus_per_task" not in job for resources in jobs.values() for job in resources)
+        assert {job["threads"] for rule in network_rules() for job in jobs[rule]} == {"1"}
 
 
 def test_profile_and_workflow_profile_give_the_same_slurm_settings():
