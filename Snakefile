@@ -1,5 +1,5 @@
 # electrode-ml: Ma et al. 2022 as a workflow. Wiring only; the logic lives in src/electrode_ml.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -7,9 +7,7 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
-
-
+# First: it checks the config against workflow/schemas/config.schema.yaml before anything reads it.
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"

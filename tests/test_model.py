@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from electrode_ml.devices import claim_gpu, resolve_device
+from electrode_ml.devices import claim_gpu, job_device, resolve_device
+from electrode_ml.errors import InputError
 from electrode_ml.model import (MLP, FlatRMSprop, NetworkParams, ReLUDropout, StackedEnsemble, TrainedNetwork, TrainingStep,
                                 TrainSettings, predict, relu_, train_network)
 
@@ -307,8 +308,61 @@ def test_device_choice_on_this_machine():
     assert resolve_device("auto") == expected
     assert resolve_device("cpu") == "cpu"
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="no CUDA device"):
+        with pytest.raises(InputError, match="^config key train.device: cuda, but "):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize("build, words", [
+    (None, "this torch 2.13.0+cpu is a CPU-only build: install torch's CUDA build"),
+    ("12.8", "torch 2.13.0+cpu (CUDA 12.8) sees no CUDA device on"),
+])
+def test_cuda_without_a_gpu_says_why_in_one_line(monkeypatch, build, words):
+    """A CPU-only torch (what requirements.txt installs) and a host without a visible GPU need different fixes."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", build)
+    monkeypatch.setattr(torch, "__version__", "2.13.0+cpu")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(InputError) as error:
+        resolve_device("cuda")
+    assert words in str(error.value) and "\n" not in str(error.value)
+    assert str(error.value).endswith("or set train.device: auto or cpu to train on the CPU")
+    assert ("CUDA_VISIBLE_DEVICES=)" in str(error.value)) == (build is not None)
+
+
+def test_every_job_logs_the_device_its_networks_run_on(monkeypatch, caplog):
+    """train.device: auto with a CPU-only torch on a GPU host trains on the CPU; the job's log says so, and why."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with caplog.at_level("INFO", logger="electrode_ml.devices"), job_device("auto") as device:
+        assert device == "cpu"
+    assert f"networks run on cpu (train.device: auto: this torch {torch.__version__} is a CPU-only build)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="electrode_ml.devices"), job_device("cpu"):
+        pass
+    assert "networks run on cpu (train.device: cpu)" in caplog.text
+
+
+def test_a_job_on_cuda_without_a_gpu_ends_in_one_line_not_a_traceback(tmp_path):
+    """What a train or tune job does with train.device: cuda where torch sees no GPU: run_step (every network
+    rule's script) ends it with one error line; the RuntimeError it raised before ended in a traceback."""
+    code = f"""
+import types, torch
+torch.cuda.is_available = lambda: False
+from electrode_ml.devices import job_device
+from electrode_ml.runner import run_step
+
+def step(input, output, params, threads, **_):
+    with job_device(params.train["device"]):
+        raise AssertionError("no GPU, so no training")
+
+run_step(types.SimpleNamespace(log=[{str(tmp_path / "tune.log")!r}], rule="tune", input={{}}, output={{}}, threads=1,
+                               params=types.SimpleNamespace(train={{"device": "cuda"}}), wildcards={{}}), step)
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    assert run.stderr.splitlines()[-1].startswith("electrode-ml: error: config key train.device: cuda, but ")
+    assert "config key train.device: cuda, but" in (tmp_path / "tune.log").read_text()
 
 
 def _hold_gpu(lock_dir, n_devices, hold_s, queue):

@@ -1,41 +1,87 @@
-"""Checks on the workflow configuration that a JSON schema cannot express."""
+"""The workflow configuration's checks, each refusal one line naming the key: the JSON schema's, and
+those a schema cannot express."""
 
 from __future__ import annotations
 
 import glob
 import math
 import os
+import re
 from pathlib import Path
 
 import yaml
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import best_match
 
 from electrode_ml.errors import InputError
 
-# The Snakefile validates against the same file; the package is installed editable from the repository.
+# The default for the tools outside Snakemake (the package is installed editable from the repository);
+# the workflow passes the schema beside its own Snakefile.
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def load_config(path: Path) -> dict:
     """A configuration file as the Snakefile sees it: schema-checked, the schema's defaults filled in,
     then ``check_config``; for the tools that read a run's config.yaml outside Snakemake."""
-    from snakemake.utils import validate  # imported here: the workflow's own rules never call this
-
     if not path.is_file():
         raise InputError(f"--config {path} is not a file")
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise InputError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
-    schema = yaml.safe_load(SCHEMA.read_text())
-    error = best_match(Draft202012Validator(schema).iter_errors(config))
-    if error is not None:
-        where = "config key " + ".".join(map(str, error.absolute_path)) if error.absolute_path else "top level"
-        raise InputError(f"{path}: {where}: {error.message}")
-    validate(config, str(SCHEMA))  # fills in the defaults of optional sections, as the Snakefile's validate does
-    check_config(config)
+    try:
+        validate_config(config)
+    except InputError as error:
+        raise InputError(f"{path}: {error}") from None
     return config
+
+
+def validate_config(config: dict, schema: Path = SCHEMA) -> None:
+    """The Snakefile's and the tools' one check of a configuration: ``check_schema``, the schema's
+    defaults filled in (optional sections of older configs), then ``check_config``."""
+    from snakemake.utils import validate  # imported here: only the workflow and the measuring tools need it
+
+    check_schema(config, schema)
+    validate(config, str(schema))  # cannot fail after check_schema; it fills in the defaults
+    check_config(config)
+
+
+# "integer" as YAML writes it: JSON Schema counts 500.0 as an integer, and such a float then reached
+# range() at parse time (a traceback) or a job (train.epochs, tune.trials: failing only once running).
+StrictValidator = validators.extend(Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)))
+
+
+def check_schema(config, schema: Path = SCHEMA) -> None:
+    """Raise InputError, one line naming the key, at the schema's most relevant complaint (best_match)."""
+    error = best_match(StrictValidator(yaml.safe_load(schema.read_text())).iter_errors(config))
+    if error is None:
+        return
+    where = "config key " + ".".join(map(str, error.absolute_path)) if error.absolute_path else "config top level"
+    raise InputError(f"{where}: {' '.join(error.message.split())}{_hint(error)}")
+
+
+def _hint(error) -> str:
+    """How to write the number the schema wanted, when YAML read the value as text or as a float."""
+    if error.validator != "type":
+        return ""
+    value, wanted = error.instance, error.validator_value
+    wanted = wanted if isinstance(wanted, list) else [wanted]
+    if isinstance(value, float) and value.is_integer() and "integer" in wanted:
+        return f" (write {int(value)})"
+    if not isinstance(value, str):
+        return ""
+    text = value.strip()
+    # PyYAML (YAML 1.1) reads a float only with a decimal point, and an exponent only with its sign:
+    # 1e-4 and 1.0e4 are text, 1.0e-4 and 1.0e+4 numbers.
+    exponent = re.fullmatch(r"([+-]?\d+)(?:\.(\d*))?[eE]([+-]?)(\d+)", text)
+    if exponent and "number" in wanted:
+        whole, fraction, sign, power = exponent.groups()
+        return f" (YAML reads {text} as text; write {whole}.{fraction or 0}e{sign or '+'}{power})"
+    if ("integer" in wanted and re.fullmatch(r"[+-]?\d+", text)) or (
+            "number" in wanted and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)", text)):
+        return f" (a number in quotes is text; write {text})"
+    return ""
 
 
 def check_config(config: dict) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import platform
 import tempfile
 import time
 from contextlib import contextmanager
@@ -20,18 +21,34 @@ from typing import Iterator
 
 import torch
 
+from electrode_ml.errors import InputError
+
 log = logging.getLogger(__name__)
 
 LOCK_DIR = Path(os.environ.get("ELECTRODE_ML_GPU_LOCK_DIR", tempfile.gettempdir())) / "electrode-ml-gpu-locks"
 
 
 def resolve_device(preference: str = "auto") -> str:
-    """auto = cuda when a GPU is visible; cuda without one is an error, never a silent CPU run."""
+    """auto = cuda when a GPU is visible; cuda without one is an error, never a silent CPU run.
+
+    Checked in the job, not when Snakemake reads the config: a SLURM login node has no GPU, its jobs do.
+    """
     if preference == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is cuda but no CUDA device is visible")
+        fix = ("install torch's CUDA build (README, \"Several GPUs on one workstation\")" if torch.version.cuda is None
+               else "run it where a GPU is visible")
+        raise InputError(f"config key train.device: cuda, but {why_no_cuda()}: {fix}, "
+                         "or set train.device: auto or cpu to train on the CPU")
     return preference
+
+
+def why_no_cuda() -> str:
+    """Why torch sees no GPU: a CPU-only build of torch, or no device visible to this process."""
+    if torch.version.cuda is None:
+        return f"this torch {torch.__version__} is a CPU-only build"
+    return (f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA device on {platform.node()} "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
 
 
 @contextmanager
@@ -84,16 +101,20 @@ def job_device(preference: str = "auto") -> Iterator[str]:
     """The torch device string for one job: a claimed ``cuda:i`` or ``cpu``."""
     device = resolve_device(preference)
     if device != "cuda":
+        # Said in every job's log: with auto, a CPU-only torch on a GPU host trains on the CPU silently.
+        log.info("networks run on %s (train.device: %s%s)", device, preference,
+                 f": {why_no_cuda()}" if preference == "auto" else "")
         yield device
         return
     if os.environ.get("SLURM_JOB_ID"):
         # SLURM already gave this job its own GPU(s), usually all seen as index 0; a node-wide
         # lock on that index would serialise jobs that each have a GPU of their own.
-        log.info("SLURM job %s: CUDA_VISIBLE_DEVICES=%s", os.environ["SLURM_JOB_ID"],
-                 os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+        log.info("networks run on cuda:0, %s (SLURM job %s, CUDA_VISIBLE_DEVICES=%s)", torch.cuda.get_device_name(0),
+                 os.environ["SLURM_JOB_ID"], os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
         yield "cuda:0"
         return
     with claim_gpu(torch.cuda.device_count()) as index:
-        log.info("using GPU %d of %d (CUDA_VISIBLE_DEVICES=%s)", index, torch.cuda.device_count(),
+        log.info("networks run on cuda:%d, %s (%d GPU(s) visible, CUDA_VISIBLE_DEVICES=%s)", index,
+                 torch.cuda.get_device_name(index), torch.cuda.device_count(),
                  os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
         yield f"cuda:{index}"

@@ -4,18 +4,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from electrode_ml.config import check_config, check_snapshot, contribution_seeds, gpu_per_job, seeds, snapshot_input
+from electrode_ml.config import check_snapshot, contribution_seeds, gpu_per_job, seeds, snapshot_input, validate_config
 from electrode_ml.errors import InputError
 from electrode_ml.features import (FEATURE_SETS, KNOWN_MODELS, PHYSICS_BASES, base_model, is_physics_model,
                                    uses_voltage_trees, variants_of, voltage_tree_settings)
 
 try:
-    check_config(config)
+    validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
     SNAPSHOT = snapshot_input(config)
     if SNAPSHOT and workflow.is_main_process:  # a job submitted to a cluster node never reads it
         check_snapshot(SNAPSHOT)
 except InputError as error:
-    raise WorkflowError(str(error))
+    # Any exception raised here, WorkflowError included, Snakemake prints with the file, the line
+    # and a traceback (snakemake.exceptions.format_exception_to_string). SystemExit is no Exception:
+    # it passes Snakemake's handlers, and Python prints its message alone on stderr and exits 1.
+    sys.exit(f"electrode-ml: error: {error}")
 
 RESULTS = config["results"].rstrip("/")
 MODELS = config["models"]
