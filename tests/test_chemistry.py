@@ -165,7 +165,10 @@ def test_insertion_problem_names_the_field_and_why():
     from electrode_ml.chemistry import insertion_problem
 
     assert insertion_problem("Li0FePO4", "Li1FePO4", "Li") is None
-    assert insertion_problem("Li0Fe2(PO4)2", "Li1FePO4", "Li") is None  # one host, per formula unit
+    # one host, but as many units at both ends: the physics counts ions, mass and atoms as written
+    field, why = insertion_problem("Li0.5FePO4", "Li2Fe2P2O8", "Li")
+    assert field == "formula_discharge" and "holds 2 FePO4 unit(s), formula_charge 1" in why
+    assert insertion_problem("Li1Fe2P2O8", "Li2Fe2(PO4)2", "Li") is None
     assert insertion_problem("Li0.5CoO2", "Li1CoO2", "Li") is None
     field, why = insertion_problem("Li1FePO4", "Li0FePO4", "Li")
     assert field == "formula_discharge" and "no more Li per FePO4" in why and "(0 against 1)" in why

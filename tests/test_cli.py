@@ -93,8 +93,11 @@ def test_predict_flags_dft_values_outside_the_training_range(tiny_run, tmp_path,
     table, text = predict_rows(capsys, rows, tmp_path, results, "model2_phys")
     assert table["dft_outside_training"].tolist() == ["", "charge_energy_per_atom", ""]
     assert "1 candidate(s) have DFT values outside the training range (charge_energy_per_atom)" in text
-    # the thermodynamic voltage of that row is implausible, so the networks take it over
+    # the thermodynamic voltage of that row is implausible, so the networks take it over; the
+    # capacity does not depend on the energies and stays stoichiometry's
     assert table["average_voltage_source"].tolist() == ["physics", "network", "physics"]
+    assert (table["capacity_grav_source"] == "physics").all()
+    assert table["energy_grav_source"].tolist() == ["physics", "network", "physics"]
     assert "DFT energies imply a voltage outside" in table["physics_note"][1]
 
 
@@ -166,25 +169,26 @@ def test_rows_that_are_no_insertion_electrode_are_refused(tiny_run, candidates, 
     rows.loc[1, ["formula_charge", "formula_discharge"]] = ["FePO4", "FePO4"]  # no Li at either end
     rows.loc[2, ["formula_charge", "formula_discharge"]] = ["Li0FePO4", "Li1MnPO4"]  # two hosts
     rows.loc[3, ["formula_charge", "formula_discharge"]] = ["Li1", "Li2"]  # no host
-    rows.loc[4, ["formula_charge", "formula_discharge"]] = ["Li0Fe2(PO4)2", "Li1FePO4"]  # one host, two ways
+    rows.loc[4, ["formula_charge", "formula_discharge"]] = ["Li0.5FePO4", "Li2Fe2P2O8"]  # 1 and 2 host units
     rows.loc[5, ["formula_charge", "formula_discharge"]] = ["Fe0.0001O1000000", "Li1000000Fe0.0001O1000000"]
     rows.to_csv(candidates, index=False)
     out = tmp_path / "out.csv"
     code, text = predict_in_process(capsys, candidates, out, results)
     assert_one_line_refusal(code, text, out, f"battery_id={rows.loc[0, 'battery_id']!r} (row 1)",
-                            "'formula_discharge'", "holds no more Li per FePO4", "(and 3 more problem(s)")
+                            "'formula_discharge'", "holds no more Li per FePO4", "(and 4 more problem(s)")
     code, text = predict_in_process(capsys, candidates, out, results, "--skip-bad", model="model1_phys")
     assert code == 0, text
     rejects = pd.read_csv(tmp_path / "out.rejects.csv")
-    assert rejects["row"].tolist() == [1, 2, 3, 4]
-    assert rejects["field"].tolist() == ["formula_discharge"] * 3 + ["formula_charge"]
+    assert rejects["row"].tolist() == [1, 2, 3, 4, 5]
+    assert rejects["field"].tolist() == ["formula_discharge"] * 3 + ["formula_charge", "formula_discharge"]
     assert "host MnPO4 is not the charged formula's FePO4" in rejects["reason"][2]
     assert "holds no framework besides the working ion" in rejects["reason"][3]
-    assert "4 row(s) rejected" in text
+    assert "holds 2 FePO4 unit(s), formula_charge 1" in rejects["reason"][4]  # scored, its capacity was 50 % high
+    assert "5 row(s) rejected" in text
     scored = pd.read_csv(out, keep_default_na=False)
-    # one host written two ways, and a million ions per framework unit (its formula once failed to
-    # round-trip through "1e+06"): both are insertions, with a stoichiometric capacity
-    assert scored["battery_id"].tolist() == rows.loc[4:, "battery_id"].tolist()
+    # a million ions per framework unit (its formula once failed to round-trip through "1e+06"): an
+    # insertion, with a stoichiometric capacity
+    assert scored["battery_id"].tolist() == rows.loc[5:, "battery_id"].tolist()
     assert (scored["capacity_grav_source"] == "physics").all() and (scored["capacity_grav_mean"] > 0).all()
 
 

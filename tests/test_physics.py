@@ -68,6 +68,24 @@ def test_rows_physics_cannot_describe_are_left_to_the_network():
     assert np.isnan(physics[:, 0]).all()  # model1_phys: voltage always from the network
 
 
+def test_a_dft_voltage_left_to_the_networks_keeps_the_stoichiometric_capacity():
+    """Implausible DFT energies, or an ion without a reference energy, concern the voltage only."""
+    cell = pd.DataFrame({
+        "formula_charge": ["Li0CoO2"] * 3 + ["Na0CoO2"], "formula_discharge": ["LiCoO2"] * 3 + ["NaCoO2"],
+        "working_ion": ["Li"] * 3 + ["Na"],
+        "charge_energy_per_atom": [-6.0, -6.0, -500.0, -6.0],  # the third: a total energy, another scale
+        "discharge_energy_per_atom": [(3 * -6.0 - 1.9 - 3.9) / 4] * 4,
+    })
+    physics = PhysicsBaseline(uses_voltage=True, ion_references={"Li": -1.9})
+    notes = physics.reasons(cell)
+    assert notes[0] == "" and notes[2].startswith("DFT energies imply a voltage outside")
+    assert notes[3].startswith("no reference energy of the working ion")
+    values = physics.transform(cell, notes)
+    assert values[0, 0] == pytest.approx(3.9) and np.isnan(values[2:, 0]).all()
+    assert values[:3, 1] == pytest.approx([273.8] * 3, abs=0.1)  # LiCoO2's 274 mAh/g, whatever the energies
+    assert values[3, 1] == pytest.approx(235.3, abs=0.1) and np.isnan(values[2:, 2]).all()
+
+
 def test_framework_is_derived_when_not_given():
     rows = pd.DataFrame({"formula_charge": ["Li0.12FeBO3"], "formula_discharge": ["Li0.88FeBO3"], "working_ion": ["Li"]})
     assert baseline_reasons(rows)[0] == ""

@@ -60,35 +60,47 @@ def per_framework_unit(formula: str, working_ion: str) -> tuple[float, Compositi
     MP's voltage pairs give reduced formulas (``Li10Ti3Mn5O16``, ``Li4(CuO2)3``); the snapshot's
     formulas count the ion per framework unit, so both are compared in that unit.
     """
+    ion, framework, units = framework_units(formula, working_ion)
+    return ion / units, framework
+
+
+def framework_units(formula: str, working_ion: str) -> tuple[float, Composition, float]:
+    """(working-ion atoms, the reduced framework, how many framework units) of a formula as written."""
     amounts = parse_formula(formula).get_el_amt_dict()
     ion = amounts.pop(working_ion, 0.0)
     if not amounts:
         raise InputError(f"formula {formula!r} holds no framework besides the working ion {working_ion}")
-    framework, factor = Composition.from_dict(amounts).get_reduced_composition_and_factor()
-    return ion / factor, framework
+    framework, units = Composition.from_dict(amounts).get_reduced_composition_and_factor()
+    return ion, framework, units
 
 
 def insertion_problem(formula_charge: str, formula_discharge: str, working_ion: str) -> tuple[str, str] | None:
     """(the field at fault, why) when two parsable formulas are no insertion electrode of this ion.
 
-    Both ends must share one host framework and the discharged end must hold more of the ion per
-    framework unit: every electrode of the snapshot does. Anything else (swapped ends, the ion in
-    neither formula, two hosts) would still get numbers from the networks, numbers of nothing.
+    Both ends must share one host framework, written as the same number of framework units (the
+    physics counts ions, mass and atoms as written), and the discharged end must hold more of the
+    ion: every electrode of the snapshot does. Anything else (swapped ends, the ion in neither
+    formula, two hosts) would still get numbers from the networks, numbers of nothing.
     """
     ends = {}
     for name, formula in (("formula_charge", formula_charge), ("formula_discharge", formula_discharge)):
         try:
-            ends[name] = per_framework_unit(formula, working_ion)
+            ends[name] = framework_units(formula, working_ion)
         except InputError as exc:
             return name, str(exc)
-    (charged, charged_host), (discharged, discharged_host) = ends["formula_charge"], ends["formula_discharge"]
+    (charged, charged_host, charged_units), (discharged, discharged_host, discharged_units) = \
+        ends["formula_charge"], ends["formula_discharge"]
     if charged_host != discharged_host:
         return "formula_discharge", (f"its host {discharged_host.reduced_formula} is not the charged formula's "
                                      f"{charged_host.reduced_formula}: an insertion electrode keeps its framework")
+    if not math.isclose(charged_units, discharged_units, rel_tol=1e-9):
+        host = discharged_host.reduced_formula
+        return "formula_discharge", (f"holds {discharged_units:g} {host} unit(s), formula_charge {charged_units:g}: "
+                                     f"write both ends per one framework unit, as the snapshot does")
     if discharged <= charged:
         return "formula_discharge", (f"holds no more {working_ion} per {discharged_host.reduced_formula} than "
-                                     f"formula_charge ({discharged:g} against {charged:g}): swapped ends, or the "
-                                     f"wrong ion?")
+                                     f"formula_charge ({discharged / discharged_units:g} against "
+                                     f"{charged / charged_units:g}): swapped ends, or the wrong ion?")
     return None
 
 

@@ -4,7 +4,9 @@ The physics-informed models (``model1_phys``, ``model2_phys``) take capacity (an
 voltage) from physics wherever it describes the row, and energy as voltage x capacity. For a row
 the physics cannot describe (no ion gained from the charged to the discharged formula, as in the
 snapshot's rows whose charged formula holds more ion than the discharged one, or a host framework
-that itself contains the working ion, as in alloys) the network predicts. The networks are those
+that itself contains the working ion, as in alloys) the network predicts; where only model2_phys's
+DFT voltage fails (implausible energies, an ion without a reference), the network predicts the
+voltage alone. The networks are those
 of ``features.PHYSICS_BASES``: model2's for model2_phys, and for model1_phys, whose voltage always
 comes from a network, those of model1_redox (feature set 1 plus the redox chemistry of redox.py).
 """
@@ -20,6 +22,10 @@ from electrode_ml.chemistry import ion_count, parse_formula
 from electrode_ml.schema import ION_CHARGE, TARGETS
 
 PLAUSIBLE_VOLTAGE = (-1.0, 7.0)  # V, the paper's window on MP average voltages
+IMPLAUSIBLE_DFT = "DFT energies imply a voltage outside -1..7 V"
+NO_REFERENCE = "no reference energy of the working ion (no training electrode of this ion)"
+# Reasons that concern the DFT voltage only: the stoichiometric capacity still holds.
+VOLTAGE_ONLY = (IMPLAUSIBLE_DFT, NO_REFERENCE)
 FARADAY_MAH = 96485.33212 / 3.6  # C/mol -> mAh/mol
 
 
@@ -118,21 +124,29 @@ class PhysicsBaseline:
     def reasons(self, electrodes: pd.DataFrame) -> np.ndarray:
         reasons = baseline_reasons(electrodes)
         if self.uses_voltage:
-            # DFT end members that imply an impossible voltage are not the materials the formulas
-            # describe (e.g. a discharged formula normalised to the wrong ion count).
+            # DFT end members that imply an impossible voltage are not the energies of the materials
+            # the formulas describe (with MP's rounded formulas: a discharged formula normalised to
+            # the wrong ion count); an ion no training electrode had has no reference energy.
             voltage = thermodynamic_voltage(electrodes, self.ion_references)
             low, high = PLAUSIBLE_VOLTAGE
-            implausible = (reasons == "") & ~((voltage > low) & (voltage < high))
-            reasons = np.where(implausible, "DFT energies imply a voltage outside -1..7 V", reasons)
+            described = reasons == ""
+            unknown_ion = ~electrodes["working_ion"].isin(list(self.ion_references)).to_numpy()
+            implausible = described & ~unknown_ion & ~((voltage > low) & (voltage < high))
+            reasons = np.where(described & unknown_ion, NO_REFERENCE, reasons)
+            reasons = np.where(implausible, IMPLAUSIBLE_DFT, reasons)
         return reasons
 
     def transform(self, electrodes: pd.DataFrame, reasons: np.ndarray | None = None) -> np.ndarray:
         """(n, 3) physics value of voltage, capacity, energy; NaN where the network must predict.
 
+        The capacity is stoichiometry's wherever the formulas describe the insertion: the DFT
+        reasons (:data:`VOLTAGE_ONLY`) take the voltage alone to the networks (a candidate with a
+        total energy for its DFT fields got 34 018 mAh/g from them where its formulas say 51.6).
         ``reasons``, from :meth:`reasons` on the same rows, spares parsing every formula again
         for a caller that reports them too (``electrode-ml predict``)."""
-        applies = (self.reasons(electrodes) if reasons is None else reasons) == ""
-        capacity = np.where(applies, stoichiometric_capacity_array(electrodes), np.nan)
+        reasons = self.reasons(electrodes) if reasons is None else reasons
+        applies = reasons == ""
+        capacity = np.where(applies | np.isin(reasons, VOLTAGE_ONLY), stoichiometric_capacity_array(electrodes), np.nan)
         voltage = np.full(len(electrodes), np.nan)
         if self.uses_voltage:
             voltage = np.where(applies, thermodynamic_voltage(electrodes, self.ion_references), np.nan)
