@@ -234,6 +234,40 @@ def test_beyond_section_shows_test_errors_coverage_and_the_peer(beyond_context):
     assert "physics 100.0 % of 8, network 50.0 % of 2" in page
 
 
+def test_the_glance_counts_the_paper_models_apart_and_exact_physics_not_at_all():
+    """model2_phys's physics values redo MP's own computation: shown as exact, not as a -100 % win."""
+    def metrics(mae):
+        return {**_metrics(0.0), "ensemble_mean": {split: {t: {"mae": mae[t], "rmse": 2 * mae[t], "r": 0.9}
+                                                           for t in TARGETS} for split in ("val", "test")},
+                "best_single_seed": {t: {"seed": 0, "val": {"mae": mae[t], "rmse": 2 * mae[t]}} for t in TARGETS},
+                "train_mean_baseline": {"val": {t: {"mae": 1.0, "rmse": 1.0} for t in TARGETS}}}
+    context = {"models": ["model2", "model2_phys"], "config": {},
+               "metrics": {"model2": metrics({"average_voltage": 0.15, "capacity_grav": 14.0, "energy_grav": 20.0}),
+                           "model2_phys": metrics({"average_voltage": 3e-9, "capacity_grav": 2e-8,
+                                                   "energy_grav": 3e-7})}}
+    page = report.section_glance(context)
+    # model2: V and E MAE and RMSE beat 0.20 / 38.81 and 0.32 / 61.21; capacity 14.0 and 28.0 do not
+    assert "reproduced, match or beat it in <b>4 of 6</b>" in page
+    assert "physics models beyond it" not in page  # every model2_phys cell is exact physics
+    assert page.count("<b>exact</b> (physics)") == 6 and "-100%" not in page
+
+
+def test_the_accuracy_section_says_where_the_setup_differs_from_the_papers():
+    config = {"features": {"space_groups": False, "dft_scaling": "standard"}, "data": {"exact_formulas": True},
+              "train": {"epochs": 500, "batch_size": 128, "patience": 100}}
+    text = report.setup_differences(config)
+    assert "no space-group block" in text and "<code>standard</code> (the paper: min-max)" in text
+    assert "made exact" in text and "mini-batches of 128, at most 500 epochs" in text
+    assert report.setup_differences({"features": {"space_groups": True, "dft_scaling": "minmax"}}) == ""
+
+
+def test_report_provenance_names_the_code_and_shortens_exact_formulas():
+    assert re.fullmatch(r"electrode-ml \S+, commit [0-9a-f]{12}( with uncommitted changes)?", report.code_version())
+    assert report.code_version(Path("/")).startswith("electrode-ml ") and "commit" not in report.code_version(Path("/"))
+    assert report.short_formula("Li0.9166666667VCuO4") == "Li0.917VCuO4"
+    assert report.short_formula("Li1.5Fe2(PO4)3") == "Li1.5Fe2(PO4)3"
+
+
 def test_beyond_section_names_the_test_electrodes_outside_the_training_data(beyond_context):
     scored = {"test": {"average_voltage": {"rows": 1, "mae": 1.31, "mae_others": 0.40, "pi_coverage": 0.0,
                                            "battery_ids": ["mp-753108_Li"]}}}
@@ -247,7 +281,7 @@ def test_beyond_section_names_the_test_electrodes_outside_the_training_data(beyo
 def test_beyond_section_sets_the_group_split_against_the_random_one(beyond_context):
     page = report.section_beyond(beyond_context)
     assert "2.00×" in page and "train 8 / val 1 / test 1" in page
-    assert "model2_phys" not in page.split("Honest evaluation")[1].split("Physics and exact formulas")[0]
+    assert "model2_phys" not in page.split("Unseen hosts")[1].split("Physics and exact formulas")[0]
 
 
 def test_beyond_section_reports_physics_and_exact_formulas(beyond_context):
