@@ -326,7 +326,9 @@ def screen_k_step(input, output, params, threads, wildcards=None, **_):
     log.info("K substitution of %d test Li electrodes: %s", len(table), summary)
     write_csv(table, output.table)
     write_json(summary, output.summary)
-    plots.save(screening.k_substitution_figure(table, models), output.figure)
+    learned = {model: "networks + trees" if ensemble_.trees is not None and ensemble_.trees.blends
+               else "networks" for model, ensemble_ in ensembles.items()}
+    plots.save(screening.k_substitution_figure(table, models, learned=learned), output.figure)
 
 
 def feature_contribution_step(input, output, params, threads, wildcards=None, **_):
