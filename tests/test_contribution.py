@@ -103,7 +103,16 @@ def test_run_contribution_ranks_the_informative_group_first():
     assert "contribution_test_mean" in summary
 
     figure = contribution.contribution_figure(summary, per_seed, "synthetic")
-    assert len(figure.axes[0].patches) == len(contribution.FEATURE_GROUPS)
+    axis = figure.axes[0]
+    assert len(axis.patches) == len(contribution.FEATURE_GROUPS)
+    # a legend says what bars, whiskers, dots and the line at 1 are
+    labels = [text.get_text() for text in axis.get_legend().get_texts()]
+    assert labels == ["mean over the 2 seeds, ≥ 1: the group helps",
+                      "mean over the 2 seeds, < 1: the network does better without it",
+                      "± 1 standard deviation over the 2 seeds", "one seed", "1: no contribution"]
+    assert any(list(line.get_xdata()) == [1, 1] for line in axis.get_lines())
+    low, high = axis.get_xlim()
+    assert low < 1 < high
 
 
 def test_a_block_left_out_by_the_configuration_is_skipped():

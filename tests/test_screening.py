@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -209,3 +210,40 @@ def test_k_substitution_table_and_the_featuriser(small_raw):
     assert (doubled["fake_energy_grav_k_mean"] == 7).all() and (doubled["fake_energy_grav_li_mean"] == 110).all()
     figure = screening.k_substitution_figure(table, ["fake"])
     assert len(figure.axes) == 1
+    assert figure.axes[0].get_xlabel() == "Predicted specific energy, Li electrode (Wh/kg)"  # no sources: no claim
+
+    # where the predictor says where each value came from, the table keeps it and the axes say it:
+    # model2_phys's Li values are physics (DFT), its K voltage the networks' (steps.screen_k_step)
+    def sourced(voltage):
+        return lambda frame: fake_predict(frame).assign(average_voltage_source=voltage, capacity_grav_source="physics",
+                                                        energy_grav_source=voltage)
+
+    mixed = screening.k_substitution(electrodes, split, {"fake": sourced("physics")},
+                                     substituted_predictors={"fake": sourced("network")})
+    assert (mixed["fake_average_voltage_li_source"] == "physics").all()
+    assert (mixed["fake_average_voltage_k_source"] == "network").all()
+    axis = screening.k_substitution_figure(mixed, ["fake"]).axes[0]
+    assert axis.get_xlabel().endswith("\nLi: V (physics: DFT energies) × C (physics: stoichiometry)")
+    assert axis.get_ylabel().endswith("\nK: V (networks) × C (physics: stoichiometry)")
+    assert "different sources" in axis.get_title()
+    plt.close("all")
+
+
+def k_table(ci_half_width: float, n: int = 40) -> pd.DataFrame:
+    """A K-substitution table of one model without sources, K energies 0.8 of Li, CI of the given half-width."""
+    li = np.linspace(100, 1000, n)
+    table = pd.DataFrame({"stoich_capacity_ratio": np.full(n, 0.85), "m_energy_grav_li_mean": li,
+                          "m_energy_grav_k_mean": 0.8 * li})
+    for label, values in (("li", li), ("k", 0.8 * li)):
+        table[f"m_energy_grav_{label}_ci_low"] = values - ci_half_width
+        table[f"m_energy_grav_{label}_ci_high"] = values + ci_half_width
+    return table
+
+
+def test_the_k_figure_says_how_often_the_ci_hides_behind_the_marker():
+    narrow = screening.k_substitution_figure(k_table(0.01), ["m"])
+    assert narrow._suptitle.get_text().endswith(
+        "95 % CI of the ensemble mean of the K values, within the marker for 100 % of the points")
+    wide = screening.k_substitution_figure(k_table(200.0), ["m"])
+    assert wide._suptitle.get_text().endswith("within the marker for 0 % of the points")
+    plt.close("all")

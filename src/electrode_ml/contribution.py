@@ -177,25 +177,45 @@ def summarise(per_seed: pd.DataFrame, evaluate: str = "val") -> pd.DataFrame:
     return summary.sort_values("contribution_mean", ascending=False).reset_index(drop=True)
 
 
+HELPS, HURTS = "#1b9e77", "#d95f02"
+
+
 def contribution_figure(summary: pd.DataFrame, per_seed: pd.DataFrame, title: str):
-    """Fig 6: Eq. 9 per left-out group, bars = mean over seeds, error bars = std, dots = seeds."""
+    """Fig 6: Eq. 9 per left-out group, bars = mean over seeds, error bars = std, dots = seeds;
+    a legend says so, and the line at 1 marks no contribution."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     ordered = summary.sort_values("contribution_mean")
     figure, axis = plt.subplots(figsize=(7.5, 0.5 * len(ordered) + 1.6))
     positions = np.arange(len(ordered))
-    colors = ["#1b9e77" if value >= 1 else "#d95f02" for value in ordered["contribution_mean"]]
+    colors = [HELPS if value >= 1 else HURTS for value in ordered["contribution_mean"]]
     axis.barh(positions, ordered["contribution_mean"] - 1, left=1, color=colors, alpha=0.75,
               xerr=ordered["contribution_std"].fillna(0), error_kw={"elinewidth": 1, "capsize": 3})
     for position, group in zip(positions, ordered["group"]):
         values = per_seed.loc[per_seed["group"] == group, "contribution"]
         axis.scatter(values, np.full(len(values), position), s=12, color="black", zorder=3)
+    low, high = axis.get_xlim()
+    pad = 0.03 * (high - low)
+    axis.set_xlim(min(low, 1 - pad), max(high, 1 + pad))  # the line at 1 inside the frame, not on its edge
     axis.axvline(1, color="black", linewidth=0.8)
+    seeds = summary["n_seeds"].max() if "n_seeds" in summary and len(summary) else None
+    over = f"over the {int(seeds)} seeds" if seeds else "over the seeds"
+    handles = [Patch(color=HELPS, alpha=0.75, label=f"mean {over}, ≥ 1: the group helps"),
+               Patch(color=HURTS, alpha=0.75, label=f"mean {over}, < 1: the network does better without it"),
+               Line2D([], [], color="black", linewidth=1, marker="|", markersize=7,
+                      label=f"± 1 standard deviation {over}"),
+               axis.scatter([], [], s=12, color="black", label="one seed"),
+               axis.plot([], [], color="black", linewidth=0.8, label="1: no contribution")[0]]
     axis.set_yticks(positions, ordered["group"])
     axis.set_xlabel("Contribution (Eq. 9): mean r with all features / mean r without the group")
     axis.set_title(title)
     figure.tight_layout()
+    # below the figure (saved with bbox_inches="tight"), clear of the bars, dots and x label
+    axis.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0),
+                bbox_transform=figure.transFigure, ncol=2, frameon=False)
     return figure

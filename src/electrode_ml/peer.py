@@ -165,5 +165,6 @@ def peer_gbm_step(input, output, params, threads, **_):
              {target: round(values["mae"], 4) for target, values in metrics["ensemble_mean"]["val"].items()})
     write_parquet(summary, output.predictions)
     write_json(metrics, output.metrics)
-    plots.save(plots.parity_figure(summary, f"{MODEL}: Magpie + gradient-boosted trees"), output.parity)
-    plots.save(plots.error_histogram_figure(summary, f"{MODEL}: prediction errors"), output.errors)
+    learned = "gradient-boosted trees on Magpie features"
+    plots.save(plots.parity_figure(summary, f"{MODEL}: predicted against DFT", learned=learned), output.parity)
+    plots.save(plots.error_histogram_figure(summary, f"{MODEL}: prediction errors", learned=learned), output.errors)

@@ -1,7 +1,13 @@
-"""Figures of the paper: parity plots (Figs 3-5 a-b) and error histograms (Figs 3-5 c-d)."""
+"""Figures of the paper: parity plots (Figs 3-5 a-b) and error histograms (Figs 3-5 c-d).
+
+Each panel is titled by where its values come from, read from the summary's ``source`` column
+('physics' or 'network' per row and target, ensemble.mark_sources): a physics model's values are
+not all those of its networks.
+"""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -19,7 +25,16 @@ LABELS = {
     "capacity_grav": "Gravimetric capacity (mAh/g)",
     "energy_grav": "Specific energy (Wh/kg)",
 }
+NAMES = {"average_voltage": "average voltage", "capacity_grav": "gravimetric capacity", "energy_grav": "specific energy"}
+UNITS = {"average_voltage": "V", "capacity_grav": "mAh/g", "energy_grav": "Wh/kg"}
+# What the physics of a physics model computes each target from (physics.py).
+PHYSICS_BASIS = {"average_voltage": "DFT energies", "capacity_grav": "stoichiometry",
+                 "energy_grav": "DFT voltage × stoich. capacity"}
 SPLIT_STYLE = {"train": ("#7b3294", "train"), "val": ("#1b9e77", "validation"), "test": ("#d95f02", "test")}
+# An error below this share of the target's largest DFT value is round-off, not a miss.
+EXACT_TOLERANCE = 1e-6
+# The histograms draw the errors within this percentile of the pooled |error| (a symmetric range).
+HISTOGRAM_PERCENTILE = 99
 
 
 def save(figure: plt.Figure, path: str | Path) -> None:
@@ -28,9 +43,62 @@ def save(figure: plt.Figure, path: str | Path) -> None:
     plt.close(figure)
 
 
-def parity_figure(summary: pd.DataFrame, title: str, splits=("train", "val")) -> plt.Figure:
-    """DFT value against ensemble mean per target, with the identity line and r of each split."""
-    figure, axes = plt.subplots(1, len(TARGETS), figsize=(5 * len(TARGETS), 4.6))
+def physics_share(summary: pd.DataFrame, target: str) -> float:
+    """Share of the target's rows whose value the physics gave (0 where the summary has no ``source``)."""
+    part = summary[summary["target"] == target]
+    if "source" not in part or not len(part):
+        return 0.0
+    return float((part["source"] == "physics").mean())
+
+
+def learned_label(summary: pd.DataFrame, learned: str | None = None) -> str:
+    """What predicts the values physics does not give: ``learned`` or the mean of the summary's n networks."""
+    if learned:
+        return learned
+    counts = summary["n"].dropna().unique() if "n" in summary else []
+    return f"mean of {int(counts[0])} networks" if len(counts) == 1 else "mean of the networks"
+
+
+def value_sources(summary: pd.DataFrame, learned: str | None = None, voltage_trees: bool = False) -> dict[str, str]:
+    """Per target, a short note on where its values come from (each panel's title).
+
+    ``voltage_trees``: the learned voltage is the networks' blended with gradient-boosted trees
+    (trees.py). A model with any physics value computes energy as voltage x capacity (physics.combine)."""
+    learned = learned_label(summary, learned)
+    shares = {target: physics_share(summary, target) for target in TARGETS}
+    own = {target: learned for target in TARGETS}
+    if voltage_trees:
+        own["average_voltage"] = f"{learned} + voltage trees"
+    if any(shares.values()):
+        own["energy_grav"] = "voltage × capacity of the two panels at left"
+    notes = {}
+    for target in TARGETS:
+        share, physics = shares[target], f"physics, {PHYSICS_BASIS[target]}"
+        if share == 1:
+            notes[target] = f"{physics}: 100 % of rows"
+        elif share == 0:
+            notes[target] = own[target]
+        else:
+            notes[target] = f"{physics}: {percent(share)} of rows; else {own[target]}"
+    return notes
+
+
+def percent(share: float) -> str:
+    """A share as a percentage that is never rounded to 0 % or 100 % when it is neither."""
+    value = 100 * share
+    return f"{value:.1f} %" if 0 < value < 1 or 99 < value < 100 else f"{value:.0f} %"
+
+
+def _panel_title(axis: plt.Axes, text: str) -> None:
+    axis.set_title(textwrap.fill(text, 58), fontsize=9)
+
+
+def parity_figure(summary: pd.DataFrame, title: str, splits=("train", "val"), learned: str | None = None,
+                  voltage_trees: bool = False) -> plt.Figure:
+    """DFT value against ensemble mean per target, with the identity line and r of each split; each
+    panel titled by where its values come from (:func:`value_sources`)."""
+    notes = value_sources(summary, learned, voltage_trees)
+    figure, axes = plt.subplots(1, len(TARGETS), figsize=(5 * len(TARGETS), 4.8))
     for axis, target in zip(axes, TARGETS):
         part = summary[summary["target"] == target]
         for split in splits:
@@ -43,28 +111,62 @@ def parity_figure(summary: pd.DataFrame, title: str, splits=("train", "val")) ->
         axis.plot([low, high], [low, high], color="#2c7bb6", linewidth=1, label="identity")
         axis.set_xlabel(f"DFT {LABELS[target]}")
         axis.set_ylabel(f"Predicted {LABELS[target]}")
+        _panel_title(axis, notes[target])
         axis.legend(loc="upper left", fontsize=8)
     figure.suptitle(title)
     figure.tight_layout()
     return figure
 
 
-def error_histogram_figure(summary: pd.DataFrame, title: str, splits=("train", "val")) -> plt.Figure:
-    """Distribution of prediction - DFT per target and split."""
-    figure, axes = plt.subplots(1, len(TARGETS), figsize=(5 * len(TARGETS), 4))
+def is_exact(part: pd.DataFrame, errors: pd.Series) -> bool:
+    """Whether every error is round-off: below EXACT_TOLERANCE of the largest DFT value (at least 1)."""
+    if not len(errors):
+        return False
+    scale = max(1.0, float(part["true"].abs().max()))
+    return float(errors.abs().max()) <= EXACT_TOLERANCE * scale
+
+
+def error_histogram_figure(summary: pd.DataFrame, title: str, splits=("train", "val"), learned: str | None = None,
+                           voltage_trees: bool = False) -> plt.Figure:
+    """Distribution of predicted - DFT per target and split, on a symmetric range that holds
+    HISTOGRAM_PERCENTILE % of the shown splits' |errors|. The errors beyond it are not drawn (each
+    split's count is in the legend), and each split's bars have area = its share within the range.
+    A target whose errors are all round-off gets a text panel instead of a histogram of noise."""
+    notes = value_sources(summary, learned, voltage_trees)
+    figure, axes = plt.subplots(1, len(TARGETS), figsize=(5 * len(TARGETS), 4.4))
     for axis, target in zip(axes, TARGETS):
-        part = summary[summary["target"] == target]
+        part = summary[(summary["target"] == target) & summary["split"].isin(splits)]
         errors = part["mean"] - part["true"]
-        edges = np.linspace(*np.percentile(errors, [1, 99]), 41)
+        unit = UNITS[target]
+        _panel_title(axis, notes[target])
+        axis.set_xlabel(f"Predicted − DFT {NAMES[target]} ({unit})")
+        if is_exact(part, errors):
+            physics = physics_share(part, target) == 1
+            axis.text(0.5, 0.5, f"exact{': from physics' if physics else ''}\n"
+                                f"max |error| {errors.abs().max():.1e} {unit} (round-off)\n"
+                                f"{len(errors)} rows ({', '.join(SPLIT_STYLE[s][1] for s in splits)})",
+                      transform=axis.transAxes, ha="center", va="center", fontsize=10)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            continue
+        half = float(np.percentile(errors.abs(), HISTOGRAM_PERCENTILE)) if len(errors) else 1.0
+        half = half if half > 0 else float(errors.abs().max()) or 1.0
+        edges = np.linspace(-half, half, 41)
+        width = edges[1] - edges[0]
         for split in splits:
             color, name = SPLIT_STYLE[split]
             split_errors = errors[part["split"] == split]
-            axis.hist(np.clip(split_errors, edges[0], edges[-1]), bins=edges, density=True, alpha=0.5,
-                      color=color, label=f"{name} (MAE {split_errors.abs().mean():.3g})")
+            inside = split_errors[split_errors.abs() <= half]
+            beyond = len(split_errors) - len(inside)
+            mae = split_errors.abs().mean() if len(split_errors) else float("nan")
+            axis.hist(inside, bins=edges, weights=np.full(len(inside), 1.0 / (max(len(split_errors), 1) * width)),
+                      alpha=0.5, color=color, label=f"{name}: MAE {mae:.3g} {unit}; {beyond} beyond")
         axis.axvline(0, color="black", linewidth=0.8)
-        axis.set_xlabel(f"Error in {LABELS[target]}")
-        axis.set_ylabel("Density")
-        axis.legend(fontsize=8)
+        axis.set_xlim(-half, half)
+        axis.set_ylim(0, axis.get_ylim()[1] * 1.4)  # room for the legend above the bars
+        axis.set_ylabel(f"Density (share of the split per {unit})")
+        axis.legend(fontsize=7.5, title=f"not drawn: |error| > {half:.3g} {unit}", title_fontsize=7.5,
+                    loc="upper left")
     figure.suptitle(title)
     figure.tight_layout()
     return figure

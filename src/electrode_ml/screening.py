@@ -271,7 +271,8 @@ def k_substitution(electrodes: pd.DataFrame, split: pd.DataFrame, predictors: Ma
                    old: str = "Li", new: str = "K", splits: tuple[str, ...] = ("test",),
                    substituted_predictors: Mapping[str, Predictor] | None = None) -> pd.DataFrame:
     """Per ``old`` electrode of ``splits``: the original and substituted formulas, the DFT energy of the
-    original, each model's predicted specific energy (mean and 95 % CI) for both versions, and the
+    original, each model's predicted specific energy (mean and 95 % CI) for both versions, where each
+    value came from (``..._source``: 'physics' or 'network', where the predictor says), and the
     stoichiometric capacities of both (the mass effect the paper invokes).
 
     ``predictors`` map a model name to a function electrodes -> TrainedEnsemble.predict's wide table;
@@ -307,6 +308,8 @@ def k_substitution(electrodes: pd.DataFrame, split: pd.DataFrame, predictors: Ma
             for target in TARGETS:
                 for stat in ("mean", "ci_low", "ci_high"):
                     table[f"{model}_{target}_{label}_{stat}"] = wide[f"{target}_{stat}"].to_numpy()
+                if f"{target}_source" in wide:  # 'physics' or 'network' (TrainedEnsemble.predict)
+                    table[f"{model}_{target}_{label}_source"] = wide[f"{target}_source"].to_numpy()
         table[f"{model}_energy_ratio"] = table[f"{model}_energy_grav_{up}_mean"] / table[f"{model}_energy_grav_{low}_mean"]
     return table
 
@@ -334,25 +337,58 @@ def _median(values: pd.Series) -> float | None:
     return float(values.median()) if len(values) else None
 
 
-def k_substitution_figure(table: pd.DataFrame, models: list[str], old: str = "Li", new: str = "K"):
-    """Fig 7: predicted specific energy of each test Li electrode against its K twin, one panel per model."""
+# What a physics model's physics computes voltage and capacity from (physics.py).
+PHYSICS_BASIS = {"average_voltage": "DFT energies", "capacity_grav": "stoichiometry"}
+
+
+def energy_basis(table: pd.DataFrame, model: str, label: str, learned: str = "networks") -> str | None:
+    """Where a model's energies of one version (``label``: 'li', 'k') come from, from the table's
+    ``..._source`` columns: e.g. 'V (physics: DFT energies) × C (physics: stoichiometry)'; None
+    without them.
+    Any physics value means energy = voltage x capacity (physics.combine); without, the networks
+    predict energy directly."""
+    shares = {}
+    for target in PHYSICS_BASIS:
+        column = f"{model}_{target}_{label}_source"
+        if column not in table or not len(table):
+            return None
+        shares[target] = float((table[column] == "physics").mean())
+    if not any(shares.values()):
+        return f"energy from {learned}"
+    parts = []
+    for target, symbol in (("average_voltage", "V"), ("capacity_grav", "C")):
+        share, physics = shares[target], PHYSICS_BASIS[target]
+        parts.append(f"{symbol} (physics: {physics})" if share == 1 else f"{symbol} ({learned})" if share == 0
+                     else f"{symbol} (physics: {physics}, {100 * share:.0f} %; else {learned})")
+    return " × ".join(parts)
+
+
+def k_substitution_figure(table: pd.DataFrame, models: list[str], old: str = "Li", new: str = "K",
+                          learned: Mapping[str, str] | None = None):
+    """Fig 7: predicted specific energy of each test Li electrode against its K twin, one panel per model.
+
+    Each axis says where its energies come from (:func:`energy_basis`; ``learned`` names a model's
+    learned part, default 'networks'): model2_phys's Li values are physics (DFT), its K values not."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    learned = dict(learned or {})
     low, up = old.lower(), new.lower()
     ncols = min(2, max(1, len(models)))
     nrows = -(-max(1, len(models)) // ncols)
-    figure, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 5 * nrows), squeeze=False)
+    figure, axes = plt.subplots(nrows, ncols, figsize=(6.5 * ncols, 5.4 * nrows), squeeze=False)
     for axis in axes.flat[len(models):]:
         axis.set_visible(False)
+    half_widths = []
     for label, (axis, model) in zip("abcdefgh", zip(axes.flat, models)):
         before = table[f"{model}_energy_grav_{low}_mean"]
         after = table[f"{model}_energy_grav_{up}_mean"]
         below = float((after < before).mean()) if len(table) else float("nan")
-        axis.errorbar(before, after,
-                      yerr=[after - table[f"{model}_energy_grav_{up}_ci_low"], table[f"{model}_energy_grav_{up}_ci_high"] - after],
+        error = [after - table[f"{model}_energy_grav_{up}_ci_low"], table[f"{model}_energy_grav_{up}_ci_high"] - after]
+        half_widths.append((error[0] + error[1]).to_numpy() / 2)
+        axis.errorbar(before, after, yerr=error,
                       fmt="o", markersize=3.5, alpha=0.6, color="#7b3294", ecolor="#c2a5cf", elinewidth=0.8,
                       label=f"{len(table)} test {old} electrodes ({below:.0%} lower as {new})")
         values = np.concatenate([before.to_numpy(), after.to_numpy()]) if len(table) else np.array([0.0, 1.0])
@@ -362,10 +398,35 @@ def k_substitution_figure(table: pd.DataFrame, models: list[str], old: str = "Li
         if ratio is not None:
             axis.plot([lo, hi], [lo * ratio, hi * ratio], color="#d95f02", linewidth=1, linestyle="--",
                       label=f"mass effect only: x {ratio:.2f} (median C_{new}/C_{old})")
-        axis.set_xlabel(f"Predicted specific energy, {old} electrode (Wh/kg)")
-        axis.set_ylabel(f"Predicted specific energy, {new} substituted (Wh/kg)")
-        axis.set_title(f"({label}) {model}")
+        name = learned.get(model, "networks")
+        basis = {side: energy_basis(table, model, side, name) for side in (low, up)}
+        axis.set_xlabel(f"Predicted specific energy, {old} electrode (Wh/kg)"
+                        + (f"\n{old}: {basis[low]}" if basis[low] else ""))
+        axis.set_ylabel(f"Predicted specific energy, {new} substituted (Wh/kg)"
+                        + (f"\n{new}: {basis[up]}" if basis[up] else ""))
+        title = f"({label}) {model}"
+        if basis[low] and basis[up] and basis[low] != basis[up]:
+            title += f": {old} and {new} energies from different sources (see axes)"
+        axis.set_title(title)
         axis.legend(loc="upper left", fontsize=8)
-    figure.suptitle(f"{old} -> {new} substitution in the test split (paper Fig 7); error bars: 95 % CI")
+    heading = f"{old} -> {new} substitution in the test split (paper Fig 7)"
+    suptitle = figure.suptitle(f"{heading}\nerror bars: 95 % CI of the ensemble mean of the {new} values")
     figure.tight_layout()
+    hidden = _share_within_marker(figure, axes.flat, half_widths, marker_points=3.5)
+    if hidden is not None:  # the CI of a mean of many networks is narrow: say how often it hides
+        suptitle.set_text(f"{heading}\nerror bars: 95 % CI of the ensemble mean of the {new} values, "
+                          f"within the marker for {100 * hidden:.0f} % of the points")
     return figure
+
+
+def _share_within_marker(figure, axes, half_widths: list[np.ndarray], marker_points: float) -> float | None:
+    """Share of the error bars no longer than the marker's radius (``marker_points`` its diameter)."""
+    inside = []
+    for axis, widths in zip(axes, half_widths):
+        height_points = axis.get_window_extent().height * 72 / figure.dpi
+        low, high = axis.get_ylim()
+        radius = marker_points / 2 * (high - low) / height_points
+        widths = widths[np.isfinite(widths)]
+        inside.append(widths <= radius)
+    inside = np.concatenate(inside) if inside else np.zeros(0, dtype=bool)
+    return float(inside.mean()) if len(inside) else None

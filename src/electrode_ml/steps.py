@@ -214,7 +214,7 @@ def ensemble_step(input, output, params, threads, **_):
     physics = pd.read_parquet(input.physics) if input.get("physics") else None
     frames = {split: pd.read_parquet(input[split]) for split in ("train", "val", "test")}
     truth = ensemble.true_values(frames)
-    trees_record = None
+    trees_record, voltage_trees = None, False
     if input.get("trees"):
         from electrode_ml.trees import blend_seeds, tree_voltage
 
@@ -222,6 +222,7 @@ def ensemble_step(input, output, params, threads, **_):
         voltage = tree_voltage(trees, frames)
         per_seed = blend_seeds(per_seed, trees, voltage, physics)
         trees_record = trees.record(voltage, frames)
+        voltage_trees = trees.blends
     stacked, summary = ensemble.summarise(per_seed, truth, physics)
     if input.get("transformers"):
         from electrode_ml.features import applicability
@@ -235,8 +236,11 @@ def ensemble_step(input, output, params, threads, **_):
              {target: round(values["mae"], 4) for target, values in metrics["ensemble_mean"]["val"].items()})
     write_parquet(summary, output.predictions)
     write_json(metrics, output.metrics)
-    plots.save(plots.parity_figure(summary, f"{params.model}: ensemble of {metrics['n_seeds']} networks"), output.parity)
-    plots.save(plots.error_histogram_figure(summary, f"{params.model}: prediction errors"), output.errors)
+    # Each panel says where its values come from (the summary's source column, the trees' blend).
+    plots.save(plots.parity_figure(summary, f"{params.model}: predicted against DFT",
+                                   voltage_trees=voltage_trees), output.parity)
+    plots.save(plots.error_histogram_figure(summary, f"{params.model}: prediction errors",
+                                            voltage_trees=voltage_trees), output.errors)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -322,7 +326,9 @@ def screen_k_step(input, output, params, threads, wildcards=None, **_):
     log.info("K substitution of %d test Li electrodes: %s", len(table), summary)
     write_csv(table, output.table)
     write_json(summary, output.summary)
-    plots.save(screening.k_substitution_figure(table, models), output.figure)
+    learned = {model: "networks + trees" if ensemble_.trees is not None and ensemble_.trees.blends
+               else "networks" for model, ensemble_ in ensembles.items()}
+    plots.save(screening.k_substitution_figure(table, models, learned=learned), output.figure)
 
 
 def feature_contribution_step(input, output, params, threads, wildcards=None, **_):

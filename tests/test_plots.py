@@ -1,0 +1,113 @@
+"""The parity and error-histogram figures say where each panel's values come from and what they leave out."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+from electrode_ml import plots
+from electrode_ml.schema import TARGETS
+
+TRUE = {"average_voltage": 3.0, "capacity_grav": 150.0, "energy_grav": 450.0}
+SPREAD = {"average_voltage": 0.2, "capacity_grav": 10.0, "energy_grav": 40.0}
+
+
+def synthetic_summary(physics_targets=(), outliers: dict[str, int] | None = None, n: int = 200,
+                      n_networks: int = 50) -> pd.DataFrame:
+    """n train and n validation rows per target; ``physics_targets`` exact (round-off errors), the rest
+    with normal errors, ``outliers[split]`` of each split's rows of every network target 100 spreads off."""
+    rng = np.random.default_rng(0)
+    outliers = outliers or {}
+    rows = []
+    for target in TARGETS:
+        for split in ("train", "val"):
+            true = TRUE[target] + rng.normal(0, SPREAD[target] * 5, n)
+            if target in physics_targets:
+                error, source = rng.normal(0, 1e-9, n), "physics"
+            else:
+                error, source = rng.normal(0, SPREAD[target], n), "network"
+                error[: outliers.get(split, 0)] = 100 * SPREAD[target]
+            rows.append(pd.DataFrame({"battery_id": [f"b{i}" for i in range(n)], "split": split, "target": target,
+                                      "true": true, "mean": true + error, "n": n_networks, "source": source}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def titles(figure) -> list[str]:
+    return [axis.get_title().replace("\n", " ") for axis in figure.axes]
+
+
+def legend_texts(axis) -> list[str]:
+    legend = axis.get_legend()
+    return [legend.get_title().get_text()] + [text.get_text() for text in legend.get_texts()]
+
+
+def test_a_network_model_is_titled_by_its_networks():
+    figure = plots.parity_figure(synthetic_summary(n_networks=50), "m")
+    assert titles(figure) == ["mean of 50 networks"] * 3
+    plt.close(figure)
+
+
+def test_physics_panels_say_physics_gives_every_row():
+    summary = synthetic_summary(physics_targets=("capacity_grav",))
+    voltage, capacity, energy = titles(plots.parity_figure(summary, "m", voltage_trees=True))
+    assert capacity == "physics, stoichiometry: 100 % of rows"
+    assert voltage == "mean of 50 networks + voltage trees"
+    assert energy == "voltage × capacity of the two panels at left"  # physics.combine: E = V x C
+    every = titles(plots.parity_figure(synthetic_summary(physics_targets=TARGETS), "m"))
+    assert every[0] == "physics, DFT energies: 100 % of rows" and all("100 % of rows" in title for title in every)
+    plt.close("all")
+
+
+def test_a_mixed_target_gives_the_physics_share():
+    summary = synthetic_summary(physics_targets=("average_voltage",))
+    held = summary.index[(summary["target"] == "average_voltage")][:100]  # 100 of 400 rows by the networks
+    summary.loc[held, "source"] = "network"
+    assert plots.value_sources(summary)["average_voltage"] == \
+        "physics, DFT energies: 75 % of rows; else mean of 50 networks"
+
+
+def test_a_physics_only_target_gets_a_text_panel_not_a_histogram_of_round_off():
+    figure = plots.error_histogram_figure(synthetic_summary(physics_targets=("capacity_grav",)), "m")
+    capacity = figure.axes[1]
+    assert not capacity.patches  # no bars of 1e-9 noise
+    text = " ".join(item.get_text() for item in capacity.texts)
+    assert "exact: from physics" in text and "max |error|" in text and "mAh/g" in text
+    assert figure.axes[0].patches and not figure.axes[0].texts
+    plt.close(figure)
+
+
+def test_the_errors_beyond_the_range_are_counted_not_piled_into_the_end_bins():
+    figure = plots.error_histogram_figure(synthetic_summary(outliers={"train": 1, "val": 2}), "m")
+    voltage = figure.axes[0]
+    texts = legend_texts(voltage)
+    half = voltage.get_xlim()[1]
+    assert voltage.get_xlim()[0] == pytest.approx(-half)  # symmetric about 0
+    assert texts[0] == f"not drawn: |error| > {half:.3g} V"
+    train, val = texts[1:]
+    assert train.startswith("train: MAE ") and " V; " in train and train.endswith(" beyond")
+    # the 99th percentile of the pooled |errors| (400 rows) leaves out the 3 outliers and a few others
+    n_train, n_val = (int(text.rsplit("; ", 1)[1].split()[0]) for text in (train, val))
+    assert n_train >= 1 and n_val >= 2
+    summary = synthetic_summary(outliers={"train": 1, "val": 2})
+    errors = summary[summary["target"] == "average_voltage"].assign(error=lambda f: f["mean"] - f["true"])
+    expected = errors[errors["error"].abs() > half].groupby("split").size()
+    assert (n_train, n_val) == (expected.get("train", 0), expected.get("val", 0))
+    # the end bins hold no outlier: every bar lies within the range and none is a spike
+    heights = [patch.get_height() for patch in voltage.patches]
+    assert max(heights[:2] + heights[38:40]) < 0.2 * max(heights)
+    assert voltage.get_xlabel() == "Predicted − DFT average voltage (V)"
+    plt.close(figure)
+
+
+def test_each_split_keeps_its_share_within_the_range():
+    figure = plots.error_histogram_figure(synthetic_summary(outliers={"val": 3}), "m")
+    voltage = figure.axes[0]
+    bars = voltage.patches
+    per_split = len(bars) // 2
+    area = [sum(patch.get_height() * patch.get_width() for patch in bars[i * per_split:(i + 1) * per_split])
+            for i in range(2)]
+    beyond = [int(text.rsplit("; ", 1)[1].split()[0]) for text in legend_texts(voltage)[1:]]
+    assert area == pytest.approx([1 - count / 200 for count in beyond])
+    plt.close(figure)
