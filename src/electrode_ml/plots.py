@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from electrode_ml.fileio import atomic_path  # noqa: E402
-from electrode_ml.schema import TARGETS  # noqa: E402
+from electrode_ml.schema import TARGETS, UNITS  # noqa: E402
 
 LABELS = {
     "average_voltage": "Average voltage (V)",
@@ -26,7 +26,6 @@ LABELS = {
     "energy_grav": "Specific energy (Wh/kg)",
 }
 NAMES = {"average_voltage": "average voltage", "capacity_grav": "gravimetric capacity", "energy_grav": "specific energy"}
-UNITS = {"average_voltage": "V", "capacity_grav": "mAh/g", "energy_grav": "Wh/kg"}
 # What the physics of a physics model computes each target from (physics.py).
 PHYSICS_BASIS = {"average_voltage": "DFT energies", "capacity_grav": "stoichiometry",
                  "energy_grav": "DFT voltage × stoich. capacity"}
