@@ -24,6 +24,9 @@ from electrode_ml.schema import ION_CHARGE, TARGETS
 PLAUSIBLE_VOLTAGE = (-1.0, 7.0)  # V, the paper's window on MP average voltages
 IMPLAUSIBLE_DFT = "DFT energies imply a voltage outside -1..7 V"
 NO_REFERENCE = "no reference energy of the working ion (no training electrode of this ion)"
+# What the physics computes each target from, for the figures that say where a value came from.
+BASIS = {"average_voltage": "DFT energies", "capacity_grav": "stoichiometry",
+         "energy_grav": "DFT voltage × stoich. capacity"}
 # Reasons that concern the DFT voltage only: the stoichiometric capacity still holds.
 VOLTAGE_ONLY = (IMPLAUSIBLE_DFT, NO_REFERENCE)
 FARADAY_MAH = 96485.33212 / 3.6  # C/mol -> mAh/mol

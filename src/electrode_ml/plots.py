@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from electrode_ml.fileio import atomic_path  # noqa: E402
+from electrode_ml.physics import BASIS  # noqa: E402
 from electrode_ml.schema import TARGETS, UNITS  # noqa: E402
 
 LABELS = {
@@ -26,9 +27,6 @@ LABELS = {
     "energy_grav": "Specific energy (Wh/kg)",
 }
 NAMES = {"average_voltage": "average voltage", "capacity_grav": "gravimetric capacity", "energy_grav": "specific energy"}
-# What the physics of a physics model computes each target from (physics.py).
-PHYSICS_BASIS = {"average_voltage": "DFT energies", "capacity_grav": "stoichiometry",
-                 "energy_grav": "DFT voltage × stoich. capacity"}
 SPLIT_STYLE = {"train": ("#7b3294", "train"), "val": ("#1b9e77", "validation"), "test": ("#d95f02", "test")}
 # An error below this share of the target's largest DFT value is round-off, not a miss.
 EXACT_TOLERANCE = 1e-6
@@ -72,7 +70,7 @@ def value_sources(summary: pd.DataFrame, learned: str | None = None, voltage_tre
         own["energy_grav"] = "voltage × capacity of the two panels at left"
     notes = {}
     for target in TARGETS:
-        share, physics = shares[target], f"physics, {PHYSICS_BASIS[target]}"
+        share, physics = shares[target], f"physics, {BASIS[target]}"
         if share == 1:
             notes[target] = f"{physics}: 100 % of rows"
         elif share == 0:

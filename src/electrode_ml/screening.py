@@ -18,6 +18,7 @@ from pymatgen.core import Composition
 
 from electrode_ml.chemistry import parse_formula, stoichiometric_capacity
 from electrode_ml.errors import InputError
+from electrode_ml.physics import BASIS
 from electrode_ml.schema import TARGETS, UNITS
 
 # screen.na config key -> target column; the thresholds are inclusive lower bounds.
@@ -337,8 +338,8 @@ def _median(values: pd.Series) -> float | None:
     return float(values.median()) if len(values) else None
 
 
-# What a physics model's physics computes voltage and capacity from (physics.py).
-PHYSICS_BASIS = {"average_voltage": "DFT energies", "capacity_grav": "stoichiometry"}
+# What a physics model's physics computes voltage and capacity from.
+PHYSICS_BASIS = {target: BASIS[target] for target in ("average_voltage", "capacity_grav")}
 
 
 def energy_basis(table: pd.DataFrame, model: str, label: str, learned: str = "networks") -> str | None:
