@@ -252,6 +252,20 @@ def test_the_glance_counts_the_paper_models_apart_and_exact_physics_not_at_all()
     assert page.count("<b>exact</b> (physics)") == 6 and "-100%" not in page
 
 
+def test_the_largest_validation_errors_and_the_rmse_without_them():
+    rows = [{"battery_id": f"e{i}", "split": "val", "target": target, "true": 100.0, "mean": 100.0 + miss}
+            for target in TARGETS for i, miss in enumerate([1, -1, 1, -1, 600, -300, 2])]
+    rows += [{"battery_id": "t0", "split": "test", "target": t, "true": 0.0, "mean": 9000.0} for t in TARGETS]
+    worst = report.largest_errors(pd.DataFrame(rows), n=2)
+    assert [row["battery_id"] for row in worst["capacity_grav"]["electrodes"]] == ["e4", "e5"]  # test rows left out
+    assert worst["capacity_grav"]["rmse_without"] == pytest.approx(np.sqrt((1 + 1 + 1 + 1 + 4) / 5))
+    text = report._largest_errors({"largest_errors": {"model1": worst}}, "model1")
+    assert "e4 (100.0 → 700.0), e5 (100.0 → -200.0); RMSE without them 1.26" in text
+    exact = {t: {"rmse_without": 0.0, "electrodes": [{"battery_id": "e0", "true": 1.0, "mean": 1.0 + 1e-9}]}
+             for t in TARGETS}
+    assert report._largest_errors({"largest_errors": {"model2_phys": exact}}, "model2_phys") == ""
+
+
 def test_the_accuracy_section_says_where_the_setup_differs_from_the_papers():
     config = {"features": {"space_groups": False, "dft_scaling": "standard"}, "data": {"exact_formulas": True},
               "train": {"epochs": 500, "batch_size": 128, "patience": 100}}

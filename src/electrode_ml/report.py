@@ -143,6 +143,19 @@ def code_version(repository: Path = Path(__file__).resolve().parents[2]) -> str:
     return f"{text}, commit {commit}" + (" with uncommitted changes" if changed else "")
 
 
+def largest_errors(summary: pd.DataFrame, split: str = "val", n: int = 3) -> dict[str, dict]:
+    """Per target, the ``n`` electrodes of ``split`` the ensemble mean misses most and the RMSE without
+    them: a few alloy-type electrodes of 1000-2500 mAh/g carry the capacity RMSE."""
+    result = {}
+    for target, rows in summary[summary["split"] == split].groupby("target", sort=False):
+        error = (rows["mean"] - rows["true"]).abs()
+        worst = error.nlargest(n).index
+        rest = error.drop(worst)
+        result[target] = {"rmse_without": float(np.sqrt((rest ** 2).mean())) if len(rest) else None,
+                          "electrodes": rows.loc[worst, ["battery_id", "true", "mean"]].to_dict("records")}
+    return result
+
+
 def collect(input, params) -> dict:
     """Read every file the report rule lists into one context dict (missing optional parts -> None)."""
     models = list(params.models)
@@ -159,6 +172,8 @@ def collect(input, params) -> dict:
         "ion_split": pd.crosstab(electrodes.merge(split, on="battery_id")["working_ion"],
                                  electrodes.merge(split, on="battery_id")["split"]),
         "metrics": {m: json.loads(Path(p).read_text()) for m, p in _by_model(_many(input, "metrics"), models, 0).items()},
+        "largest_errors": {m: largest_errors(pd.read_parquet(p, columns=["battery_id", "split", "target", "true", "mean"]))
+                           for m, p in _by_model(_many(input, "predictions"), models, 0).items()},
         "parity": _by_model(_many(input, "parity"), models, 0),
         "errors": _by_model(_many(input, "errors"), models, 0),
     }
@@ -398,7 +413,7 @@ def section_accuracy(context: dict) -> str:
                 td(fmt(record["ours_mc_test"], digits), cls="num"),
                 td(fmt(record["baseline"], digits), cls="num muted"),
             ])
-        parts.append(f"<h3>{esc(model)}</h3>" + table(header, rows) )
+        parts.append(f"<h3>{esc(model)}</h3>" + table(header, rows) + _largest_errors(context, model))
         parts.append('<div class="figs">' + image(context["parity"].get(model), f"{model}: parity plots (Figs 3-5 a-b)")
                      + image(context["errors"].get(model), f"{model}: error histograms (Figs 3-5 c-d)") + "</div>")
     parts.append(legend())
@@ -425,6 +440,25 @@ def setup_differences(config: dict) -> str:
         return ""
     return ("<p class='legend'>Where this run's setup differs from the paper's (<code>config.yaml</code>; the README "
             "says why each was chosen):</p><ul class='legend'>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>")
+
+
+def _largest_errors(context: dict, model: str) -> str:
+    """One line per target: the validation electrodes missed most and what the RMSE is without them."""
+    worst = (context.get("largest_errors") or {}).get(model)
+    if not worst:
+        return ""
+    lines = []
+    for target in TARGETS:
+        entry = worst.get(target)
+        if not entry or exact(max(abs(row["mean"] - row["true"]) for row in entry["electrodes"])):
+            continue  # exact physics: nothing to point at
+        digits = DIGITS[target] - 1
+        names = ", ".join(f"{esc(row['battery_id'])} ({fmt(row['true'], digits)} → {fmt(row['mean'], digits)})"
+                          for row in entry["electrodes"])
+        lines.append(f"<li>{TARGET_NAMES[target]} ({UNITS[target]}, DFT → predicted): {names}; RMSE without them "
+                     f"{fmt(entry['rmse_without'], DIGITS[target])}</li>")
+    return (f"<p class='legend'>The {len(worst[next(iter(worst))]['electrodes'])} validation electrodes missed most, "
+            "which weigh on the RMSE most:</p><ul class='legend'>" + "".join(lines) + "</ul>") if lines else ""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ rule report:
         electrodes=rules.data.output.electrodes,
         split=rules.split.output.split,
         metrics=expand(f"{RESULTS}/ensemble/{{model}}/metrics.json", model=MODELS),
+        predictions=expand(f"{RESULTS}/ensemble/{{model}}/predictions.parquet", model=MODELS),
         parity=expand(f"{RESULTS}/figures/{{model}}/parity.png", model=MODELS),
         errors=expand(f"{RESULTS}/figures/{{model}}/error_histograms.png", model=MODELS),
         na_screening=rules.screen_na.output.screening,
