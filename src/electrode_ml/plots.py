@@ -26,7 +26,7 @@ LABELS = {
     "capacity_grav": "Gravimetric capacity (mAh/g)",
     "energy_grav": "Specific energy (Wh/kg)",
 }
-NAMES = {"average_voltage": "average voltage", "capacity_grav": "gravimetric capacity", "energy_grav": "specific energy"}
+NAMES = {target: label.rsplit(" (", 1)[0].lower() for target, label in LABELS.items()}  # "average voltage"
 SPLIT_STYLE = {"train": ("#7b3294", "train"), "val": ("#1b9e77", "validation"), "test": ("#d95f02", "test")}
 # An error below this share of the target's largest DFT value is round-off, not a miss.
 EXACT_TOLERANCE = 1e-6

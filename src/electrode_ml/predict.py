@@ -46,9 +46,8 @@ class TrainedEnsemble:
     model: str
     featurizer: object
     networks: StackedEnsemble
+    intervals: dict  # the calibration of the 95 % interval (metrics.json's prediction_interval)
     physics: PhysicsBaseline | None = None
-
-    intervals: dict | None = None
     trees: VoltageTrees | None = None
 
     @classmethod
@@ -79,7 +78,7 @@ class TrainedEnsemble:
                              f"intervals of the models in config `models` (add {model} there and rerun)")
         intervals = read_json(metrics_path)["prediction_interval"]
         return cls(model, joblib.load(transformer_path), StackedEnsemble(networks, device=device, dtype=dtype),
-                   physics, intervals, trees)
+                   intervals, physics, trees)
 
     @property
     def input_columns(self) -> list[str]:
@@ -131,12 +130,11 @@ class TrainedEnsemble:
             columns[f"{target}_std"] = std[:, index]
             columns[f"{target}_ci_low"] = mean[:, index] - half[:, index]
             columns[f"{target}_ci_high"] = mean[:, index] + half[:, index]
-            if self.intervals:
-                quantile = self.intervals["quantile"][target]
-                by_source = np.where(held[:, index], quantile.get("physics", np.inf), quantile["network"])
-                pi_half = by_source * interval_scale(std[:, index], self.intervals["spread_floor"][target])
-                columns[f"{target}_pi_low"] = mean[:, index] - pi_half
-                columns[f"{target}_pi_high"] = mean[:, index] + pi_half
+            quantile = self.intervals["quantile"][target]
+            by_source = np.where(held[:, index], quantile.get("physics", np.inf), quantile["network"])
+            pi_half = by_source * interval_scale(std[:, index], self.intervals["spread_floor"][target])
+            columns[f"{target}_pi_low"] = mean[:, index] - pi_half
+            columns[f"{target}_pi_high"] = mean[:, index] + pi_half
             columns[f"{target}_source"] = np.where(held[:, index], "physics", "network")
         if self.physics is not None:
             columns["physics_note"] = predicted.physics_notes

@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -897,8 +898,6 @@ def section_k(context: dict) -> str:
 
 def short_formula(formula: str) -> str:
     """A formula with its amounts to 3 decimals (the exact ion counts run to 10: Li0.9166666667VCuO4)."""
-    import re
-
     return re.sub(r"\d+\.\d{4,}", lambda match: f"{float(match.group()):.3f}".rstrip("0").rstrip("."), str(formula))
 
 
