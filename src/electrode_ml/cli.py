@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="network arithmetic; bfloat16 was about 3x faster on a CPU with AMX and moved ensemble "
                               "means by about 0.002-0.004 V / 0.3-0.4 mAh/g / 0.7-0.9 Wh/kg (make bench measures it)")
         sub.add_argument("--skip-bad", action="store_true",
-                         help="write bad rows with their reason to OUTPUT.rejects.csv and score the rest")
+                         help="write bad rows with their reason beside OUTPUT (out.csv -> out.rejects.csv) and score the rest")
 
     common(commands.add_parser("predict", help="mean, paper CI and calibrated 95 %% interval per target",
                                epilog=OUTPUT_COLUMNS))
