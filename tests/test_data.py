@@ -70,6 +70,12 @@ def test_duplicate_id_is_refused(small_raw):
         validate(small_raw)
 
 
+def test_ids_that_differ_only_by_surrounding_spaces_are_duplicates(small_raw):
+    small_raw.loc[5, "battery_id"] = small_raw.loc[4, "battery_id"] + " "
+    with pytest.raises(InputError, match="duplicate id"):
+        validate(small_raw)
+
+
 def test_missing_column_is_named(small_raw):
     with pytest.raises(InputError, match="missing column.*charge_efermi"):
         validate(small_raw.drop(columns="charge_efermi"))
@@ -118,6 +124,8 @@ MORE_BAD_VALUES = [
     ("capacity_grav", "1e400", "infinite"),                # overflows to inf when parsed
     ("energy_grav", "3,2", "not a number"),
     ("num_steps", "two", "not a number"),
+    ("num_steps", "1.5", "not a whole number"),             # was cut to 1 when cast to an integer
+    ("num_steps", "0", "not a whole number of 1 or more"),
     ("charge_space_group_number", "12.5", "space group"),
     ("charge_space_group_number", "-3", "space group"),
     ("charge_band_gap", "-3", "negative value"),            # a band gap is 0 or more by definition
@@ -216,6 +224,16 @@ def test_utf8_with_byte_order_mark_reads_like_plain_utf8(tmp_path, small_raw):
     small_raw.to_csv(path, index=False, encoding="utf-8-sig")
     electrodes, _ = validate(read_electrode_csv(path))
     assert len(electrodes) == len(small_raw)
+
+
+def test_a_column_twice_in_the_header_is_refused_by_name(tmp_path, small_raw):
+    """pandas reads the second copy as `average_voltage.1`, which nothing read: the first one's values went
+    in whichever of the two was meant."""
+    path = tmp_path / "input.csv"
+    small_raw.assign(voltage_again=99.0).rename(columns={"voltage_again": "average_voltage"}).to_csv(path, index=False)
+    with pytest.raises(InputError) as error:
+        read_electrode_csv(path)
+    assert str(error.value) == f"{path}: column(s) average_voltage appear more than once in the header"
 
 
 def test_missing_column_in_a_file_is_one_line(tmp_path, small_raw):

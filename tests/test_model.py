@@ -365,6 +365,29 @@ run_step(types.SimpleNamespace(log=[{str(tmp_path / "tune.log")!r}], rule="tune"
     assert "config key train.device: cuda, but" in (tmp_path / "tune.log").read_text()
 
 
+def test_a_job_that_crashes_leaves_its_traceback_and_warnings_in_its_log(tmp_path):
+    """An error that is no InputError (a corrupt parquet, a bug) went to stderr only and left the job's log
+    empty, the file Snakemake points the user to; a Python warning did the same."""
+    code = f"""
+import types, warnings
+from electrode_ml.runner import run_step
+
+def step(input, output, params, threads, **_):
+    warnings.warn("a deprecated call", FutureWarning)
+    raise KeyError("column 'capacity_grav' is missing")
+
+run_step(types.SimpleNamespace(log=[{str(tmp_path / "tune.log")!r}], rule="tune", input={{}}, output={{}}, threads=1,
+                               params=types.SimpleNamespace(), wildcards={{}}), step)
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr[-2000:]
+    log_text = (tmp_path / "tune.log").read_text()
+    assert "rule tune failed after" in log_text and "Traceback" in log_text
+    assert "KeyError: \"column 'capacity_grav' is missing\"" in log_text
+    assert "FutureWarning: a deprecated call" in log_text
+    assert run.stderr.count("Traceback") == 1  # the log handler's copy on stderr, not Python's second one
+
+
 def _hold_gpu(lock_dir, n_devices, hold_s, queue):
     with claim_gpu(n_devices, lock_dir=lock_dir, poll_s=0.05) as index:
         started = time.monotonic()

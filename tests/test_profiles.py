@@ -137,5 +137,6 @@ def test_the_workstation_profile_sets_no_key_the_slurm_profile_sets_otherwise():
     default = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
     differing = {key for key, value in default.items() if key in SLURM_PROFILE and SLURM_PROFILE[key] != value}
     assert differing == set()
-    # keys only the workstation sets pass into a SLURM run too; cores there only caps a job's threads
-    assert set(default) - set(SLURM_PROFILE) == {"cores"}
+    # keys only the workstation sets pass into a SLURM run too; cores there only caps a job's threads, and
+    # the rerun triggers (the rules' `code` param instead of Snakemake's script file times) hold on a cluster too
+    assert set(default) - set(SLURM_PROFILE) == {"cores", "rerun-triggers"}

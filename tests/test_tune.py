@@ -273,7 +273,7 @@ def test_tune_step_retunes_when_its_features_change(tmp_path, caplog):
     out = tmp_path / "tune"
     out.mkdir()
     params = SimpleNamespace(
-        model="model1", state=str(out / "ax_state.json"),
+        model="model1", state=str(out / "ax_state.json"), code="0123456789abcdef",
         tune={"trials": 2, "seed": 3, "epochs": 3, "patience": None, "lr": [1e-4, 1e-2], "units": [8, 16],
               "dropout": [0.0, 0.5], "tolerance": 0.0},
         train={"device": "cpu", "epochs": 3, "batch_size": None, "patience": None, "lr_scale": 0.5})
@@ -296,6 +296,32 @@ def test_tune_step_retunes_when_its_features_change(tmp_path, caplog):
     assert any("starting a new tuning" in m for m in messages)
     assert not any("trials complete" in m for m in messages)
     assert len(retuned) == 2 and (retuned["score"] != first["score"]).all()
+
+    params.code = "fedcba9876543210"  # the library the tuning runs changed (code_version.py): Snakemake reruns it
+    messages, _ = run(*new)
+    assert any("starting a new tuning" in m for m in messages)
+
+
+def test_a_tuning_resumed_with_more_or_fewer_trials_equals_a_fresh_one(tmp_path, caplog):
+    """`tune.trials` changed on a saved tuning: with min(5, trials) quasi-random trials a tuning of 2
+    resumed with 3 drew its third from BoTorch while a fresh one of 3 drew it from Sobol, and one of 2
+    resumed with 1 kept both trials; results depended on the run's history."""
+    fresh = {n: Counting() for n in (1, 3, 7)}
+    chosen = {n: tune(tmp_path / f"fresh{n}", fresh[n], trials=n) for n in fresh}
+    resumed = Counting()
+    tune(tmp_path / "resumed", resumed, trials=2)
+    assert tune(tmp_path / "resumed", resumed, trials=3) == chosen[3]
+    assert resumed.calls == fresh[3].calls
+    untimed = [{key: row[key] for key in CSV_COLUMNS if key != "seconds"} for row in
+               (*read_rows(tmp_path / "resumed" / "trials.csv"), *read_rows(tmp_path / "fresh3" / "trials.csv"))]
+    assert untimed[:3] == untimed[3:] and len(untimed) == 6
+    assert tune(tmp_path / "resumed", resumed, trials=7) == chosen[7]  # across the switch to BoTorch
+    assert resumed.calls == fresh[7].calls  # the scores BoTorch fits are the exact ones, not JSON's rounded
+    with caplog.at_level(logging.INFO, logger="electrode_ml.tune"):
+        assert tune(tmp_path / "resumed", resumed, trials=1) == chosen[1]
+    assert len(resumed.calls) == 7  # nothing scored again
+    assert [row["trial"] for row in read_rows(tmp_path / "resumed" / "trials.csv")] == ["0"]
+    assert "the saved tuning holds 7 completed trials: the first 1 count" in caplog.text
 
 
 def test_failing_objective_is_recorded_then_resumed(tmp_path):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -270,6 +273,59 @@ def test_a_copied_snapshot_keeps_the_run_and_a_changed_one_reruns_it(tmp_path, s
     assert "rule data:" in plan and "rule split:" in plan and f"Updated input files: {snapshot}" in plan
     snakemake(config, tmp_path, str(split))
     assert json.loads(report.read_text())["rows_out"] == 4299
+
+
+def planned_models(plan: str, rule: str) -> set[str]:
+    """The `model` wildcard of every job of ``rule`` in a dry run's printout."""
+    blocks = re.split(r"\n(?=(?:local)?rule \w+:)", plan)
+    return {re.search(r"wildcards: model=(\w+)", block).group(1) for block in blocks
+            if re.match(rf"(?:local)?rule {rule}:", block)}
+
+
+def test_a_finished_run_stays_done_when_its_scripts_are_touched(tiny_run, tmp_path):
+    """A checkout or a copy gives the rule scripts a new file time, and Snakemake's code trigger reran the
+    whole workflow for it; the workstation profile turns that trigger off, and the `code` param stands in."""
+    config, _, _ = tiny_run
+    script = REPO / "workflow" / "scripts" / "split.py"
+    times = script.stat()
+    try:
+        os.utime(script)
+        assert "Nothing to be done" in snakemake(config, tmp_path, "-n").stdout
+    finally:
+        os.utime(script, ns=(times.st_atime_ns, times.st_mtime_ns))
+
+
+def test_another_models_loss_setting_reruns_only_that_models_jobs(tiny_run, tmp_path):
+    """train.huber_delta.model1_redox changed: the whole `train` section in every rule's params reran
+    model1's and model2's tuning and networks too, for identical results."""
+    config, _, _ = tiny_run
+    changed = copy.deepcopy(config)
+    changed["train"]["huber_delta"] = {"model1_redox": 0.25}
+    plan = snakemake(changed, tmp_path, "-n").stdout
+    for rule in ("tune", "train", "group_evaluation"):
+        assert planned_models(plan, rule) == {"model1_redox"}, rule
+
+
+def test_jobs_run_the_library_beside_the_snakefile_not_the_installed_one(tmp_path, snapshot_path):
+    """A second checkout sharing one environment: the editable install points at the first, and its jobs
+    imported that library while Snakemake itself checked the config with its own."""
+    copy_root = tmp_path / "checkout"
+    copy_root.mkdir()
+    for name in ("Snakefile", "config.yaml", "workflow", "profiles", "envs", "src"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, copy_root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(source, copy_root / name)
+    results = tmp_path / "results"
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(tiny_config(results, snapshot_path)))
+    run = subprocess.run([sys.executable, "-m", "snakemake", str(results / "data" / "electrodes.parquet"),
+                          "--cores", "1", "--configfile", str(config_path)],
+                         cwd=copy_root, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    log_text = (results / "logs" / "data.log").read_text()
+    assert f"from {copy_root / 'src' / 'electrode_ml'}" in log_text, log_text[:500]
 
 
 def test_default_dry_run_plans_fifty_train_jobs_per_model(tmp_path):

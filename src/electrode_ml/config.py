@@ -119,6 +119,16 @@ def contribution_seeds(config: dict) -> list[int]:
     return seed_range(config["train"], config["analysis"]["contribution_seeds"])
 
 
+def model_train_settings(train: dict, model: str) -> dict:
+    """The ``train`` section as the jobs of one network model read it: only that model's Huber delta.
+
+    A rule's params are Snakemake's record of what its outputs depend on; the whole section made a
+    change to model1_redox's delta rerun model1's and model2's 100 train jobs for identical networks.
+    """
+    deltas = train.get("huber_delta") or {}
+    return {**train, "huber_delta": {model: deltas[model]} if model in deltas else {}}
+
+
 def cuda_visible(environ=os.environ) -> bool:
     """Whether this host shows an NVIDIA GPU, checked without importing torch in the scheduler."""
     visible = environ.get("CUDA_VISIBLE_DEVICES")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 from collections import Counter
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 FORMULA_FIELDS = ("formula_charge", "formula_discharge", "framework_formula")
 NUMERIC_FIELDS = tuple(name for name, dtype in ELECTRODE_COLUMNS.items() if dtype in ("float64", "int64"))
 SPACE_GROUP_FIELDS = ("charge_space_group_number", "discharge_space_group_number")
+# Counts read as float (a missing one is NaN) and are cast to integers once checked.
+COUNT_FIELDS = ("num_steps",)
 MISSING_TEXT = ("", "nan", "na", "n/a", "null", "none")
 CRYSTAL_SYSTEM_FIELDS = ("charge_crystal_system", "discharge_crystal_system")
 # A band gap and an energy above the hull are never negative (the snapshot's smallest are 0).
@@ -79,6 +82,12 @@ def read_electrode_csv(path: str | Path) -> pd.DataFrame:
         raise InputError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
     if frame.empty:
         raise InputError(f"{path}: no rows after the header")
+    # pandas renames a second `average_voltage` to `average_voltage.1`, which then went unread
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        header = next(csv.reader(handle))
+    repeated = sorted(name for name, count in Counter(header).items() if count > 1)
+    if repeated:
+        raise InputError(f"{path}: column(s) {', '.join(repeated)} appear more than once in the header")
     return frame
 
 
@@ -144,6 +153,10 @@ def find_bad_rows(frame: pd.DataFrame) -> list[BadRow]:
     for name in present(frame, NON_NEGATIVE_FIELDS):
         for idx in frame.index[frame[name] < 0]:
             bad.append(BadRow(ids[idx], name, f"negative value {frame[name][idx]:g} (0 or more by definition)", idx))
+    for name in present(frame, COUNT_FIELDS):
+        values = frame[name]
+        for idx in frame.index[values.notna() & ((values < 1) | (values != values.round()))]:
+            bad.append(BadRow(ids[idx], name, f"{values[idx]:g} is not a whole number of 1 or more", idx))
     for name in present(frame, SPACE_GROUP_FIELDS):
         values = frame[name]
         out_of_range = values.notna() & ((values < 1) | (values > 230) | (values != values.round()))
@@ -166,8 +179,8 @@ def find_bad_rows(frame: pd.DataFrame) -> list[BadRow]:
                 bad.append(BadRow(ids[idx], name, str(exc), idx))
     for idx in frame.index[ids.str.strip().eq("")]:
         bad.append(BadRow(ids[idx], "battery_id", "empty id", idx))
-    # which copy of a duplicated id is right is unknown, so every copy is bad
-    duplicated = ids.duplicated(keep=False) & ids.str.strip().ne("")
+    # which copy of a duplicated id is right is unknown, so every copy is bad; `mp-1 ` is `mp-1`
+    duplicated = ids.str.strip().duplicated(keep=False) & ids.str.strip().ne("")
     for idx in frame.index[duplicated]:
         bad.append(BadRow(ids[idx], "battery_id", "duplicate id", idx))
     return bad

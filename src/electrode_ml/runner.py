@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from electrode_ml import __version__
 from electrode_ml.errors import InputError
 
 QUIET_LOGGERS = ("ax", "botorch", "mp_api", "urllib3", "matplotlib", "pymatgen", "filelock")
@@ -21,19 +22,31 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
         handlers.append(logging.FileHandler(log_file, mode="w"))
     logging.basicConfig(level=level, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # a warning printed by Python itself would reach stderr only, not the rule's log
+    logging.captureWarnings(True)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def run_step(smk: Any, step: Callable[..., Any]) -> None:
-    """Call ``step(input, output, params, threads)`` for a Snakemake job; bad input ends in one line."""
+    """Call ``step(input, output, params, threads)`` for a Snakemake job; bad input ends in one line.
+
+    Any other error is a bug or a broken file: its traceback goes to the job's log as well as to
+    stderr, since the log is where Snakemake (and, on a cluster, the user) looks.
+    """
     setup_logging(smk.log[0] if smk.log else None)
     log = logging.getLogger(f"electrode_ml.{smk.rule}")
+    # which library ran: a second checkout sharing one environment would otherwise go unnoticed
+    log.info("rule %s, electrode-ml %s from %s", smk.rule, __version__, Path(__file__).resolve().parent)
     started = time.perf_counter()
     try:
         step(smk.input, smk.output, smk.params, smk.threads, wildcards=smk.wildcards)
     except InputError as error:
         log.error("%s", error)
         print(f"electrode-ml: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except Exception:
+        # the handlers write to stderr as well, so Python's own print of it would be a second copy
+        log.exception("rule %s failed after %.1f s", smk.rule, time.perf_counter() - started)
         sys.exit(1)
     log.info("rule %s done in %.1f s", smk.rule, time.perf_counter() - started)

@@ -145,8 +145,8 @@ def tune_step(input, output, params, threads, **_):
             return float(network.history["val_loss"].min())
 
         # The saved Ax state resumes an interrupted tuning only; Snakemake also reruns this job
-        # when the features or the settings changed, and then the old trials must not count.
-        key = objective_fingerprint((x_train, y_train, x_val, y_val), trial_fidelity(settings))
+        # when the features, the settings or the code changed, and then the old trials must not count.
+        key = objective_fingerprint((x_train, y_train, x_val, y_val), {**trial_fidelity(settings), "code": params.code})
         space = SearchSpace(lr=tuple(tune["lr"]), units=tuple(tune["units"]), dropout=tuple(tune["dropout"]))
         best = run_tuning(objective, trials=tune["trials"], seed=tune["seed"], state_path=Path(params.state),
                           trials_csv=Path(output.trials), space=space, name=params.model,

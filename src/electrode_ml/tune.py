@@ -5,11 +5,14 @@ One public entry point, :func:`run_tuning`, drives an Ax 1.3 ``Client`` (not the
 
 * seven parameters: ``lr`` (log scale), ``units_1..3`` (int), ``dropout_1..3`` (float);
 * the objective returns a validation loss, which is minimised;
-* the first ``min(5, trials)`` trials are quasi-random (the centre of the search space, then a
-  scrambled Sobol sequence), the rest come from BoTorch (Ax's "fast" modular BoTorch model);
+* the first 5 trials are quasi-random (the centre of the search space, then a scrambled Sobol
+  sequence), the rest come from BoTorch (Ax's "fast" modular BoTorch model); a shorter tuning is
+  all quasi-random;
 * after every trial the Ax state is written to ``state_path`` (JSON) and the table of trials to
   ``trials_csv``, both atomically, so a killed run resumes where it stopped;
-* the same ``seed`` gives the same sequence of suggestions.
+* the same ``seed`` gives the same sequence of suggestions, so a tuning of N trials is the first N
+  trials of any longer one: a saved tuning resumed with more trials, or with fewer (only the first
+  N count), gives what a fresh one of N trials would.
 
 The parameterisation returned is the completed trial with the lowest *observed* score or, with a
 ``tolerance``, the cheapest within it of that score; see :func:`run_tuning` and :func:`choose_trial`.
@@ -138,8 +141,9 @@ def run_tuning(
     ``objective_key`` is given, from an objective with the same key (the caller's fingerprint
     of what a trial scores: its data and fidelity; the scores of another objective are not
     comparable). Otherwise ``TuningStateMismatch``, or, with ``restart_mismatched``, a warning
-    and a new tuning whose first save replaces the old state. The number of quasi-random
-    initial trials is fixed by the first run.
+    and a new tuning whose first save replaces the old state. A saved tuning with more completed
+    trials than ``trials`` is not tuned further: its first ``trials`` completed trials count, and
+    ``trials_csv`` lists them (the state keeps the rest for a later run that asks for more).
 
     Returns the chosen completed trial: the seven parameters plus its ``"score"``, its
     ``"trial"`` index and the ``"lowest_score"`` of all. With ``tolerance`` 0 that is the trial
@@ -180,11 +184,11 @@ def run_tuning(
                 f", {n_abandoned} interrupted trial(s) abandoned" if n_abandoned else "",
             )
         else:
-            client = _new_client(space=space, name=name, seed=seed, trials=trials, objective_key=objective_key)
+            client = _new_client(space=space, name=name, seed=seed, objective_key=objective_key)
             log.info("tuning %s: %d trials, seed %d, over lr %g..%g (log scale), units %d..%d, dropout %g..%g; "
                      "the state saved to %s after every trial", name, trials, seed, *space.lr, *space.units,
                      *space.dropout, state_path)
-        _save(client, state_path, trials_csv)
+        _save(client, state_path, trials_csv, trials)
 
         experiment = _experiment(client)
         while (done := _n_completed(client)) < trials:
@@ -196,7 +200,7 @@ def run_tuning(
             params = _plain_params(suggested)
             # Save before evaluating, so a crash mid-trial leaves a RUNNING trial behind
             # that the next run abandons instead of regenerating the same point.
-            _save(client, state_path, trials_csv)
+            _save(client, state_path, trials_csv, trials)
 
             start = time.perf_counter()
             try:
@@ -205,7 +209,7 @@ def run_tuning(
                 seconds = time.perf_counter() - start
                 experiment.trials[index].update_run_metadata({"seconds": seconds})
                 client.mark_trial_failed(index, failed_reason=f"{type(exc).__name__}: {exc}"[:500])
-                _save(client, state_path, trials_csv)
+                _save(client, state_path, trials_csv, trials)
                 log.error("trial %d/%d (#%d) failed after %.1f s: %s", done + 1, trials, index, seconds, exc)
                 raise
             seconds = time.perf_counter() - start
@@ -218,7 +222,7 @@ def run_tuning(
             if not math.isfinite(score):
                 experiment.trials[index].update_run_metadata({"seconds": seconds})
                 client.mark_trial_failed(index, failed_reason=f"objective returned {returned!r}, not a finite score")
-                _save(client, state_path, trials_csv)
+                _save(client, state_path, trials_csv, trials)
                 raise ValueError(
                     f"tuning {name}: objective returned {returned!r} for trial {index} {params}; "
                     "it must return a finite validation loss"
@@ -228,13 +232,16 @@ def run_tuning(
             # JSON through DataFrame.to_json, which rounds them to 10 decimal places.
             experiment.trials[index].update_run_metadata({"seconds": seconds, "score": score})
             client.complete_trial(index, raw_data={METRIC: score})
-            _save(client, state_path, trials_csv)
+            _save(client, state_path, trials_csv, trials)
             log.info(
                 "trial %d/%d (#%d): %s -> score %.6g in %.1f s",
                 done + 1, trials, index, _format_params(params), score, seconds,
             )
 
-        completed = [r for r in _rows(client) if r["status"] == "COMPLETED" and r["score"] is not None]
+        saved = _n_completed(client)
+        if saved > trials:
+            log.info("the saved tuning holds %d completed trials: the first %d count (tune.trials)", saved, trials)
+        completed = [r for r in _counted_rows(client, trials) if r["status"] == "COMPLETED" and r["score"] is not None]
         best = choose_trial(completed, tolerance=tolerance, cost=cost)
         log.info(
             "chose #%d of %d completed trials: %s score %.6g (lowest %.6g)",
@@ -267,7 +274,7 @@ def choose_trial(completed: list[dict], *, tolerance: float = 0.0, cost: Callabl
 # ----------------------------------------------------------------------------- Ax client set-up
 
 
-def _new_client(*, space: SearchSpace, name: str, seed: int, trials: int, objective_key: str | None = None) -> Any:
+def _new_client(*, space: SearchSpace, name: str, seed: int, objective_key: str | None = None) -> Any:
     from ax import Client, RangeParameterConfig
 
     parameters = [
@@ -289,13 +296,14 @@ def _new_client(*, space: SearchSpace, name: str, seed: int, trials: int, object
                                  "objective": objective_key}),
     )
     client.configure_optimization(objective=f"-{METRIC}")
-    # Centre point + Sobol for the first min(5, trials) trials, then BoTorch ("fast" = Ax's
-    # modular BoTorch defaults). The Sobol seed is separate from the Client's random_seed: the
+    # Centre point + Sobol for the first 5 trials, then BoTorch ("fast" = Ax's modular BoTorch
+    # defaults); not min(5, trials): a tuning of 2 trials resumed with 3 then drew its third from
+    # BoTorch, and a fresh one of 3 from Sobol. The Sobol seed is separate from the Client's random_seed: the
     # latter only seeds torch/numpy around each generation call, and an unseeded Sobol
     # generator scrambles differently every time.
     client.configure_generation_strategy(
         method="fast",
-        initialization_budget=min(MAX_INITIAL_TRIALS, trials),
+        initialization_budget=MAX_INITIAL_TRIALS,
         initialization_random_seed=seed,
         initialize_with_center=True,
     )
@@ -329,7 +337,7 @@ def _load_client(state_path: Path, *, space: SearchSpace, name: str, seed: int,
                             f"this run {objective_key!r}): other data or fidelity")
 
     saved = _space_summary(experiment.search_space)
-    wanted = _space_summary(_experiment(_new_client(space=space, name=name, seed=seed, trials=1)).search_space)
+    wanted = _space_summary(_experiment(_new_client(space=space, name=name, seed=seed)).search_space)
     for pname in sorted(saved.keys() | wanted.keys(), key=_param_order):
         if saved.get(pname) != wanted.get(pname):
             problems.append(
@@ -344,7 +352,26 @@ def _load_client(state_path: Path, *, space: SearchSpace, name: str, seed: int,
 
     if problems:
         raise TuningStateMismatch(state_path, problems)
+    _restore_exact_scores(experiment)
     return client
+
+
+def _restore_exact_scores(experiment: Any) -> None:
+    """Put back the scores Ax's JSON rounded to 10 decimal places (the run metadata keeps them).
+
+    BoTorch fits its model to the scores: on rounded ones a resumed tuning suggested other points
+    from its sixth trial on than the same tuning run without a stop (lr 0.0015082 against 0.0015098).
+    """
+    from ax.core.data import Data
+
+    observed = experiment.lookup_data().df
+    if observed.empty:
+        return
+    exact = {index: trial.run_metadata.get("score") for index, trial in experiment.trials.items()}
+    observed = observed.copy()
+    observed["mean"] = [m if exact.get(int(i)) is None or name != METRIC else exact[int(i)]
+                        for i, name, m in zip(observed["trial_index"], observed["metric_name"], observed["mean"])]
+    experiment.attach_data(Data(df=observed))
 
 
 def _space_summary(search_space: Any) -> dict[str, tuple]:
@@ -424,7 +451,18 @@ def _rows(client: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _save(client: Any, state_path: Path, trials_csv: Path) -> None:
+def _counted_rows(client: Any, trials: int) -> list[dict[str, Any]]:
+    """The trials up to the ``trials``-th completed one: those a fresh tuning of ``trials`` would have."""
+    rows, completed = [], 0
+    for row in _rows(client):
+        if completed == trials:
+            break
+        rows.append(row)
+        completed += row["status"] == "COMPLETED" and row["score"] is not None
+    return rows
+
+
+def _save(client: Any, state_path: Path, trials_csv: Path, trials: int) -> None:
     state_path.parent.mkdir(parents=True, exist_ok=True)
     with _temporary_sibling(state_path) as tmp:
         client.save_to_json_file(filepath=str(tmp))
@@ -434,7 +472,7 @@ def _save(client: Any, state_path: Path, trials_csv: Path) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for row in _rows(client):
+    for row in _counted_rows(client, trials):
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
     trials_csv.parent.mkdir(parents=True, exist_ok=True)
     with _temporary_sibling(trials_csv) as tmp:

@@ -24,9 +24,10 @@ rule feature_contribution:
     benchmark:
         f"{RESULTS}/benchmarks/analysis/feature_contribution.tsv"
     params:
+        code=code_version("feature_contribution"),
         model=CONTRIBUTION_MODEL,
         seeds=contribution_seeds(config),
-        train=config["train"],
+        train=model_train_settings(config["train"], CONTRIBUTION_MODEL),
     threads: 1
     priority: LONG_JOB_PRIORITY
     resources:
@@ -53,6 +54,7 @@ rule timing:
     log:
         f"{RESULTS}/logs/analysis/timing.log",
     params:
+        code=code_version("timing"),
         models=MODELS,
         tune=config["tune"],
         train=config["train"],

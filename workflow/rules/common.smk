@@ -1,10 +1,18 @@
 # Shared by every rule file: the output root, the model and seed lists, config checks.
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+# The library beside this Snakefile, for this process and for the jobs it starts (they inherit the
+# environment): the package installed in the environment may be another checkout's, and then the
+# config checks would run one version of the code and the jobs another.
+LIBRARY = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, LIBRARY)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [LIBRARY, os.environ.get("PYTHONPATH")]))
 
-from electrode_ml.config import check_snapshot, contribution_seeds, gpu_per_job, seeds, snapshot_input, validate_config
+from electrode_ml.config import (check_snapshot, contribution_seeds, gpu_per_job, model_train_settings, seeds, snapshot_input,
+                                 validate_config)
+from electrode_ml.code_version import script_code_version
 from electrode_ml.errors import InputError
 from electrode_ml.features import (FEATURE_SETS, KNOWN_MODELS, PHYSICS_BASES, base_model, is_physics_model,
                                    uses_voltage_trees, variants_of, voltage_tree_settings)
@@ -44,3 +52,8 @@ CONTRIBUTION_TRAINED_SEEDS = [seed for seed in contribution_seeds(config) if see
 LONG_JOB_PRIORITY = 1
 # Training and tuning jobs each claim one GPU when the workflow runs on CUDA (see devices.py).
 GPU_PER_JOB = gpu_per_job(config)
+
+
+def code_version(script):
+    """Every rule's `code` param: its jobs rerun when the library code their script runs changes."""
+    return script_code_version(Path(workflow.basedir) / "workflow" / "scripts" / f"{script}.py")

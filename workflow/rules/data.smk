@@ -10,6 +10,7 @@ rule data:
     log:
         f"{RESULTS}/logs/data.log",
     params:
+        code=code_version("data"),
         data=config["data"],
     threads: 1
     conda:
@@ -26,6 +27,7 @@ rule split:
     log:
         f"{RESULTS}/logs/split.log",
     params:
+        code=code_version("split"),
         split=config["split"],
     threads: 1
     conda:

@@ -15,12 +15,13 @@ rule group_evaluation:
     benchmark:
         f"{RESULTS}/benchmarks/group/{{model}}.tsv"
     params:
+        code=code_version("group_evaluation"),
         base=lambda wildcards: wildcards.model,
         variants=lambda wildcards: variants_of(wildcards.model, MODELS),
         seeds=config["evaluation"]["group_seeds"],
         split=config["split"],
         features=config["features"],
-        train=config["train"],
+        train=lambda wildcards: model_train_settings(config["train"], wildcards.model),
         trees=lambda wildcards: voltage_tree_settings(variants_of(wildcards.model, MODELS),
                                                       config["voltage_trees"]),
     threads: 1

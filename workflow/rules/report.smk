@@ -29,6 +29,7 @@ rule report:
     log:
         f"{RESULTS}/logs/report.log",
     params:
+        code=code_version("report"),
         models=MODELS,
         config=config,
     threads: 1

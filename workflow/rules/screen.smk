@@ -15,6 +15,7 @@ rule screen_na:
     log:
         f"{RESULTS}/logs/screening/screen_na.log",
     params:
+        code=code_version("screen_na"),
         models=MODELS,
         thresholds=config["screen"]["na"],
     threads: 1
@@ -40,6 +41,7 @@ rule screen_k:
     log:
         f"{RESULTS}/logs/screening/screen_k.log",
     params:
+        code=code_version("screen_k"),
         models=MODELS,
     threads: 1
     conda:

@@ -18,7 +18,8 @@ rule train:
     benchmark:
         f"{RESULTS}/benchmarks/train/{{model}}/seed_{{seed}}.tsv"
     params:
-        train=config["train"],
+        code=code_version("train"),
+        train=lambda wildcards: model_train_settings(config["train"], wildcards.model),
     threads: 1
     priority: lambda wildcards: LONG_JOB_PRIORITY if wildcards.model == CONTRIBUTION_MODEL and int(wildcards.seed) in CONTRIBUTION_TRAINED_SEEDS else 0
     resources:

@@ -15,12 +15,13 @@ rule tune:
     benchmark:
         f"{RESULTS}/benchmarks/tune/{{model}}.tsv"
     params:
+        code=code_version("tune"),
         model=lambda wildcards: wildcards.model,
         # Saved after every trial. Deliberately not an output: Snakemake deletes the outputs of
         # an interrupted job, and this file is what lets the rerun resume instead of start over.
         state=lambda wildcards: f"{RESULTS}/tune/{wildcards.model}/ax_state.json",
         tune=config["tune"],
-        train=config["train"],
+        train=lambda wildcards: model_train_settings(config["train"], wildcards.model),
     threads: 1
     priority: LONG_JOB_PRIORITY
     resources:

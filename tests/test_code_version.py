@@ -1,0 +1,87 @@
+"""The `code` param of every rule: a library edit reruns the jobs whose code it changes, and only those."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from electrode_ml.code_version import script_code_version
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(path.stem for path in (REPO / "workflow" / "scripts").glob("*.py"))
+
+
+def versions(tmp_path: Path, name: str, edit=None) -> dict[str, str]:
+    """Every script's fingerprint in a copy of the library, after ``edit(package_dir)``."""
+    package = tmp_path / name / "electrode_ml"
+    shutil.copytree(REPO / "src" / "electrode_ml", package, ignore=shutil.ignore_patterns("__pycache__"))
+    if edit:
+        edit(package)
+    return {script: script_code_version(REPO / "workflow" / "scripts" / f"{script}.py", package) for script in SCRIPTS}
+
+
+def replace_in(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert text.count(old) == 1, (path, old)
+    path.write_text(text.replace(old, new))
+
+
+def changed(before: dict, after: dict) -> set[str]:
+    return {script for script in before if before[script] != after[script]}
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory) -> dict[str, str]:
+    return versions(tmp_path_factory.mktemp("code"), "shipped")
+
+
+def test_every_rule_passes_its_scripts_code_version():
+    for rule_file in (REPO / "workflow" / "rules").glob("*.smk"):
+        text = rule_file.read_text()
+        for rule in re.split(r"\n(?=rule )", text)[1:]:
+            script = re.search(r'"\.\./scripts/(\w+)\.py"', rule).group(1)
+            assert f'code=code_version("{script}")' in rule, (rule_file.name, rule.split(":")[0])
+
+
+def test_the_version_is_the_same_in_another_copy_and_differs_between_scripts(shipped, tmp_path):
+    assert versions(tmp_path, "again") == shipped
+    assert len(set(shipped.values())) == len(SCRIPTS)
+    assert all(re.fullmatch(r"[0-9a-f]{16}", version) for version in shipped.values())
+
+
+def test_comments_docstrings_and_layout_change_nothing(shipped, tmp_path):
+    def reword(package):
+        replace_in(package / "model.py", '"""The paper', '"""Reworded: the paper')  # the module's docstring
+        replace_in(package / "model.py", "All networks of an ensemble evaluated", "All the networks evaluated")  # a class's
+        text = (package / "tune.py").read_text()
+        (package / "tune.py").write_text("# a new comment\n\n\n" + text.replace("\n\n\ndef ", "\n\n\n# note\ndef ", 1))
+
+    assert changed(shipped, versions(tmp_path, "reworded", reword)) == set()
+
+
+def test_a_change_to_the_training_code_reruns_what_trains_networks_and_nothing_before(shipped, tmp_path):
+    def faster_dropout(package):
+        replace_in(package / "model.py", "CPU_ROWS_PER_PASS = 128", "CPU_ROWS_PER_PASS = 64")
+
+    reruns = changed(shipped, versions(tmp_path, "model", faster_dropout))
+    assert {"train", "tune", "group_evaluation", "feature_contribution", "timing", "screen_k"} <= reruns
+    assert reruns.isdisjoint({"data", "split", "features", "report", "screen_na", "voltage_trees", "peer_gbm"})
+
+
+def test_a_change_to_one_step_reruns_that_rule_alone(shipped, tmp_path):
+    def other_log_line(package):
+        replace_in(package / "steps.py", 'log.info("seed %d: best epoch %d of %d, %.1f s"',
+                   'log.info("seed %d: the best epoch %d of %d, %.1f s"')
+
+    assert changed(shipped, versions(tmp_path, "step", other_log_line)) == {"train"}
+
+
+def test_a_change_to_the_report_reruns_the_report_alone(shipped, tmp_path):
+    def new_heading(package):
+        text = (package / "report.py").read_text()
+        (package / "report.py").write_text(text + "\nEXTRA_HEADING = 'Summary'\n")
+
+    assert changed(shipped, versions(tmp_path, "report", new_heading)) == {"report"}
