@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from electrode_ml.ensemble import (Z_95, add_prediction_intervals, aggregate, best_single_seed, conformal_quantile,
-                                   coverage, mark_applicability, mark_sources, outside_training, outside_training_metrics,
-                                   stack_predictions)
+from electrode_ml.ensemble import (Z_95, add_prediction_intervals, aggregate, baseline_metrics, best_single_seed,
+                                   conformal_quantile, coverage, coverage_by_source, mark_applicability, mark_sources,
+                                   outside_training, outside_training_metrics, stack_predictions)
 from electrode_ml.metrics import regression_metrics
 
 
@@ -25,7 +25,11 @@ def test_aggregate_gives_the_papers_ci():
     row = summary[(summary["battery_id"] == "a") & (summary["target"] == "average_voltage")].iloc[0]
     std = np.std([1, 2, 3, 4], ddof=1)
     assert row["mean"] == pytest.approx(2.5) and row["std"] == pytest.approx(std)
-    assert row["ci_high"] - row["mean"] == pytest.approx(Z_95 * std / 2)
+    assert row["ci_high"] - row["mean"] == pytest.approx(Z_95 * std / 2)  # n = 4 seeds: sqrt(n) = 2
+    assert row["mean"] - row["ci_low"] == pytest.approx(Z_95 * std / 2)
+    # every seed agrees on b's voltage: no spread, so the CI collapses onto the mean
+    still = summary[(summary["battery_id"] == "b") & (summary["target"] == "average_voltage")].iloc[0]
+    assert still["std"] == 0 and still["ci_low"] == still["mean"] == still["ci_high"] == 2.0
 
 
 def test_conformal_quantile_rank():
@@ -82,14 +86,17 @@ def test_zero_spread_rows_still_get_an_interval():
 
 
 def test_best_single_seed_is_chosen_on_validation():
+    # seed 1 is best on validation (error 0.1), seed 0 best on test (0.05): only validation may choose
     rows = []
-    for seed, error in ((0, 0.5), (1, 0.1), (2, 0.3)):
+    for seed, val_error, test_error in ((0, 0.5, 0.05), (1, 0.1, 0.9), (2, 0.3, 0.2)):
         rows.append(pd.DataFrame({"battery_id": ["a", "b"], "split": ["val", "test"], "seed": seed,
-                                  "average_voltage": [1 + error, 1 + 2 * error], "capacity_grav": [1.0, 1.0],
+                                  "average_voltage": [1 + val_error, 1 + test_error], "capacity_grav": [1.0, 1.0],
                                   "energy_grav": [1.0, 1.0]}))
     stacked = stack_predictions(rows)
     truth = stacked.drop_duplicates(["battery_id", "target"])[["battery_id", "split", "target"]].assign(true=1.0)
-    assert best_single_seed(stacked, truth)["average_voltage"]["seed"] == 1
+    chosen = best_single_seed(stacked, truth)["average_voltage"]
+    assert chosen["seed"] == 1
+    assert chosen["val"]["mae"] == pytest.approx(0.1) and chosen["test"]["mae"] == pytest.approx(0.9)
 
 
 def _rows(n, split, source, spread, rng, target="capacity_grav"):
@@ -154,3 +161,55 @@ def test_rows_outside_the_training_data_are_flagged_and_scored_apart():
     assert scored["average_voltage"]["pi_coverage"] == pytest.approx(0.5)  # b's 3.0 lies below 4.5 - 0.5
     assert scored["capacity_grav"] == {"rows": 1, "mae": 10.0, "mae_others": 0.5, "pi_coverage": 0.0,
                                        "battery_ids": ["c"]}
+
+
+def test_network_intervals_are_calibrated_on_validation_rows_only():
+    # every row: spread 1, so the floor is the median validation spread, 1, and each row's scale sqrt(2)
+    # (the floor's other candidate, 1 % of the validation MAE of 10, is 0.1)
+    val_errors = np.arange(1.0, 20.0)  # 19 validation rows
+    train_errors = np.full(20, 0.01)  # networks fit the training rows far better than unseen ones
+    errors = np.concatenate([train_errors, val_errors, [3.0, 30.0]])
+    splits = ["train"] * 20 + ["val"] * 19 + ["test"] * 2
+    summary = pd.DataFrame({"battery_id": [str(i) for i in range(len(errors))], "split": splits,
+                            "target": "average_voltage", "true": errors, "mean": 0.0, "std": 1.0, "n": 3,
+                            "ci_low": 0.0, "ci_high": 0.0})
+    result = add_prediction_intervals(summary)
+    # split conformal on the 19 validation scores k / sqrt(2): the ceil(20 * 0.95) = 19th smallest;
+    # with the 20 training rows pooled in it would be the 38th of 39, the validation row of error 18
+    expected = 19 / np.sqrt(2)
+    assert result.attrs["pi_scale"]["quantile"]["average_voltage"]["network"] == pytest.approx(expected)
+    assert result.attrs["pi_scale"]["spread_floor"]["average_voltage"] == pytest.approx(1.0)
+    test = result[result["split"] == "test"]
+    np.testing.assert_allclose(test["pi_high"], 19.0)  # q x sqrt(1 + 1) = the 19th validation error
+    np.testing.assert_allclose(test["pi_low"], -19.0)
+
+
+def test_coverage_by_source_counts_test_rows_only():
+    #                 test: network 3 of 4 inside, physics 1 of 2; val: network 0 of 2, physics 1 of 1
+    summary = pd.DataFrame({
+        "split": ["test"] * 6 + ["val"] * 3,
+        "target": "capacity_grav",
+        "source": ["network"] * 4 + ["physics"] * 2 + ["network", "network", "physics"],
+        "true": [1.0, 2.0, 3.0, 9.0, 5.0, 7.0, 9.0, 9.0, 1.0],
+    })
+    summary["pi_low"], summary["pi_high"] = 0.0, 5.0
+    voltage = summary.assign(target="average_voltage", pi_high=10.0)  # another target: everything inside
+    result = coverage_by_source(pd.concat([summary, voltage], ignore_index=True))
+    assert result == {"capacity_grav": {"network": {"rows": 4, "pi": 0.75}, "physics": {"rows": 2, "pi": 0.5}},
+                      "average_voltage": {"network": {"rows": 4, "pi": 1.0}, "physics": {"rows": 2, "pi": 1.0}}}
+
+
+def test_baseline_predicts_the_training_mean_of_each_target():
+    summary = pd.DataFrame({
+        "split": ["train", "train", "val", "test", "test"] * 2,
+        "target": ["average_voltage"] * 5 + ["capacity_grav"] * 5,
+        "true": [1.0, 3.0, 10.0, 4.0, 6.0] + [100.0, 200.0, 150.0, 150.0, 50.0],
+    })
+    result = baseline_metrics(summary)
+    # training means: 2 V and 150 mAh/g (the mean over every split would be 4.8 V and 130 mAh/g)
+    assert result["train"]["average_voltage"]["mae"] == pytest.approx(1.0)
+    assert result["val"]["average_voltage"]["mae"] == pytest.approx(8.0)
+    assert result["test"]["average_voltage"]["mae"] == pytest.approx(3.0)
+    assert result["test"]["average_voltage"]["rmse"] == pytest.approx(np.sqrt((4 + 16) / 2))
+    assert result["val"]["capacity_grav"]["mae"] == pytest.approx(0.0)
+    assert result["test"]["capacity_grav"]["mae"] == pytest.approx(50.0)

@@ -147,6 +147,17 @@ def test_elements_no_training_formula_held_are_invisible_and_flagged(electrodes,
     np.testing.assert_array_equal(features[0], features[1])
     assert unseen_elements(featurizer, olivine) == [""]
     assert unseen_elements(featurizer, exotic) == ["Pu", "Np", "Np Pu"]
+    # each formula column is checked against its own training elements: one training electrode
+    # holds Pu in its charged formula only and Np in its discharged one only
+    train_id = split.loc[split["split"] == "train", "battery_id"].iloc[0]
+    one_sided = electrodes.copy()
+    one_sided.loc[one_sided["battery_id"] == train_id, ["formula_charge", "formula_discharge"]] = [
+        "Li0PuPO4", "Li1NpPO4"]
+    featurizer = fit_feature_sets(one_sided, split, "model1", formula_scaling=formula_scaling)[0]
+    candidates = pd.concat([olivine.assign(formula_charge="Li0PuPO4", formula_discharge="Li1NpPO4"),
+                            olivine.assign(formula_charge="Li0FePO4", formula_discharge="Li1PuPO4"),
+                            olivine.assign(formula_charge="Li0NpPO4", formula_discharge="Li1FePO4")])
+    assert unseen_elements(featurizer, candidates) == ["", "Pu", "Np"]
 
 
 def test_dft_values_outside_the_training_range_are_flagged(electrodes, split):

@@ -4,7 +4,7 @@ import pytest
 
 from electrode_ml.chemistry import parse_formula
 from electrode_ml.data import exact_end_formulas, read_electrode_csv, validate_electrodes
-from electrode_ml.physics import (PhysicsBaseline, baseline_reasons, combine, fit_ion_references,
+from electrode_ml.physics import (IMPLAUSIBLE_DFT, PhysicsBaseline, baseline_reasons, combine, fit_ion_references,
                                   stoichiometric_capacity_array, thermodynamic_voltage)
 from electrode_ml.schema import WORKING_IONS
 
@@ -109,3 +109,40 @@ def test_combine_takes_physics_where_it_holds_and_energy_is_v_times_c():
     # several networks at once (ensemble members on the first axis)
     stacked = combine(physics[np.newaxis], np.stack([network, network]))
     assert stacked.shape == (2, 2, 3) and stacked[1, 0, 1] == 150.0
+
+
+def test_an_alloy_host_holding_the_working_ion_is_left_to_the_network():
+    # Li1Sn -> Li4Sn gains 3 Li, but the host framework LiSn itself holds Li: no insertion formula
+    rows = pd.DataFrame({"formula_charge": ["LiSn", "Li0FePO4"], "formula_discharge": ["Li4Sn", "Li1FePO4"],
+                         "framework_formula": ["LiSn", "FePO4"], "working_ion": ["Li", "Li"],
+                         "charge_energy_per_atom": [-4.0, -6.0], "discharge_energy_per_atom": [-3.0, -6.5]})
+    assert baseline_reasons(rows).tolist() == ["framework contains the working ion", ""]
+    for uses_voltage in (False, True):
+        physics = PhysicsBaseline(uses_voltage=uses_voltage, ion_references={"Li": -1.9})
+        assert physics.reasons(rows)[0] == "framework contains the working ion"
+        values = physics.transform(rows)
+        assert np.isnan(values[0]).all()  # capacity, voltage and energy all from the network
+        assert values[1, 1] == pytest.approx(169.9, abs=0.2)  # LiFePO4's stoichiometric capacity
+
+
+def _licoo2(voltages, mu=-1.9):
+    """Toy Li0CoO2 -> LiCoO2 cells whose DFT energies imply the given voltages with mu_Li = ``mu``."""
+    voltages = np.asarray(voltages, dtype=float)
+    return pd.DataFrame({
+        "formula_charge": "Li0CoO2", "formula_discharge": "LiCoO2", "working_ion": "Li",
+        "charge_energy_per_atom": -6.0, "discharge_energy_per_atom": (3 * -6.0 + mu - voltages) / 4,
+        "average_voltage": voltages,
+    })
+
+
+def test_dft_voltages_outside_the_papers_window_are_implausible():
+    cells = _licoo2([6.5, 9.0, -0.5, -1.5])  # the paper's window is -1..7 V
+    assert thermodynamic_voltage(cells, {"Li": -1.9}) == pytest.approx([6.5, 9.0, -0.5, -1.5])
+    notes = PhysicsBaseline(uses_voltage=True, ion_references={"Li": -1.9}).reasons(cells)
+    assert notes.tolist() == ["", IMPLAUSIBLE_DFT, "", IMPLAUSIBLE_DFT]
+
+
+def test_ion_reference_is_the_median_of_the_implied_energies():
+    # each cell implies mu = (N_d e_d - N_c e_c + n z V) / n: -1.9, -2.0 and an outlier -5.0
+    cells = pd.concat([_licoo2([3.9], mu) for mu in (-1.9, -2.0, -5.0)], ignore_index=True)
+    assert fit_ion_references(cells)["Li"] == pytest.approx(-2.0)  # the mean would be -2.967
