@@ -85,3 +85,29 @@ def test_a_change_to_the_report_reruns_the_report_alone(shipped, tmp_path):
         (package / "report.py").write_text(text + "\nEXTRA_HEADING = 'Summary'\n")
 
     assert changed(shipped, versions(tmp_path, "report", new_heading)) == {"report"}
+
+
+def test_relative_imports_rebindings_guarded_imports_and_whole_module_imports_are_followed(tmp_path):
+    """Ways a change could slip past the fingerprint, on a package made for the purpose."""
+    modules = {
+        "a": "from .b import helper\nX = {}\nX['k'] = 1\n\ndef step():\n    return helper() + X['k']\n",
+        "b": "def helper():\n    return 1\n",
+        "c": "try:\n    from electrode_ml import d\nexcept ImportError:\n    d = None\n\ndef step():\n    return d\n",
+        "d": "VALUE = 1\n",
+    }
+    scripts = {"named": "from electrode_ml.a import step\nstep()\n", "module": "from electrode_ml import c\n",
+               "star": "from electrode_ml.c import *\n", "guarded": "from electrode_ml.c import step\n"}
+
+    def fingerprints(name: str, **edits: str) -> dict[str, str]:
+        package = tmp_path / name / "electrode_ml"
+        package.mkdir(parents=True)
+        for module, text in {**modules, **edits}.items():
+            (package / f"{module}.py").write_text(text)
+        for script, text in scripts.items():
+            (tmp_path / name / f"{script}.py").write_text(text)
+        return {script: script_code_version(tmp_path / name / f"{script}.py", package) for script in scripts}
+
+    base = fingerprints("base")
+    assert changed(base, fingerprints("helper", b="def helper():\n    return 2\n")) == {"named"}
+    assert changed(base, fingerprints("rebound", a=modules["a"].replace("X['k'] = 1", "X['k'] = 2"))) == {"named"}
+    assert changed(base, fingerprints("value", d="VALUE = 2\n")) == {"module", "star", "guarded"}

@@ -32,18 +32,27 @@ def script_code_version(script: Path, package_dir: Path = PACKAGE_DIR) -> str:
     parts: list[ast.AST] = [script_tree]
     modules: set[str] = set()
     for node in ast.walk(script_tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(f"{PACKAGE}."):
-            module = node.module.removeprefix(f"{PACKAGE}.")
-            reached, imported = _reached(module, tuple(alias.name for alias in node.names), package_dir)
+        names = [alias.name for alias in getattr(node, "names", [])]
+        module = _package_module(node)
+        if isinstance(node, ast.ImportFrom) and module and "*" not in names:
+            reached, imported = _reached(module, tuple(names), package_dir)
             parts += reached
             modules |= imported
+        else:  # `from electrode_ml import steps`, `import electrode_ml.steps`, a star import: whole modules
+            modules |= _imported_modules(node, package_dir) if isinstance(node, (ast.Import, ast.ImportFrom)) else set()
     digest = hashlib.sha256()
     for part in parts:
-        digest.update(ast.dump(part).encode())
+        digest.update(_source(part).encode())
     for module in sorted(_closure(modules, package_dir)):
         digest.update(f"\0{module}\0".encode())
-        digest.update(ast.dump(_tree(module, package_dir)).encode())
+        digest.update(_source(_tree(module, package_dir)).encode())
     return digest.hexdigest()[:16]
+
+
+def _source(node: ast.AST) -> str:
+    # the code written back from its syntax tree: no comments or layout, and, unlike ast.dump, the
+    # same text under the Python versions the package supports (3.12 and 3.13 dump other fields)
+    return ast.unparse(node)
 
 
 @lru_cache(maxsize=None)
@@ -60,26 +69,39 @@ def _without_docstrings(tree: ast.Module) -> ast.Module:
     return tree
 
 
+def _package_module(node: ast.AST) -> str | None:
+    """``x`` for ``from electrode_ml.x import ...`` or ``from .x import ...``, else None."""
+    if not isinstance(node, ast.ImportFrom) or not node.module:
+        return None
+    if node.level == 1:
+        return node.module.split(".")[0]
+    if node.level == 0 and node.module.startswith(f"{PACKAGE}."):
+        return node.module.removeprefix(f"{PACKAGE}.").split(".")[0]
+    return None
+
+
 def _reached(module: str, names: tuple[str, ...], package_dir: Path) -> tuple[list[ast.stmt], set[str]]:
     """The top-level statements of ``module`` that ``names`` reach, and the package modules they import.
 
-    A definition or assignment is reached when a reached statement refers to its name; a module
-    imported at the top is counted only when a reached statement refers to a name it imports, so
-    that steps.py's imports for the train step do not count for the data step.
+    A definition or assignment is reached when a reached statement refers to its name (every
+    statement that binds it, if several do); a module imported at the top is counted only when a
+    reached statement refers to a name it imports, so that steps.py's imports for the train step
+    do not count for the data step. Other top-level statements (an ``if`` or ``try`` block) always
+    count, with everything they import.
     """
     tree = _tree(module, package_dir)
-    defined: dict[str, ast.stmt] = {}
+    binders: dict[str, list[ast.stmt]] = {}
     imported_from: dict[str, set[str]] = {}
     always: list[ast.stmt] = []
     for node in tree.body:
         if isinstance(node, _DEFINITIONS):
-            defined[node.name] = node
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            binders.setdefault(node.name, []).append(node)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            for target in targets:
+            for target in targets:  # `X = ...`, `X["k"] = ...` and `f.cache = ...` all bind to X / f
                 for name in ast.walk(target):
                     if isinstance(name, ast.Name):
-                        defined[name.id] = node
+                        binders.setdefault(name.id, []).append(node)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             for alias in node.names:
                 local = (alias.asname or alias.name).split(".")[0]
@@ -87,7 +109,7 @@ def _reached(module: str, names: tuple[str, ...], package_dir: Path) -> tuple[li
         else:
             always.append(node)
     reached: list[ast.stmt] = []
-    modules: set[str] = set()
+    modules: set[str] = set().union(*(_imported_modules(node, package_dir) for node in always))
     pending = [*names, *(child.id for node in always for child in ast.walk(node) if isinstance(child, ast.Name))]
     seen: set[str] = set()
     while pending:
@@ -96,11 +118,11 @@ def _reached(module: str, names: tuple[str, ...], package_dir: Path) -> tuple[li
             continue
         seen.add(name)
         modules |= imported_from.get(name, set())
-        node = defined.get(name)
-        if node is not None and node not in reached:
-            reached.append(node)
-            modules |= _imported_modules(node, package_dir)
-            pending += [child.id for child in ast.walk(node) if isinstance(child, ast.Name)]
+        for node in binders.get(name, []):
+            if node not in reached:
+                reached.append(node)
+                modules |= _imported_modules(node, package_dir)
+                pending += [child.id for child in ast.walk(node) if isinstance(child, ast.Name)]
     order = {id(node): index for index, node in enumerate(tree.body)}
     return sorted([*reached, *always], key=lambda node: order[id(node)]), modules
 
@@ -109,13 +131,16 @@ def _imported_modules(node: ast.AST, package_dir: Path) -> set[str]:
     """The package's modules imported anywhere inside ``node`` (function-level imports included)."""
     found = set()
     for child in ast.walk(node):
-        if isinstance(child, ast.ImportFrom) and child.module == PACKAGE:
-            found |= {alias.name for alias in child.names}
-        elif isinstance(child, ast.ImportFrom) and child.module and child.module.startswith(f"{PACKAGE}."):
-            found.add(child.module.removeprefix(f"{PACKAGE}.").split(".")[0])
+        if isinstance(child, ast.ImportFrom) and (child.module == PACKAGE or (child.level == 1 and not child.module)):
+            found |= {alias.name for alias in child.names}  # `from electrode_ml import plots`, `from . import plots`
+        elif _package_module(child):
+            found.add(_package_module(child))
         elif isinstance(child, ast.Import):
             found |= {alias.name.split(".")[1] for alias in child.names if alias.name.startswith(f"{PACKAGE}.")}
-    return {module for module in found if (package_dir / f"{module}.py").is_file()}
+    unknown = {module for module in found if not (package_dir / f"{module}.py").is_file()}
+    if unknown - {"__version__"} and any((package_dir / module).is_dir() for module in unknown):
+        raise ValueError(f"code_version does not follow subpackages: {sorted(unknown)}")
+    return found - unknown
 
 
 def _closure(modules: set[str], package_dir: Path) -> set[str]:
