@@ -3,12 +3,13 @@
 Snakemake's own code trigger watches the rule's script, a few lines that call into this package,
 and only by its file time: an edit to the library left every result as it was, while a checkout
 that touched the scripts reran the whole workflow. Each rule passes this fingerprint as a param
-instead (the workstation profile turns the file-time trigger off), so a job reruns when the code
-it runs changes and not otherwise.
+instead (both profiles turn the file-time trigger off), so a job reruns when the code it runs
+changes and not otherwise.
 
 What counts: the functions the script imports, the module-level helpers and constants of their
 modules they reach, and every module of the package those import, whole. Comments, docstrings
-and layout do not count: the fingerprint hashes the syntax tree without them. A code change that
+and layout do not count: the fingerprint hashes the syntax tree without them, and comes out the
+same under Python 3.11, 3.12 and 3.13 (measured on this package). A code change that
 leaves the numbers as they were still reruns what depends on it; `snakemake --touch` marks such
 results current again.
 """
@@ -49,10 +50,19 @@ def script_code_version(script: Path, package_dir: Path = PACKAGE_DIR) -> str:
     return digest.hexdigest()[:16]
 
 
-def _source(node: ast.AST) -> str:
-    # the code written back from its syntax tree: no comments or layout, and, unlike ast.dump, the
-    # same text under the Python versions the package supports (3.12 and 3.13 dump other fields)
-    return ast.unparse(node)
+def _source(node: ast.AST | list | object) -> str:
+    """The syntax tree as text: no comments or layout, and the same under Python 3.11-3.13.
+
+    Not ``ast.dump``, which prints fields that 3.12 added (``type_params=[]``) and 3.13 leaves out
+    when empty, nor ``ast.unparse``, whose f-strings take other quotes from 3.12 on.
+    """
+    if isinstance(node, ast.AST):
+        fields = (f"{name}={_source(value)}" for name, value in ast.iter_fields(node)
+                  if value is not None and value != [])
+        return f"{type(node).__name__}({', '.join(fields)})"
+    if isinstance(node, list):
+        return f"[{', '.join(_source(item) for item in node)}]"
+    return repr(node)
 
 
 @lru_cache(maxsize=None)
