@@ -306,7 +306,7 @@ def test_a_tuning_resumed_with_more_or_fewer_trials_equals_a_fresh_one(tmp_path,
     """`tune.trials` changed on a saved tuning: with min(5, trials) quasi-random trials a tuning of 2
     resumed with 3 drew its third from BoTorch while a fresh one of 3 drew it from Sobol, and one of 2
     resumed with 1 kept both trials; results depended on the run's history."""
-    fresh = {n: Counting() for n in (1, 3, 7)}
+    fresh = {n: Counting() for n in (1, 3, 7, 8)}
     chosen = {n: tune(tmp_path / f"fresh{n}", fresh[n], trials=n) for n in fresh}
     resumed = Counting()
     tune(tmp_path / "resumed", resumed, trials=2)
@@ -317,11 +317,13 @@ def test_a_tuning_resumed_with_more_or_fewer_trials_equals_a_fresh_one(tmp_path,
     assert untimed[:3] == untimed[3:] and len(untimed) == 6
     assert tune(tmp_path / "resumed", resumed, trials=7) == chosen[7]  # across the switch to BoTorch
     assert resumed.calls == fresh[7].calls  # the scores BoTorch fits are the exact ones, not JSON's rounded
+    assert tune(tmp_path / "resumed", resumed, trials=8) == chosen[8]  # BoTorch had suggested before the stop
+    assert resumed.calls == fresh[8].calls
     with caplog.at_level(logging.INFO, logger="electrode_ml.tune"):
         assert tune(tmp_path / "resumed", resumed, trials=1) == chosen[1]
-    assert len(resumed.calls) == 7  # nothing scored again
+    assert len(resumed.calls) == 8  # nothing scored again
     assert [row["trial"] for row in read_rows(tmp_path / "resumed" / "trials.csv")] == ["0"]
-    assert "the saved tuning holds 7 completed trials: the first 1 count" in caplog.text
+    assert "the saved tuning holds 8 completed trials: the first 1 count" in caplog.text
 
 
 def test_failing_objective_is_recorded_then_resumed(tmp_path):
