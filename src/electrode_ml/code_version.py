@@ -33,14 +33,16 @@ def script_code_version(script: Path, package_dir: Path = PACKAGE_DIR) -> str:
     parts: list[ast.AST] = [script_tree]
     modules: set[str] = set()
     for node in ast.walk(script_tree):
-        names = [alias.name for alias in getattr(node, "names", [])]
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        names = tuple(alias.name for alias in node.names)
         module = _package_module(node)
-        if isinstance(node, ast.ImportFrom) and module and "*" not in names:
-            reached, imported = _reached(module, tuple(names), package_dir)
+        if module and "*" not in names:
+            reached, imported = _reached(module, names, package_dir)
             parts += reached
             modules |= imported
         else:  # `from electrode_ml import steps`, `import electrode_ml.steps`, a star import: whole modules
-            modules |= _imported_modules(node, package_dir) if isinstance(node, (ast.Import, ast.ImportFrom)) else set()
+            modules |= _imported_modules(node, package_dir)
     digest = hashlib.sha256()
     for part in parts:
         digest.update(_source(part).encode())
