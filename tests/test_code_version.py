@@ -43,7 +43,7 @@ def test_every_rule_passes_its_scripts_code_version():
         text = rule_file.read_text()
         for rule in re.split(r"\n(?=rule )", text)[1:]:
             script = re.search(r'"\.\./scripts/(\w+)\.py"', rule).group(1)
-            assert f'code=code_version("{script}")' in rule, (rule_file.name, rule.split(":")[0])
+            assert f'code=CODE_VERSION["{script}"]' in rule, (rule_file.name, rule.split(":")[0])
 
 
 def test_the_version_is_the_same_in_another_copy_and_differs_between_scripts(shipped, tmp_path):

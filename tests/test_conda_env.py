@@ -69,6 +69,6 @@ def test_the_scripts_find_the_package_without_it_installed(monkeypatch, tmp_path
     from snakemake.common import get_snakemake_searchpaths
 
     common = (REPO / "workflow" / "rules" / "common.smk").read_text()
-    assert 'sys.path.insert(0, str(Path(workflow.basedir) / "src"))' in common
+    assert 'LIBRARY = str(Path(workflow.basedir) / "src")' in common and "sys.path.insert(0, LIBRARY)" in common
     monkeypatch.syspath_prepend(str(tmp_path))
     assert str(tmp_path) in get_snakemake_searchpaths()

@@ -24,7 +24,7 @@ rule feature_contribution:
     benchmark:
         f"{RESULTS}/benchmarks/analysis/feature_contribution.tsv"
     params:
-        code=code_version("feature_contribution"),
+        code=CODE_VERSION["feature_contribution"],
         model=CONTRIBUTION_MODEL,
         seeds=contribution_seeds(config),
         train=model_train_settings(config["train"], CONTRIBUTION_MODEL),
@@ -54,7 +54,7 @@ rule timing:
     log:
         f"{RESULTS}/logs/analysis/timing.log",
     params:
-        code=code_version("timing"),
+        code=CODE_VERSION["timing"],
         models=MODELS,
         tune=config["tune"],
         train=config["train"],

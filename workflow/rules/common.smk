@@ -8,7 +8,7 @@ from pathlib import Path
 # config checks would run one version of the code and the jobs another.
 LIBRARY = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, LIBRARY)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [LIBRARY, os.environ.get("PYTHONPATH")]))
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [LIBRARY, os.environ.get("PYTHONPATH")])))
 
 from electrode_ml.config import (check_snapshot, contribution_seeds, gpu_per_job, model_train_settings, seeds, snapshot_input,
                                  validate_config)
@@ -53,7 +53,7 @@ LONG_JOB_PRIORITY = 1
 # Training and tuning jobs each claim one GPU when the workflow runs on CUDA (see devices.py).
 GPU_PER_JOB = gpu_per_job(config)
 
-
-def code_version(script):
-    """Every rule's `code` param: its jobs rerun when the library code their script runs changes."""
-    return script_code_version(Path(workflow.basedir) / "workflow" / "scripts" / f"{script}.py")
+# Each rule's `code` param, by script name: its jobs rerun when the library code their script runs
+# changes (code_version.py; the profiles turn off Snakemake's own trigger on the scripts' file times).
+CODE_VERSION = {script.stem: script_code_version(script)
+                for script in (Path(workflow.basedir) / "workflow" / "scripts").glob("*.py")}

@@ -10,7 +10,7 @@ rule data:
     log:
         f"{RESULTS}/logs/data.log",
     params:
-        code=code_version("data"),
+        code=CODE_VERSION["data"],
         data=config["data"],
     threads: 1
     conda:
@@ -27,7 +27,7 @@ rule split:
     log:
         f"{RESULTS}/logs/split.log",
     params:
-        code=code_version("split"),
+        code=CODE_VERSION["split"],
         split=config["split"],
     threads: 1
     conda:

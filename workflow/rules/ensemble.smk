@@ -16,7 +16,7 @@ rule physics:
     log:
         f"{RESULTS}/logs/physics/{{model}}.log",
     params:
-        code=code_version("physics"),
+        code=CODE_VERSION["physics"],
         model=lambda wildcards: wildcards.model,
     threads: 1
     conda:
@@ -38,7 +38,7 @@ rule voltage_trees:
     log:
         f"{RESULTS}/logs/physics/{{model}}_voltage_trees.log",
     params:
-        code=code_version("voltage_trees"),
+        code=CODE_VERSION["voltage_trees"],
         trees=config["voltage_trees"],
     threads: 1
     conda:
@@ -77,7 +77,7 @@ rule ensemble:
     log:
         f"{RESULTS}/logs/ensemble/{{model}}.log",
     params:
-        code=code_version("ensemble"),
+        code=CODE_VERSION["ensemble"],
         model=lambda wildcards: wildcards.model,
     threads: 1
     conda:

@@ -15,7 +15,7 @@ rule group_evaluation:
     benchmark:
         f"{RESULTS}/benchmarks/group/{{model}}.tsv"
     params:
-        code=code_version("group_evaluation"),
+        code=CODE_VERSION["group_evaluation"],
         base=lambda wildcards: wildcards.model,
         variants=lambda wildcards: variants_of(wildcards.model, MODELS),
         seeds=config["evaluation"]["group_seeds"],

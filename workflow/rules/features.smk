@@ -16,7 +16,7 @@ rule features:
     log:
         f"{RESULTS}/logs/features/{{model}}.log",
     params:
-        code=code_version("features"),
+        code=CODE_VERSION["features"],
         model=lambda wildcards: wildcards.model,
         features=config["features"],
     threads: 1

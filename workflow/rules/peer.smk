@@ -16,7 +16,7 @@ rule peer_gbm:
     benchmark:
         f"{RESULTS}/benchmarks/peer_gbm.tsv"
     params:
-        code=code_version("peer_gbm"),
+        code=CODE_VERSION["peer_gbm"],
         seed=config["train"]["first_seed"],
         max_iter=config["peer_gbm"]["max_iter"],
     threads: 1

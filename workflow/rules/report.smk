@@ -29,7 +29,7 @@ rule report:
     log:
         f"{RESULTS}/logs/report.log",
     params:
-        code=code_version("report"),
+        code=CODE_VERSION["report"],
         models=MODELS,
         config=config,
     threads: 1

@@ -15,7 +15,7 @@ rule screen_na:
     log:
         f"{RESULTS}/logs/screening/screen_na.log",
     params:
-        code=code_version("screen_na"),
+        code=CODE_VERSION["screen_na"],
         models=MODELS,
         thresholds=config["screen"]["na"],
     threads: 1
@@ -41,7 +41,7 @@ rule screen_k:
     log:
         f"{RESULTS}/logs/screening/screen_k.log",
     params:
-        code=code_version("screen_k"),
+        code=CODE_VERSION["screen_k"],
         models=MODELS,
     threads: 1
     conda:

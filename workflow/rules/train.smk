@@ -18,7 +18,7 @@ rule train:
     benchmark:
         f"{RESULTS}/benchmarks/train/{{model}}/seed_{{seed}}.tsv"
     params:
-        code=code_version("train"),
+        code=CODE_VERSION["train"],
         train=lambda wildcards: model_train_settings(config["train"], wildcards.model),
     threads: 1
     priority: lambda wildcards: LONG_JOB_PRIORITY if wildcards.model == CONTRIBUTION_MODEL and int(wildcards.seed) in CONTRIBUTION_TRAINED_SEEDS else 0

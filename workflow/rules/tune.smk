@@ -15,7 +15,7 @@ rule tune:
     benchmark:
         f"{RESULTS}/benchmarks/tune/{{model}}.tsv"
     params:
-        code=code_version("tune"),
+        code=CODE_VERSION["tune"],
         model=lambda wildcards: wildcards.model,
         # Saved after every trial. Deliberately not an output: Snakemake deletes the outputs of
         # an interrupted job, and this file is what lets the rerun resume instead of start over.
