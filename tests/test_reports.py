@@ -276,8 +276,8 @@ def test_the_accuracy_section_says_where_the_setup_differs_from_the_papers():
 
 
 def test_report_provenance_names_the_code_and_shortens_exact_formulas():
-    assert re.fullmatch(r"electrode-ml \S+, commit [0-9a-f]{12}( with uncommitted changes)?", report.code_version())
-    assert report.code_version(Path("/")).startswith("electrode-ml ") and "commit" not in report.code_version(Path("/"))
+    assert re.fullmatch(r"electrode-ml \S+, commit [0-9a-f]{12}( with uncommitted changes)?", report.code_provenance())
+    assert report.code_provenance(Path("/")).startswith("electrode-ml ") and "commit" not in report.code_provenance(Path("/"))
     assert report.short_formula("Li0.9166666667VCuO4") == "Li0.917VCuO4"
     assert report.short_formula("Li1.5Fe2(PO4)3") == "Li1.5Fe2(PO4)3"
 

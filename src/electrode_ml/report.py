@@ -128,7 +128,7 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
-def code_version(repository: Path = Path(__file__).resolve().parents[2]) -> str:
+def code_provenance(repository: Path = Path(__file__).resolve().parents[2]) -> str:
     """The electrode-ml version and, from a git checkout, its commit and whether tracked files were
     changed: which code wrote the page (results/ outlives many commits)."""
     import subprocess
@@ -167,7 +167,7 @@ def collect(input, params) -> dict:
         "models": models,
         "config": dict(params.config),
         "generated": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "code": code_version(),
+        "code": code_provenance(),
         "versions": software_versions(),
         "data_report": json.loads(Path(get("data_report")).read_text()),
         "ion_split": pd.crosstab(electrodes.merge(split, on="battery_id")["working_ion"],

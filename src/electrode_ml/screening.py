@@ -356,11 +356,13 @@ def energy_basis(table: pd.DataFrame, model: str, label: str, learned: str = "ne
         shares[target] = float((table[column] == "physics").mean())
     if not any(shares.values()):
         return f"energy from {learned}"
+    from electrode_ml.plots import percent  # never 0 % or 100 % for a share that is neither
+
     parts = []
     for target, symbol in (("average_voltage", "V"), ("capacity_grav", "C")):
         share, physics = shares[target], PHYSICS_BASIS[target]
         parts.append(f"{symbol} (physics: {physics})" if share == 1 else f"{symbol} ({learned})" if share == 0
-                     else f"{symbol} (physics: {physics}, {100 * share:.0f} %; else {learned})")
+                     else f"{symbol} (physics: {physics}, {percent(share)}; else {learned})")
     return " × ".join(parts)
 
 
