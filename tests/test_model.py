@@ -1,13 +1,17 @@
 import multiprocessing
+import os
+import stat
 import subprocess
 import sys
 import time
+import types
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from electrode_ml import devices
 from electrode_ml.devices import claim_gpu, job_device, resolve_device
 from electrode_ml.errors import InputError
 from electrode_ml.model import (MLP, FlatRMSprop, NetworkParams, ReLUDropout, StackedEnsemble, TrainedNetwork, TrainingStep,
@@ -388,8 +392,8 @@ run_step(types.SimpleNamespace(log=[{str(tmp_path / "tune.log")!r}], rule="tune"
     assert run.stderr.count("Traceback") == 1  # the log handler's copy on stderr, not Python's second one
 
 
-def _hold_gpu(lock_dir, n_devices, hold_s, queue):
-    with claim_gpu(n_devices, lock_dir=lock_dir, poll_s=0.05) as index:
+def _hold_gpu(lock_dir, gpu_ids, hold_s, queue):
+    with claim_gpu(gpu_ids, lock_dir=lock_dir, poll_s=0.05) as index:
         started = time.monotonic()
         time.sleep(hold_s)
         queue.put((index, started, time.monotonic()))
@@ -398,7 +402,7 @@ def _hold_gpu(lock_dir, n_devices, hold_s, queue):
 def test_concurrent_jobs_claim_distinct_gpus_and_extra_jobs_wait(tmp_path):
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    jobs = [context.Process(target=_hold_gpu, args=(tmp_path, 2, 1.5, queue)) for _ in range(3)]
+    jobs = [context.Process(target=_hold_gpu, args=(tmp_path, ["GPU-a", "GPU-b"], 1.5, queue)) for _ in range(3)]
     for job in jobs:
         job.start()
     for job in jobs:
@@ -411,6 +415,47 @@ def test_concurrent_jobs_claim_distinct_gpus_and_extra_jobs_wait(tmp_path):
     for holds in holds_by_gpu.values():
         holds.sort()
         assert all(end <= next_start for (_, end), (next_start, _) in zip(holds, holds[1:]))
+
+
+def test_runs_that_see_the_gpus_differently_never_share_one(tmp_path):
+    """Locks are named after the GPU, not its index: a run with CUDA_VISIBLE_DEVICES=1 sees the second
+    GPU as index 0, which a run seeing both has as index 1 (named by index, both took "GPU 0")."""
+    with claim_gpu(["GPU-a", "GPU-b"], lock_dir=tmp_path) as first:
+        with claim_gpu(["GPU-b", "GPU-a"], lock_dir=tmp_path) as second:
+            assert (first, second) == (0, 0)  # GPU-a, then GPU-b: the second run's index 0
+            with pytest.raises(RuntimeError, match="no free GPU among 1"):
+                with claim_gpu(["GPU-a"], lock_dir=tmp_path, wait_s=0.2, poll_s=0.05):
+                    pass
+
+
+def test_jobs_of_one_slurm_allocation_with_several_gpus_take_one_each(monkeypatch, tmp_path):
+    """Snakemake run inside `salloc --gpus=2` with --resources gpu=2: every job sees both GPUs as 0 and 1
+    (before, a job under SLURM took cuda:0 unasked, so all of them trained on the first GPU)."""
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    monkeypatch.setattr(devices, "LOCK_DIR", tmp_path / "locks")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: types.SimpleNamespace(uuid=f"GPU-{index}"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "Fake GPU")
+    with job_device("cuda") as first, job_device("cuda") as second:
+        assert {first, second} == {"cuda:0", "cuda:1"}
+
+
+def test_the_lock_folder_serves_every_user_of_the_host(tmp_path):
+    """Another user's job must be able to lock the same GPU: a folder like /tmp and readable lock files
+    (created 0755 and by umask before: a second user's job failed with PermissionError)."""
+    lock_dir = tmp_path / "locks"
+    previous = os.umask(0o077)
+    try:
+        with claim_gpu(["GPU-a"], lock_dir=lock_dir):
+            pass
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(lock_dir.stat().st_mode) == 0o1777
+    assert stat.S_IMODE((lock_dir / "gpu-GPU-a.lock").stat().st_mode) == 0o644
+    (lock_dir / "gpu-GPU-a.lock").chmod(0o444)  # a lock file this user may only read serves as well
+    with claim_gpu(["GPU-a"], lock_dir=lock_dir, wait_s=0) as index:
+        assert index == 0
 
 
 def test_stacked_ensemble_in_bfloat16_stays_close_to_float32(data):

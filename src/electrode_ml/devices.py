@@ -1,10 +1,13 @@
 """Which device a training job runs on, and how concurrent jobs on one host get one GPU each.
 
 Snakemake's ``--resources gpu=K`` only counts GPUs; it does not say which one a job may use.
-So a job claims a GPU itself: it takes an exclusive ``flock`` on a per-GPU lock file and keeps it
-for its lifetime. At most K jobs run at once, so one of the K locks is always free, and the
-kernel releases the lock when the process ends, even on SIGKILL. Under SLURM each job already
-sees exactly its own GPU(s) through ``CUDA_VISIBLE_DEVICES``; index 0 is then that GPU.
+So a job claims a GPU itself: it takes an exclusive ``flock`` on a lock file named after the GPU's
+UUID and keeps it for its lifetime. At most K jobs run at once, so one of the K locks is always free,
+and the kernel releases the lock when the process ends, even on SIGKILL. The UUID, not the index,
+names the lock: an index depends on ``CUDA_VISIBLE_DEVICES``, so two runs that see the GPUs
+differently (one with ``CUDA_VISIBLE_DEVICES=0``, one without) would both take the first GPU, and jobs
+of one SLURM allocation with several GPUs, all seeing the same indices, would all take the first.
+SLURM jobs that each got a GPU of their own see different UUIDs and never wait on one another.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import fcntl
 import logging
 import os
 import platform
+import re
 import tempfile
 import time
 from contextlib import contextmanager
@@ -52,48 +56,81 @@ def why_no_cuda() -> str:
 
 
 @contextmanager
-def claim_gpu(n_devices: int, lock_dir: Path = LOCK_DIR, wait_s: float = 24 * 3600,
+def claim_gpu(gpu_ids: list[str], lock_dir: Path = LOCK_DIR, wait_s: float = 24 * 3600,
               poll_s: float = 2.0) -> Iterator[int]:
-    """Hold an exclusive lock on a free GPU index in ``range(n_devices)`` and yield it.
+    """Hold an exclusive lock on a free GPU among the visible ones and yield its index.
 
+    ``gpu_ids`` names each visible GPU, by index, uniquely on the host (its UUID, :func:`visible_gpu_ids`).
     When all are taken (more concurrent jobs than GPUs, e.g. no ``--resources gpu=K`` was given),
     wait for one to be released rather than sharing a GPU.
     """
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "all").replace(",", "_")
+    _shared_lock_dir(lock_dir)
     deadline = time.monotonic() + wait_s
     waited = False
     while True:
-        claimed = _try_claim(n_devices, lock_dir, visible)
+        claimed = _try_claim(gpu_ids, lock_dir)
         if claimed is not None:
-            index, handle = claimed
+            index, descriptor = claimed
             break
         if time.monotonic() > deadline:
-            raise RuntimeError(f"no free GPU among {n_devices} after {wait_s:.0f} s; "
+            raise RuntimeError(f"no free GPU among {len(gpu_ids)} after {wait_s:.0f} s; "
                                "run with --resources gpu=N where N is the number of GPUs")
         if not waited:
-            log.info("all %d GPU(s) are claimed by other jobs; waiting", n_devices)
+            log.info("all %d GPU(s) are claimed by other jobs; waiting", len(gpu_ids))
             waited = True
         time.sleep(poll_s)
     try:
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
         yield index
     finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+        os.close(descriptor)  # closing the last descriptor releases the lock
 
 
-def _try_claim(n_devices: int, lock_dir: Path, visible: str):
-    for index in range(n_devices):
-        handle = open(lock_dir / f"gpu{index}-of-{visible}.lock", "w")
+def visible_gpu_ids() -> list[str]:
+    """The UUID of each GPU this process sees, by index (the index where torch gives none)."""
+    ids = [str(torch.cuda.get_device_properties(index).uuid) or f"index{index}"
+           for index in range(torch.cuda.device_count())]
+    return [re.sub(r"[^\w.-]", "_", gpu_id) for gpu_id in ids]  # file-name safe
+
+
+def _shared_lock_dir(lock_dir: Path) -> None:
+    """The lock folder, open to every user of the host: GPUs are shared between users' runs too."""
+    if not lock_dir.is_dir():
+        lock_dir.mkdir(parents=True, exist_ok=True)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.chmod(lock_dir, 0o1777)  # like /tmp: anyone creates locks, no one deletes another's
+        except PermissionError:  # another user created it in between
+            pass
+
+
+def _try_claim(gpu_ids: list[str], lock_dir: Path) -> tuple[int, int] | None:
+    for index, gpu_id in enumerate(gpu_ids):
+        descriptor = _open_lock(lock_dir / f"gpu-{gpu_id}.lock")
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.close()
+            os.close(descriptor)
             continue
-        return index, handle
+        return index, descriptor
     return None
+
+
+def _open_lock(path: Path) -> int:
+    """A read-only descriptor of the lock file, created if missing.
+
+    flock needs no write access, so another user's lock file (0644) serves too; and the file is
+    never opened with O_CREAT once it exists: Linux's protected_regular refuses that for another
+    user's file in a world-writable sticky folder.
+    """
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        pass
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:  # another job created it in between
+        return os.open(path, os.O_RDONLY)
+    os.fchmod(descriptor, 0o644)  # readable by other users' jobs whatever this process's umask
+    return descriptor
 
 
 @contextmanager
@@ -106,15 +143,10 @@ def job_device(preference: str = "auto") -> Iterator[str]:
                  f": {why_no_cuda()}" if preference == "auto" else "")
         yield device
         return
-    if os.environ.get("SLURM_JOB_ID"):
-        # SLURM already gave this job its own GPU(s), usually all seen as index 0; a node-wide
-        # lock on that index would serialise jobs that each have a GPU of their own.
-        log.info("networks run on cuda:0, %s (SLURM job %s, CUDA_VISIBLE_DEVICES=%s)", torch.cuda.get_device_name(0),
-                 os.environ["SLURM_JOB_ID"], os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
-        yield "cuda:0"
-        return
-    with claim_gpu(torch.cuda.device_count()) as index:
-        log.info("networks run on cuda:%d, %s (%d GPU(s) visible, CUDA_VISIBLE_DEVICES=%s)", index,
-                 torch.cuda.get_device_name(index), torch.cuda.device_count(),
-                 os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+    gpu_ids = visible_gpu_ids()
+    with claim_gpu(gpu_ids, LOCK_DIR) as index:
+        log.info("networks run on cuda:%d, %s, %s (%d GPU(s) visible, CUDA_VISIBLE_DEVICES=%s%s)", index,
+                 torch.cuda.get_device_name(index), gpu_ids[index], len(gpu_ids),
+                 os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
+                 f", SLURM job {os.environ['SLURM_JOB_ID']}" if os.environ.get("SLURM_JOB_ID") else "")
         yield f"cuda:{index}"
