@@ -8,11 +8,17 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from electrode_ml.config import check_config, check_schema
+from electrode_ml.config import check_config, check_gpu_requests, check_schema
 from electrode_ml.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
+
+
+def torch_sees_a_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 @pytest.fixture
@@ -197,8 +203,8 @@ def test_a_float_for_an_integer_key_is_refused(config, path):
     # YAML 1.1 (PyYAML) reads a float only with a decimal point and an exponent only with its sign
     ("lr", "[1e-4, 0.01]", "config key tune.lr.0: '1e-4' is not of type 'number' (YAML reads 1e-4 as text; write 1.0e-4)"),
     ("lr", "[0.0001, 1.0e4]", "config key tune.lr.1: '1.0e4' is not of type 'number' (YAML reads 1.0e4 as text; write 1.0e+4)"),
-    ("tolerance", "'0.05'", "config key tune.tolerance: '0.05' is not of type 'number' (a number in quotes is text; write 0.05)"),
-    ("trials", "'30'", "config key tune.trials: '30' is not of type 'integer' (a number in quotes is text; write 30)"),
+    ("tolerance", "'0.05'", "config key tune.tolerance: '0.05' is not of type 'number' (a number in quotes is text, and --config passes nested values as text: set them in a --configfile; write 0.05)"),
+    ("trials", "'30'", "config key tune.trials: '30' is not of type 'integer' (a number in quotes is text, and --config passes nested values as text: set them in a --configfile; write 30)"),
     ("trials", "30.0", "config key tune.trials: 30.0 is not of type 'integer' (write 30)"),
 ])
 def test_a_number_yaml_reads_otherwise_gets_a_hint_that_loads(tmp_path, key, text, message):
@@ -337,3 +343,42 @@ def test_a_download_run_needs_no_snapshot(config, monkeypatch):
     config["data"].update(source="mp_api", snapshot="/nowhere/snapshot.csv")
     monkeypatch.setenv("MP_API_KEY", "x" * 32)
     assert snapshot_input(config) == []
+
+
+def test_results_naming_a_file_is_refused(tmp_path, config):
+    """results: config.yaml ended the DAG build in a NotADirectoryError traceback."""
+    (tmp_path / "notes.txt").write_text("not a folder\n")
+    config["results"] = str(tmp_path / "notes.txt")
+    with pytest.raises(InputError, match=r"^config key results: .*notes.txt is a file; name a folder"):
+        check_config(config)
+
+
+def test_gpus_asked_for_jobs_that_train_on_the_cpu_are_refused(config):
+    """profiles/slurm gave every network job a GPU whatever train.device said, and read any value of its
+    switch but "0" as 1."""
+    from snakemake.resources import Resource
+
+    asked = {"train": {"gpu": Resource("gpu", 1), "mem_mb": Resource("mem_mb", 4000)},
+             "tune": {"gpu": Resource("gpu", 1)}, "data": {"mem_mb": Resource("mem_mb", 100)}}
+    config["train"]["device"] = "cpu"
+    with pytest.raises(InputError, match=r"^config key train.device: cpu, but the profile's set-resources asks a "
+                                         r"GPU for every train, tune job; export ELECTRODE_ML_GPU_PER_JOB=0"):
+        check_gpu_requests(config, asked, environ={})
+    check_gpu_requests(config, {"train": {"gpu": Resource("gpu", 0)}, "tune": {"gpu": 0}}, environ={})
+    config["train"]["device"] = "auto"  # a GPU cluster: the jobs see the GPU they asked for
+    check_gpu_requests(config, asked, environ={})
+    with pytest.raises(InputError, match=r"^environment variable ELECTRODE_ML_GPU_PER_JOB='false': write 0"):
+        check_gpu_requests(config, {}, environ={"ELECTRODE_ML_GPU_PER_JOB": "false"})
+
+
+@pytest.mark.skipif(torch_sees_a_gpu(), reason="the check passes where torch sees a GPU")
+def test_cuda_without_a_gpu_stops_a_real_run_before_any_job(tmp_path, config):
+    """train.device: cuda on a CPU-only host ran data, split and features, then failed in the first tuning job."""
+    config["train"]["device"] = "cuda"
+    config["results"] = str(tmp_path / "results")
+    config["data"]["snapshot"] = str((REPO / config["data"]["snapshot"]).resolve())
+    run, output = real_run(config, tmp_path)
+    assert run.returncode == 1
+    assert run.stderr.splitlines()[-1].startswith("electrode-ml: error: config key train.device: cuda, but "), output[-2000:]
+    assert not (tmp_path / "results").exists()
+    assert real_run(config, tmp_path, "-n")[0].returncode == 0  # a dry run (a login node's) checks no GPU

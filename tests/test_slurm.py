@@ -151,6 +151,9 @@ def runs(tmp_path_factory, snapshot_path, slurm_env):
     def config_for(results: Path) -> dict:
         config = tiny_config(results, snapshot_path, tune={"trials": 2}, train={"n_seeds": len(SEEDS), "epochs": 10})
         config["models"] = [MODEL]
+        # auto, as on a cluster whose torch is CPU-only: the jobs ask for the profile's GPU and train on the
+        # CPU (train.device: cpu with a GPU per job is refused, common.smk)
+        config["train"]["device"] = "auto"
         return config
 
     slurm_dir, local_dir = base / "slurm", base / "local"

@@ -80,12 +80,16 @@ def _hint(error) -> str:
         return f" (YAML reads {text} as text; write {whole}.{fraction or 0}e{sign or '+'}{power})"
     if ("integer" in wanted and re.fullmatch(r"[+-]?\d+", text)) or (
             "number" in wanted and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)", text)):
-        return f" (a number in quotes is text; write {text})"
+        return (" (a number in quotes is text, and --config passes nested values as text: set them in a "
+                f"--configfile; write {text})")
     return ""
 
 
 def check_config(config: dict) -> None:
     """Raise InputError naming the key when values are individually valid but inconsistent."""
+    results = Path(config["results"])
+    if results.exists() and not results.is_dir():
+        raise InputError(f"config key results: {results} is a file; name a folder (new or existing)")
     fractions = config["split"]["fractions"]
     if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
         raise InputError(f"config key split.fractions: {fractions} sum to {sum(fractions):g}, not 1")
@@ -141,6 +145,30 @@ def gpu_per_job(config: dict) -> int:
     """GPUs a training or tuning job declares: 1 on CUDA, so ``--resources gpu=K`` runs K at a time."""
     device = config["train"]["device"]
     return int(device == "cuda" or (device == "auto" and cuda_visible()))
+
+
+def check_gpu_requests(config: dict, set_resources: dict, environ=os.environ) -> None:
+    """Refuse GPUs a profile asks for jobs that will not use them, and a profile switch it would misread.
+
+    profiles/slurm reads ``ELECTRODE_ML_GPU_PER_JOB`` before the config exists, so only this check sees
+    both: ``train.device: cpu`` there still held a GPU per network job, and ``=false`` meant 1.
+    """
+    switch = environ.get("ELECTRODE_ML_GPU_PER_JOB")
+    if switch is not None and switch not in ("0", "1"):
+        raise InputError(f"environment variable ELECTRODE_ML_GPU_PER_JOB={switch!r}: write 0 (no GPU per job) or 1")
+    if config["train"]["device"] != "cpu":
+        return
+    asking = sorted(rule for rule, resources in set_resources.items() if _gpus(resources.get("gpu")) > 0)
+    if asking:
+        raise InputError(f"config key train.device: cpu, but the profile's set-resources asks a GPU for every "
+                         f"{', '.join(asking)} job; export ELECTRODE_ML_GPU_PER_JOB=0 for profiles/slurm "
+                         "(or set their gpu to 0)")
+
+
+def _gpus(resource) -> float:
+    """A --set-resources gpu count (Snakemake's Resource, or a number); 0 for an expression it evaluates per job."""
+    value = getattr(resource, "value", resource)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
 def resolve_source(source: str, environ=os.environ) -> str:

@@ -11,8 +11,8 @@ sys.path.insert(0, LIBRARY)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [LIBRARY, os.environ.get("PYTHONPATH")])))
 
 from electrode_ml.code_version import script_code_version
-from electrode_ml.config import (check_snapshot, contribution_seeds, gpu_per_job, model_train_settings, seeds, snapshot_input,
-                                 validate_config)
+from electrode_ml.config import (check_gpu_requests, check_snapshot, contribution_seeds, gpu_per_job, model_train_settings,
+                                 seeds, snapshot_input, validate_config)
 from electrode_ml.errors import InputError
 from electrode_ml.features import (FEATURE_SETS, KNOWN_MODELS, PHYSICS_BASES, base_model, is_physics_model,
                                    uses_voltage_trees, variants_of, voltage_tree_settings)
@@ -20,8 +20,10 @@ from electrode_ml.features import (FEATURE_SETS, KNOWN_MODELS, PHYSICS_BASES, ba
 try:
     validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
     SNAPSHOT = snapshot_input(config)
-    if SNAPSHOT and workflow.is_main_process:  # a job submitted to a cluster node never reads it
-        check_snapshot(SNAPSHOT)
+    if workflow.is_main_process:  # a job submitted to a cluster node never reads the snapshot
+        if SNAPSHOT:
+            check_snapshot(SNAPSHOT)
+        check_gpu_requests(config, workflow.resource_settings.overwrite_resources)
 except InputError as error:
     # Any exception raised here, WorkflowError included, Snakemake prints with the file, the line
     # and a traceback (snakemake.exceptions.format_exception_to_string). SystemExit is no Exception:
@@ -57,3 +59,16 @@ GPU_PER_JOB = gpu_per_job(config)
 # changes (code_version.py; the profiles turn off Snakemake's own trigger on the scripts' file times).
 CODE_VERSION = {script.stem: script_code_version(script)
                 for script in (Path(workflow.basedir) / "workflow" / "scripts").glob("*.py")}
+
+
+onstart:
+    # train.device: cuda where torch sees no GPU: one line before the first job, not a failure of the
+    # first tuning once data, split and features have run. Only where the network jobs run here: a login
+    # node has no GPU, its cluster jobs do (and Snakemake runs no onstart for a dry run).
+    if config["train"]["device"] == "cuda" and workflow.local_exec and any(
+            job.resources.get("gpu", 0) for job in workflow.dag.needrun_jobs()):
+        from electrode_ml.devices import resolve_device  # imports torch: only for this check
+        try:
+            resolve_device("cuda")
+        except InputError as error:
+            sys.exit(f"electrode-ml: error: {error}")
