@@ -4,8 +4,8 @@ import pytest
 
 from electrode_ml.chemistry import parse_formula
 from electrode_ml.data import exact_end_formulas, read_electrode_csv, validate_electrodes
-from electrode_ml.physics import (IMPLAUSIBLE_DFT, PhysicsBaseline, baseline_reasons, combine, fit_ion_references,
-                                  stoichiometric_capacity_array, thermodynamic_voltage)
+from electrode_ml.physics import (IMPLAUSIBLE_DFT, SUSPECT_FORMULAS, PhysicsBaseline, baseline_reasons, combine,
+                                  fit_ion_references, stoichiometric_capacity_array, thermodynamic_voltage)
 from electrode_ml.schema import WORKING_IONS
 
 
@@ -125,12 +125,12 @@ def test_an_alloy_host_holding_the_working_ion_is_left_to_the_network():
         assert values[1, 1] == pytest.approx(169.9, abs=0.2)  # LiFePO4's stoichiometric capacity
 
 
-def _licoo2(voltages, mu=-1.9):
+def _licoo2(voltages, mu=-1.9, charge_energy=-6.0):
     """Toy Li0CoO2 -> LiCoO2 cells whose DFT energies imply the given voltages with mu_Li = ``mu``."""
     voltages = np.asarray(voltages, dtype=float)
     return pd.DataFrame({
         "formula_charge": "Li0CoO2", "formula_discharge": "LiCoO2", "working_ion": "Li",
-        "charge_energy_per_atom": -6.0, "discharge_energy_per_atom": (3 * -6.0 + mu - voltages) / 4,
+        "charge_energy_per_atom": charge_energy, "discharge_energy_per_atom": (3 * charge_energy + mu - voltages) / 4,
         "average_voltage": voltages,
     })
 
@@ -146,3 +146,52 @@ def test_ion_reference_is_the_median_of_the_implied_energies():
     # each cell implies mu = (N_d e_d - N_c e_c + n z V) / n: -1.9, -2.0 and an outlier -5.0
     cells = pd.concat([_licoo2([3.9], mu) for mu in (-1.9, -2.0, -5.0)], ignore_index=True)
     assert fit_ion_references(cells)["Li"] == pytest.approx(-2.0)  # the mean would be -2.967
+
+
+
+# MP-like energies: CoO2 at -7.0 eV/atom, so that LiCoO2 (-6.7 eV/atom) is far from Li's -1.9
+CHARGE_ENERGY = -7.0
+
+
+def _fitted_on_licoo2():
+    """model2_phys physics fitted on toy LiCoO2 cells of 3.0 to 4.5 V."""
+    return PhysicsBaseline(uses_voltage=True).fit(_licoo2([3.0, 3.9, 4.5], charge_energy=CHARGE_ENERGY))
+
+
+def _rounded_ion_count():
+    """LiCoO2's energies under formulas that count one Li per eight CoO2, as MP writes Li10Fe5Co3O16
+    Li1Fe5Co3O16: the energies per atom are those of Li8Co8O16."""
+    return _licoo2([3.9], charge_energy=CHARGE_ENERGY).assign(formula_charge="Li0Co8O16",
+                                                               formula_discharge="Li1Co8O16")
+
+
+def test_an_implausible_dft_voltage_inside_the_training_energies_leaves_capacity_to_the_network():
+    """The stoichiometric capacity of a formula with the wrong ion count repeats its error (37 mAh/g
+    for LiCoO2's 274), so the network predicts it, and energy, with the voltage."""
+    physics, wrong = _fitted_on_licoo2(), _rounded_ion_count()
+    assert physics.energies_in_training_range(wrong).all()
+    assert thermodynamic_voltage(wrong, physics.ion_references)[0] == pytest.approx(-2.4)
+    assert stoichiometric_capacity_array(wrong)[0] == pytest.approx(36.5, abs=0.1)
+    assert physics.reasons(wrong)[0] == SUSPECT_FORMULAS
+    assert np.isnan(physics.transform(wrong)).all()
+    assert physics.summary(wrong)["network_only"] == {SUSPECT_FORMULAS: 1}
+
+
+def test_an_implausible_dft_voltage_from_total_energies_keeps_the_stoichiometric_capacity():
+    physics = _fitted_on_licoo2()
+    total = _licoo2([3.9], charge_energy=CHARGE_ENERGY).assign(charge_energy_per_atom=-500.0)  # another code's
+    assert not physics.energies_in_training_range(total).any()
+    assert physics.reasons(total)[0] == IMPLAUSIBLE_DFT
+    values = physics.transform(total)
+    assert np.isnan(values[0, [0, 2]]).all() and values[0, 1] == pytest.approx(273.8, abs=0.1)
+    # a missing energy says nothing about the formulas either
+    assert not physics.energies_in_training_range(total.assign(charge_energy_per_atom=np.nan)).any()
+
+
+def test_physics_fitted_before_the_training_range_was_recorded_keeps_every_capacity():
+    """A baseline unpickled from an earlier release has no energy_range in its __dict__."""
+    older = PhysicsBaseline.__new__(PhysicsBaseline)
+    older.__dict__.update({"uses_voltage": True, "ion_references": _fitted_on_licoo2().ion_references})
+    wrong = _rounded_ion_count()
+    assert older.energy_range is None and older.reasons(wrong)[0] == IMPLAUSIBLE_DFT
+    assert older.transform(wrong)[0, 1] == pytest.approx(36.5, abs=0.1)

@@ -5,8 +5,10 @@ voltage) from physics wherever it describes the row, and energy as voltage x cap
 the physics cannot describe (no ion gained from the charged to the discharged formula, as in the
 snapshot's rows whose charged formula holds more ion than the discharged one, or a host framework
 that itself contains the working ion, as in alloys) the network predicts; where only model2_phys's
-DFT voltage fails (implausible energies, an ion without a reference), the network predicts the
-voltage alone. The networks are those
+DFT voltage fails (energies outside the training range that imply an implausible voltage, an ion
+without a reference), the network predicts the voltage alone. An implausible voltage from energies
+inside the training range indicts the formulas instead, and the network predicts all three. The
+networks are those
 of ``features.PHYSICS_BASES``: model2's for model2_phys, and for model1_phys, whose voltage always
 comes from a network, those of model1_redox (feature set 1 plus the redox chemistry of redox.py).
 """
@@ -23,12 +25,16 @@ from electrode_ml.schema import ION_CHARGE, TARGETS
 
 PLAUSIBLE_VOLTAGE = (-1.0, 7.0)  # V, the paper's window on MP average voltages
 IMPLAUSIBLE_DFT = "DFT energies imply a voltage outside -1..7 V"
+SUSPECT_FORMULAS = (f"{IMPLAUSIBLE_DFT} with DFT fields inside the training range: "
+                    "the formulas' ion counts are suspect")
 NO_REFERENCE = "no reference energy of the working ion (no training electrode of this ion)"
 # What the physics computes each target from, for the figures that say where a value came from.
 BASIS = {"average_voltage": "DFT energies", "capacity_grav": "stoichiometry",
          "energy_grav": "DFT voltage × stoich. capacity"}
 # Reasons that concern the DFT voltage only: the stoichiometric capacity still holds.
 VOLTAGE_ONLY = (IMPLAUSIBLE_DFT, NO_REFERENCE)
+# The DFT fields the thermodynamic voltage reads, whose training range tells MP's energies from others.
+ENERGY_FIELDS = ("charge_energy_per_atom", "discharge_energy_per_atom")
 FARADAY_MAH = 96485.33212 / 3.6  # C/mol -> mAh/mol
 
 
@@ -118,25 +124,46 @@ class PhysicsBaseline:
 
     uses_voltage: bool
     ion_references: dict[str, float] = field(default_factory=dict)
+    # (min, max) of each of ENERGY_FIELDS over the training rows; None in a baseline pickled before
+    # it was recorded (a class attribute, so such a baseline reads None and keeps every capacity).
+    energy_range: dict[str, tuple[float, float]] | None = None
 
     def fit(self, train: pd.DataFrame) -> "PhysicsBaseline":
         if self.uses_voltage:
             self.ion_references = fit_ion_references(train)
+            self.energy_range = {name: (float(train[name].min()), float(train[name].max())) for name in ENERGY_FIELDS}
         return self
+
+    def energies_in_training_range(self, electrodes: pd.DataFrame) -> np.ndarray:
+        """Per row, whether both DFT energies lie inside the training range (False without a record).
+
+        The same range as :func:`electrode_ml.features.dft_outside_training` checks, kept here so the
+        physics needs no featuriser. A missing energy counts as outside: it says nothing about the formulas."""
+        if self.energy_range is None:
+            return np.zeros(len(electrodes), dtype=bool)
+        inside = np.ones(len(electrodes), dtype=bool)
+        for name, (low, high) in self.energy_range.items():
+            values = electrodes[name].to_numpy(dtype=float)
+            inside &= (values >= low) & (values <= high)
+        return inside
 
     def reasons(self, electrodes: pd.DataFrame) -> np.ndarray:
         reasons = baseline_reasons(electrodes)
         if self.uses_voltage:
             # DFT end members that imply an impossible voltage are not the energies of the materials
-            # the formulas describe (with MP's rounded formulas: a discharged formula normalised to
-            # the wrong ion count); an ion no training electrode had has no reference energy.
+            # the formulas describe; an ion no training electrode had has no reference energy. Energies
+            # outside the training range are not MP's (another code's total energies), and the
+            # formulas may still be right; inside it, the usual cause is a formula normalised to the
+            # wrong ion count (MP's rounded formulas: Li10Fe5Co3O16 written Li1Fe5Co3O16), which the
+            # stoichiometric capacity would repeat (2-9x too low on the 19 such rows of the raw snapshot).
             voltage = thermodynamic_voltage(electrodes, self.ion_references)
             low, high = PLAUSIBLE_VOLTAGE
             described = reasons == ""
             unknown_ion = ~electrodes["working_ion"].isin(list(self.ion_references)).to_numpy()
             implausible = described & ~unknown_ion & ~((voltage > low) & (voltage < high))
+            suspect = implausible & self.energies_in_training_range(electrodes)
             reasons = np.where(described & unknown_ion, NO_REFERENCE, reasons)
-            reasons = np.where(implausible, IMPLAUSIBLE_DFT, reasons)
+            reasons = np.where(implausible, np.where(suspect, SUSPECT_FORMULAS, IMPLAUSIBLE_DFT), reasons)
         return reasons
 
     def transform(self, electrodes: pd.DataFrame, reasons: np.ndarray | None = None) -> np.ndarray:
@@ -144,7 +171,8 @@ class PhysicsBaseline:
 
         The capacity is stoichiometry's wherever the formulas describe the insertion: the DFT
         reasons (:data:`VOLTAGE_ONLY`) take the voltage alone to the networks (a candidate with a
-        total energy for its DFT fields got 34 018 mAh/g from them where its formulas say 51.6).
+        total energy for its DFT fields got 34 018 mAh/g from them where its formulas say 51.6);
+        :data:`SUSPECT_FORMULAS` takes the capacity too, as the formulas are what is wrong.
         ``reasons``, from :meth:`reasons` on the same rows, spares parsing every formula again
         for a caller that reports them too (``electrode-ml predict``)."""
         reasons = self.reasons(electrodes) if reasons is None else reasons
