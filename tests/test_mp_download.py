@@ -10,8 +10,10 @@ The stand-in is a ThreadingHTTPServer on 127.0.0.1 that the real mp_api MPRester
 with the API's ``{"data": [...], "meta": {"total_doc": ..}}`` envelope, serving documents rebuilt from
 real snapshot rows (MP's reduced formulas from the merged file, the adj_pairs parsed back into dicts).
 Faults are injected per route, in order: HTTP 429 with Retry-After, 5xx, a response slower than the
-timeout, a truncated body, invalid JSON, a connection reset. ``page_cap`` makes it serve shorter pages
-than asked for, as an API that lowered its page limit would.
+timeout, a truncated body, invalid JSON, a connection reset, a page starting one document early (as
+unsorted ``_skip``/``_limit`` paging may: one document twice, another never), a page with one of its
+documents twice. ``page_cap`` makes it serve shorter pages than asked for, as an API that lowered its
+page limit would.
 """
 
 from __future__ import annotations
@@ -101,8 +103,8 @@ def letter_id(classic: str) -> str:
 def canonical_id(identifier: str) -> tuple[str, int]:
     from emmet.core.mpid import AlphaID
 
-    alpha = AlphaID(identifier)
-    return alpha._prefix or "mp", int(alpha)
+    prefix, number = AlphaID(identifier).parts
+    return prefix or "mp", number
 
 
 @pytest.fixture(scope="module")
@@ -264,11 +266,11 @@ class FakeMP:
         elif route == "insertion_electrodes":
             ions = set(params.get("working_ion", "").split(",")) - {""}
             docs = [doc for doc in self.electrodes if not ions or doc["working_ion"] in ions]
-            body = self._page(docs, params)
+            body = self._page(docs, params, fault)
         else:
             wanted = {canonical_id(idx) for idx in params.get("material_ids", "").split(",") if idx}
             docs = [doc for doc in self.summaries if canonical_id(doc["material_id"]) in wanted]
-            body = self._page(docs, params)
+            body = self._page(docs, params, fault)
         payload = json.dumps(body).encode()
         if fault == "truncated":
             return self._send_raw(handler, 200, payload, cut=len(payload) // 2)
@@ -276,11 +278,15 @@ class FakeMP:
             return self._send_raw(handler, 200, payload[: len(payload) // 2] + b"<html>oops</html>")
         return self._send_raw(handler, 200, payload)
 
-    def _page(self, docs: list[dict], params: dict) -> dict:
+    def _page(self, docs: list[dict], params: dict, fault: str) -> dict:
         fields = [f for f in params.get("_fields", "").split(",") if f]
         skip = int(params.get("_skip", 0) or 0)
+        if fault == "overlap" and skip:
+            skip -= 1
         limit = min(int(params.get("_limit", 1000) or 1000), self.page_cap or 1000)
         page = docs[skip: skip + limit]
+        if fault == "repeat":
+            page = page + page[:1]
         if fields:
             page = [{k: v for k, v in doc.items() if k in fields} for doc in page]
         return {"data": page, "meta": {"api_version": "0.87.3", "time_stamp": "2025-09-25T00:00:00",
@@ -554,8 +560,88 @@ def test_pages_shorter_than_asked_are_an_error_not_a_gap(snapshot_rows):
     finally:
         fake.stop()
     text = assert_one_line_error(caught.value)
-    assert re.search(r"downloading the K insertion electrodes: the Materials Project counts 5 documents "
-                     r"but returned [0-4]\b", text), text
+    assert re.search(r"downloading the K insertion electrodes failed: the Materials Project counts 5 documents "
+                     r"but returned [0-4] distinct ones", text), text
+
+
+@pytest.mark.parametrize(("route", "served"), [("insertion_electrodes", "counts 5 documents but returned 4"),
+                                               ("summary", "counts 3 documents but returned 2")])
+def test_overlapping_pages_are_re_run(server, expected, route, served, caplog):
+    """mp_api pages by _skip/_limit with no sort order: a page that repeats its predecessor's last document
+    has the right length but misses one, so it is the distinct documents that must match the count."""
+    server.inject(route, "ok", "overlap")  # the first query's second page, once
+    with caplog.at_level(logging.WARNING):
+        table = download(server)
+    pd.testing.assert_frame_equal(table, expected, check_exact=True)
+    assert server.faults[route] == []
+    assert f"{served} distinct ones" in caplog.text and "retry 1 of 3" in caplog.text
+
+
+def test_persistently_overlapping_pages_are_one_line_input_error(server):
+    server.inject("insertion_electrodes", *["overlap"] * 50)
+    with pytest.raises(InputError) as caught:
+        download(server, max_retries=2)
+    text = assert_one_line_error(caught.value)
+    assert ("downloading the K insertion electrodes failed: the Materials Project counts 5 documents but "
+            "returned 4 distinct ones") in text
+    assert "nothing was written" in text and "after 2 retries" in text
+    second_pages = [hit for hit in server.hits("insertion_electrodes") if hit["params"].get("_skip") == "2"]
+    assert len(second_pages) == 3  # the query ran 1 + max_retries times
+
+
+def test_a_document_served_twice_counts_once(server, expected, caplog):
+    """A repeat of one document is harmless: kept once, and no reason to re-run the query."""
+    # on the K query's last page: on an earlier one mp_api would stop a document short, as with an overlap
+    server.inject("insertion_electrodes", "ok", "ok", "repeat")
+    with caplog.at_level(logging.WARNING):
+        table = download(server)
+    pd.testing.assert_frame_equal(table, expected, check_exact=True)
+    assert "retry" not in caplog.text
+
+
+def test_electrodes_left_out_are_counted_in_the_provenance(snapshot_rows, expected):
+    """The data report must say what the download itself left out: rows_in counts only what it kept."""
+    electrodes, summaries = build_documents(snapshot_rows)
+    malformed = next(doc for doc in electrodes if doc["id_discharge"] == "mp-28849")  # mp-28849_K
+    malformed["average_voltage"] = None
+    summaries = [doc for doc in summaries if doc["material_id"] != "mp-1176890"]  # discharged mp-758915_Li
+    fake = FakeMP(electrodes, summaries).start()
+    try:
+        table, provenance = download_electrodes(IONS, WINDOW, api_key=FAKE_KEY, endpoint=fake.url,
+                                                max_retries=1)
+    finally:
+        fake.stop()
+    assert provenance["download_dropped"] == {
+        mp_download.OTHER_ION: {"count": 0, "examples": []},
+        mp_download.INCOMPLETE: {"count": 1, "examples": ["mp-28849_K"]},
+        mp_download.OUTSIDE_WINDOW: {"count": 3, "examples": sorted(OUTSIDE_WINDOW_IDS)},
+        mp_download.NO_END_MEMBER: {"count": 1, "examples": ["mp-758915_Li"]},
+    }
+    kept = expected[~expected["battery_id"].isin(["mp-28849_K", "mp-758915_Li"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(table, kept, check_exact=True)
+
+
+def test_documents_of_another_ion_or_without_ids_are_counted(snapshot_rows):
+    electrodes, _ = build_documents(snapshot_rows.loc[["mp-867522_Cs", "mp-19395_K"]])
+    cs, k = electrodes
+    anonymous = {field: value for field, value in k.items()
+                 if field not in ("material_ids", "id_charge", "adj_pairs")}
+    dropped = {reason: [] for reason in mp_download.DROP_REASONS}
+    assert mp_download._electrode_rows([cs, anonymous], "K", dropped) == []
+    assert dropped[mp_download.OTHER_ION] == ["mp-867522_Cs"]
+    assert dropped[mp_download.INCOMPLETE] == ["mp-1080245 (discharged)"]
+
+
+def test_two_electrodes_with_one_battery_id_are_an_error(snapshot_rows):
+    """Each query's documents are distinct by battery id, so a repeat in the join is two documents for one id."""
+    electrodes, summaries = build_documents(snapshot_rows.loc[["mp-19395_K"]])
+    dropped = {reason: [] for reason in mp_download.DROP_REASONS}
+    (row,) = mp_download._electrode_rows(electrodes, "K", dropped)
+    with pytest.raises(InputError) as caught:
+        mp_download._join([row, {**row, "average_voltage": 1.0}], mp_download._end_member_properties(summaries),
+                          dropped)
+    text = assert_one_line_error(caught.value)
+    assert "mp-19395_K" in text and "nothing was written" in text
 
 
 def test_the_download_records_where_and_when(server):
@@ -585,6 +671,8 @@ def test_the_data_step_writes_a_download_and_its_provenance(server, tmp_path, mo
     report = json.loads((data / "data_report.json").read_text())
     assert report["source"] == "mp_api" and report["rows_out"] == len(EXPECTED_IDS)
     assert report["endpoint"] == server.url and report["database_version"] == "2025.09.25"
+    assert report["download_dropped"][mp_download.OUTSIDE_WINDOW] == {"count": len(OUTSIDE_WINDOW_IDS),
+                                                                      "examples": sorted(OUTSIDE_WINDOW_IDS)}
     assert "snapshot_sha256" not in report
     assert sorted(pd.read_parquet(data / "electrodes.parquet")["battery_id"]) == sorted(EXPECTED_IDS)
 

@@ -27,11 +27,18 @@ is mp_api's: ``MPRester()`` GETs ``/heartbeat`` twice with a bare ``requests.get
 so a server that accepts the connection and then stalls would hang the job for good: while the client is
 built those two calls are given ``timeout_s`` (`_bounded_heartbeats`), after a bounded heartbeat probe, and
 the construction is retried as a whole.
-mp_api pages by the number of documents it asked for, not the number it got, and stops at the first
-empty page, so a server serving shorter pages than asked would drop documents without a word: every
-query's document count is checked against the server's own count of it (one more small request each).
+mp_api pages by the number of documents it asked for, not the number it got, stops at the first empty
+page, and pages by ``_skip``/``_limit`` with no sort order: a server serving shorter pages than asked, or
+pages that overlap (one document twice, another never), would drop documents without a word. So every
+query's distinct documents (by battery id for electrodes, material id for summary documents) are counted
+against the server's own count of them (one more small request each); on a mismatch the query is re-run
+like one whose body failed, and repeats of one document are dropped.
 Anything permanent (bad key, wrong endpoint, retries exhausted, a short download) raises `InputError`
 with one line that never contains the API key.
+
+Electrodes left out on the way (another working ion, incomplete documents, average voltage outside the
+window, end members without summary properties) are counted per reason, with example battery ids, in
+the provenance's ``download_dropped``, which the data step writes into data_report.json.
 """
 
 from __future__ import annotations
@@ -70,6 +77,14 @@ PAGE_SIZE = 1000
 SUMMARY_IDS_PER_QUERY = 250
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+# Why a downloaded electrode is left out (provenance "download_dropped"), in the order they are applied.
+OTHER_ION = "working ion not asked for"
+INCOMPLETE = "incomplete or malformed document"
+OUTSIDE_WINDOW = "average_voltage outside window"
+NO_END_MEMBER = "end member without summary properties"
+DROP_REASONS = (OTHER_ION, INCOMPLETE, OUTSIDE_WINDOW, NO_END_MEMBER)
+DROP_EXAMPLES = 5  # battery ids named per reason
 
 # Insertion-electrode fields requested from the API. battery_id is not among them: in emmet >= 0.87 it is a
 # computed property, not a document field, and the client refuses to request it.
@@ -111,12 +126,13 @@ def download_electrodes(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Download the insertion electrodes of `ions` from the Materials Project, in the snapshot's layout.
 
-    Keeps electrodes with ``voltage_window[0] < average_voltage < voltage_window[1]`` whose two end
-    members have all summary properties; returns them typed per ``ELECTRODE_COLUMNS``, sorted by
-    battery_id, with the download's provenance (endpoint, database and client versions, UTC time) for
-    the data report. `api_key` defaults to the ``MP_API_KEY`` environment variable; `endpoint` to mp_api's
-    default (``MP_API_ENDPOINT`` or https://api.materialsproject.org/). Raises `InputError` (one line,
-    never containing the key) for bad arguments, a missing or rejected key, an unreachable or failing API.
+    Keeps complete electrodes with ``voltage_window[0] < average_voltage < voltage_window[1]`` whose two
+    end members have all summary properties; returns them typed per ``ELECTRODE_COLUMNS``, sorted by
+    battery_id, with the download's provenance (endpoint, database and client versions, UTC time, and
+    the electrodes left out per reason as ``download_dropped``) for the data report. `api_key` defaults
+    to the ``MP_API_KEY`` environment variable; `endpoint` to mp_api's default (``MP_API_ENDPOINT`` or
+    https://api.materialsproject.org/). Raises `InputError` (one line, never containing the key) for bad
+    arguments, a missing or rejected key, an unreachable or failing API, or an incomplete download.
     """
     ions = _check_ions(ions)
     low, high = _check_window(voltage_window)
@@ -169,18 +185,22 @@ def download_electrodes(
         )
 
         electrodes: list[dict[str, Any]] = []
+        dropped: dict[str, list[str]] = {reason: [] for reason in DROP_REASONS}
         for ion in ions:
-            what = f"downloading the {ion} insertion electrodes"
+            # search and count together: a re-run after a mismatch compares a fresh search with a fresh count
             docs = guard.call(
-                what,
-                lambda ion=ion: electrode_rester.search(
-                    working_ion=ion, fields=list(ELECTRODE_FIELDS), chunk_size=PAGE_SIZE
+                f"downloading the {ion} insertion electrodes",
+                lambda ion=ion: _distinct_documents(
+                    electrode_rester.search(working_ion=ion, fields=list(ELECTRODE_FIELDS),
+                                            chunk_size=PAGE_SIZE),
+                    electrode_rester.count({"working_ion": ion}),
+                    key=functools.partial(_battery_id, ion=ion),
                 ),
             )
-            _check_complete(what, docs, guard.call(f"counting the {ion} insertion electrodes",
-                                                   lambda ion=ion: electrode_rester.count({"working_ion": ion})))
-            rows = _electrode_rows(docs, ion)
-            kept = [row for row in rows if low < row["average_voltage"] < high]
+            rows = _electrode_rows(docs, ion, dropped)
+            inside = [low < row["average_voltage"] < high for row in rows]
+            kept = [row for row, keep in zip(rows, inside) if keep]
+            dropped[OUTSIDE_WINDOW] += [row["battery_id"] for row, keep in zip(rows, inside) if not keep]
             log.info(
                 "%s: %d insertion electrodes, %d inside %g V < average_voltage < %g V",
                 ion, len(rows), len(kept), low, high,
@@ -192,23 +212,26 @@ def download_electrodes(
         chunks = [material_ids[i:i + SUMMARY_IDS_PER_QUERY]
                   for i in range(0, len(material_ids), SUMMARY_IDS_PER_QUERY)]
         for number, chunk in enumerate(chunks, start=1):
-            what = f"downloading summary properties ({number}/{len(chunks)})"
             docs = guard.call(
-                what,
-                lambda chunk=chunk: summary_rester.search(
-                    material_ids=chunk, fields=list(SUMMARY_FIELDS), chunk_size=PAGE_SIZE
+                f"downloading summary properties ({number}/{len(chunks)})",
+                lambda chunk=chunk: _distinct_documents(
+                    summary_rester.search(material_ids=chunk, fields=list(SUMMARY_FIELDS),
+                                          chunk_size=PAGE_SIZE),
+                    # the summary search sends the ids comma-joined, as here
+                    summary_rester.count({"material_ids": ",".join(chunk)}),
+                    key=_material_id,
                 ),
             )
-            # the summary search sends the ids comma-joined, as here
-            _check_complete(what, docs, guard.call(
-                f"counting summary documents ({number}/{len(chunks)})",
-                lambda chunk=chunk: summary_rester.count({"material_ids": ",".join(chunk)})))
             end_members.update(_end_member_properties(docs))
         provenance = {"endpoint": base, "database_version": mpr.db_version, "mp_api_version": _version("mp-api"),
                       "emmet_core_version": _version("emmet-core"),
                       "downloaded_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
-    table = _join(electrodes, end_members)
+    table = _join(electrodes, end_members, dropped)
+    provenance["download_dropped"] = {
+        reason: {"count": len(ids), "examples": sorted(ids)[:DROP_EXAMPLES]}
+        for reason, ids in dropped.items()
+    }
     if table.empty:
         raise InputError(
             f"the Materials Project returned no complete insertion electrodes for {', '.join(ions)} "
@@ -239,7 +262,7 @@ def to_classic_id(identifier: Any) -> str:
         value = int(alpha)
     except Exception as exc:  # AlphaID raises ValueError, TypeError, KeyError for junk
         raise ValueError(f"not a Materials Project material id: {identifier!r}") from exc
-    prefix = alpha._prefix or "mp"  # bare letter ids ("aaaabcdl") are mp ids, as emmet assumes
+    prefix = alpha.parts[0] or "mp"  # bare letter ids ("aaaabcdl") are mp ids, as emmet assumes
     return f"{prefix}-{value}"
 
 
@@ -347,11 +370,31 @@ def _bounded_heartbeats(timeout_s: float) -> Iterator[None]:
         requests.get, mprester.get = bare
 
 
-def _check_complete(what: str, docs: Sequence[Any], counted: int) -> None:
-    """Every document the server counts for a query came back (see the module docstring, paging)."""
-    if len(docs) != counted:
-        raise InputError(f"{what}: the Materials Project counts {counted} documents but returned "
-                         f"{len(docs)} (pages shorter than asked for?); nothing was written")
+class _IncompleteQuery(Exception):
+    """A query's distinct documents disagree with the server's count of them: re-run the query."""
+
+
+def _distinct_documents(docs: Iterable[Any], counted: int, *, key: Callable[[dict[str, Any]], str]
+                        ) -> list[dict[str, Any]]:
+    """The query's documents, each once, if there are as many distinct ones as the server counts.
+
+    Counting distinct documents, not documents, catches overlapping pages (one document twice, another
+    never: the same length). A document too malformed to have a `key` counts by its whole text, so only
+    exact copies of it are one. Raises `_IncompleteQuery` (retried, see the module docstring) otherwise.
+    """
+    distinct: dict[str, dict[str, Any]] = {}
+    for doc in docs or []:
+        doc = _as_dict(doc)
+        try:
+            identity = key(doc)
+        except _MALFORMED:
+            identity = json.dumps(doc, sort_keys=True, default=str)
+        distinct.setdefault(identity, doc)
+    if len(distinct) != counted:
+        raise _IncompleteQuery(f"the Materials Project counts {counted} documents but returned "
+                               f"{len(distinct)} distinct ones (pages overlapping or shorter than asked "
+                               "for?); nothing was written")
+    return list(distinct.values())
 
 
 def _version(package: str) -> str | None:
@@ -442,6 +485,9 @@ class _Guard:
         from urllib3.exceptions import ProtocolError
 
         chain = _exception_chain(exc)
+        incomplete = [error for error in chain if isinstance(error, _IncompleteQuery)]
+        if incomplete:
+            return _Problem(True, str(incomplete[0]))
         text = " | ".join(str(error) for error in chain)
         status = _status_code(chain, text)
         where = self.endpoint
@@ -539,6 +585,10 @@ def _one_line(text: str) -> str:
 # Documents to rows
 # ---------------------------------------------------------------------------------------------------
 
+# What a document missing or garbling a field raises while it is read.
+_MALFORMED = (KeyError, TypeError, ValueError)
+
+
 def _as_dict(doc: Any) -> dict[str, Any]:
     if isinstance(doc, dict):
         return doc
@@ -579,6 +629,37 @@ def _battery_material_id(material_ids: list[str]) -> str:
     return min(candidates, key=_id_sort_key)
 
 
+def _pairs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [_as_dict(pair) for pair in doc.get("adj_pairs") or []]
+
+
+def _battery_id(doc: dict[str, Any], ion: str) -> str:
+    """emmet's battery id of an electrode document: from its material ids, else its end members' and steps'."""
+    material_ids = [to_classic_id(idx) for idx in doc.get("material_ids") or []]
+    if not material_ids:
+        material_ids = [to_classic_id(doc["id_charge"]), to_classic_id(doc["id_discharge"])] + [
+            to_classic_id(pair[field]) for pair in _pairs(doc) for field in _PAIR_ID_FIELDS if pair.get(field)
+        ]
+    return f"{_battery_material_id(material_ids)}_{ion}"
+
+
+def _electrode_label(doc: dict[str, Any], ion: str) -> str:
+    """An electrode document's battery id for messages, or its discharged material where it has none."""
+    try:
+        return _battery_id(doc, ion)
+    except _MALFORMED:
+        return f"{doc.get('id_discharge', '?')} (discharged)"
+
+
+def _material_id(doc: dict[str, Any]) -> str:
+    """A summary document's material id, classic form."""
+    return to_classic_id(doc["material_id"])
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
 def _format_value(field: str, value: Any) -> str:
     if value is None:
         return "None"
@@ -597,20 +678,13 @@ def _format_pair(pair: Any) -> str:
 
 
 def _electrode_row(doc: dict[str, Any], ion: str) -> dict[str, Any]:
-    pairs = [_as_dict(pair) for pair in doc.get("adj_pairs") or []]
-    id_charge = to_classic_id(doc["id_charge"])
-    id_discharge = to_classic_id(doc["id_discharge"])
-    material_ids = [to_classic_id(idx) for idx in doc.get("material_ids") or []]
-    if not material_ids:
-        material_ids = [id_charge, id_discharge] + [
-            to_classic_id(pair[field]) for pair in pairs for field in _PAIR_ID_FIELDS if pair.get(field)
-        ]
+    pairs = _pairs(doc)
     formula_charge, formula_discharge, battery_formula = normalise_formulas(
         doc["formula_charge"], doc["formula_discharge"], ion
     )
     framework = _ion_subscript(doc["formula_discharge"], ion)[1]
     return {
-        "battery_id": f"{_battery_material_id(material_ids)}_{ion}",
+        "battery_id": _battery_id(doc, ion),
         "battery_formula": doc.get("battery_formula") or battery_formula,
         "formula_charge": formula_charge,
         "formula_discharge": formula_discharge,
@@ -625,25 +699,36 @@ def _electrode_row(doc: dict[str, Any], ion: str) -> dict[str, Any]:
         "capacity_vol": doc.get("capacity_vol"),
         "energy_vol": doc.get("energy_vol"),
         "average_voltage": float(doc["average_voltage"]),
-        "id_charge": id_charge,
-        "id_discharge": id_discharge,
+        "id_charge": to_classic_id(doc["id_charge"]),
+        "id_discharge": to_classic_id(doc["id_discharge"]),
     }
 
 
-def _electrode_rows(docs: Iterable[Any], ion: str) -> list[dict[str, Any]]:
+def _electrode_rows(docs: Iterable[dict[str, Any]], ion: str, dropped: dict[str, list[str]]
+                    ) -> list[dict[str, Any]]:
+    """The rows of the complete `ion` electrode documents; the battery ids of the others go to `dropped`."""
     rows: list[dict[str, Any]] = []
-    skipped: list[str] = []
-    for doc in docs or []:
-        doc = _as_dict(doc)
-        if _element_symbol(doc.get("working_ion")) not in (None, ion):
-            continue  # not the ion asked for (the API filters by ion; be safe)
+    incomplete: list[tuple[str, str]] = []  # (battery id, what is wrong)
+    for doc in docs:
+        doc_ion = _element_symbol(doc.get("working_ion"))
+        if doc_ion not in (None, ion):  # the API filters by ion; be safe
+            dropped[OTHER_ION].append(_electrode_label(doc, doc_ion))
+            continue
         try:
-            rows.append(_electrode_row(doc, ion))
-        except (KeyError, TypeError, ValueError) as exc:
-            skipped.append(f"{doc.get('id_discharge', '?')} ({type(exc).__name__}: {exc})")
-    if skipped:
-        log.warning("%s: skipped %d insertion electrodes with incomplete or malformed data, e.g. %s",
-                    ion, len(skipped), skipped[0][:200])
+            row = _electrode_row(doc, ion)
+        except _MALFORMED as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        else:
+            missing = [column for column, value in row.items() if _missing(value)]
+            problem = f"no {', '.join(missing)}" if missing else ""
+        if problem:
+            incomplete.append((_electrode_label(doc, ion), problem))
+            continue
+        rows.append(row)
+    if incomplete:
+        dropped[INCOMPLETE] += [label for label, _ in incomplete]
+        log.warning("%s: left out %d insertion electrodes with incomplete or malformed data, e.g. %s",
+                    ion, len(incomplete), "{} ({})".format(*incomplete[0])[:200])
     return rows
 
 
@@ -653,8 +738,8 @@ def _end_member_properties(docs: Iterable[Any]) -> dict[str, dict[str, Any]]:
     for doc in docs or []:
         doc = _as_dict(doc)
         try:
-            material_id = to_classic_id(doc["material_id"])
-        except (KeyError, ValueError):
+            material_id = _material_id(doc)
+        except _MALFORMED:
             continue
         symmetry = _as_dict(doc.get("symmetry") or {})
         crystal_system = symmetry.get("crystal_system", doc.get("symmetry.crystal_system"))
@@ -672,26 +757,34 @@ def _end_member_properties(docs: Iterable[Any]) -> dict[str, dict[str, Any]]:
     return properties
 
 
-def _join(electrodes: list[dict[str, Any]], end_members: dict[str, dict[str, Any]]) -> pd.DataFrame:
+def _join(electrodes: list[dict[str, Any]], end_members: dict[str, dict[str, Any]],
+          dropped: dict[str, list[str]]) -> pd.DataFrame:
+    """The electrode rows with their end members' properties; those lacking any go to `dropped`."""
     rows: list[dict[str, Any]] = []
-    incomplete: list[str] = []
     for electrode in electrodes:
         row = dict(electrode)
         for end in ("charge", "discharge"):
             found = end_members.get(electrode[f"id_{end}"], {})
             for field in END_MEMBER_FIELDS:
                 row[f"{end}_{field}"] = found.get(field)
-        if any(value is None or (isinstance(value, float) and value != value) for value in row.values()):
-            incomplete.append(row["battery_id"])
+        if any(_missing(row[f"{end}_{field}"])
+               for end in ("charge", "discharge") for field in END_MEMBER_FIELDS):
+            dropped[NO_END_MEMBER].append(row["battery_id"])
             continue
         rows.append(row)
-    if incomplete:
-        log.warning("dropped %d electrodes with missing values or end members absent from the summary "
-                    "data (e.g. deprecated materials), e.g. %s", len(incomplete), ", ".join(incomplete[:5]))
+    if dropped[NO_END_MEMBER]:
+        log.warning("left out %d electrodes with end members absent from the summary data (e.g. deprecated "
+                    "materials) or missing a property, e.g. %s", len(dropped[NO_END_MEMBER]),
+                    ", ".join(dropped[NO_END_MEMBER][:DROP_EXAMPLES]))
     table = pd.DataFrame(rows, columns=list(ELECTRODE_COLUMNS))
-    duplicated = table["battery_id"].duplicated()
-    if duplicated.any():
-        log.warning("dropped %d duplicate battery ids", int(duplicated.sum()))
-        table = table[~duplicated]
+    # Each query's documents are distinct by battery id and the id ends in the ion queried, so a repeat here
+    # would be two different documents with one id. No legitimate case: emmet's id is the smallest material
+    # id of the electrode, one electrode is built per structure group, the groups partition the materials
+    # (StructureGroupDoc.from_ungrouped_structure_entries checks it), and the API keys the documents by
+    # battery_id (the route's primary_key).
+    repeated = table.loc[table["battery_id"].duplicated(), "battery_id"]
+    if not repeated.empty:
+        raise InputError(f"the Materials Project returned {len(repeated)} battery ids for more than one "
+                         f"insertion electrode, e.g. {repeated.iloc[0]}; nothing was written")
     table = table.astype(ELECTRODE_COLUMNS)
     return table.sort_values("battery_id", kind="stable", ignore_index=True)
