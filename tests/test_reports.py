@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from electrode_ml import contribution, report, timing
+from electrode_ml import contribution, report, report_html, report_inputs, timing
 from electrode_ml.schema import TARGETS
-from electrode_ml.screening import CRITERIA, passes
+from electrode_ml.screening import CRITERIA, SPLIT_ROLE, passes
 from test_workflow import snakemake
 
 # ----------------------------------------------------------------------------------------------
@@ -50,12 +50,47 @@ def test_best_time_runs_the_call():
 
 
 def test_shade_colours_by_direction():
-    assert "27,158,119" in report.shade(0.3, 0.4)          # lower error than the paper: green
-    assert "217,95,2" in report.shade(0.5, 0.4)            # higher: orange
-    assert "27,158,119" in report.shade(0.95, 0.9, lower_is_better=False)
-    assert report.shade(None, 0.4) == "" and report.shade(0.3, None) == ""
-    weak, strong = report.shade(0.41, 0.4), report.shade(0.8, 0.4)
+    assert "27,158,119" in report_html.shade(0.3, 0.4)          # lower error than the paper: green
+    assert "217,95,2" in report_html.shade(0.5, 0.4)            # higher: orange
+    assert "27,158,119" in report_html.shade(0.95, 0.9, lower_is_better=False)
+    assert report_html.shade(None, 0.4) == "" and report_html.shade(0.3, None) == ""
+    weak, strong = report_html.shade(0.41, 0.4), report_html.shade(0.8, 0.4)
     assert float(re.search(r",([0-9.]+)\)", weak).group(1)) < float(re.search(r",([0-9.]+)\)", strong).group(1))
+
+
+def test_the_legend_and_the_stylesheet_take_the_shading_colours():
+    good, bad = ",".join(map(str, report_html.GOOD)), ",".join(map(str, report_html.BAD))
+    legend = report_html.legend()
+    assert legend.index(f"rgba({good},0.6)") < legend.index("better") < legend.index(f"rgba({bad},0.6)") < legend.index("behind")
+    assert "saturates at 50 %" in legend
+    assert f"border-left: 4px solid {report_html.hex_colour(report_html.GOOD)};" in report_html.STYLE
+    assert ".tag.fp { background: #d95f02; }" in report_html.STYLE
+
+
+def test_image_embeds_the_bytes_it_is_given():
+    assert 'class="missing"' in report_html.image(None, "Fig 7")
+    page = report_html.image(b"\x89PNG...", "Fig 7", "760px")
+    assert base64.b64encode(b"\x89PNG...").decode() in page and 'style="max-width:760px"' in page
+
+
+def test_the_screen_thresholds_and_split_roles_come_from_the_screen():
+    thresholds = {"voltage": 2.0, "capacity": 100.0, "energy": 200.0}
+    assert report.bounds_by_target(thresholds) == {CRITERIA[name]: value for name, value in thresholds.items()}
+    assert report.bounds_by_target({"voltage": 2.0})["energy_grav"] is None
+    everything = pd.DataFrame({"split": ["train", "val", "test"], "trained_on": [True, False, False],
+                               "dft_pass": [True, True, False], "split_role": ["fitted (csv)", "tuned (csv)", "held (csv)"]})
+    score = {"picks": 1, "precision": 1.0, "recall": 1.0}
+    context = {"na_all": everything, "na_metrics": {"all_na": {"model1": {name: score for name in ("train", "val", "test", "all")}}}}
+    page = report._na_all(context, ["model1"])
+    assert "(tuned (csv))" in page and "(every split)" in page  # the table's own column
+    page = report._na_all({**context, "na_all": everything.drop(columns="split_role")}, ["model1"])
+    assert f"({SPLIT_ROLE['val']})" in page                      # an older table: the screen's constant
+
+
+def test_the_physics_goals_read_as_the_table_shades_them():
+    assert report.goals_text() == ("capacity MAE ≤ 1 mAh/g; <code>model1_phys</code> V ≤ 0.33 V, E ≤ 45 Wh/kg; "
+                                   "<code>model2_phys</code> V ≤ 0.08 V, E ≤ 15 Wh/kg")
+    assert report.goals_text({"m": {"average_voltage": 0.5}}) == "voltage MAE ≤ 0.5 V"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -78,7 +113,7 @@ def test_report_renders_every_section(report_run):
     config, results, _ = report_run
     page = (results / "report" / "index.html").read_text()
     for title in SECTION_TITLES:
-        assert report.esc(title) in page, title
+        assert report_html.esc(title) in page, title
     assert 'class="missing"' not in page
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     # parity + error histograms per model, Fig 6, Fig 7
@@ -256,7 +291,7 @@ def test_the_largest_validation_errors_and_the_rmse_without_them():
     rows = [{"battery_id": f"e{i}", "split": "val", "target": target, "true": 100.0, "mean": 100.0 + miss}
             for target in TARGETS for i, miss in enumerate([1, -1, 1, -1, 600, -300, 2])]
     rows += [{"battery_id": "t0", "split": "test", "target": t, "true": 0.0, "mean": 9000.0} for t in TARGETS]
-    worst = report.largest_errors(pd.DataFrame(rows), n=2)
+    worst = report_inputs.largest_errors(pd.DataFrame(rows), n=2)
     assert [row["battery_id"] for row in worst["capacity_grav"]["electrodes"]] == ["e4", "e5"]  # test rows left out
     assert worst["capacity_grav"]["rmse_without"] == pytest.approx(np.sqrt((1 + 1 + 1 + 1 + 4) / 5))
     text = report._largest_errors({"largest_errors": {"model1": worst}}, "model1")
@@ -273,11 +308,13 @@ def test_the_accuracy_section_says_where_the_setup_differs_from_the_papers():
     assert "no space-group block" in text and "<code>standard</code> (the paper: min-max)" in text
     assert "made exact" in text and "mini-batches of 128, at most 500 epochs" in text
     assert report.setup_differences({"features": {"space_groups": True, "dft_scaling": "minmax"}}) == ""
+    with pytest.raises(KeyError, match="dft_scaling"):  # the schema requires it: no guess at what the run used
+        report.setup_differences({"features": {"space_groups": True}})
 
 
 def test_report_provenance_names_the_code_and_shortens_exact_formulas():
-    assert re.fullmatch(r"electrode-ml \S+, commit [0-9a-f]{12}( with uncommitted changes)?", report.code_provenance())
-    assert report.code_provenance(Path("/")).startswith("electrode-ml ") and "commit" not in report.code_provenance(Path("/"))
+    assert re.fullmatch(r"electrode-ml \S+, commit [0-9a-f]{12}( with uncommitted changes)?", report_inputs.code_provenance())
+    assert report_inputs.code_provenance(Path("/")).startswith("electrode-ml ") and "commit" not in report_inputs.code_provenance(Path("/"))
     assert report.short_formula("Li0.9166666667VCuO4") == "Li0.917VCuO4"
     assert report.short_formula("Li1.5Fe2(PO4)3") == "Li1.5Fe2(PO4)3"
 
@@ -345,14 +382,19 @@ def test_collect_reads_the_beyond_inputs_and_skips_a_missing_physics_summary(tmp
         "data_report": write("data/data_report.json", {"rows_per_ion": {"Li": 1, "Na": 1}}),
         "electrodes": str(tmp_path / "electrodes.parquet"), "split": str(tmp_path / "split.parquet"),
         "metrics": [write(f"ensemble/{m}/metrics.json", metrics[m]) for m in metrics],
-        "parity": [], "errors": [],
+        "parity": [str(tmp_path / "figures" / "model2" / "parity.png")], "errors": [],
+        "fig7": str(tmp_path / "screening" / "fig7.png"),  # never written
         "peer": write("ensemble/peer_gbm/metrics.json", beyond_context["peer"]),
         "group": [write("group/model2/metrics.json", beyond_context["group"])],
         "physics": [str(tmp_path / "physics" / "model2_phys" / "physics.json")],  # never written
     }
-    params = type("Params", (), {"models": ["model2", "model2_phys"], "config": {"results": str(tmp_path)}})()
-    context = report.collect(input, params)
+    (tmp_path / "figures" / "model2").mkdir(parents=True)
+    (tmp_path / "figures" / "model2" / "parity.png").write_bytes(b"\x89PNG parity")
+    config = {"results": str(tmp_path), "features": {"space_groups": False, "dft_scaling": "standard"}}
+    params = type("Params", (), {"models": ["model2", "model2_phys"], "config": config})()
+    context = report.collect(input, params)  # the report rule's step calls report.collect
     assert context["physics"] == {} and context["peer"]["n_seeds"] == 3
+    assert context["parity"] == {"model2": b"\x89PNG parity"} and context["fig7"] is None  # figures read here
     assert set(context["group"]) == {"model2"}
     page = report.build_report(context)
-    assert report.esc("Beyond the paper") in page and "No physics model" in page and "2.00×" in page
+    assert report_html.esc("Beyond the paper") in page and "No physics model" in page and "2.00×" in page

@@ -3,27 +3,28 @@
 Figures are embedded as base64 PNGs, so the page can be mailed or archived on its own. Cells that
 compare this run with the paper are coloured: green where this run does better, orange where it
 trails, the stronger the colour the larger the relative difference.
+
+This module holds the paper's numbers and the page's sections; report_inputs.py reads the run's
+files into the context the sections read (``collect``), report_html.py holds the HTML blocks.
+The report rule's step calls ``report.build_report(report.collect(input, params))``.
 """
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import html
-import importlib.metadata
-import json
-import os
-import platform
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 import yaml
 
 from electrode_ml.features import paper_counterpart
+from electrode_ml.peer import MODEL as PEER
+from electrode_ml.report_html import (BAD, GOOD, STYLE, background, delta, esc, fmt, image, legend, percent, shade,
+                                      table, td)
+from electrode_ml.report_inputs import collect  # noqa: F401  (the report rule's step calls report.collect)
 from electrode_ml.schema import TARGETS, UNITS
+from electrode_ml.screening import CRITERIA, SHORT, SPLIT_ROLE
 
 # Paper Table 3 (validation set): the MC mean of 50 networks and the best of the 50.
 PAPER_TABLE3 = {
@@ -41,8 +42,6 @@ PAPER_CONTRIBUTION_TOP3 = ("formation energy", "energy per atom", "ion type")
 
 TARGET_NAMES = {"average_voltage": "Voltage", "capacity_grav": "Capacity", "energy_grav": "Energy"}
 DIGITS = {"average_voltage": 3, "capacity_grav": 2, "energy_grav": 2}
-SOFTWARE = ("snakemake", "torch", "scikit-learn", "pandas", "numpy", "pymatgen", "ax-platform", "botorch",
-            "matplotlib", "pyarrow")
 
 # The issue's goals for the physics-informed models (test MAE) and for the calibrated 95 % interval.
 PHYSICS_GOALS = {
@@ -50,10 +49,6 @@ PHYSICS_GOALS = {
     "model2_phys": {"average_voltage": 0.08, "capacity_grav": 1.0, "energy_grav": 15.0},
 }
 COVERAGE_BAND = (0.93, 0.97)
-PEER = "peer_gbm"
-
-GOOD = (27, 158, 119)   # this run better than the paper
-BAD = (217, 95, 2)      # this run behind the paper
 
 SECTIONS = (
     ("glance", "At a glance"),
@@ -69,196 +64,14 @@ SECTIONS = (
 )
 
 
-# ----------------------------------------------------------------------------------------------
-# Loading
-# ----------------------------------------------------------------------------------------------
-
-def _paths(value) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, (str, os.PathLike)):
-        return [str(value)]
-    return [str(item) for item in value]
-
-
-def _many(input, name: str) -> list[str]:
-    return _paths(getattr(input, name, None) if not isinstance(input, Mapping) else input.get(name))
-
-
-def _one(input, name: str) -> str | None:
-    paths = _many(input, name)
-    return paths[0] if paths else None
-
-
-def _json(path: str | None) -> Any:
-    return json.loads(Path(path).read_text()) if path and Path(path).exists() else None
-
-
-def _group_metrics(paths: Iterable[str]) -> dict[str, dict]:
-    """The framework-grouped metrics of every file merged: model -> metrics (each file holds a base model and its variants)."""
-    merged = {}
-    for path in paths:
-        merged.update(_json(path) or {})
-    return merged
-
-
-def _by_model(paths: Iterable[str], models: list[str], level: int) -> dict[str, str]:
-    """Map model -> path, the model named by the folder ``level`` steps above the file."""
-    found = {}
-    for path in paths:
-        found[Path(path).parents[level].name if level >= 0 else Path(path).stem] = path
-    return {model: found[model] for model in models if model in found}
-
-
-def software_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in SOFTWARE:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    try:
-        import torch
-
-        versions["compute"] = (f"CUDA: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available()
-                               else f"CPU only ({os.cpu_count()} cores)")
-    except Exception:  # pragma: no cover - torch is a hard dependency
-        pass
-    versions["platform"] = platform.platform()
-    return versions
-
-
-def code_provenance(repository: Path = Path(__file__).resolve().parents[2]) -> str:
-    """The electrode-ml version and, from a git checkout, its commit and whether tracked files were
-    changed: which code wrote the page (results/ outlives many commits)."""
-    import subprocess
-
-    text = f"electrode-ml {importlib.metadata.version('electrode-ml')}"
-    try:
-        git = lambda *args: subprocess.run(["git", "-C", str(repository), *args], capture_output=True, text=True,  # noqa: E731
-                                           timeout=10, check=True).stdout.strip()
-        commit = git("rev-parse", "--short=12", "HEAD")
-        changed = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        return text  # not a git checkout (an installed copy, an archive)
-    return f"{text}, commit {commit}" + (" with uncommitted changes" if changed else "")
-
-
-def largest_errors(summary: pd.DataFrame, split: str = "val", n: int = 3) -> dict[str, dict]:
-    """Per target, the ``n`` electrodes of ``split`` the ensemble mean misses most and the RMSE without
-    them: a few alloy-type electrodes of 1000-2500 mAh/g carry the capacity RMSE."""
-    result = {}
-    for target, rows in summary[summary["split"] == split].groupby("target", sort=False):
-        error = (rows["mean"] - rows["true"]).abs()
-        worst = error.nlargest(n).index
-        rest = error.drop(worst)
-        result[target] = {"rmse_without": float(np.sqrt((rest ** 2).mean())) if len(rest) else None,
-                          "electrodes": rows.loc[worst, ["battery_id", "true", "mean"]].to_dict("records")}
-    return result
-
-
-def collect(input, params) -> dict:
-    """Read every file the report rule lists into one context dict (missing optional parts -> None)."""
-    models = list(params.models)
-    get = lambda name: _one(input, name)  # noqa: E731
-    electrodes = pd.read_parquet(get("electrodes"), columns=["battery_id", "working_ion"])
-    split = pd.read_parquet(get("split"))
-    context: dict[str, Any] = {
-        "models": models,
-        "config": dict(params.config),
-        "generated": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "code": code_provenance(),
-        "versions": software_versions(),
-        "data_report": json.loads(Path(get("data_report")).read_text()),
-        "ion_split": pd.crosstab(electrodes.merge(split, on="battery_id")["working_ion"],
-                                 electrodes.merge(split, on="battery_id")["split"]),
-        "metrics": {m: json.loads(Path(p).read_text()) for m, p in _by_model(_many(input, "metrics"), models, 0).items()},
-        "largest_errors": {m: largest_errors(pd.read_parquet(p, columns=["battery_id", "split", "target", "true", "mean"]))
-                           for m, p in _by_model(_many(input, "predictions"), models, 0).items()},
-        "parity": _by_model(_many(input, "parity"), models, 0),
-        "errors": _by_model(_many(input, "errors"), models, 0),
-    }
-    optional = {
-        "na_screening": pd.read_csv, "na_all": pd.read_csv, "k_table": pd.read_csv, "timing": pd.read_csv,
-        "contribution": pd.read_csv, "contribution_seeds": pd.read_csv,
-        "na_metrics": lambda p: json.loads(Path(p).read_text()), "k_summary": lambda p: json.loads(Path(p).read_text()),
-        "fig7": str, "contribution_figure": str,
-    }
-    for name, reader in optional.items():
-        path = get(name)
-        context[name] = reader(path) if path and Path(path).exists() else None
-    context["peer"] = _json(get("peer"))
-    context["group"] = _group_metrics(_many(input, "group"))
-    context["physics"] = {m: _json(p) for m, p in _by_model(_many(input, "physics"), models, 0).items() if Path(p).exists()}
-    return context
-
-
-# ----------------------------------------------------------------------------------------------
-# HTML helpers
-# ----------------------------------------------------------------------------------------------
-
-def esc(value: Any) -> str:
-    return html.escape(str(value))
-
-
-def fmt(value: Any, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "–"
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return f"{value:,}"
-    if isinstance(value, (float, np.floating)):
-        return f"{value:,.{digits}f}"
-    return esc(value)
-
-
-def shade(ours: float | None, paper: float | None, lower_is_better: bool = True, scale: float = 0.5) -> str:
-    """Inline style for a cell comparing ``ours`` with ``paper`` (empty when either is missing)."""
-    if ours is None or paper is None or not np.isfinite(ours) or not np.isfinite(paper) or paper == 0:
-        return ""
-    relative = (ours - paper) / abs(paper)
-    better = relative <= 0 if lower_is_better else relative >= 0
-    strength = 0.18 + 0.6 * min(abs(relative) / scale, 1.0)
-    red, green, blue = GOOD if better else BAD
-    return f' style="background: rgba({red},{green},{blue},{strength:.2f})"'
-
-
-EXACT = 1e-6  # an error below this is the physics reproducing MP's own computation, not a prediction
+# An error below this is the physics reproducing MP's own computation, not a prediction. An absolute
+# bound: plots.is_exact scales its 1e-6 by the target's largest DFT value (at least 1), so a figure
+# can call exact what the page does not.
+EXACT = 1e-6
 
 
 def exact(value: float | None) -> bool:
     return value is not None and np.isfinite(value) and abs(value) < EXACT
-
-
-def delta(ours: float | None, paper: float | None) -> str:
-    if ours is None or paper is None or not np.isfinite(ours) or not paper:
-        return ""
-    return f'<span class="delta">{(ours - paper) / abs(paper):+.0%}</span>'
-
-
-def image(path: str | None, alt: str, width: str = "100%") -> str:
-    if not path or not Path(path).exists():
-        return f'<p class="missing">Figure missing: {esc(alt)}</p>'
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{esc(alt)}" style="max-width:{width}"><figcaption>{esc(alt)}</figcaption></figure>'
-
-
-def table(header: list[str], rows: list[list[str]], classes: str = "", raw: bool = True) -> str:
-    """``rows`` are lists of ready HTML cells (``<td ...>`` included) when raw, else plain values."""
-    head = "".join(f"<th>{cell}</th>" for cell in header)
-    body = "".join("<tr>" + ("".join(row) if raw else "".join(f"<td>{fmt(c)}</td>" for c in row)) + "</tr>"
-                   for row in rows)
-    return f'<table class="{classes}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def td(content: str, style: str = "", cls: str = "") -> str:
-    klass = f' class="{cls}"' if cls else ""
-    return f"<td{klass}{style}>{content}</td>"
-
-
-def legend() -> str:
-    return ('<p class="legend"><span class="swatch" style="background: rgba(27,158,119,0.6)"></span> this run better '
-            'than the paper <span class="swatch" style="background: rgba(217,95,2,0.6)"></span> this run behind the '
-            'paper; stronger colour = larger relative difference (saturates at 50 %). Percentages: (ours − paper) / paper.</p>')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -424,11 +237,11 @@ def section_accuracy(context: dict) -> str:
 def setup_differences(config: dict) -> str:
     """Where this run's recipe departs from the paper's (README and docs/method.md say why), read from
     its configuration: Table 3's comparison is with the paper's numbers, not its exact setup."""
-    features, train, data = config.get("features", {}), config.get("train", {}), config.get("data", {})
+    features, train, data = config["features"], config.get("train", {}), config.get("data", {})
     items = []
-    if not features.get("space_groups", True):
+    if not features["space_groups"]:  # both required by the config schema: no guess at what the run used
         items.append("no space-group block in the features (the paper's Table 1 has one-hot space groups + PCA)")
-    if features.get("dft_scaling", "minmax") != "minmax":
+    if features["dft_scaling"] != "minmax":
         items.append(f"DFT fields scaled <code>{esc(features['dft_scaling'])}</code> (the paper: min-max)")
     if data.get("exact_formulas"):
         items.append("ion counts of the formulas made exact from MP's voltage pairs (the paper: MP's rounded ones)")
@@ -474,21 +287,13 @@ def coverage_on_test(metrics: dict | None, kind: str, target: str) -> float | No
     return (metrics or {}).get("coverage", {}).get(kind, {}).get("test", {}).get(target)
 
 
-def percent(fraction: float | None, digits: int = 1) -> str:
-    if fraction is None or not np.isfinite(fraction):
-        return "–"
-    return f"{fmt(float(fraction) * 100, digits)} %"
-
-
 def coverage_shade(fraction: float | None) -> str:
-    """Green inside the 93-97 % band around the nominal 95 %; orange outside, stronger the further (saturates at 10 points)."""
+    """Green inside COVERAGE_BAND (93-97 %) around the nominal 95 %; orange outside, stronger the further (saturates at 10 points)."""
     if fraction is None or not np.isfinite(fraction):
         return ""
     low, high = COVERAGE_BAND
     miss = max(low - fraction, fraction - high, 0.0)
-    red, green, blue = GOOD if miss == 0 else BAD
-    strength = 0.45 if miss == 0 else 0.18 + 0.6 * min(miss / 0.1, 1.0)
-    return f' style="background: rgba({red},{green},{blue},{strength:.2f})"'
+    return background(GOOD, 0.45) if miss == 0 else background(BAD, 0.18 + 0.6 * min(miss / 0.1, 1.0))
 
 
 def models_on_test(context: dict) -> list[tuple[str, dict]]:
@@ -536,15 +341,26 @@ def _outside_training(model: str, scored: dict) -> str:
     return f"<li><b>{esc(model)}</b> ({esc(', '.join(names))}): {'; '.join(parts)}</li>" if parts else ""
 
 
+def goals_text(goals: dict[str, dict[str, float]] = PHYSICS_GOALS) -> str:
+    """PHYSICS_GOALS in words: a goal every model shares once, then each model's own (met when the MAE is at most the goal)."""
+    values = {target: {model_goals.get(target) for model_goals in goals.values()} for target in TARGETS}
+    shared = {target: next(iter(v)) for target, v in values.items() if len(v) == 1 and None not in v}
+    parts = [f"{TARGET_NAMES[target].lower()} MAE ≤ {value:g} {UNITS[target]}" for target, value in shared.items()]
+    for model, model_goals in goals.items():
+        own = [f"{SHORT[target]} ≤ {value:g} {UNITS[target]}" for target, value in model_goals.items() if target not in shared]
+        parts += [f"<code>{esc(model)}</code> " + ", ".join(own)] if own else []
+    return "; ".join(parts)
+
+
 def beyond_test_split(context: dict) -> str:
     models = models_on_test(context)
     intro = ("<h3>Test split: every model and the peer baseline</h3><p>Ensemble mean on the test split. "
              f"<code>{PEER}</code>: Magpie features of both formulas and gradient-boosted trees, one per target, same "
              "split. The paper gives no test errors for models #1 and #2; the physics models are set against the "
-             "project's goals for them: capacity MAE &lt; 1 mAh/g; <code>model1_phys</code> V ≤ 0.33 V, E ≤ 45 Wh/kg; "
-             "<code>model2_phys</code> V ≤ 0.08 V, E ≤ 15 Wh/kg (green: met; percentages: (ours − goal) / goal). "
+             f"project's goals for them: {goals_text()} (green: met; percentages: (ours − goal) / goal). "
              "Coverage: share of test electrodes whose DFT value lies inside the paper's 95 % CI of the ensemble "
-             "mean (CI) and inside the calibrated 95 % prediction interval (PI); PI green inside 93–97 %. The CI, "
+             "mean (CI) and inside the calibrated 95 % prediction interval (PI); PI green inside "
+             f"{COVERAGE_BAND[0] * 100:.0f}–{COVERAGE_BAND[1] * 100:.0f} %. The CI, "
              "the uncertainty of a 50-network mean, is not meant to hold the DFT value and is not coloured: that "
              "it holds so few says how far the paper's Table 6 intervals understate a prediction's error.</p>")
     if not models:
@@ -722,9 +538,12 @@ def section_timing(context: dict) -> str:
             ". Colour saturates at 100 % (2× slower).</p>" + table(header, rows))
 
 
-def _na_row_cells(row: pd.Series, models: list[str], thresholds: dict) -> list[str]:
-    bounds = {"average_voltage": thresholds.get("voltage"), "capacity_grav": thresholds.get("capacity"),
-              "energy_grav": thresholds.get("energy")}
+def bounds_by_target(thresholds: dict) -> dict[str, float | None]:
+    """The screen's thresholds (keyed by criterion: voltage, capacity, energy) keyed by target column."""
+    return {target: thresholds.get(criterion) for criterion, target in CRITERIA.items()}
+
+
+def _dft_row_cells(row: pd.Series, bounds: dict) -> list[str]:
     cells = [td(f"<b>{esc(row['framework_formula'])}</b><br><span class='muted'>{esc(row['formula_charge'])} → "
                 f"{esc(row['formula_discharge'])}<br>{esc(row['battery_id'])}</span>")]
     cells.append(td("DFT"))
@@ -752,7 +571,7 @@ def section_na(context: dict) -> str:
     if test is None or metrics is None:
         return '<p class="missing">No Na screen.</p>'
     models = context["models"]
-    thresholds = metrics["thresholds"]
+    bounds = bounds_by_target(metrics["thresholds"])
     paper = metrics["paper"]
     parts = [f"<p>Filter: <b>{esc(metrics['filter'])}</b>, applied to the DFT values and to each model's ensemble "
              f"mean; {len(test)} Na electrodes in the test split (the paper: 9 DFT picks among its test split).</p>"]
@@ -786,10 +605,10 @@ def section_na(context: dict) -> str:
     if wrong.empty:
         parts.append("<p>None: every model agrees with DFT on every test Na electrode.</p>")
     else:
-        parts.append(_prediction_table(wrong, models, thresholds))
+        parts.append(_prediction_table(wrong, models, bounds))
     # All Na electrodes
     parts.append(_na_all(context, models))
-    parts.append("<details><summary>All test-split Na electrodes</summary>" + _prediction_table(test, models, thresholds) + "</details>")
+    parts.append("<details><summary>All test-split Na electrodes</summary>" + _prediction_table(test, models, bounds) + "</details>")
     return "".join(parts)
 
 
@@ -805,13 +624,11 @@ def _names(frame: pd.DataFrame, highlight: pd.Series | None = None) -> str:
     return ", ".join(names)
 
 
-def _prediction_table(frame: pd.DataFrame, models: list[str], thresholds: dict) -> str:
-    bounds = {"average_voltage": thresholds.get("voltage"), "capacity_grav": thresholds.get("capacity"),
-              "energy_grav": thresholds.get("energy")}
+def _prediction_table(frame: pd.DataFrame, models: list[str], bounds: dict) -> str:
     header = ["Electrode", "Method", "Verdict"] + [f"{TARGET_NAMES[t]} ({UNITS[t]})" for t in TARGETS]
     rows = []
     for _, row in frame.iterrows():
-        first = _na_row_cells(row, models, thresholds)
+        first = _dft_row_cells(row, bounds)
         first[0] = first[0].replace("<td", f'<td rowspan="{1 + len(models)}"', 1)
         rows.append(first)
         for model in models:
@@ -836,7 +653,8 @@ def _na_all(context: dict, models: list[str]) -> str:
         return ""
     header = ["Split (use in training)", "Na electrodes", "DFT picks"] + [f"{esc(m)}: picks / precision / recall" for m in models]
     rows = []
-    roles = {"train": "fitted on", "val": "early stopping, tuning", "test": "held out"}
+    # what each split was used for, as the screen wrote it beside each electrode (SPLIT_ROLE for an older table)
+    roles = dict(zip(everything["split"], everything["split_role"])) if "split_role" in everything else SPLIT_ROLE
     for name in ("test", "val", "train", "all"):
         part = everything if name == "all" else everything[everything["split"] == name]
         if part.empty:
@@ -909,45 +727,6 @@ def section_config(context: dict) -> str:
 def section_software(context: dict) -> str:
     rows = [[td(f"<b>{esc(name)}</b>"), td(esc(version))] for name, version in context["versions"].items()]
     return table(["Package", "Version"], rows, "compact")
-
-
-STYLE = """
-body { font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: #222;
-       margin: 0; background: #f6f7f9; }
-main { max-width: 1240px; margin: 0 auto; padding: 24px 32px 64px; background: #fff; }
-header h1 { margin: 0 0 4px; font-size: 26px; }
-header p { margin: 2px 0; color: #555; }
-nav { position: sticky; top: 0; background: #fff; border-bottom: 1px solid #ddd; padding: 8px 0; z-index: 2;
-      margin-bottom: 8px; }
-nav a { margin-right: 14px; color: #2c5f8a; text-decoration: none; font-size: 14px; white-space: nowrap; }
-h2 { border-bottom: 2px solid #2c5f8a; padding-bottom: 4px; margin-top: 40px; color: #1d3f5c; }
-h3 { margin-top: 26px; color: #333; }
-table { border-collapse: collapse; margin: 10px 0 6px; font-size: 14px; }
-th { background: #eef2f6; text-align: left; padding: 6px 10px; border-bottom: 2px solid #c9d3dd; vertical-align: bottom; }
-td { padding: 5px 10px; border-bottom: 1px solid #e3e6ea; vertical-align: top; }
-td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
-td.paper { color: #555; background: #fafafa; }
-td.note, .muted { color: #666; font-size: 13px; }
-table.glance td { font-size: 15px; padding: 8px 14px; }
-table.compact td { padding: 3px 10px; }
-.delta { color: #444; font-size: 12px; margin-left: 4px; }
-.headline { font-size: 17px; background: #eef6f2; border-left: 4px solid #1b9e77; padding: 8px 12px; }
-.legend { font-size: 13px; color: #555; }
-.swatch { display: inline-block; width: 14px; height: 14px; vertical-align: middle; margin: 0 4px 0 10px; border-radius: 2px; }
-.figs { display: flex; flex-direction: column; gap: 6px; }
-figure { margin: 10px 0; }
-figure img { border: 1px solid #e3e6ea; }
-figcaption { font-size: 13px; color: #555; }
-.fail { color: #b34700; text-decoration: underline; font-weight: 600; }
-.ci { color: #666; font-size: 12px; }
-.tag { font-size: 11px; font-weight: 700; padding: 1px 5px; border-radius: 3px; color: #fff; }
-.tag.fp { background: #d95f02; } .tag.fn { background: #7570b3; }
-td.verdict { white-space: nowrap; }
-ul.picks li { margin-bottom: 6px; }
-pre { background: #f4f5f7; padding: 12px; border-radius: 4px; font-size: 13px; overflow-x: auto; }
-details { margin: 12px 0; } summary { cursor: pointer; color: #2c5f8a; }
-.missing { color: #b34700; font-style: italic; }
-"""
 
 
 def build_report(context: dict) -> str:
