@@ -402,3 +402,16 @@ def test_collect_reads_the_beyond_inputs_and_skips_a_missing_physics_summary(tmp
     assert set(context["group"]) == {"model2"}
     page = report.build_report(context)
     assert report_html.esc("Beyond the paper") in page and "No physics model" in page and "2.00×" in page
+
+
+def test_the_data_section_names_a_download_and_what_it_left_out():
+    download = {"source": "mp_api", "endpoint": "https://api.materialsproject.org/", "database_version": "2025.09.25",
+                "downloaded_at": "2026-12-06T12:00:00+00:00", "mp_api_version": "0.46.5", "rows_in": 10, "rows_out": 9,
+                "rows_per_ion": {"Li": 9}, "dropped": {"average_voltage outside window": 0},
+                "download_dropped": {"average_voltage outside window": {"count": 2, "examples": ["mp-1_Li", "mp-2_Li"]},
+                                     "end member without summary properties": {"count": 0, "examples": []}}}
+    crosstab = pd.DataFrame({"train": [7], "val": [1], "test": [1]}, index=["Li"])
+    text = report.section_data({"data_report": download, "ion_split": crosstab})
+    assert "database 2025.09.25" in text
+    assert "left out by the download: average_voltage outside window: 2 (e.g. mp-1_Li, mp-2_Li)" in text
+    assert "end member without summary properties" not in text  # reasons that left nothing out are not listed

@@ -194,6 +194,9 @@ def section_data(context: dict) -> str:
     elif report.get("database_version"):  # a download: which database, from where, when
         origin = (f" <code>{esc(report['endpoint'])}</code> (database {esc(report['database_version'])}, "
                   f"downloaded {esc(report['downloaded_at'])} with mp-api {esc(report['mp_api_version'])})")
+        left_out = [f"{esc(reason)}: {fmt(entry['count'])} (e.g. {esc(', '.join(entry['examples']))})"
+                    for reason, entry in report.get("download_dropped", {}).items() if entry["count"]]
+        origin += f"; left out by the download: {'; '.join(left_out)}" if left_out else ""
     return (f"<p>Source: <b>{esc(report.get('source', '?'))}</b>{origin}; {fmt(report.get('rows_in'))} electrodes read, "
             f"{fmt(report.get('rows_out'))} kept (dropped: {dropped}; bad rows: {len(report.get('bad_rows', []))}).</p>"
             + table(header, rows, "compact"))
