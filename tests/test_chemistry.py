@@ -99,7 +99,8 @@ def test_amount_overflowing_to_infinity_is_refused(formula):
 
 @pytest.fixture(scope="module")
 def fitted_featurizers(snapshot_path):
-    """The featurisers of every network model fitted on 40 snapshot electrodes, as the workflow fits them."""
+    """The featurisers of every network model fitted on 40 snapshot electrodes, as the workflow fits them
+    (with the paper's space-group block too, so that every block is exercised)."""
     import pandas as pd
 
     from electrode_ml.data import validate_electrodes
@@ -108,7 +109,8 @@ def fitted_featurizers(snapshot_path):
 
     raw = pd.read_csv(snapshot_path, dtype=str, keep_default_na=False).sample(40, random_state=3)
     electrodes, _ = validate_electrodes(raw, ions=list(WORKING_IONS), voltage_window=(-1, 7))
-    return {model: build_featurizer(model).fit(electrodes) for model in ("model1", "model2", "model1_redox")}
+    return {model: build_featurizer(model, space_groups=True).fit(electrodes)
+            for model in ("model1", "model2", "model1_redox")}
 
 
 def _composition_text(amounts: dict) -> str:

@@ -264,6 +264,38 @@ def test_a_config_from_before_the_peer_budget_gets_the_default(config):
     assert config["peer_gbm"] == shipped == {"max_iter": 500}
 
 
+@pytest.mark.parametrize("key, library_default", [("precision", "float32"), ("huber_delta", {})])
+def test_a_config_without_a_train_setting_gets_the_librarys_default(config, key, library_default):
+    """train.precision and train.huber_delta are optional: the schema fills in what the library does without them."""
+    from electrode_ml.model import TrainSettings
+
+    config["train"].pop(key)
+    validate(config, SCHEMA)
+    assert config["train"][key] == library_default
+    assert TrainSettings.precision == "float32" and TrainSettings.huber_delta is None  # no model listed: MSE
+
+
+def test_the_librarys_defaults_are_config_yamls(config):
+    """A caller of the library outside the workflow gets the workflow's behaviour: a function that takes a config
+    section's keys either has no default for one or config.yaml's value (space_groups and the trees' family have none)."""
+    import inspect
+
+    from electrode_ml.features import build_featurizer
+    from electrode_ml.screening import DEFAULT_NA_THRESHOLDS
+    from electrode_ml.trees import fit_voltage_trees
+    from electrode_ml.tune import SearchSpace
+
+    for function, section in ((build_featurizer, config["features"]), (fit_voltage_trees, config["voltage_trees"])):
+        parameters = inspect.signature(function).parameters
+        assert set(section) <= set(parameters), function.__name__
+        defaults = {key: parameters[key].default for key in section
+                    if parameters[key].default is not inspect.Parameter.empty}
+        assert defaults == {key: section[key] for key in defaults}, function.__name__
+    space = SearchSpace()
+    assert [list(space.lr), list(space.units), list(space.dropout)] == [config["tune"][key] for key in ("lr", "units", "dropout")]
+    assert DEFAULT_NA_THRESHOLDS == config["screen"]["na"]
+
+
 # --- the tools that read a run's config.yaml outside Snakemake (make bench, make split-spread) --------
 
 def test_load_config_reads_the_shipped_config_as_snakemake_does(config, tmp_path):

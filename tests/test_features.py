@@ -22,7 +22,7 @@ def split(electrodes):
 
 @pytest.mark.parametrize("model", ["model1", "model2", "model1_redox"])
 def test_frames_have_ids_targets_then_finite_features(electrodes, split, model):
-    featurizer, frames = fit_feature_sets(electrodes, split, model)
+    featurizer, frames = fit_feature_sets(electrodes, split, model, space_groups=True)
     for name, frame in frames.items():
         assert list(frame.columns[:4]) == ["battery_id", *TARGETS]
         assert len(frame) == (split["split"] == name).sum()
@@ -31,8 +31,8 @@ def test_frames_have_ids_targets_then_finite_features(electrodes, split, model):
 
 
 def test_model1_has_no_dft_column_and_model2_has_all(electrodes, split):
-    model1 = describe_features(fit_feature_sets(electrodes, split, "model1")[0])
-    model2 = describe_features(fit_feature_sets(electrodes, split, "model2")[0])
+    model1 = describe_features(fit_feature_sets(electrodes, split, "model1", space_groups=True)[0])
+    model2 = describe_features(fit_feature_sets(electrodes, split, "model2", space_groups=True)[0])
     assert "dft" not in model1["blocks"]
     assert not any(field in column["column"] for column in model1["columns"] for field in DFT_FIELDS)
     assert model2["blocks"]["dft"]["inputs"] == list(DFT_FIELDS)
@@ -43,8 +43,8 @@ def test_model1_redox_is_model1_plus_the_standardised_redox_block(electrodes, sp
     from electrode_ml.features import base_model, uses_dft
     from electrode_ml.redox import FEATURE_NAMES
 
-    model1 = describe_features(fit_feature_sets(electrodes, split, "model1")[0])
-    featurizer, frames = fit_feature_sets(electrodes, split, "model1_redox")
+    model1 = describe_features(fit_feature_sets(electrodes, split, "model1", space_groups=True)[0])
+    featurizer, frames = fit_feature_sets(electrodes, split, "model1_redox", space_groups=True)
     redox = describe_features(featurizer)
     assert [c["column"] for c in redox["columns"]] == [c["column"] for c in model1["columns"]] + [
         f"redox__{name}" for name in FEATURE_NAMES]
@@ -57,7 +57,7 @@ def test_model1_redox_is_model1_plus_the_standardised_redox_block(electrodes, sp
 
 
 def test_pca_keeps_requested_variance(electrodes, split):
-    description = describe_features(fit_feature_sets(electrodes, split, "model1")[0])
+    description = describe_features(fit_feature_sets(electrodes, split, "model1", space_groups=True)[0])
     for block in ("formula_charge", "formula_discharge", "space_group"):
         pca = description["blocks"][block]["pca"]
         assert pca["explained_variance"] >= 0.99 and pca["n_components"] < pca["n_in"]
@@ -65,20 +65,20 @@ def test_pca_keeps_requested_variance(electrodes, split):
 
 def test_validation_and_test_rows_do_not_influence_the_fit(electrodes, split):
     """Changing every non-training row leaves the fitted transformers, hence train features, unchanged."""
-    featurizer, frames = fit_feature_sets(electrodes, split, "model2")
+    featurizer, frames = fit_feature_sets(electrodes, split, "model2", space_groups=True)
     held_out = electrodes["battery_id"].isin(split.loc[split["split"] != "train", "battery_id"])
     altered = electrodes.copy()
     altered.loc[held_out, "charge_band_gap"] = 1e6
     altered.loc[held_out, "formula_charge"] = "Li0U3O8"
     altered.loc[held_out, "charge_space_group_number"] = 1
-    _, altered_frames = fit_feature_sets(altered, split, "model2")
+    _, altered_frames = fit_feature_sets(altered, split, "model2", space_groups=True)
     pd.testing.assert_frame_equal(frames["train"], altered_frames["train"])
     assert not frames["test"].equals(altered_frames["test"])
 
 
 def test_dft_columns_are_min_max_or_standardised_on_train(electrodes, split):
     def dft_columns(scaling):
-        frames = fit_feature_sets(electrodes, split, "model2", dft_scaling=scaling)[1]
+        frames = fit_feature_sets(electrodes, split, "model2", dft_scaling=scaling, space_groups=True)[1]
         return {name: frame[[c for c in frame.columns if c.startswith("dft__")]] for name, frame in frames.items()}
 
     minmax, standard = dft_columns("minmax"), dft_columns("standard")
@@ -91,14 +91,20 @@ def test_dft_columns_are_min_max_or_standardised_on_train(electrodes, split):
 
 
 def test_unknown_categories_in_new_data_do_not_crash(electrodes, split):
-    featurizer = build_featurizer("model1").fit(electrodes)
+    featurizer = build_featurizer("model1", space_groups=True).fit(electrodes)
     novel = electrodes.head(2).copy()
     novel["charge_space_group_number"] = 230
     assert np.isfinite(featurizer.transform(novel)).all()
 
 
+def test_space_groups_must_be_said():
+    """The paper's feature set has the space-group block and config.yaml's leaves it out: no default."""
+    with pytest.raises(TypeError, match="space_groups"):
+        build_featurizer("model1")
+
+
 def test_space_groups_can_be_left_out(electrodes, split):
-    full = describe_features(fit_feature_sets(electrodes, split, "model2")[0])
+    full = describe_features(fit_feature_sets(electrodes, split, "model2", space_groups=True)[0])
     without = describe_features(fit_feature_sets(electrodes, split, "model2", space_groups=False)[0])
     assert "space_group" not in without["blocks"] and "space_group" in full["blocks"]
     assert without["n_features"] == full["n_features"] - full["blocks"]["space_group"]["n_out"]
@@ -111,12 +117,12 @@ def test_a_featuriser_names_the_inputs_it_reads(electrodes, split, model, dft):
 
     core = ["formula_charge", "formula_discharge", "charge_crystal_system", "discharge_crystal_system", "working_ion"]
     groups = ["charge_space_group_number", "discharge_space_group_number"]
-    with_groups = featurizer_inputs(fit_feature_sets(electrodes, split, model)[0])
+    with_groups = featurizer_inputs(fit_feature_sets(electrodes, split, model, space_groups=True)[0])
     without = featurizer_inputs(fit_feature_sets(electrodes, split, model, space_groups=False)[0])
     assert sorted(without) == sorted(core + (list(DFT_FIELDS) if dft else []))
     assert sorted(with_groups) == sorted(without + groups)
     # those columns alone featurise as the whole table does
-    featurizer = fit_feature_sets(electrodes, split, model)[0]
+    featurizer = fit_feature_sets(electrodes, split, model, space_groups=True)[0]
     np.testing.assert_array_equal(featurizer.transform(electrodes[with_groups]), featurizer.transform(electrodes))
 
 
@@ -134,7 +140,7 @@ def test_variants_and_the_tree_settings_a_job_depends_on():
 
 @pytest.mark.parametrize("formula_scaling", ["before_pca", "after_pca"])
 def test_elements_no_training_formula_held_are_invisible_and_flagged(electrodes, split, formula_scaling):
-    featurizer = fit_feature_sets(electrodes, split, "model1", formula_scaling=formula_scaling)[0]
+    featurizer = fit_feature_sets(electrodes, split, "model1", formula_scaling=formula_scaling, space_groups=True)[0]
     assert "Pu" not in training_elements(featurizer)["formula_discharge"]
     assert {"Fe", "P", "O", "Li"} <= training_elements(featurizer)["formula_discharge"]
     olivine = electrodes.iloc[:1].assign(formula_charge="Li0FePO4", formula_discharge="Li1FePO4", working_ion="Li")
@@ -153,7 +159,7 @@ def test_elements_no_training_formula_held_are_invisible_and_flagged(electrodes,
     one_sided = electrodes.copy()
     one_sided.loc[one_sided["battery_id"] == train_id, ["formula_charge", "formula_discharge"]] = [
         "Li0PuPO4", "Li1NpPO4"]
-    featurizer = fit_feature_sets(one_sided, split, "model1", formula_scaling=formula_scaling)[0]
+    featurizer = fit_feature_sets(one_sided, split, "model1", formula_scaling=formula_scaling, space_groups=True)[0]
     candidates = pd.concat([olivine.assign(formula_charge="Li0PuPO4", formula_discharge="Li1NpPO4"),
                             olivine.assign(formula_charge="Li0FePO4", formula_discharge="Li1PuPO4"),
                             olivine.assign(formula_charge="Li0NpPO4", formula_discharge="Li1FePO4")])
@@ -161,7 +167,7 @@ def test_elements_no_training_formula_held_are_invisible_and_flagged(electrodes,
 
 
 def test_dft_values_outside_the_training_range_are_flagged(electrodes, split):
-    featurizer = fit_feature_sets(electrodes, split, "model2")[0]
+    featurizer = fit_feature_sets(electrodes, split, "model2", space_groups=True)[0]
     train = electrodes[electrodes["battery_id"].isin(split.loc[split["split"] == "train", "battery_id"])]
     assert set(dft_outside_training(featurizer, train)) == {""}
     # another code's total energies (eV per atom in the hundreds) and a negative energy above hull
@@ -169,4 +175,4 @@ def test_dft_values_outside_the_training_range_are_flagged(electrodes, split):
     foreign.loc[foreign.index[0], "charge_energy_per_atom"] = -850.0
     foreign.loc[foreign.index[1], ["discharge_band_gap", "stability_charge"]] = [99.0, -0.5]
     assert dft_outside_training(featurizer, foreign) == ["charge_energy_per_atom", "discharge_band_gap stability_charge"]
-    assert dft_outside_training(fit_feature_sets(electrodes, split, "model1")[0], foreign) is None
+    assert dft_outside_training(fit_feature_sets(electrodes, split, "model1", space_groups=True)[0], foreign) is None

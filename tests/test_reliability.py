@@ -282,8 +282,8 @@ def test_whole_workflow_killed_during_tuning_resumes_from_saved_trials(tmp_path,
     uninterrupted = pd.read_csv(reference / "tune" / "model1" / "trials.csv")
     pd.testing.assert_frame_equal(completed_before[params].reset_index(drop=True),
                                   uninterrupted[params].head(len(completed_before)))
-    # A kill while the Ax state is being saved leaves its temporary sibling (.ax_state.json.<pid>.<hex>.tmp):
-    # harmless (never read), but the rerun does not clean it up either (see the README's Reliability section).
+    # A kill while the Ax state is being saved leaves its temporary sibling (.ax_state.json.XXXXXXXX.tmp.json,
+    # fileio.atomic_path's name): never read, and the rerun's tune job removes it before resuming.
     assert_well_formed(results)
     if (after["status"] == "ABANDONED").any():
         # The trial in flight was abandoned (by design: a point that killed the job is not retried), so the

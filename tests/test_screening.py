@@ -181,7 +181,7 @@ def test_k_substitution_table_and_the_featuriser(small_raw):
     electrodes, _ = validate_electrodes(small_raw, ions=["Li", "Na", "K", "Rb", "Cs", "Mg", "Ca", "Zn", "Al", "Y"],
                                         voltage_window=(-1, 7), on_bad_row="error", source="snapshot", where="test")
     split = pd.DataFrame({"battery_id": electrodes["battery_id"], "split": "test"})
-    featurizer = build_featurizer("model2").fit(electrodes)
+    featurizer = build_featurizer("model2", space_groups=True).fit(electrodes)
     names = list(featurizer.get_feature_names_out())
     seen = {}
 

@@ -30,6 +30,20 @@ def synthetic_frames(rows: int = 300, seed: int = 0) -> dict[str, pd.DataFrame]:
     return frames
 
 
+def fit_trees(frames: dict[str, pd.DataFrame], **settings):
+    """fit_voltage_trees of a plain family unless told otherwise: one model, equal weights, one share everywhere."""
+    return fit_voltage_trees(frames, **{"bags": 1, "capacity_weights": None, "high_capacity_weight": None, **settings})
+
+
+def test_the_config_settings_must_be_given():
+    """Every voltage_trees key but max_iter has no default: config.yaml's differ from a plain family's."""
+    for missing in ("weight", "bags", "capacity_weights", "high_capacity_weight"):
+        settings = {"weight": 0.5, "bags": 1, "capacity_weights": None, "high_capacity_weight": None}
+        del settings[missing]
+        with pytest.raises(TypeError, match=missing):
+            fit_voltage_trees(synthetic_frames(rows=30), **settings)
+
+
 def test_trees_read_every_column_but_the_formula_components():
     names = ["formula_charge__pca0", "redox__a", "formula_discharge__pca3", "ion__working_ion_Na", "crystal__x"]
     np.testing.assert_array_equal(tree_columns(names), [1, 3, 4])
@@ -37,7 +51,7 @@ def test_trees_read_every_column_but_the_formula_components():
 
 def test_trees_learn_the_voltage_from_the_redox_columns():
     frames = synthetic_frames()
-    trees, voltage = fit_voltage_trees(frames, weight=0.5)
+    trees, voltage = fit_trees(frames, weight=0.5)
     assert set(voltage["split"]) == {"train", "val", "test"} and len(voltage) == sum(map(len, frames.values()))
     mae = voltage_mae(voltage, frames)
     spread = (frames["test"]["average_voltage"] - frames["train"]["average_voltage"].mean()).abs().mean()
@@ -48,7 +62,7 @@ def test_bagged_trees_average_models_that_differ_by_their_columns():
     frames = synthetic_frames()
     frames = {split: frame.assign(redox__noise=np.random.default_rng(5).normal(size=len(frame)))
               for split, frame in frames.items()}
-    trees, voltage = fit_voltage_trees(frames, weight=0.5, bags=3)
+    trees, voltage = fit_trees(frames, weight=0.5, bags=3)
     names = trees.feature_names
     x = frames["test"][names].to_numpy(np.float32)
     members = np.array([model.predict(x[:, trees.columns]) for model in trees.models])
@@ -57,7 +71,7 @@ def test_bagged_trees_average_models_that_differ_by_their_columns():
     test_voltage = voltage[voltage["split"] == "test"]["average_voltage"].to_numpy()
     np.testing.assert_allclose(test_voltage, trees.predict(x), rtol=1e-12)
     # the family is fixed by bags: a second fit gives the same voltage to the last bit
-    again, _ = fit_voltage_trees(frames, weight=0.5, bags=3)
+    again, _ = fit_trees(frames, weight=0.5, bags=3)
     np.testing.assert_array_equal(again.predict(x), trees.predict(x))
     assert trees.record(voltage, frames)["bags"] == 3
 
@@ -72,8 +86,8 @@ def test_capacity_weights_pull_the_voltage_toward_high_capacity_electrodes():
         frame["capacity_grav"] = np.where(high, 300.0, 50.0)
         frame["average_voltage"] = np.where(high, 4.0, 2.0)
     test = frames["test"]
-    equal, _ = fit_voltage_trees(frames, weight=0.5)
-    weighted, voltage = fit_voltage_trees(frames, weight=0.5, capacity_weights=(5, 95))
+    equal, _ = fit_trees(frames, weight=0.5)
+    weighted, voltage = fit_trees(frames, weight=0.5, capacity_weights=(5, 95))
     x = test[equal.feature_names].to_numpy(np.float32)
     np.testing.assert_allclose(equal.predict(x), 3.0, atol=1e-6)
     np.testing.assert_allclose(weighted.predict(x), (2 * 50 + 4 * 300) / 350, atol=1e-6)
@@ -89,7 +103,7 @@ def test_capacity_weights_are_clipped_to_the_percentiles():
     train["redox__couple_share"] = 0.5
     train["average_voltage"] = 3.0
     train.loc[0, ["capacity_grav", "average_voltage"]] = [1e5, 10.0]
-    trees, _ = fit_voltage_trees(frames, weight=0.5, capacity_weights=(0, 99))
+    trees, _ = fit_trees(frames, weight=0.5, capacity_weights=(0, 99))
     low, high = np.percentile(train["capacity_grav"], [0, 99])
     assert trees.weight_bounds == (low, high) and high < 300
     x = frames["test"][trees.feature_names].to_numpy(np.float32)
@@ -101,7 +115,7 @@ def test_only_formula_columns_is_a_clear_error():
     frames = {split: frame.drop(columns=["redox__couple_share", "ion__working_ion_Li"])
               for split, frame in synthetic_frames().items()}
     with pytest.raises(ValueError, match="formula PCA"):
-        fit_voltage_trees(frames, weight=0.5)
+        fit_trees(frames, weight=0.5)
 
 
 @pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
@@ -126,7 +140,7 @@ def test_blend_moves_each_network_voltage_toward_the_trees(weight):
 
 def test_blend_seeds_matches_blend_and_weight_zero_is_the_networks():
     frames = synthetic_frames()
-    trees, voltage = fit_voltage_trees(frames, weight=0.25)
+    trees, voltage = fit_trees(frames, weight=0.25)
     test = frames["test"]
     per_seed = [pd.DataFrame({"battery_id": test["battery_id"], "split": "test", "seed": seed,
                               **{target: np.full(len(test), 1.0 + seed) for target in TARGETS}})
@@ -143,7 +157,7 @@ def test_blend_seeds_matches_blend_and_weight_zero_is_the_networks():
 
 def test_above_the_upper_capacity_bound_the_trees_take_their_high_share():
     frames = synthetic_frames()
-    trees, voltage = fit_voltage_trees(frames, weight=0.5, capacity_weights=(5, 95), high_capacity_weight=0.8)
+    trees, voltage = fit_trees(frames, weight=0.5, capacity_weights=(5, 95), high_capacity_weight=0.8)
     bound = np.percentile(frames["train"]["capacity_grav"], 95)
     assert trees.weight_bounds[1] == pytest.approx(bound)
     capacity = np.array([bound - 1.0, bound + 1.0, np.nan, 1000.0])
@@ -177,14 +191,14 @@ def test_above_the_upper_capacity_bound_the_trees_take_their_high_share():
 
 def test_a_high_capacity_share_needs_the_capacity_weights():
     with pytest.raises(ValueError, match="high_capacity_weight needs capacity_weights"):
-        fit_voltage_trees(synthetic_frames(), weight=0.5, high_capacity_weight=0.8)
+        fit_trees(synthetic_frames(), weight=0.5, high_capacity_weight=0.8)
 
 
 def test_each_tree_model_boosts_the_configured_rounds():
-    trees, _ = fit_voltage_trees(synthetic_frames(), weight=0.5, bags=2, max_iter=7)
+    trees, _ = fit_trees(synthetic_frames(), weight=0.5, bags=2, max_iter=7)
     assert [model.n_iter_ for model in trees.models] == [7, 7]
     assert trees.params["max_iter"] == 7 and trees.params["learning_rate"] == 0.05
-    default, _ = fit_voltage_trees(synthetic_frames(rows=60), weight=0.5)
+    default, _ = fit_trees(synthetic_frames(rows=60), weight=0.5)
     assert default.models[0].n_iter_ == 1000  # config.yaml's voltage_trees.max_iter
 
 

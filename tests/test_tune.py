@@ -94,7 +94,7 @@ def test_run_writes_state_csv_and_returns_lowest_observed(tmp_path, caplog):
 
     messages = [r.getMessage() for r in caplog.records if r.name == "electrode_ml.tune"]
     # a new tuning says what it searches before its first trial
-    assert messages[0].startswith("tuning mlp: 6 trials, seed ") and "units 16..512" in messages[0]
+    assert messages[0].startswith("tuning mlp: 6 trials, seed ") and "units 32..512" in messages[0]
     progress = [m for m in messages if m.startswith("trial ")]
     assert len(progress) == 6
     assert progress[0].startswith("trial 1/6 (#0): lr=")
@@ -184,6 +184,25 @@ def test_resume_after_the_process_dies_mid_trial(tmp_path):
     assert best["score"] == min(float(r["score"]) for r in completed)
 
 
+def test_a_rerun_removes_the_temporary_files_of_a_save_cut_off_by_a_kill(tmp_path):
+    """A kill while the state or the table is being saved leaves its temporary sibling (fileio's name, or
+    .name.<pid>.<hex>.tmp of the releases that wrote these files with their own code): the next run removes it."""
+    from electrode_ml.fileio import atomic_path
+
+    left = []
+    for name in ("state.json", "trials.csv"):
+        with atomic_path(tmp_path / name) as tmp:
+            left.append(tmp)
+        (tmp_path / name).unlink()
+    left += [tmp_path / ".state.json.4242.0123456789ab.tmp", tmp_path / ".trials.csv.4242.0123456789ab.tmp"]
+    for path in left:
+        path.write_text("half")
+    kept = tmp_path / ".notes.txt.abcd1234.tmp.txt"  # not this job's
+    kept.write_text("")
+    tune(tmp_path, quadratic, trials=1)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [kept.name, "state.json", "trials.csv"]
+
+
 def test_same_seed_same_suggestions(tmp_path):
     runs = {}
     for folder, seed in (("a", 11), ("b", 11), ("c", 12)):
@@ -202,8 +221,8 @@ def test_mismatching_saved_state_is_refused(tmp_path):
     state = (tmp_path / "state.json").read_bytes()
 
     never = Counting()
-    with pytest.raises(ValueError, match=r"parameter units_1: saved int \[16, 512\], expected int \[32, 512\]"):
-        tune(tmp_path, never, space=SearchSpace(units=(32, 512)))
+    with pytest.raises(ValueError, match=r"parameter units_1: saved int \[32, 512\], expected int \[16, 512\]"):
+        tune(tmp_path, never, space=SearchSpace(units=(16, 512)))
     with pytest.raises(ValueError, match=r"experiment name is 'mlp', expected 'other'"):
         tune(tmp_path, never, name="other")
     with pytest.raises(ValueError, match=r"seed is 7, expected 8"):

@@ -135,10 +135,13 @@ def paper_counterpart(model: str) -> str:
     return "model2" if uses_dft(model) else "model1"
 
 
-def build_featurizer(model: str, *, formula_variance: float = 0.99, space_group_variance: float = 0.99,
-                     formula_scaling: str = "before_pca", space_groups: bool = True,
+def build_featurizer(model: str, *, space_groups: bool, formula_variance: float = 0.99,
+                     space_group_variance: float = 0.99, formula_scaling: str = "before_pca",
                      dft_scaling: str = "standard", seed: int = 0) -> ColumnTransformer:
     """The unfitted transformer for one model's feature set.
+
+    The options are the config's ``features`` section, and the defaults are config.yaml's values;
+    ``space_groups`` has none: the paper's feature set has that block, the workflow's does not.
 
     ``formula_scaling`` places the formula's min-max normalisation: ``before_pca`` scales each
     element's fraction to [0, 1] and then runs PCA (the default); ``after_pca`` scales each PCA
@@ -206,7 +209,9 @@ def feature_frame(featurizer: ColumnTransformer, electrodes: pd.DataFrame) -> pd
 
 
 def fit_feature_sets(electrodes: pd.DataFrame, split: pd.DataFrame, model: str, **options):
-    """Fit on the training split only; return the fitted transformer and one frame per split."""
+    """Fit on the training split only; return the fitted transformer and one frame per split.
+
+    ``options`` are :func:`build_featurizer`'s (the config's ``features`` section)."""
     labelled = electrodes.merge(split, on="battery_id", how="inner", validate="one_to_one")
     if len(labelled) != len(electrodes):
         raise InputError(f"split: {len(electrodes) - len(labelled)} electrode(s) have no split label")

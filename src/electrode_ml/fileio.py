@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -14,11 +15,14 @@ import pandas as pd
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
 
     The temporary file sits in the same folder so that the final ``os.replace`` is atomic
-    on one filesystem, and it keeps the suffix so writers that look at it still work.
+    on one filesystem, and it keeps the suffix so writers that look at it still work. Its name
+    is ``temporary_pattern(path)``'s. With ``fsync`` the finished file's contents are flushed to
+    the disk before the rename, so that after a crash of the machine the final name holds the
+    new contents or the old ones, never an empty file (a killed process needs no fsync).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,12 +31,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if fsync:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
         # mkstemp creates the file private (0600); a finished output gets the mode any new file
         # would, so that the group can read the results on a shared cluster
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def temporary_pattern(path: str | os.PathLike) -> str:
+    """The glob pattern, relative to ``path``'s folder, of the temporary files :func:`atomic_path`
+    makes for ``path``: what a process killed mid-write leaves behind."""
+    path = Path(path)
+    return f".{glob.escape(path.name)}.*.tmp{glob.escape(path.suffix)}"
 
 
 def _umask() -> int:
@@ -56,8 +70,8 @@ def write_json(data: Any, path: str | os.PathLike) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 
-def write_text(text: str, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
+def write_text(text: str, path: str | os.PathLike, *, fsync: bool = False) -> None:
+    with atomic_path(path, fsync=fsync) as tmp:
         tmp.write_text(text)
 
 

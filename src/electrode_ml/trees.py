@@ -153,13 +153,16 @@ def blend_voltage(network_voltage: np.ndarray, tree_voltage: np.ndarray, weight:
     return (1.0 - weight) * network_voltage + weight * tree_voltage
 
 
-def fit_voltage_trees(frames: dict[str, pd.DataFrame], weight: float, bags: int = 1,
-                      capacity_weights: tuple[float, float] | None = None,
-                      high_capacity_weight: float | None = None,
+def fit_voltage_trees(frames: dict[str, pd.DataFrame], *, weight: float, bags: int,
+                      capacity_weights: tuple[float, float] | None,
+                      high_capacity_weight: float | None,
                       max_iter: int = DEFAULT_ROUNDS) -> tuple[VoltageTrees, pd.DataFrame]:
     """Fit on the training frame (the feature tables' layout); the trees' voltage for every split.
 
-    The arguments are the config's ``voltage_trees`` section. With ``capacity_weights`` (two
+    The arguments are the config's ``voltage_trees`` section; all but ``max_iter`` (whose default
+    is the config's) are required, so that a caller outside the workflow says which family it fits
+    (one model, equal weights, one share everywhere: ``bags=1, capacity_weights=None,
+    high_capacity_weight=None``; the workflow's are config.yaml's). With ``capacity_weights`` (two
     percentiles) each training electrode weighs its capacity clipped to those percentiles of the
     training capacities: a voltage error costs energy in proportion to the capacity (E = V x C), and
     the clip keeps the few alloy-type electrodes of 1000-2500 mAh/g from steering the fit and the

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import hashlib
 import io
 import json
 import logging
 import math
-import os
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from electrode_ml.fileio import atomic_path, temporary_pattern, write_text
 
 log = logging.getLogger("electrode_ml.tune")
 
@@ -64,10 +65,10 @@ class TuningStateMismatch(ValueError):
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Bounds of the paper's hyperparameters (inclusive)."""
+    """Bounds of the paper's hyperparameters (inclusive); the defaults are config.yaml's ``tune`` bounds."""
 
     lr: tuple[float, float] = (1e-4, 1e-2)  # log scale
-    units: tuple[int, int] = (16, 512)  # for units_1, units_2, units_3
+    units: tuple[int, int] = (32, 512)  # for units_1, units_2, units_3
     dropout: tuple[float, float] = (0.0, 0.5)  # for dropout_1, dropout_2, dropout_3
 
     def __post_init__(self) -> None:
@@ -161,8 +162,10 @@ def run_tuning(
         raise TypeError(f"space must be a SearchSpace, got {type(space).__name__}")
     state_path, trials_csv = Path(state_path), Path(trials_csv)
     for path in (state_path, trials_csv):  # left by a process killed mid-save; this job is their only writer
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
-            stale.unlink(missing_ok=True)
+        # fileio.atomic_path's temporary names, and those of releases that wrote these files with their own code
+        for pattern in (temporary_pattern(path), f".{glob.escape(path.name)}.*.tmp"):
+            for stale in path.parent.glob(pattern):
+                stale.unlink(missing_ok=True)
 
     with _quiet_ax_warnings():
         _import_ax_quietly()
@@ -253,9 +256,10 @@ def run_tuning(
 def choose_trial(completed: list[dict], *, tolerance: float = 0.0, cost: Callable[[dict], float] | None = None) -> dict:
     """The cheapest trial whose score is within ``tolerance`` (relative) of the lowest.
 
-    A trial's score is one network, one seed, a few epochs: scores a few per cent apart do not
-    tell the networks apart (see ``tune.tolerance`` in config.yaml for the measured spread), but
-    their cost, which training and prediction time scale with, does. Ties in cost, and
+    A trial's score is one network at one seed (with ``tune.epochs: null``, the default, trained
+    by the full training recipe; else for at most ``tune.epochs`` epochs): scores a few per cent
+    apart do not tell the networks apart (see ``tune.tolerance`` in config.yaml for the measured
+    spread), but their cost, which training and prediction time scale with, does. Ties in cost, and
     ``tolerance`` 0 or no ``cost``, fall back to the lowest score.
     """
     if not completed:
@@ -463,38 +467,18 @@ def _counted_rows(client: Any, trials: int) -> list[dict[str, Any]]:
 
 
 def _save(client: Any, state_path: Path, trials_csv: Path, trials: int) -> None:
-    state_path.parent.mkdir(parents=True, exist_ok=True)
-    with _temporary_sibling(state_path) as tmp:
+    """Write the Ax state and the table of trials, each atomically and flushed to the disk (fsync):
+    the state is what a tuning resumes from after a crash, at any trial."""
+    with atomic_path(state_path, fsync=True) as tmp:
         client.save_to_json_file(filepath=str(tmp))
-        _fsync(tmp)
-        os.replace(tmp, state_path)
 
+    # The csv module rather than pandas: a float is written as its repr, None as an empty field.
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in _counted_rows(client, trials):
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    trials_csv.parent.mkdir(parents=True, exist_ok=True)
-    with _temporary_sibling(trials_csv) as tmp:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-        _fsync(tmp)
-        os.replace(tmp, trials_csv)
-
-
-@contextlib.contextmanager
-def _temporary_sibling(path: Path) -> Iterator[Path]:
-    """A fresh temporary path next to ``path`` (same file system, so os.replace is atomic),
-    removed again if it was not moved into place. Not mkstemp: its 0600 mode would stick."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        yield tmp
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
+    write_text(buf.getvalue(), trials_csv, fsync=True)
 
 
 def _format_params(params: dict) -> str:
