@@ -323,7 +323,7 @@ def test_outside_training_on_a_handmade_frame():
 def test_passes_on_a_handmade_frame():
     frame = pd.DataFrame({"average_voltage_mean": [2.5, 1.9, 3.0], "capacity_grav_mean": [120, 150, 99],
                           "energy_grav_mean": [300, 285, 297]})
-    assert passes(frame, 2.0, 100, 200).tolist() == [True, False, False]
+    assert passes(frame, {"voltage": 2.0, "capacity": 100, "energy": 200}).tolist() == [True, False, False]
 
 
 def test_readme_example_file_scores(tiny_run, tmp_path):

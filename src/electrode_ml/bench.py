@@ -27,6 +27,7 @@ from electrode_ml.model import (PAPER_PARAMS, NetworkParams, StackedEnsemble, Tr
 from electrode_ml.runner import setup_logging
 from electrode_ml.schema import TARGETS, UNITS
 from electrode_ml.split import make_split
+from electrode_ml.tables import frame_matrices
 from electrode_ml.timing import PAPER_TIMING
 
 log = logging.getLogger("electrode_ml.bench")
@@ -108,8 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     split = make_split(electrodes, method=config["split"]["method"], fractions=config["split"]["fractions"],
                        seed=config["split"]["seed"])
     _, frames = fit_feature_sets(electrodes, split, args.model, **config["features"])
-    x = {name: frame.iloc[:, 1 + len(TARGETS):].to_numpy(np.float32) for name, frame in frames.items()}
-    y = {name: frame[list(TARGETS)].to_numpy() for name, frame in frames.items()}
+    matrices = {name: frame_matrices(frame) for name, frame in frames.items()}
+    x = {name: features for name, (features, _) in matrices.items()}
+    y = {name: targets for name, (_, targets) in matrices.items()}
 
     peak = matmul_peak_gflops()
     params = PAPER_PARAMS[args.model]
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(trained) >= 2 and val_features.exists():
         # the run's own validation features: its configuration may differ from the bench's
         networks, source = trained, f"{len(trained)} trained networks from {args.results}/train/{args.model}"
-        x_val = pd.read_parquet(val_features).iloc[:, 1 + len(TARGETS):].to_numpy(np.float32)
+        x_val = frame_matrices(pd.read_parquet(val_features))[0]
     else:
         networks, x_val = [network] * args.n_networks, x["val"]
         source = f"{args.n_networks} copies of the benchmark network (no trained ensemble under {args.results})"

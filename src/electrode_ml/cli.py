@@ -19,10 +19,11 @@ from electrode_ml.ensemble import outside_training as rows_outside_training
 from electrode_ml.errors import InputError
 from electrode_ml.features import DFT_FIELDS, KNOWN_MODELS, uses_dft
 from electrode_ml.fileio import write_csv
-from electrode_ml.physics import PLAUSIBLE_VOLTAGE
+from electrode_ml.physics import PLAUSIBLE_VOLTAGE, PLAUSIBLE_VOLTAGE_TEXT
 from electrode_ml.predict import TrainedEnsemble
 from electrode_ml.runner import setup_logging
-from electrode_ml.schema import TARGETS, WORKING_IONS
+from electrode_ml.schema import TARGETS, UNITS, WORKING_IONS
+from electrode_ml.screening import CRITERIA, DEFAULT_NA_THRESHOLDS, passes as screen_passes
 
 log = logging.getLogger("electrode_ml.cli")
 
@@ -36,8 +37,8 @@ OUTPUT_COLUMNS = ("Output per candidate: for each target (average_voltage, capac
                   "_pi_high) and _source (physics or network); physics_note (physics models: why the physics "
                   "did not apply); unseen_elements (elements no training formula held: the networks cannot see "
                   "them); dft_outside_training (model2 variants: DFT fields outside the training range); "
-                  "implausible_values (targets whose mean no electrode can have: voltage outside -1..7 V, "
-                  "capacity below 0).")
+                  "implausible_values (targets whose mean no electrode can have: voltage outside "
+                  f"{PLAUSIBLE_VOLTAGE_TEXT}, capacity below 0).")
 
 
 def candidate_columns(model: str) -> list[str]:
@@ -100,8 +101,9 @@ def score(input_path: Path, model: str, results: Path, skip_bad: bool,
 
 
 def implausible_values(predictions: pd.DataFrame) -> list[str]:
-    """Per candidate, the mean values no electrode can have (voltage outside the paper's -1..7 V, a
-    negative capacity), space-separated: what networks far outside their training data return."""
+    """Per candidate, the mean values no electrode can have (voltage outside the paper's
+    ``PLAUSIBLE_VOLTAGE``, a negative capacity), space-separated: what networks far outside their
+    training data return."""
     low, high = PLAUSIBLE_VOLTAGE
     voltage, capacity = predictions["average_voltage_mean"], predictions["capacity_grav_mean"]
     flags = pd.DataFrame({"average_voltage": ~voltage.between(low, high), "capacity_grav": capacity < 0})
@@ -141,13 +143,9 @@ def warn_flagged(flags: pd.Series, message: str) -> None:
         log.warning("%d candidate(s) " + message + " (column %s)", len(flagged), named, flags.name)
 
 
-def passes(predictions: pd.DataFrame, voltage: float, capacity: float, energy: float, column: str = "mean") -> pd.Series:
-    """The paper's screen (Table 5) on a prediction column: all three at or above their threshold."""
-    thresholds = dict(zip(TARGETS, (voltage, capacity, energy)))
-    result = pd.Series(True, index=predictions.index)
-    for target, threshold in thresholds.items():
-        result &= predictions[f"{target}_{column}"] >= threshold
-    return result
+def passes(predictions: pd.DataFrame, thresholds: dict[str, float], column: str = "mean") -> pd.Series:
+    """The paper's screen (:func:`electrode_ml.screening.passes`) on one statistic of the predictions."""
+    return screen_passes(predictions, thresholds, {name: f"{target}_{column}" for name, target in CRITERIA.items()})
 
 
 def report_screen(screened: pd.DataFrame, shown: int = 10) -> None:
@@ -231,9 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(screen)
     screen.add_argument("--ion", choices=WORKING_IONS, metavar="ION",
                         help=f"keep only candidates of this working ion ({', '.join(WORKING_IONS)}; default all)")
-    screen.add_argument("--voltage", type=threshold, default=2.0, help="minimum average voltage, V (default 2.0)")
-    screen.add_argument("--capacity", type=threshold, default=100.0, help="minimum capacity, mAh/g (default 100)")
-    screen.add_argument("--energy", type=threshold, default=200.0, help="minimum specific energy, Wh/kg (default 200)")
+    for name, what in (("voltage", "average voltage"), ("capacity", "capacity"), ("energy", "specific energy")):
+        default = DEFAULT_NA_THRESHOLDS[name]
+        screen.add_argument(f"--{name}", type=threshold, default=default,
+                            help=f"minimum {what}, {UNITS[CRITERIA[name]]} (default {default:g})")
     return parser
 
 
@@ -246,9 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "screen":
             if args.ion:
                 predictions = predictions[predictions["working_ion"] == args.ion]
-            thresholds = (args.voltage, args.capacity, args.energy)
-            predictions = predictions.assign(passes=passes(predictions, *thresholds),
-                                             passes_at_pi_low=passes(predictions, *thresholds, column="pi_low"))
+            thresholds = {name: getattr(args, name) for name in CRITERIA}
+            predictions = predictions.assign(passes=passes(predictions, thresholds),
+                                             passes_at_pi_low=passes(predictions, thresholds, column="pi_low"))
             report_screen(predictions)
         write_outputs(predictions, rejects, args.output)
     except InputError as error:

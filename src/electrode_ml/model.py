@@ -90,8 +90,8 @@ class ReLUDropout(nn.Module):
     The factor is built in float32 throughout: torch's CPU kernels that read or write booleans
     (``gt``, ``ge``, a bool-to-float copy) are unvectorised and took 4-6 times as long as a float
     pass of the same size, so the bytes are converted to float, clamped to 0 or 1 against the
-    threshold, scaled, and zeroed where ``x <= 0`` by ReLU's own backward kernel. Same factor, bit
-    for bit, as the boolean masks of the release before (a [128, 388] factor 116 -> 50 us).
+    threshold, scaled, and zeroed where ``x <= 0`` by ReLU's own backward kernel: the same factor, bit
+    for bit, as boolean masks, in less than half their time (docs/method.md, "Network").
     """
 
     LEVELS = 256

@@ -23,6 +23,7 @@ from electrode_ml.schema import TARGETS, UNITS
 
 # screen.na config key -> target column; the thresholds are inclusive lower bounds.
 CRITERIA = {"voltage": "average_voltage", "capacity": "capacity_grav", "energy": "energy_grav"}
+# The paper's filter: `electrode-ml screen`'s defaults, and config.yaml's screen.na (a test keeps them equal).
 DEFAULT_NA_THRESHOLDS = {"voltage": 2.0, "capacity": 100.0, "energy": 200.0}
 SHORT = {"average_voltage": "V", "capacity_grav": "C", "energy_grav": "E"}
 
@@ -260,7 +261,7 @@ def substitute_ion(electrodes: pd.DataFrame, old: str = "Li", new: str = "K") ->
     for column in ("formula_charge", "formula_discharge"):
         result[column] = [substitute_formula(formula, old, new) for formula in chosen[column]]
     result["working_ion"] = new
-    for column in ("formula_charge", "formula_discharge", "working_ion"):
+    for column in SUBSTITUTED_COLUMNS:
         result[column] = result[column].astype(chosen[column].dtype)
     return result
 
