@@ -10,7 +10,6 @@ from snakemake.utils import validate
 
 from electrode_ml.config import check_config, check_gpu_requests, check_schema
 from electrode_ml.errors import InputError
-from electrode_ml.screening import DEFAULT_NA_THRESHOLDS
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
@@ -294,7 +293,7 @@ def test_the_librarys_defaults_are_config_yamls(config):
         assert defaults == {key: section[key] for key in defaults}, function.__name__
     space = SearchSpace()
     assert [list(space.lr), list(space.units), list(space.dropout)] == [config["tune"][key] for key in ("lr", "units", "dropout")]
-    assert DEFAULT_NA_THRESHOLDS == config["screen"]["na"]
+    assert DEFAULT_NA_THRESHOLDS == config["screen"]["na"]  # Table 5's filter is `electrode-ml screen`'s default
 
 
 # --- the tools that read a run's config.yaml outside Snakemake (make bench, make split-spread) --------
@@ -415,8 +414,3 @@ def test_cuda_without_a_gpu_stops_a_real_run_before_any_job(tmp_path, config):
     assert run.stderr.splitlines()[-1].startswith("electrode-ml: error: config key train.device: cuda, but "), output[-2000:]
     assert not (tmp_path / "results").exists()
     assert real_run(config, tmp_path, "-n")[0].returncode == 0  # a dry run (a login node's) checks no GPU
-
-
-def test_the_shipped_na_screen_is_the_clis_default(config):
-    """The workflow's Table 5 and `electrode-ml screen` apply one filter unless told otherwise."""
-    assert config["screen"]["na"] == DEFAULT_NA_THRESHOLDS
