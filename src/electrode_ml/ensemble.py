@@ -8,6 +8,7 @@ import pandas as pd
 from electrode_ml.metrics import regression_metrics
 from electrode_ml.physics import apply_physics
 from electrode_ml.schema import TARGETS
+from electrode_ml.trees import VoltageTrees, blend_seeds, tree_voltage
 
 Z_95 = 1.959963984540054
 
@@ -102,6 +103,32 @@ def mark_applicability(summary: pd.DataFrame, flags: pd.DataFrame) -> pd.DataFra
     marked = summary.merge(flags, on="battery_id", how="left", validate="many_to_one")
     marked.attrs = summary.attrs
     return marked
+
+
+def evaluate_model(per_seed: list[pd.DataFrame], frames: dict[str, pd.DataFrame], *,
+                   physics: pd.DataFrame | None = None, trees: VoltageTrees | None = None,
+                   flags: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict]:
+    """One model's summary and metrics from its networks' predictions (one table per seed) on the
+    feature tables ``frames`` (split name -> table, which carry the true values).
+
+    ``physics`` is a physics model's table (:func:`electrode_ml.physics.fit_physics`), ``trees`` its
+    voltage trees, blended into the networks' voltage and recorded beside the metrics, ``flags`` the
+    applicability flags appended to the summary. The ensemble rule and the evaluations on other
+    splits (evaluation.py) both go through here, so that their metrics stay comparable.
+    """
+    truth = true_values(frames)
+    record = None
+    if trees is not None:
+        voltage = tree_voltage(trees, frames)
+        per_seed = blend_seeds(per_seed, trees, voltage, physics)
+        record = trees.record(voltage, frames)
+    stacked, summary = summarise(per_seed, truth, physics)
+    if flags is not None:
+        summary = mark_applicability(summary, flags)
+    metrics = ensemble_metrics(stacked, truth, summary)
+    if record is not None:
+        metrics["voltage_trees"] = record
+    return summary, metrics
 
 
 def outside_training(rows: pd.DataFrame, from_network: pd.Series | None = None) -> pd.Series:

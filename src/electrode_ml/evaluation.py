@@ -16,13 +16,12 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from electrode_ml import ensemble
+from electrode_ml.ensemble import evaluate_model
 from electrode_ml.features import applicability, fit_feature_sets, is_physics_model, uses_dft, uses_voltage_trees
-from electrode_ml.physics import PhysicsBaseline
-from electrode_ml.schema import TARGETS
+from electrode_ml.physics import fit_physics
 from electrode_ml.split import make_split
 from electrode_ml.tables import frame_matrices, seed_predictions
-from electrode_ml.trees import blend_seeds, fit_voltage_trees
+from electrode_ml.trees import fit_voltage_trees
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +44,9 @@ def evaluate_on_split(electrodes: pd.DataFrame, split: pd.DataFrame, *, base: st
 
     A variant with a learned voltage blends its networks with trees fitted on this split (trees.py),
     ``tree_settings`` being the config's ``voltage_trees`` section (empty when no variant blends trees).
+    The ensemble rule's evaluation (:func:`electrode_ml.ensemble.evaluate_model`); only its inputs
+    come from this split (the networks, the physics, the trees, the featuriser's applicability), and
+    the metrics add the split's sizes.
     """
     featurizer, frames = fit_feature_sets(electrodes, split, base, **feature_settings)
     (x_train, y_train), (x_val, y_val) = frame_matrices(frames["train"]), frame_matrices(frames["val"])
@@ -52,24 +54,13 @@ def evaluate_on_split(electrodes: pd.DataFrame, split: pd.DataFrame, *, base: st
     for seed in seeds:
         per_seed.append(seed_predictions(frames, trainer(x_train, y_train, x_val, y_val, seed), seed))
         log.info("%s: seed %d trained", base, seed)
-    truth = ensemble.true_values(frames)
     labelled = electrodes.merge(split, on="battery_id", validate="one_to_one")
     flags = applicability(featurizer, labelled)
+    split_sizes = {name: int(n) for name, n in split["split"].value_counts().items()}
     results = {}
     for model in variants:
-        table, variant_seeds, trees_record = None, per_seed, None
-        if is_physics_model(model):
-            physics = PhysicsBaseline(uses_voltage=uses_dft(model)).fit(labelled[labelled["split"] == "train"])
-            table = labelled[["battery_id"]].assign(**dict(zip(TARGETS, physics.transform(labelled).T)))
-        if uses_voltage_trees(model):
-            trees, voltage = fit_voltage_trees(frames, **tree_settings)
-            variant_seeds = blend_seeds(per_seed, trees, voltage, table)
-            trees_record = trees.record(voltage, frames)
-        stacked, summary = ensemble.summarise(variant_seeds, truth, table)
-        summary = ensemble.mark_applicability(summary, flags)
-        metrics = ensemble.ensemble_metrics(stacked, truth, summary)
-        if trees_record:
-            metrics["voltage_trees"] = trees_record
-        metrics["split_sizes"] = {name: int(n) for name, n in split["split"].value_counts().items()}
-        results[model] = (summary, metrics)
+        physics = fit_physics(labelled, uses_voltage=uses_dft(model))[1] if is_physics_model(model) else None
+        trees = fit_voltage_trees(frames, **tree_settings)[0] if uses_voltage_trees(model) else None
+        summary, metrics = evaluate_model(per_seed, frames, physics=physics, trees=trees, flags=flags)
+        results[model] = (summary, {**metrics, "split_sizes": split_sizes})
     return results

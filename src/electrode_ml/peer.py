@@ -11,7 +11,6 @@ Magpie's element tables ship inside the matminer package: nothing is downloaded 
 
 from __future__ import annotations
 
-import logging
 from functools import lru_cache
 
 import numpy as np
@@ -21,8 +20,6 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from electrode_ml.chemistry import parse_formula
 from electrode_ml.schema import CRYSTAL_SYSTEMS, TARGETS, WORKING_IONS
 from electrode_ml.split import SPLITS
-
-log = logging.getLogger(__name__)
 
 MODEL = "peer_gbm"
 ENDS = ("charge", "discharge")
@@ -142,29 +139,3 @@ def summarise(frames: dict[str, pd.DataFrame], predictions: dict[str, pd.DataFra
     low, high = (f"{100 * quantile:g} %" for quantile in SPREAD_QUANTILES)
     summary.attrs["pi_scale"]["spread"] = f"half the gap between the {low} and {high} quantile GBMs"
     return summary, ensemble.ensemble_metrics(stacked, truth, summary)
-
-
-def peer_gbm_step(input, output, params, threads, **_):
-    from threadpoolctl import threadpool_limits
-
-    from electrode_ml import plots
-    from electrode_ml.fileio import write_json, write_parquet
-
-    electrodes = pd.read_parquet(input.electrodes)
-    split = pd.read_parquet(input.split)
-    frames = feature_sets(electrodes, split)
-    max_iter = int(params.max_iter)
-    log.info("%s: %d features (Magpie of both formulas, ion, crystal systems, space groups); "
-             "HistGradientBoostingRegressor %s, seed %d",
-             MODEL, len(feature_columns(frames["train"])), {"max_iter": max_iter, **GBM_PARAMS}, int(params.seed))
-    with threadpool_limits(limits=max(int(threads), 1)):
-        predictions = fit_predict_gbm(frames["train"], frames, int(params.seed), max_iter)
-        spread = fit_predict_spread(frames["train"], frames, int(params.seed), max_iter)
-    summary, metrics = summarise(frames, predictions, int(params.seed), spread)
-    log.info("validation MAE of %s: %s", MODEL,
-             {target: round(values["mae"], 4) for target, values in metrics["ensemble_mean"]["val"].items()})
-    write_parquet(summary, output.predictions)
-    write_json(metrics, output.metrics)
-    learned = "gradient-boosted trees on Magpie features"
-    plots.save(plots.parity_figure(summary, f"{MODEL}: predicted against DFT", learned=learned), output.parity)
-    plots.save(plots.error_histogram_figure(summary, f"{MODEL}: prediction errors", learned=learned), output.errors)

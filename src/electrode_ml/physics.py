@@ -198,6 +198,16 @@ class PhysicsBaseline:
         }
 
 
+def fit_physics(labelled: pd.DataFrame, uses_voltage: bool) -> tuple[PhysicsBaseline, pd.DataFrame]:
+    """A physics model's physics, fitted on the training rows of ``labelled`` (electrodes with their
+    ``split``), and its table: battery_id, split and each target's value, NaN where the network must
+    predict. The physics rule and the evaluations on other splits both build it here, so that their
+    metrics stay comparable."""
+    physics = PhysicsBaseline(uses_voltage=uses_voltage).fit(labelled[labelled["split"] == "train"])
+    values = pd.DataFrame(physics.transform(labelled), columns=list(TARGETS))
+    return physics, pd.concat([labelled[["battery_id", "split"]].reset_index(drop=True), values], axis=1)
+
+
 def apply_physics(predictions: pd.DataFrame, physics: pd.DataFrame) -> pd.DataFrame:
     """One seed's prediction table (battery_id + targets) with physics taking over where it holds."""
     aligned = physics.set_index("battery_id").loc[predictions["battery_id"], list(TARGETS)].to_numpy()

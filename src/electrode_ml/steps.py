@@ -17,7 +17,6 @@ from electrode_ml.config import seed_range
 from electrode_ml.devices import job_device
 from electrode_ml.fileio import atomic_path, file_sha256, read_json, write_csv, write_json, write_parquet
 from electrode_ml.model import NetworkParams, TrainSettings, predict, train_network
-from electrode_ml.schema import TARGETS
 from electrode_ml.tables import frame_matrices, seed_predictions
 
 # The featurisers, physics, plots and Ax (scikit-learn, pymatgen, matplotlib, BoTorch) are imported
@@ -81,14 +80,12 @@ def physics_step(input, output, params, threads, **_):
     import joblib
 
     from electrode_ml.features import uses_dft
-    from electrode_ml.physics import PhysicsBaseline
+    from electrode_ml.physics import fit_physics
 
     electrodes = pd.read_parquet(input.electrodes)
     split = pd.read_parquet(input.split)
     labelled = electrodes.merge(split, on="battery_id", validate="one_to_one")
-    physics = PhysicsBaseline(uses_voltage=uses_dft(params.model)).fit(labelled[labelled["split"] == "train"])
-    values = pd.DataFrame(physics.transform(labelled), columns=list(TARGETS))
-    table = pd.concat([labelled[["battery_id", "split"]].reset_index(drop=True), values], axis=1)
+    physics, table = fit_physics(labelled, uses_voltage=uses_dft(params.model))
     summary = physics.summary(labelled)
     log.info("%s physics: %s", params.model, summary)
     write_parquet(table, output.table)
@@ -208,48 +205,62 @@ def train_step(input, output, params, threads, wildcards=None, **_):
 def ensemble_step(input, output, params, threads, **_):
     import joblib
 
-    from electrode_ml import ensemble, plots
+    from electrode_ml.ensemble import evaluate_model
 
     per_seed = [pd.read_parquet(path) for path in input.predictions]
-    physics = pd.read_parquet(input.physics) if input.get("physics") else None
     frames = {split: pd.read_parquet(input[split]) for split in ("train", "val", "test")}
-    truth = ensemble.true_values(frames)
-    trees_record, voltage_trees = None, False
-    if input.get("trees"):
-        from electrode_ml.trees import blend_seeds, tree_voltage
-
-        trees = joblib.load(input.trees)
-        voltage = tree_voltage(trees, frames)
-        per_seed = blend_seeds(per_seed, trees, voltage, physics)
-        trees_record = trees.record(voltage, frames)
-        voltage_trees = trees.blends
-    stacked, summary = ensemble.summarise(per_seed, truth, physics)
+    physics = pd.read_parquet(input.physics) if input.get("physics") else None
+    trees = joblib.load(input.trees) if input.get("trees") else None
+    flags = None
     if input.get("transformers"):
         from electrode_ml.features import applicability
 
         flags = applicability(joblib.load(input.transformers), pd.read_parquet(input.electrodes))
-        summary = ensemble.mark_applicability(summary, flags)
-    metrics = ensemble.ensemble_metrics(stacked, truth, summary)
-    if trees_record:
-        metrics["voltage_trees"] = trees_record
-    log.info("validation MAE of the ensemble mean: %s",
+    summary, metrics = evaluate_model(per_seed, frames, physics=physics, trees=trees, flags=flags)
+    # Each panel says where its values come from (the summary's source column, the trees' blend).
+    _write_ensemble(output, params.model, summary, metrics, voltage_trees=trees is not None and trees.blends)
+
+
+def peer_gbm_step(input, output, params, threads, **_):
+    """The peer baseline (peer.py), written as the ensemble rule writes a model, to join its comparison."""
+    from threadpoolctl import threadpool_limits
+
+    from electrode_ml import peer
+
+    electrodes = pd.read_parquet(input.electrodes)
+    split = pd.read_parquet(input.split)
+    frames = peer.feature_sets(electrodes, split)
+    seed, max_iter = int(params.seed), int(params.max_iter)
+    log.info("%s: %d features (Magpie of both formulas, ion, crystal systems, space groups); "
+             "HistGradientBoostingRegressor %s, seed %d",
+             peer.MODEL, len(peer.feature_columns(frames["train"])), {"max_iter": max_iter, **peer.GBM_PARAMS}, seed)
+    with threadpool_limits(limits=max(int(threads), 1)):
+        predictions = peer.fit_predict_gbm(frames["train"], frames, seed, max_iter)
+        spread = peer.fit_predict_spread(frames["train"], frames, seed, max_iter)
+    summary, metrics = peer.summarise(frames, predictions, seed, spread)
+    _write_ensemble(output, peer.MODEL, summary, metrics, learned="gradient-boosted trees on Magpie features")
+
+
+def _write_ensemble(output, model: str, summary: pd.DataFrame, metrics: dict, **sources) -> None:
+    """A model's predictions, metrics and figures, in the layout the report compares models in;
+    ``sources`` tell the figures where the learned values come from (``learned``, ``voltage_trees``)."""
+    from electrode_ml import plots
+
+    log.info("%s: validation MAE %s", model,
              {target: round(values["mae"], 4) for target, values in metrics["ensemble_mean"]["val"].items()})
     write_parquet(summary, output.predictions)
     write_json(metrics, output.metrics)
-    # Each panel says where its values come from (the summary's source column, the trees' blend).
-    plots.save(plots.parity_figure(summary, f"{params.model}: predicted against DFT",
-                                   voltage_trees=voltage_trees), output.parity)
-    plots.save(plots.error_histogram_figure(summary, f"{params.model}: prediction errors",
-                                            voltage_trees=voltage_trees), output.errors)
+    plots.save(plots.parity_figure(summary, f"{model}: predicted against DFT", **sources), output.parity)
+    plots.save(plots.error_histogram_figure(summary, f"{model}: prediction errors", **sources), output.errors)
 
 
 # ------------------------------------------------------------------------------------------------
 # Issue #4: applications (section 3.2), feature contribution, timings and the report.
 # ------------------------------------------------------------------------------------------------
 
-def _by_model(paths, models, model_of) -> dict[str, list[str]]:
+def _by_model(paths, model_of) -> dict[str, list[str]]:
     """Group rule input paths by the model their path names (``model_of(path) -> model``)."""
-    grouped: dict[str, list[str]] = {model: [] for model in models}
+    grouped: dict[str, list[str]] = {}
     for path in paths:
         grouped.setdefault(model_of(Path(path)), []).append(str(path))
     return grouped
@@ -265,7 +276,7 @@ def _load_ensembles(input, params, device: str = "cpu") -> dict:
     from electrode_ml.predict import TrainedEnsemble
 
     results = Path(input.electrodes).parents[1]  # {results}/data/electrodes.parquet
-    checkpoints = _by_model(input.checkpoints, [], lambda path: path.parents[1].name)
+    checkpoints = _by_model(input.checkpoints, lambda path: path.parents[1].name)
     ensembles = {}
     for model in params.models:
         ensemble_ = TrainedEnsemble.load(results, model, device=device)
@@ -357,8 +368,8 @@ def timing_step(input, output, params, threads, wildcards=None, **_):
 
     torch.set_num_threads(threads)
     models = list(params.models)
-    tune_files = _by_model(input.tune, [], lambda path: path.stem)
-    train_files = _by_model(input.train, [], lambda path: path.parent.name)
+    tune_files = _by_model(input.tune, lambda path: path.stem)
+    train_files = _by_model(input.train, lambda path: path.parent.name)
     electrodes = pd.read_parquet(input.electrodes)
     split = pd.read_parquet(input.split)
     val = electrodes[electrodes["battery_id"].isin(split.loc[split["split"] == "val", "battery_id"])]
