@@ -243,6 +243,7 @@ def test_default_config_keeps_the_papers_mse_for_its_models_and_huber_for_model1
     assert settings["model1"].huber_delta is None and settings["model2"].huber_delta is None
     assert settings["model1_redox"].huber_delta == config["train"]["huber_delta"]["model1_redox"] > 0
     del config["train"]["huber_delta"]
+    validate(config, SCHEMA)  # a config without it: the schema's default
     assert train_settings(config["train"], 0, "cpu", "model1_redox").huber_delta is None
 
 
@@ -254,6 +255,7 @@ def test_precision_reaches_the_training_and_defaults_to_float32(config):
     validate(config, SCHEMA)
     assert train_settings(config["train"], 0, "cpu", "model2").precision == "bfloat16"
     del config["train"]["precision"]
+    validate(config, SCHEMA)  # a config without it: the schema's default
     assert train_settings(config["train"], 0, "cpu", "model2").precision == "float32"
 
 

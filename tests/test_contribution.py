@@ -139,8 +139,8 @@ def test_the_train_jobs_predictions_stand_in_for_the_full_network_bit_for_bit(tm
                "dropout_1": 0.2, "dropout_2": 0.1, "dropout_3": 0.0}
     inputs["params"] = tmp_path / "best_params.json"
     write_json(network, inputs["params"])
-    recipe = {"epochs": 6, "batch_size": 64, "patience": None, "lr_scale": 0.5, "huber_delta": {}, "device": "cpu",
-              "first_seed": 0}
+    recipe = {"epochs": 6, "batch_size": 64, "patience": None, "lr_scale": 0.5, "huber_delta": {}, "precision": "float32",
+              "device": "cpu", "first_seed": 0}
     output = SimpleNamespace(model=tmp_path / "model.pt", history=tmp_path / "history.csv",
                              predictions=tmp_path / "predictions.parquet")
     train_step(Files(inputs), output, SimpleNamespace(train=recipe), threads=1,

@@ -295,7 +295,8 @@ def test_tune_step_retunes_when_its_features_change(tmp_path, caplog):
         model="model1", state=str(out / "ax_state.json"), code="0123456789abcdef",
         tune={"trials": 2, "seed": 3, "epochs": 3, "patience": None, "lr": [1e-4, 1e-2], "units": [8, 16],
               "dropout": [0.0, 0.5], "tolerance": 0.0},
-        train={"device": "cpu", "epochs": 3, "batch_size": None, "patience": None, "lr_scale": 0.5})
+        train={"device": "cpu", "epochs": 3, "batch_size": None, "patience": None, "lr_scale": 0.5,
+               "huber_delta": {}, "precision": "float32"})
     output = SimpleNamespace(best=str(out / "best_params.json"), trials=str(out / "trials.csv"))
 
     def run(train, val):
@@ -381,7 +382,7 @@ def test_a_trial_trains_the_training_recipe_or_the_short_one():
     from electrode_ml.steps import trial_settings, tuning_note
 
     train = {"device": "cpu", "epochs": 500, "batch_size": 128, "patience": 100, "lr_scale": 0.5,
-             "huber_delta": {"model1_redox": 0.3}}
+             "huber_delta": {"model1_redox": 0.3}, "precision": "float32"}
     tune = {"trials": 30, "seed": 7, "epochs": None, "patience": 50}
     recipe = trial_settings(tune, train, "cpu", "model1_redox")
     assert (recipe.epochs, recipe.batch_size, recipe.patience, recipe.lr_scale, recipe.huber_delta, recipe.seed) == \
@@ -400,7 +401,8 @@ def test_trials_in_bfloat16_do_not_resume_a_float32_tuning():
     float32 leaves it as it was before the setting existed, so those tunings still resume."""
     from electrode_ml.steps import trial_fidelity, trial_settings
 
-    train = {"device": "cpu", "epochs": 500, "batch_size": 128, "patience": 100, "lr_scale": 0.5}
+    train = {"device": "cpu", "epochs": 500, "batch_size": 128, "patience": 100, "lr_scale": 0.5,
+             "huber_delta": {}, "precision": "float32"}
     tune = {"trials": 30, "seed": 7, "epochs": None, "patience": 50}
     float32 = trial_fidelity(trial_settings(tune, train, "cpu", "model2"))
     assert float32 == {"epochs": 500, "batch_size": 128, "patience": 100, "lr_scale": 0.5, "huber_delta": None}

@@ -96,7 +96,7 @@ def check_config(config: dict) -> None:
     if config["evaluation"]["group_seeds"] == 1:
         raise InputError("config key evaluation.group_seeds: 1 network gives no spread; use 0 (skip) or at least 2")
     trees = config["voltage_trees"]
-    if trees.get("high_capacity_weight") is not None and trees["capacity_weights"] is None:
+    if trees["high_capacity_weight"] is not None and trees["capacity_weights"] is None:
         raise InputError("config key voltage_trees.high_capacity_weight: its bound is the upper of "
                          "voltage_trees.capacity_weights, which is null; set both or neither")
     for key in ("data.voltage_window", "tune.lr", "tune.units", "tune.dropout", "voltage_trees.capacity_weights"):
@@ -129,7 +129,7 @@ def model_train_settings(train: dict, model: str) -> dict:
     A rule's params are Snakemake's record of what its outputs depend on; the whole section made a
     change to model1_redox's delta rerun model1's and model2's 100 train jobs for identical networks.
     """
-    deltas = train.get("huber_delta") or {}
+    deltas = train["huber_delta"]
     return {**train, "huber_delta": {model: deltas[model]} if model in deltas else {}}
 
 

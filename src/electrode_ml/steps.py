@@ -122,8 +122,8 @@ def seed_trainer(settings: dict, network_params: NetworkParams, device: str, mod
 
 def train_settings(settings: dict, seed: int, device: str, model: str) -> TrainSettings:
     return TrainSettings(epochs=settings["epochs"], batch_size=settings["batch_size"], patience=settings["patience"],
-                         lr_scale=settings["lr_scale"], huber_delta=(settings.get("huber_delta") or {}).get(model),
-                         precision=settings.get("precision", TrainSettings.precision),
+                         lr_scale=settings["lr_scale"], huber_delta=settings["huber_delta"].get(model),
+                         precision=settings["precision"],
                          seed=seed, device=device)
 
 
