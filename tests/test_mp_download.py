@@ -1,4 +1,4 @@
-"""electrode_ml.mp_download against a stand-in Materials Project API.
+"""electrode_ml.mp_download (with mp_transport and mp_documents) against a stand-in Materials Project API.
 
 The stand-in is a ThreadingHTTPServer on 127.0.0.1 that the real mp_api MPRester is pointed at through
 ``endpoint=``. It answers the routes the installed client (mp-api 0.46.5) calls:
@@ -36,10 +36,11 @@ from urllib.parse import parse_qs, urlsplit
 import pandas as pd
 import pytest
 
-from electrode_ml import mp_download
+from electrode_ml import mp_documents, mp_download, mp_transport
 from electrode_ml.data import read_electrode_csv, validate_electrodes
 from electrode_ml.errors import InputError
-from electrode_ml.mp_download import download_electrodes, format_adj_pairs, to_classic_id
+from electrode_ml.mp_documents import format_adj_pairs, to_classic_id
+from electrode_ml.mp_download import download_electrodes
 from electrode_ml.schema import ELECTRODE_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -319,8 +320,8 @@ class FakeMP:
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
     """Short backoff (Retry-After stays honoured), small pages and id chunks to exercise pagination."""
-    monkeypatch.setattr(mp_download, "BACKOFF_BASE_S", 0.01)
-    monkeypatch.setattr(mp_download, "BACKOFF_MAX_S", 0.05)
+    monkeypatch.setattr(mp_transport, "BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr(mp_transport, "BACKOFF_MAX_S", 0.05)
     monkeypatch.setattr(mp_download, "PAGE_SIZE", 2)
     monkeypatch.setattr(mp_download, "SUMMARY_IDS_PER_QUERY", 3)
     monkeypatch.delenv("MP_API_KEY", raising=False)
@@ -430,8 +431,8 @@ def test_helpers_reproduce_snapshot_formats(snapshot_rows):
         pairs = parse_adj_pairs(row.adj_pairs)
         assert len(pairs) == row.num_steps
         assert format_adj_pairs(pairs) == row.adj_pairs
-        assert mp_download.normalise_formulas(row.formula_charge_mp, row.formula_discharge_mp,
-                                              row.working_ion) == (
+        assert mp_documents.normalise_formulas(row.formula_charge_mp, row.formula_discharge_mp,
+                                               row.working_ion) == (
             row.formula_charge, row.formula_discharge, row.battery_formula)
 
 
@@ -612,10 +613,10 @@ def test_electrodes_left_out_are_counted_in_the_provenance(snapshot_rows, expect
     finally:
         fake.stop()
     assert provenance["download_dropped"] == {
-        mp_download.OTHER_ION: {"count": 0, "examples": []},
-        mp_download.INCOMPLETE: {"count": 1, "examples": ["mp-28849_K"]},
-        mp_download.OUTSIDE_WINDOW: {"count": 3, "examples": sorted(OUTSIDE_WINDOW_IDS)},
-        mp_download.NO_END_MEMBER: {"count": 1, "examples": ["mp-758915_Li"]},
+        mp_documents.OTHER_ION: {"count": 0, "examples": []},
+        mp_documents.INCOMPLETE: {"count": 1, "examples": ["mp-28849_K"]},
+        mp_documents.OUTSIDE_WINDOW: {"count": 3, "examples": sorted(OUTSIDE_WINDOW_IDS)},
+        mp_documents.NO_END_MEMBER: {"count": 1, "examples": ["mp-758915_Li"]},
     }
     kept = expected[~expected["battery_id"].isin(["mp-28849_K", "mp-758915_Li"])].reset_index(drop=True)
     pd.testing.assert_frame_equal(table, kept, check_exact=True)
@@ -626,20 +627,20 @@ def test_documents_of_another_ion_or_without_ids_are_counted(snapshot_rows):
     cs, k = electrodes
     anonymous = {field: value for field, value in k.items()
                  if field not in ("material_ids", "id_charge", "adj_pairs")}
-    dropped = {reason: [] for reason in mp_download.DROP_REASONS}
-    assert mp_download._electrode_rows([cs, anonymous], "K", dropped) == []
-    assert dropped[mp_download.OTHER_ION] == ["mp-867522_Cs"]
-    assert dropped[mp_download.INCOMPLETE] == ["mp-1080245 (discharged)"]
+    dropped = {reason: [] for reason in mp_documents.DROP_REASONS}
+    assert mp_documents.electrode_rows([cs, anonymous], "K", dropped) == []
+    assert dropped[mp_documents.OTHER_ION] == ["mp-867522_Cs"]
+    assert dropped[mp_documents.INCOMPLETE] == ["mp-1080245 (discharged)"]
 
 
 def test_two_electrodes_with_one_battery_id_are_an_error(snapshot_rows):
     """Each query's documents are distinct by battery id, so a repeat in the join is two documents for one id."""
     electrodes, summaries = build_documents(snapshot_rows.loc[["mp-19395_K"]])
-    dropped = {reason: [] for reason in mp_download.DROP_REASONS}
-    (row,) = mp_download._electrode_rows(electrodes, "K", dropped)
+    dropped = {reason: [] for reason in mp_documents.DROP_REASONS}
+    (row,) = mp_documents.electrode_rows(electrodes, "K", dropped)
     with pytest.raises(InputError) as caught:
-        mp_download._join([row, {**row, "average_voltage": 1.0}], mp_download._end_member_properties(summaries),
-                          dropped)
+        mp_documents.electrode_table([row, {**row, "average_voltage": 1.0}],
+                                     mp_documents.end_member_properties(summaries), dropped)
     text = assert_one_line_error(caught.value)
     assert "mp-19395_K" in text and "nothing was written" in text
 
@@ -671,8 +672,8 @@ def test_the_data_step_writes_a_download_and_its_provenance(server, tmp_path, mo
     report = json.loads((data / "data_report.json").read_text())
     assert report["source"] == "mp_api" and report["rows_out"] == len(EXPECTED_IDS)
     assert report["endpoint"] == server.url and report["database_version"] == "2025.09.25"
-    assert report["download_dropped"][mp_download.OUTSIDE_WINDOW] == {"count": len(OUTSIDE_WINDOW_IDS),
-                                                                      "examples": sorted(OUTSIDE_WINDOW_IDS)}
+    assert report["download_dropped"][mp_documents.OUTSIDE_WINDOW] == {"count": len(OUTSIDE_WINDOW_IDS),
+                                                                       "examples": sorted(OUTSIDE_WINDOW_IDS)}
     assert "snapshot_sha256" not in report
     assert sorted(pd.read_parquet(data / "electrodes.parquet")["battery_id"]) == sorted(EXPECTED_IDS)
 
@@ -728,7 +729,7 @@ def test_key_never_in_logs_output_or_errors(snapshot_rows, caplog, capsys):
 
 
 def test_redaction_of_client_messages():
-    guard = mp_download._Guard(key=FAKE_KEY, endpoint="http://x/", max_retries=0, timeout_s=1)
+    guard = mp_transport.Guard(key=FAKE_KEY, endpoint="http://x/", max_retries=0, timeout_s=1)
     assert FAKE_KEY not in guard.redact(f"headers {{'x-api-key': '{FAKE_KEY}'}} detail {FAKE_KEY}")
     assert "***" in guard.redact(f"x-api-key: {FAKE_KEY}")
 
