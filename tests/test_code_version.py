@@ -55,7 +55,8 @@ def test_the_version_is_the_same_in_another_copy_and_differs_between_scripts(shi
 def test_comments_docstrings_and_layout_change_nothing(shipped, tmp_path):
     def reword(package):
         replace_in(package / "model.py", '"""The paper', '"""Reworded: the paper')  # the module's docstring
-        replace_in(package / "model.py", "All networks of an ensemble evaluated", "All the networks evaluated")  # a class's
+        replace_in(package / "predict.py", "All networks of an ensemble evaluated", "All the networks evaluated")  # a class's
+        replace_in(package / "training_kernels.py", "ReLU followed by inverted dropout", "ReLU, then inverted dropout")
         text = (package / "tune.py").read_text()
         (package / "tune.py").write_text("# a new comment\n\n\n" + text.replace("\n\n\ndef ", "\n\n\n# note\ndef ", 1))
 
@@ -64,11 +65,19 @@ def test_comments_docstrings_and_layout_change_nothing(shipped, tmp_path):
 
 def test_a_change_to_the_training_code_reruns_what_trains_networks_and_nothing_before(shipped, tmp_path):
     def faster_dropout(package):
-        replace_in(package / "model.py", "CPU_ROWS_PER_PASS = 128", "CPU_ROWS_PER_PASS = 64")
+        replace_in(package / "training_kernels.py", "LEVELS = 256", "LEVELS = 128")
 
     reruns = changed(shipped, versions(tmp_path, "model", faster_dropout))
     assert {"train", "tune", "group_evaluation", "feature_contribution", "timing", "screen_k"} <= reruns
     assert reruns.isdisjoint({"data", "split", "features", "report", "screen_na", "voltage_trees", "peer_gbm"})
+
+
+def test_a_change_to_the_ensemble_prediction_reruns_what_predicts_and_no_training(shipped, tmp_path):
+    def other_pass_size(package):
+        replace_in(package / "predict.py", "CPU_ROWS_PER_PASS = 128", "CPU_ROWS_PER_PASS = 64")
+
+    reruns = changed(shipped, versions(tmp_path, "predict", other_pass_size))
+    assert reruns == {"timing", "screen_k"}
 
 
 def test_a_change_to_one_step_reruns_that_rule_alone(shipped, tmp_path):

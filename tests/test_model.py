@@ -14,8 +14,9 @@ import torch
 from electrode_ml import devices
 from electrode_ml.devices import claim_gpu, job_device, resolve_device
 from electrode_ml.errors import InputError
-from electrode_ml.model import (MLP, FlatRMSprop, NetworkParams, ReLUDropout, StackedEnsemble, TrainedNetwork, TrainingStep,
-                                TrainSettings, predict, relu_, train_network)
+from electrode_ml.model import MLP, NetworkParams, TrainedNetwork, TrainSettings, predict, train_network
+from electrode_ml.predict import StackedEnsemble, relu_
+from electrode_ml.training_kernels import FlatRMSprop, ReLUDropout, TrainingStep
 
 PARAMS = NetworkParams(32, 16, 8, 0.1, 0.1, 0.1, 1e-3)
 
@@ -485,7 +486,7 @@ def test_freed_activations_stay_in_the_process():
     """
     code = """
 import ctypes, ctypes.util, resource, torch
-from electrode_ml.model import keep_freed_memory
+from electrode_ml.training_kernels import keep_freed_memory
 def faults():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(10):

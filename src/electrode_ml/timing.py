@@ -2,7 +2,7 @@
 
 Tuning and training times come from the Snakemake benchmark files of those rules (column ``s``).
 Prediction is measured here: the trained ensemble (all networks stacked into one batched forward
-pass, model.StackedEnsemble) predicting the validation electrodes, best of several repeats.
+pass, predict.StackedEnsemble) predicting the validation electrodes, best of several repeats.
 """
 
 from __future__ import annotations
