@@ -164,8 +164,8 @@ def test_rows_outside_the_training_data_are_flagged_and_scored_apart():
 
 
 def test_network_intervals_are_calibrated_on_validation_rows_only():
-    # every row: spread 1, so the floor is the median validation spread, 1, and each row's scale sqrt(2)
-    # (the floor's other candidate, 1 % of the validation MAE of 10, is 0.1)
+    # every row: spread 1 and the floor 1 % of the validation MAE of 10, 0.1, so each row's scale is
+    # sqrt(1.01) (the median validation spread, 1, was the floor before: sqrt(2))
     val_errors = np.arange(1.0, 20.0)  # 19 validation rows
     train_errors = np.full(20, 0.01)  # networks fit the training rows far better than unseen ones
     errors = np.concatenate([train_errors, val_errors, [3.0, 30.0]])
@@ -174,13 +174,13 @@ def test_network_intervals_are_calibrated_on_validation_rows_only():
                             "target": "average_voltage", "true": errors, "mean": 0.0, "std": 1.0, "n": 3,
                             "ci_low": 0.0, "ci_high": 0.0})
     result = add_prediction_intervals(summary)
-    # split conformal on the 19 validation scores k / sqrt(2): the ceil(20 * 0.95) = 19th smallest;
+    # split conformal on the 19 validation scores k / sqrt(1.01): the ceil(20 * 0.95) = 19th smallest;
     # with the 20 training rows pooled in it would be the 38th of 39, the validation row of error 18
-    expected = 19 / np.sqrt(2)
+    expected = 19 / np.sqrt(1.01)
     assert result.attrs["pi_scale"]["quantile"]["average_voltage"]["network"] == pytest.approx(expected)
-    assert result.attrs["pi_scale"]["spread_floor"]["average_voltage"] == pytest.approx(1.0)
+    assert result.attrs["pi_scale"]["spread_floor"]["average_voltage"] == pytest.approx(0.1)
     test = result[result["split"] == "test"]
-    np.testing.assert_allclose(test["pi_high"], 19.0)  # q x sqrt(1 + 1) = the 19th validation error
+    np.testing.assert_allclose(test["pi_high"], 19.0)  # q x sqrt(1 + 0.01) = the 19th validation error
     np.testing.assert_allclose(test["pi_low"], -19.0)
 
 
@@ -213,3 +213,20 @@ def test_baseline_predicts_the_training_mean_of_each_target():
     assert result["test"]["average_voltage"]["rmse"] == pytest.approx(np.sqrt((4 + 16) / 2))
     assert result["val"]["capacity_grav"]["mae"] == pytest.approx(0.0)
     assert result["test"]["capacity_grav"]["mae"] == pytest.approx(50.0)
+
+
+def test_a_network_interval_widens_with_the_ensemble_spread():
+    """The score divides by the spread, floored only near zero: an electrode whose networks disagree four
+    times as much gets a four times wider interval (with the median spread as the floor, 2.9 times:
+    the widest intervals covered least)."""
+    rows = 41
+    summary = pd.DataFrame({"battery_id": [str(i) for i in range(rows)], "split": ["val"] * 39 + ["test"] * 2,
+                            "target": "capacity_grav", "true": np.linspace(0.0, 40.0, rows), "mean": 20.0,
+                            "std": [1.0] * 39 + [1.0, 4.0], "n": 50, "ci_low": 0.0, "ci_high": 0.0})
+    result = add_prediction_intervals(summary)
+    floor = result.attrs["pi_scale"]["spread_floor"]["capacity_grav"]
+    assert floor == pytest.approx(0.01 * np.abs(summary["true"][:39] - 20.0).mean())  # 1 % of the validation MAE
+    test = result.query("split == 'test'")
+    widths = (test["pi_high"] - test["pi_low"]).to_numpy()
+    assert widths[1] / widths[0] == pytest.approx(np.sqrt((16 + floor**2) / (1 + floor**2)))
+    assert widths[1] / widths[0] > 3.9
