@@ -255,7 +255,7 @@ def _write_ensemble(output, model: str, summary: pd.DataFrame, metrics: dict, **
 
 
 # ------------------------------------------------------------------------------------------------
-# Issue #4: applications (section 3.2), feature contribution, timings and the report.
+# The paper's applications (section 3.2), the feature contribution, the timings and the report.
 # ------------------------------------------------------------------------------------------------
 
 def _by_model(paths, model_of) -> dict[str, list[str]]:
