@@ -275,13 +275,17 @@ def test_stacked_ensemble_matches_one_by_one(data):
         np.testing.assert_allclose(stacked[index], predict(network, data[2]), rtol=1e-5, atol=1e-4)
 
 
-def test_stacked_ensemble_in_row_passes_matches_one_pass_and_takes_no_rows(data):
+def test_stacked_ensemble_in_network_passes_matches_one_pass_and_takes_no_rows(data):
     networks = [train_network(*data, PARAMS, TrainSettings(epochs=3, seed=seed, log_every=0)) for seed in range(3)]
     ensemble = StackedEnsemble(networks)
-    ensemble.CPU_ROWS_PER_PASS = len(data[2])
+    one_network = len(data[2]) * ensemble.widest * 4  # bytes of one network's widest float32 activation
+    ensemble.CPU_PASS_BYTES = 3 * one_network
     whole = ensemble.predict(data[2])
-    ensemble.CPU_ROWS_PER_PASS = 7  # 60 rows: eight passes of 7 and one of 4
-    np.testing.assert_allclose(ensemble.predict(data[2]), whole, rtol=1e-6, atol=1e-6)
+    for per_pass in (1, 2):  # three passes of one network; one of two and one of one
+        ensemble.CPU_PASS_BYTES = per_pass * one_network
+        np.testing.assert_array_equal(ensemble.predict(data[2]), whole)
+    ensemble.CPU_PASS_BYTES = 1  # never fewer than one network per pass
+    np.testing.assert_array_equal(ensemble.predict(data[2]), whole)
     assert ensemble.predict(data[2][:0]).shape == (3, 0, 3)
 
 

@@ -36,24 +36,30 @@ def relu_(hidden: torch.Tensor) -> torch.Tensor:
 
 
 class StackedEnsemble:
-    """All networks of an ensemble evaluated at once instead of S forwards.
+    """All networks of an ensemble evaluated together instead of S forwards.
 
     Requires the networks to share their widths (they do: one tuned architecture, many seeds).
-    Dropout is off at prediction time, so a layer is just ``relu(x @ W + b)``. Every network reads
-    the same input, so the first layer is one matmul against all S weight matrices side by side;
-    the later layers, where each network has its own input, are one batched matmul each. Measured
-    on 50 networks of widths 153/190/512 (388 rows, 2 threads): the single first matmul took
-    bfloat16 prediction from 21 to 10 ms and float32 from 62 to 45 ms against a batched first layer.
+    Dropout is off at prediction time, so a layer is just ``relu(W x + b)``. Every network reads
+    the same input, so the first layer is one matmul against the weight matrices of all networks
+    of a pass stacked; the later layers, where each network has its own input, are one batched
+    matmul each. Measured on 50 networks of widths 153/190/512 (388 rows, 2 threads): the single
+    first matmul took bfloat16 prediction from 21 to 10 ms and float32 from 62 to 45 ms against a
+    batched first layer.
 
     The biases ride inside the matmuls: each input gets a constant 1 appended, each weight matrix
-    the bias as an extra row, and each hidden layer an extra unit that passes the 1 on (weight 1
+    the bias as an extra column, and each hidden layer an extra unit that passes the 1 on (weight 1
     from the input's 1, 0 from the rest; ReLU keeps it). An ``addmm``/``baddbmm`` with a bias
     first copies the broadcast bias into its whole output, one more pass over every activation:
     without it, model1's 50 networks took 10.9 instead of 9.5 ms in bfloat16 and model2's 22.6
-    instead of 21.4 ms in float32 (388 rows in passes of 128, 2 threads).
+    instead of 21.4 ms in float32 (2 threads).
+
+    Activations are held as (units, rows) and weights as (out, in): the three-output layer is
+    then a matmul with the rows as its long side, half the time of a rows x 3 product.
     """
 
-    CPU_ROWS_PER_PASS = 128
+    # one pass's widest activation on the CPU, in bytes: small enough to stay in cache between
+    # layers, large enough for efficient matmuls (see predict_scaled)
+    CPU_PASS_BYTES = 8_000_000
 
     def __init__(self, networks: list[TrainedNetwork], device: str = "cpu", dtype=torch.float32):
         shapes = {(n.n_inputs, n.params.units_1, n.params.units_2, n.params.units_3) for n in networks}
@@ -61,54 +67,58 @@ class StackedEnsemble:
             raise ValueError(f"ensemble networks differ in shape: {sorted(shapes)}")
         self.device, self.dtype = device, dtype
         linear_names = [name[: -len(".weight")] for name in networks[0].state_dict if name.endswith(".weight")]
-        augmented = []
+        self.weights = []  # per layer (networks, out, in), the first layer's outputs side by side
         for index, layer in enumerate(linear_names):
-            weight = torch.stack([n.state_dict[f"{layer}.weight"].T for n in networks])  # (S, in, out)
+            weight = torch.stack([n.state_dict[f"{layer}.weight"] for n in networks])  # (S, out, in)
             bias = torch.stack([n.state_dict[f"{layer}.bias"] for n in networks])  # (S, out)
-            n_networks, n_in, n_out = weight.shape
+            n_networks, n_out, n_in = weight.shape
             hidden = index < len(linear_names) - 1
-            matrix = torch.zeros(n_networks, n_in + 1, n_out + hidden, dtype=weight.dtype)
-            matrix[:, :n_in, :n_out] = weight
-            matrix[:, n_in, :n_out] = bias
+            matrix = torch.zeros(n_networks, n_out + hidden, n_in + 1, dtype=weight.dtype)
+            matrix[:, :n_out, :n_in] = weight
+            matrix[:, :n_out, n_in] = bias
             if hidden:
-                matrix[:, n_in, n_out] = 1.0
-            augmented.append(matrix)
-        # the first layer of all networks side by side: (inputs + 1, networks x (units_1 + 1));
-        # the later layers stacked per network for one batched matmul each
-        self.n_networks, n_inputs, self.first_width = augmented[0].shape
-        self.first_weight = (augmented[0].permute(1, 0, 2).reshape(n_inputs, self.n_networks * self.first_width)
-                             .to(device, dtype).contiguous())
-        self.weights = [matrix.to(device, dtype).contiguous() for matrix in augmented[1:]]
+                matrix[:, n_out, n_in] = 1.0
+            self.weights.append(matrix.to(device, dtype).contiguous())
+        self.widest = max(weight.shape[1] for weight in self.weights)
         self.target_mean = torch.as_tensor(np.stack([n.target_mean for n in networks]), dtype=torch.float64).unsqueeze(1)
         self.target_std = torch.as_tensor(np.stack([n.target_std for n in networks]), dtype=torch.float64).unsqueeze(1)
 
     def __len__(self) -> int:
-        return self.n_networks
+        return len(self.weights[0])
 
     @torch.no_grad()
     def predict_scaled(self, x: torch.Tensor) -> torch.Tensor:
         """Shape (n_networks, n_rows, 3), standardised.
 
-        On the CPU the rows go through ``CPU_ROWS_PER_PASS`` at a time. All 388 validation rows in
-        one pass write a first-layer activation of up to 50 x 388 x 513 floats (40 MB) and read it
-        back; in passes of 128 rows, 50 networks predicted them in 21 instead of 33 ms (model1,
-        float32) and 10 instead of 18 ms (bfloat16), 2 threads. Passes of 16-64 rows were slower.
+        On the CPU the networks go through in passes whose widest activation is about
+        ``CPU_PASS_BYTES`` (ten of model1's networks at 388 rows), every pass writing into the
+        same activations. All 50 networks at once write and read back up to 38 MB per layer; and
+        a fresh activation per pass is a fresh mmap whose pages fault in on first touch. Against
+        rows x units activations allocated afresh in passes of 128 rows, this took model1's 50
+        networks 21.2 instead of 36.7 ms and model2's 18.4 instead of 20.6 ms (388 rows, float32,
+        2 threads; docs/timings.md, "Prediction").
         """
         x = x.to(self.device, self.dtype)
-        if x.shape[0] == 0:
-            return torch.zeros(len(self), 0, self.weights[-1].shape[-1], dtype=self.dtype, device=x.device)
-        rows = self.CPU_ROWS_PER_PASS if x.device.type == "cpu" else x.shape[0]
-        return torch.cat([self._forward(x[start:start + rows]) for start in range(0, x.shape[0], rows)], dim=1)
+        inputs = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1).T
+        per_pass = len(self)
+        if x.device.type == "cpu":
+            per_pass = min(per_pass, max(1, self.CPU_PASS_BYTES // max(1, x.shape[0] * self.widest * x.element_size())))
+        activations = [x.new_empty(per_pass, weight.shape[1], x.shape[0]) for weight in self.weights[:-1]]
+        outputs = x.new_empty(len(self), self.weights[-1].shape[1], x.shape[0])
+        for first in range(0, len(self), per_pass):
+            last = min(first + per_pass, len(self))
+            self._forward(inputs, first, last, [a[:last - first] for a in activations] + [outputs[first:last]])
+        return outputs.transpose(1, 2)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        with_one = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
-        hidden = relu_(torch.mm(with_one, self.first_weight))
-        hidden = hidden.view(x.shape[0], len(self), self.first_width).transpose(0, 1)
-        for index, weight in enumerate(self.weights):
-            hidden = torch.bmm(hidden, weight)
-            if index < len(self.weights) - 1:
+    def _forward(self, inputs: torch.Tensor, first: int, last: int, activations: list[torch.Tensor]) -> None:
+        """Networks ``first .. last - 1`` on ``inputs`` (inputs + 1, rows), each layer's output
+        written into ``activations`` (networks, units, rows)."""
+        torch.mm(self.weights[0][first:last].flatten(0, 1), inputs, out=activations[0].flatten(0, 1))
+        hidden = relu_(activations[0])
+        for weight, activation in zip(self.weights[1:], activations[1:]):
+            hidden = torch.bmm(weight[first:last], hidden, out=activation)
+            if activation is not activations[-1]:
                 hidden = relu_(hidden)
-        return hidden
 
     def predict(self, x: np.ndarray, max_elements: int = 25_000_000) -> np.ndarray:
         """Shape (n_networks, n_rows, 3) in physical units.
@@ -116,12 +126,11 @@ class StackedEnsemble:
         Rows go through in sub-batches so that one activation (networks x rows x width) stays
         near 100 MB: 200,000 candidates through 50 networks of width 512 otherwise peak at 5 GB.
         """
-        widest = max([self.first_width] + [weight.shape[-1] for weight in self.weights])
-        rows = max(1, max_elements // (len(self) * widest))
+        rows = max(1, max_elements // (len(self) * self.widest))
         parts = [self.predict_scaled(torch.tensor(x[start:start + rows], dtype=torch.float32)).cpu().double()
                  for start in range(0, len(x), rows)]
         if not parts:
-            return np.zeros((len(self), 0, self.weights[-1].shape[-1]))
+            return np.zeros((len(self), 0, self.weights[-1].shape[1]))
         scaled = torch.cat(parts, dim=1)
         return (scaled * self.target_std + self.target_mean).numpy()
 
