@@ -6,9 +6,12 @@ The stand-in is a ThreadingHTTPServer on 127.0.0.1 that the real mp_api MPRester
 - ``GET /heartbeat`` (twice per MPRester construction, plain ``requests.get``, no API key),
 - ``GET /materials/insertion_electrodes/?working_ion=K&_limit=..&_fields=..[&_skip=..]``,
 - ``GET /materials/summary/?material_ids=mp-1,mp-2&batch_id_not_eq=..&_limit=..&_fields=..``,
+- ``GET /materials/thermo/?material_ids=mp-1,mp-2&thermo_types=GGA_GGA%2BU&_limit=..&_fields=..``,
 
 with the API's ``{"data": [...], "meta": {"total_doc": ..}}`` envelope, serving documents rebuilt from
-real snapshot rows (MP's reduced formulas from the merged file, the adj_pairs parsed back into dicts).
+real snapshot rows (MP's reduced formulas from the merged file, the adj_pairs parsed back into dicts;
+the snapshot's energies as the GGA_GGA+U thermo documents, and shifted ones, as MP's r2SCAN mixing
+scheme would give, in the summary and the GGA_GGA+U_R2SCAN thermo documents).
 Faults are injected per route, in order: HTTP 429 with Retry-After, 5xx, a response slower than the
 timeout, a truncated body, invalid JSON, a connection reset, a page starting one document early (as
 unsorted ``_skip``/``_limit`` paging may: one document twice, another never), a page with one of its
@@ -62,6 +65,9 @@ EXPECTED_IDS = ["mp-19395_K", "mp-1070735_K", "mp-28849_K", "mp-758915_Li", "mp-
 OUTSIDE_WINDOW_IDS = ["mp-1111695_K", "mp-8634_K", "mp-768456_Li"]
 OTHER_ION_IDS = ["mp-867522_Cs"]
 SERVED_IDS = EXPECTED_IDS + OUTSIDE_WINDOW_IDS + OTHER_ION_IDS
+
+# How far the stand-in's mixed-scheme (GGA/GGA+U/r2SCAN) energies lie from the snapshot's GGA/GGA+U ones.
+MIXED_SHIFT = {"energy_per_atom": 0.137, "formation_energy_per_atom": -0.052}
 
 SLOW_S = 1.0  # how long a "slow" answer takes; the download's timeout in those tests is shorter
 STALL_S = 8.0  # how long a "stall" takes: a download that waits it out has no timeout on that request
@@ -124,11 +130,12 @@ def expected(snapshot_rows) -> pd.DataFrame:
     return rows.astype(ELECTRODE_COLUMNS).sort_values("battery_id", ignore_index=True)
 
 
-def build_documents(rows: pd.DataFrame, letter_ids: bool = False) -> tuple[list[dict], list[dict]]:
-    """Insertion-electrode and summary documents shaped like the API's, from snapshot rows."""
+def build_documents(rows: pd.DataFrame, letter_ids: bool = False) -> tuple[list[dict], list[dict], list[dict]]:
+    """Insertion-electrode, summary and thermo documents shaped like the API's, from snapshot rows."""
     fmt = letter_id if letter_ids else str
     electrodes: list[dict] = []
     summaries: dict[str, dict] = {}
+    thermo: list[dict] = []
     for row in rows.itertuples(index=False):
         pairs = parse_adj_pairs(row.adj_pairs)
         pair_ids = [pair[field] for pair in pairs for field in ("id_charge", "id_discharge")]
@@ -161,6 +168,12 @@ def build_documents(rows: pd.DataFrame, letter_ids: bool = False) -> tuple[list[
         })
         for end in ("charge", "discharge"):
             material = getattr(row, f"id_{end}")
+            gga = {field: getattr(row, f"{end}_{field}") for field in MIXED_SHIFT}
+            mixed = {field: value + MIXED_SHIFT[field] for field, value in gga.items()}
+            if material not in summaries:
+                thermo += [{"material_id": fmt(material), "thermo_type": thermo_type,
+                            "thermo_id": f"{fmt(material)}_{thermo_type}", **energies, "is_stable": False}
+                           for thermo_type, energies in (("GGA_GGA+U", gga), ("GGA_GGA+U_R2SCAN", mixed))]
             summaries[material] = {
                 "material_id": fmt(material),
                 "formula_pretty": "X",
@@ -172,13 +185,12 @@ def build_documents(rows: pd.DataFrame, letter_ids: bool = False) -> tuple[list[
                     "symprec": 0.1,
                     "version": "2.5.0",
                 },
-                "energy_per_atom": getattr(row, f"{end}_energy_per_atom"),
-                "formation_energy_per_atom": getattr(row, f"{end}_formation_energy_per_atom"),
+                **mixed,  # what MP's summary holds: the energies of its mixing scheme
                 "band_gap": getattr(row, f"{end}_band_gap"),
                 "efermi": getattr(row, f"{end}_efermi"),
                 "deprecated": False,
             }
-    return electrodes, list(summaries.values())
+    return electrodes, list(summaries.values()), thermo
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -189,17 +201,20 @@ ROUTES = {
     "/heartbeat": "heartbeat",
     "/materials/insertion_electrodes/": "insertion_electrodes",
     "/materials/summary/": "summary",
+    "/materials/thermo/": "thermo",
 }
 
 
 class FakeMP:
-    """A tiny Materials Project API: heartbeat, insertion_electrodes and summary, with fault injection."""
+    """A tiny Materials Project API: heartbeat, insertion_electrodes, summary and thermo, with fault
+    injection."""
 
-    def __init__(self, electrodes: list[dict], summaries: list[dict], key: str = FAKE_KEY,
-                 page_cap: int | None = None) -> None:
+    def __init__(self, electrodes: list[dict], summaries: list[dict], thermo: list[dict] | None = None,
+                 key: str = FAKE_KEY, page_cap: int | None = None) -> None:
         self.electrodes = electrodes
         self.page_cap = page_cap
         self.summaries = summaries
+        self.thermo = thermo or []
         self.key = key
         self.faults: dict[str, list[str]] = {}
         self.requests: list[dict] = []
@@ -270,7 +285,10 @@ class FakeMP:
             body = self._page(docs, params, fault)
         else:
             wanted = {canonical_id(idx) for idx in params.get("material_ids", "").split(",") if idx}
-            docs = [doc for doc in self.summaries if canonical_id(doc["material_id"]) in wanted]
+            served = self.summaries if route == "summary" else self.thermo
+            docs = [doc for doc in served if canonical_id(doc["material_id"]) in wanted]
+            types = set(params.get("thermo_types", "").split(",")) - {""}
+            docs = [doc for doc in docs if not types or doc["thermo_type"] in types]
             body = self._page(docs, params, fault)
         payload = json.dumps(body).encode()
         if fault == "truncated":
@@ -341,8 +359,7 @@ def fresh_heartbeat_cache():
 
 def _serve(rows, **kwargs):
     letter_ids = kwargs.pop("letter_ids", False)
-    electrodes, summaries = build_documents(rows, letter_ids=letter_ids)
-    return FakeMP(electrodes, summaries, **kwargs).start()
+    return FakeMP(*build_documents(rows, letter_ids=letter_ids), **kwargs).start()
 
 
 @pytest.fixture
@@ -408,7 +425,12 @@ def test_download_matches_snapshot_rows(server, expected, snapshot_rows):
                                           for hit in summary_hits)
     needed = set(expected["id_charge"]) | set(expected["id_discharge"])
     assert set(asked) == needed  # nothing asked for rows outside the window
-    assert all(hit["key"] == FAKE_KEY for hit in electrode_hits + summary_hits)
+    # The energies are the GGA/GGA+U thermo documents' (the snapshot's), not the summary's mixed-scheme ones.
+    thermo_hits = server.hits("thermo")
+    assert {hit["params"]["thermo_types"] for hit in thermo_hits} == {"GGA_GGA+U"}
+    assert {idx for hit in thermo_hits for idx in hit["params"]["material_ids"].split(",")} == needed
+    assert "energy_per_atom" not in summary_hits[0]["params"]["_fields"].split(",")
+    assert all(hit["key"] == FAKE_KEY for hit in electrode_hits + summary_hits + thermo_hits)
 
 
 def test_download_and_snapshot_load_alike(server):
@@ -566,7 +588,8 @@ def test_pages_shorter_than_asked_are_an_error_not_a_gap(snapshot_rows):
 
 
 @pytest.mark.parametrize(("route", "served"), [("insertion_electrodes", "counts 5 documents but returned 4"),
-                                               ("summary", "counts 3 documents but returned 2")])
+                                               ("summary", "counts 3 documents but returned 2"),
+                                               ("thermo", "counts 3 documents but returned 2")])
 def test_overlapping_pages_are_re_run(server, expected, route, served, caplog):
     """mp_api pages by _skip/_limit with no sort order: a page that repeats its predecessor's last document
     has the right length but misses one, so it is the distinct documents that must match the count."""
@@ -602,11 +625,14 @@ def test_a_document_served_twice_counts_once(server, expected, caplog):
 
 def test_electrodes_left_out_are_counted_in_the_provenance(snapshot_rows, expected):
     """The data report must say what the download itself left out: rows_in counts only what it kept."""
-    electrodes, summaries = build_documents(snapshot_rows)
+    electrodes, summaries, thermo = build_documents(snapshot_rows)
     malformed = next(doc for doc in electrodes if doc["id_discharge"] == "mp-28849")  # mp-28849_K
     malformed["average_voltage"] = None
     summaries = [doc for doc in summaries if doc["material_id"] != "mp-1176890"]  # discharged mp-758915_Li
-    fake = FakeMP(electrodes, summaries).start()
+    # charged mp-26103_Li has r2SCAN-scheme energies only: no GGA/GGA+U energy to take its voltage from
+    charged = snapshot_rows.loc["mp-26103_Li", "id_charge"]
+    thermo = [doc for doc in thermo if (doc["material_id"], doc["thermo_type"]) != (charged, "GGA_GGA+U")]
+    fake = FakeMP(electrodes, summaries, thermo).start()
     try:
         table, provenance = download_electrodes(IONS, WINDOW, api_key=FAKE_KEY, endpoint=fake.url,
                                                 max_retries=1)
@@ -616,14 +642,15 @@ def test_electrodes_left_out_are_counted_in_the_provenance(snapshot_rows, expect
         mp_documents.OTHER_ION: {"count": 0, "examples": []},
         mp_documents.INCOMPLETE: {"count": 1, "examples": ["mp-28849_K"]},
         mp_documents.OUTSIDE_WINDOW: {"count": 3, "examples": sorted(OUTSIDE_WINDOW_IDS)},
-        mp_documents.NO_END_MEMBER: {"count": 1, "examples": ["mp-758915_Li"]},
+        mp_documents.NO_END_MEMBER: {"count": 2, "examples": ["mp-26103_Li", "mp-758915_Li"]},
     }
-    kept = expected[~expected["battery_id"].isin(["mp-28849_K", "mp-758915_Li"])].reset_index(drop=True)
+    left_out = ["mp-28849_K", "mp-758915_Li", "mp-26103_Li"]
+    kept = expected[~expected["battery_id"].isin(left_out)].reset_index(drop=True)
     pd.testing.assert_frame_equal(table, kept, check_exact=True)
 
 
 def test_documents_of_another_ion_or_without_ids_are_counted(snapshot_rows):
-    electrodes, _ = build_documents(snapshot_rows.loc[["mp-867522_Cs", "mp-19395_K"]])
+    electrodes, _, _ = build_documents(snapshot_rows.loc[["mp-867522_Cs", "mp-19395_K"]])
     cs, k = electrodes
     anonymous = {field: value for field, value in k.items()
                  if field not in ("material_ids", "id_charge", "adj_pairs")}
@@ -635,12 +662,12 @@ def test_documents_of_another_ion_or_without_ids_are_counted(snapshot_rows):
 
 def test_two_electrodes_with_one_battery_id_are_an_error(snapshot_rows):
     """Each query's documents are distinct by battery id, so a repeat in the join is two documents for one id."""
-    electrodes, summaries = build_documents(snapshot_rows.loc[["mp-19395_K"]])
+    electrodes, summaries, thermo = build_documents(snapshot_rows.loc[["mp-19395_K"]])
     dropped = {reason: [] for reason in mp_documents.DROP_REASONS}
     (row,) = mp_documents.electrode_rows(electrodes, "K", dropped)
+    end_members = mp_documents.end_member_properties(summaries, mp_documents.gga_energies(thermo))
     with pytest.raises(InputError) as caught:
-        mp_documents.electrode_table([row, {**row, "average_voltage": 1.0}],
-                                     mp_documents.end_member_properties(summaries), dropped)
+        mp_documents.electrode_table([row, {**row, "average_voltage": 1.0}], end_members, dropped)
     text = assert_one_line_error(caught.value)
     assert "mp-19395_K" in text and "nothing was written" in text
 

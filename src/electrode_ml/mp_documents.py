@@ -38,9 +38,18 @@ log = logging.getLogger(__name__)
 OTHER_ION = "working ion not asked for"
 INCOMPLETE = "incomplete or malformed document"
 OUTSIDE_WINDOW = "average_voltage outside window"
-NO_END_MEMBER = "end member without summary properties"
+NO_END_MEMBER = "end member without summary properties or GGA/GGA+U energies"
 DROP_REASONS = (OTHER_ION, INCOMPLETE, OUTSIDE_WINDOW, NO_END_MEMBER)
 DROP_EXAMPLES = 5  # battery ids named per reason
+
+# The thermo documents the end members' energies come from. MP's summary documents carry the energies of
+# the GGA/GGA+U/r2SCAN mixing scheme (emmet's SummaryBuilder default, GGA_GGA+U_R2SCAN), while its
+# insertion electrodes are built from GGA/GGA+U entries (emmet's electrode documents, thermo_type
+# "GGA_GGA+U"): the voltage that model2_phys derives from the end members' energies holds only with the
+# energies the electrode was computed from. They are also the snapshot's: from its end members' energies
+# the physics fit reproduces every snapshot voltage to 3e-9 V.
+THERMO_TYPE = "GGA_GGA+U"
+ENERGY_FIELDS = ("energy_per_atom", "formation_energy_per_atom")
 
 # Field order of one voltage step in the snapshot's adj_pairs repr.
 PAIR_FIELDS = (
@@ -241,8 +250,26 @@ def electrode_rows(docs: Iterable[dict[str, Any]], ion: str, dropped: dict[str, 
     return rows
 
 
-def end_member_properties(docs: Iterable[Any]) -> dict[str, dict[str, Any]]:
-    """material id (classic) -> the END_MEMBER_FIELDS of one summary document."""
+def gga_energies(docs: Iterable[Any]) -> dict[str, dict[str, Any]]:
+    """material id (classic) -> energy and formation energy per atom of its ``THERMO_TYPE`` thermo
+    document; documents of other thermo types (a server that ignored the filter) are passed over."""
+    energies: dict[str, dict[str, Any]] = {}
+    for doc in docs or []:
+        doc = as_dict(doc)
+        thermo_type = doc.get("thermo_type")
+        if str(getattr(thermo_type, "value", thermo_type)) != THERMO_TYPE:
+            continue
+        try:
+            identifier = material_id(doc)
+        except MALFORMED:
+            continue
+        energies[identifier] = {field: doc.get(field) for field in ENERGY_FIELDS}
+    return energies
+
+
+def end_member_properties(docs: Iterable[Any], energies: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """material id (classic) -> the END_MEMBER_FIELDS of one summary document, its energies from
+    ``energies`` (`gga_energies`) rather than the summary's (see ``THERMO_TYPE``)."""
     properties: dict[str, dict[str, Any]] = {}
     for doc in docs or []:
         doc = as_dict(doc)
@@ -257,8 +284,7 @@ def end_member_properties(docs: Iterable[Any]) -> dict[str, dict[str, Any]]:
             "crystal_system": str(getattr(crystal_system, "value", crystal_system)).strip().title()
             if crystal_system is not None else None,
             "space_group_number": number,
-            "energy_per_atom": doc.get("energy_per_atom"),
-            "formation_energy_per_atom": doc.get("formation_energy_per_atom"),
+            **{field: energies.get(identifier, {}).get(field) for field in ENERGY_FIELDS},
             "band_gap": doc.get("band_gap"),
             "efermi": doc.get("efermi"),
         }
@@ -283,8 +309,8 @@ def electrode_table(electrodes: list[dict[str, Any]], end_members: dict[str, dic
         rows.append(row)
     if dropped[NO_END_MEMBER]:
         log.warning("left out %d electrodes with end members absent from the summary data (e.g. deprecated "
-                    "materials) or missing a property, e.g. %s", len(dropped[NO_END_MEMBER]),
-                    ", ".join(dropped[NO_END_MEMBER][:DROP_EXAMPLES]))
+                    "materials), without %s energies or missing a property, e.g. %s", len(dropped[NO_END_MEMBER]),
+                    THERMO_TYPE, ", ".join(dropped[NO_END_MEMBER][:DROP_EXAMPLES]))
     table = pd.DataFrame(rows, columns=list(ELECTRODE_COLUMNS))
     # Each query's documents are distinct by battery id and the id ends in the ion queried, so a repeat here
     # would be two different documents with one id. No legitimate case: emmet's id is the smallest material

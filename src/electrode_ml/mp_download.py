@@ -1,8 +1,9 @@
 """Download the insertion-electrode table from the Materials Project API in the snapshot's exact layout.
 
 `download_electrodes` asks the real `mp_api` client (``MPRester``) for the insertion-electrode documents
-of the configured working ions and for the summary properties of every charged and discharged end
-member, and joins them into the columns of ``schema.ELECTRODE_COLUMNS``: the same names, order, dtypes
+of the configured working ions, for the summary properties of every charged and discharged end member
+and for their GGA/GGA+U energies (thermo documents of ``mp_documents.THERMO_TYPE``: the summary's are
+of MP's GGA/GGA+U/r2SCAN mixing scheme, the electrodes' voltages of GGA/GGA+U), and joins them into the columns of ``schema.ELECTRODE_COLUMNS``: the same names, order, dtypes
 and value formats as the offline snapshot, so later stages cannot tell a fresh download from it.
 
 This module says what is asked for and checks that each query came back whole. How every request is
@@ -12,12 +13,13 @@ the snapshot's rows is mp_documents.py's.
 mp_api pages by the number of documents it asked for, not the number it got, stops at the first empty
 page, and pages by ``_skip``/``_limit`` with no sort order: a server serving shorter pages than asked, or
 pages that overlap (one document twice, another never), would drop documents without a word. So every
-query's distinct documents (by battery id for electrodes, material id for summary documents) are counted
+query's distinct documents (by battery id for electrodes, material id for summary documents, material id
+and thermo type for thermo documents) are counted
 against the server's own count of them (one more small request each); on a mismatch the query is re-run
 like one whose body failed, and repeats of one document are dropped.
 
 Electrodes left out on the way (another working ion, incomplete documents, average voltage outside the
-window, end members without summary properties) are counted per reason, with example battery ids, in
+window, end members without summary properties or GGA/GGA+U energies) are counted per reason, with example battery ids, in
 the provenance's ``download_dropped``, which the data step writes into data_report.json.
 """
 
@@ -35,15 +37,16 @@ from typing import Any
 import pandas as pd
 
 from electrode_ml.errors import InputError
-from electrode_ml.mp_documents import (DROP_EXAMPLES, DROP_REASONS, MALFORMED, OUTSIDE_WINDOW, as_dict,
-                                       battery_id, electrode_rows, electrode_table, end_member_properties,
-                                       material_id)
+from electrode_ml.mp_documents import (DROP_EXAMPLES, DROP_REASONS, ENERGY_FIELDS, MALFORMED, OUTSIDE_WINDOW,
+                                       THERMO_TYPE, as_dict, battery_id, electrode_rows, electrode_table,
+                                       end_member_properties, gga_energies, material_id)
 from electrode_ml.mp_transport import Guard, IncompleteQuery, bounded_adapter, bounded_heartbeats, check_heartbeat
 from electrode_ml.schema import WORKING_IONS
 
 log = logging.getLogger(__name__)
 
-# Documents per page (mp_api's chunk_size; the API serves at most 1000) and material ids per summary query
+# Documents per page (mp_api's chunk_size; the API serves at most 1000) and material ids per summary (and
+# thermo) query
 # (keeps the query URL a few kB long).
 PAGE_SIZE = 1000
 SUMMARY_IDS_PER_QUERY = 250
@@ -55,9 +58,8 @@ ELECTRODE_FIELDS = (
     "num_steps", "stability_charge", "stability_discharge", "adj_pairs", "capacity_grav", "energy_grav",
     "capacity_vol", "energy_vol", "average_voltage", "id_charge", "id_discharge", "material_ids",
 )
-SUMMARY_FIELDS = (
-    "material_id", "symmetry", "energy_per_atom", "formation_energy_per_atom", "band_gap", "efermi",
-)
+SUMMARY_FIELDS = ("material_id", "symmetry", "band_gap", "efermi")
+THERMO_FIELDS = ("material_id", "thermo_type", *ENERGY_FIELDS)
 
 # Loggers quietened to WARNING unless the user configured them.
 _NOISY_LOGGERS = ("mp_api", "urllib3", "requests", "botocore", "boto3", "s3transfer", "deltalake")
@@ -79,7 +81,7 @@ def download_electrodes(
     """Download the insertion electrodes of `ions` from the Materials Project, in the snapshot's layout.
 
     Keeps complete electrodes with ``voltage_window[0] < average_voltage < voltage_window[1]`` whose two
-    end members have all summary properties; returns them typed per ``ELECTRODE_COLUMNS``, sorted by
+    end members have all summary properties and GGA/GGA+U energies; returns them typed per ``ELECTRODE_COLUMNS``, sorted by
     battery_id, with the download's provenance (endpoint, database and client versions, UTC time, and
     the electrodes left out per reason as ``download_dropped``) for the data report. `api_key` defaults
     to the ``MP_API_KEY`` environment variable; `endpoint` to mp_api's default (``MP_API_ENDPOINT`` or
@@ -135,6 +137,9 @@ def download_electrodes(
         summary_rester = guard.call(
             "opening the summary route", lambda: mpr.materials.summary, transport_retried=False,
         )
+        thermo_rester = guard.call(
+            "opening the thermo route", lambda: mpr.materials.thermo, transport_retried=False,
+        )
 
         electrodes: list[dict[str, Any]] = []
         dropped: dict[str, list[str]] = {reason: [] for reason in DROP_REASONS}
@@ -174,7 +179,16 @@ def download_electrodes(
                     key=material_id,
                 ),
             )
-            end_members.update(end_member_properties(docs))
+            thermo_docs = guard.call(
+                f"downloading {THERMO_TYPE} energies ({number}/{len(chunks)})",
+                lambda chunk=chunk: _distinct_documents(
+                    thermo_rester.search(material_ids=chunk, thermo_types=[THERMO_TYPE],
+                                         fields=list(THERMO_FIELDS), chunk_size=PAGE_SIZE),
+                    thermo_rester.count({"material_ids": ",".join(chunk), "thermo_types": THERMO_TYPE}),
+                    key=lambda doc: f"{material_id(doc)} {doc.get('thermo_type')}",
+                ),
+            )
+            end_members.update(end_member_properties(docs, gga_energies(thermo_docs)))
         provenance = {"endpoint": base, "database_version": mpr.db_version, "mp_api_version": _version("mp-api"),
                       "emmet_core_version": _version("emmet-core"),
                       "downloaded_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
