@@ -420,6 +420,34 @@ def test_duplicated_ids_are_refused_and_skipped_with_a_reason(tiny_run, candidat
     assert (rejects["reason"] == "duplicate id").sum() == 2  # which copy is right is unknown: both are out
 
 
+def test_voltage_pairs_make_the_ion_counts_exact(tiny_run, snapshot_text, tmp_path, capsys):
+    """MP writes the ion count rounded or cut to two decimals (Li1Mn3V5O16 for Li10Mn3V5O16); given the
+    voltage pairs beside them (adj_pairs, as in the snapshot), candidates are scored with the exact counts
+    the workflow trained on, so that the stoichiometric capacity is MP's."""
+    from electrode_ml.cli import validate_candidates
+
+    _, results, _ = tiny_run
+    exact = pd.read_parquet(results / "data" / "electrodes.parquet").set_index("battery_id")
+    raw = snapshot_text.set_index("battery_id").loc[exact.index]
+    ends = ["formula_charge", "formula_discharge"]
+    changed = (raw[ends] != exact[ends]).any(axis=1)
+    assert changed.sum() >= 6
+    rows = pd.concat([raw[changed].head(6), raw[~changed].head(2)]).reset_index()
+    columns = candidate_columns("model1")
+
+    repaired, rejects = validate_candidates(rows[[*columns, "adj_pairs"]], columns, "candidates", skip_bad=True)
+    assert rejects.empty
+    assert repaired[ends].to_numpy().tolist() == exact.loc[rows["battery_id"], ends].to_numpy().tolist()
+    as_written, _ = validate_candidates(rows[columns], columns, "candidates", skip_bad=True)
+    assert as_written[ends].to_numpy().tolist() == rows.loc[as_written.index, ends].to_numpy().tolist()
+
+    table, text = predict_rows(capsys, rows[[*columns, "adj_pairs"]], tmp_path, results, "model1_phys")
+    assert "ion counts made exact from the voltage pairs (adj_pairs)" in text
+    assert (table["capacity_grav_source"] == "physics").all()
+    truth = rows.set_index("battery_id").loc[table["battery_id"], "capacity_grav"].astype(float)
+    np.testing.assert_allclose(table["capacity_grav_mean"], truth, rtol=1e-6)
+
+
 def test_zero_ion_count_is_legal_and_scored(tiny_run, candidates, tmp_path, capsys):
     _, results, _ = tiny_run
     rows = pd.read_csv(candidates, dtype=str, keep_default_na=False)

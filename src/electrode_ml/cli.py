@@ -13,8 +13,8 @@ import pandas as pd
 import torch
 
 from electrode_ml.chemistry import insertion_problem
-from electrode_ml.data import (FORMULA_FIELDS, SPACE_GROUP_FIELDS, BadRow, coerce_types, find_bad_rows, present,
-                               read_electrode_csv, refusal, require_columns)
+from electrode_ml.data import (FORMULA_FIELDS, SPACE_GROUP_FIELDS, BadRow, coerce_types, exact_end_formulas,
+                               find_bad_rows, present, read_electrode_csv, refusal, require_columns)
 from electrode_ml.ensemble import outside_training as rows_outside_training
 from electrode_ml.errors import InputError
 from electrode_ml.features import DFT_FIELDS, KNOWN_MODELS, uses_dft
@@ -53,14 +53,18 @@ def validate_candidates(frame: pd.DataFrame, needed: list[str], where: str, skip
 
     The ``needed`` columns must be there; those of ``known`` that are there too are checked as
     strictly though the model does not read them (a space group of 231 says the file is not what
-    its writer thinks), except that they may be blank (unknown); any other column is ignored."""
+    its writer thinks), except that they may be blank (unknown); MP's voltage pairs (``adj_pairs``)
+    make the ion counts exact (:func:`exact_ion_counts`); any other column is ignored."""
     require_columns(frame, needed, where)
     frame = frame.reset_index(drop=True)
     unread = [name for name in present(frame, known) if name not in needed]
     typed, bad = coerce_types(frame[[*needed, *unread]])
     bad = [row for row in bad if not (row.field in unread and row.reason == "missing value")]
     bad += find_bad_rows(typed)
-    bad += not_insertions(typed, {row.row for row in bad if row.field in (*FORMULA_FIELDS, "working_ion")})
+    unreadable = {row.row for row in bad if row.field in (*FORMULA_FIELDS, "working_ion")}
+    if "adj_pairs" in frame.columns:
+        typed = exact_ion_counts(typed, frame["adj_pairs"], unreadable)
+    bad += not_insertions(typed, unreadable)
     if bad and not skip_bad:
         raise refusal(bad, where, hint="; --skip-bad scores the rest")
     rejects = pd.DataFrame([{"row": row.row + 1, "battery_id": row.battery_id, "field": row.field,
@@ -70,6 +74,26 @@ def validate_candidates(frame: pd.DataFrame, needed: list[str], where: str, skip
         if name in needed:  # an unread one may hold blanks: it stays float
             good[name] = good[name].astype("int64")
     return good, rejects
+
+
+def exact_ion_counts(candidates: pd.DataFrame, pairs: pd.Series, unreadable: set[int]) -> pd.DataFrame:
+    """``candidates`` with their ion counts made exact from MP's voltage pairs (``pairs``, the file's
+    ``adj_pairs`` column, as the snapshot and a download have it), as the workflow makes its
+    electrodes' (``data.exact_formulas``, :func:`electrode_ml.data.exact_end_formulas`); ``unreadable``
+    rows (a bad formula or ion) are left as they are.
+
+    MP writes the end members' ion count rounded or cut to two decimals (Li1.33CuO2 for Li4/3CuO2,
+    Li1Mn3V5O16 for Li10Mn3V5O16), and a physics model's capacity follows the count it reads.
+    """
+    formulas = ["formula_charge", "formula_discharge"]
+    readable = candidates.index.difference(sorted(unreadable))
+    ends = candidates.loc[readable, [*formulas, "working_ion"]].assign(adj_pairs=pairs.loc[readable].fillna(""))
+    exact, counts = exact_end_formulas(ends)
+    if counts:
+        log.info("ion counts made exact from the voltage pairs (adj_pairs): %s", counts)
+    candidates = candidates.copy()
+    candidates.loc[readable, formulas] = exact[formulas]
+    return candidates
 
 
 def not_insertions(candidates: pd.DataFrame, unreadable: set[int]) -> list[BadRow]:
@@ -210,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sub):
         sub.add_argument("input", type=Path, help="CSV of candidate electrodes: battery_id, both formulas, working_ion, both "
                                                      "crystal systems; the space groups if the run used them, the DFT "
-                                                     "fields for model2 variants")
+                                                     "fields for model2 variants; MP's adj_pairs, if given, make "
+                                                     "the ion counts exact")
         sub.add_argument("-o", "--output", type=Path, required=True, help="CSV to write (atomically)")
         sub.add_argument("--model", default="model1_phys", choices=KNOWN_MODELS, metavar="MODEL",
                          help=f"{', '.join(KNOWN_MODELS)} (default model1_phys: needs no DFT)")
