@@ -289,6 +289,20 @@ def test_stacked_ensemble_in_network_passes_matches_one_pass_and_takes_no_rows(d
     assert ensemble.predict(data[2][:0]).shape == (3, 0, 3)
 
 
+def test_stacked_ensemble_off_the_cpu_takes_every_network_in_one_pass(data):
+    """The GPU path, on torch's meta device (shapes without values): no passes, whatever their size."""
+    networks = [train_network(*data, PARAMS, TrainSettings(epochs=3, seed=seed, log_every=0)) for seed in range(3)]
+    ensemble = StackedEnsemble(networks, device="meta")
+    ensemble.CPU_PASS_BYTES = 1  # one network per pass on the CPU
+    passes = []
+    forward = ensemble._forward
+    ensemble._forward = lambda inputs, first, last, activations: (passes.append((first, last)),
+                                                                  forward(inputs, first, last, activations))
+    scaled = ensemble.predict_scaled(torch.tensor(data[2], dtype=torch.float32))
+    assert scaled.device.type == "meta" and scaled.shape == (3, len(data[2]), 3)
+    assert passes == [(0, 3)]
+
+
 def test_checkpoint_round_trip(data):
     network = train_network(*data, PARAMS, TrainSettings(epochs=3, seed=1, log_every=0))
     restored = TrainedNetwork.from_checkpoint(network.to_checkpoint())
