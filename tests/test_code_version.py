@@ -74,7 +74,7 @@ def test_a_change_to_the_training_code_reruns_what_trains_networks_and_nothing_b
 
 def test_a_change_to_the_ensemble_prediction_reruns_what_predicts_and_no_training(shipped, tmp_path):
     def other_pass_size(package):
-        replace_in(package / "predict.py", "CPU_ROWS_PER_PASS = 128", "CPU_ROWS_PER_PASS = 64")
+        replace_in(package / "predict.py", "CPU_PASS_BYTES = 8_000_000", "CPU_PASS_BYTES = 4_000_000")
 
     reruns = changed(shipped, versions(tmp_path, "predict", other_pass_size))
     assert reruns == {"timing", "screen_k"}

@@ -303,6 +303,25 @@ def test_exact_formulas_take_the_ion_count_from_the_voltage_pairs():
     assert rows["formula_discharge"][0] == "Li1Ti3Mn5O16"  # the input frame is not modified
 
 
+def test_only_counts_that_mp_wrote_from_the_exact_one_are_replaced():
+    """A count that MP's two-decimal writing cannot have produced from the pairs' count is no rounding:
+    swapped ends, another range, two framework units or a formula of the ion alone stay as written,
+    for the candidate checks to judge (predict refuses swapped ends; the others are the user's)."""
+    pairs = f"[{_pair('Li(FeBO3)8', 'Li7(FeBO3)8')}]"  # ends 1/8 and 7/8, written 0.12 and 0.88 by MP
+    written = [("Li0.12FeBO3", "Li0.88FeBO3"),  # MP's rounding: repaired
+               ("Li0.88FeBO3", "Li0.12FeBO3"),  # swapped ends
+               ("Li0.5FeBO3", "Li0.88FeBO3"),  # another range at the charged end: that end kept
+               ("Li0.24Fe2B2O6", "Li1.76Fe2B2O6"),  # two framework units
+               ("FeBO3", "Li0.88FeBO3"),  # no written count at the charged end
+               ("Li10", "Li0.88FeBO3")]  # no framework besides the ion
+    rows = pd.DataFrame(written, columns=["formula_charge", "formula_discharge"]).assign(working_ion="Li", adj_pairs=pairs)
+    exact, counts = exact_end_formulas(rows)
+    assert list(zip(exact["formula_charge"], exact["formula_discharge"])) == [
+        ("Li0.125FeBO3", "Li0.875FeBO3"), written[1], ("Li0.5FeBO3", "Li0.875FeBO3"), written[3],
+        ("FeBO3", "Li0.875FeBO3"), ("Li10", "Li0.875FeBO3")]
+    assert counts == {"formula_charge: ion count rounded": 1, "formula_discharge: ion count rounded": 4}
+
+
 def test_data_step_reports_the_formulas_it_made_exact(tmp_path, snapshot_path):
     results = _data_step(tmp_path, snapshot_path, "error")
     report = json.loads((results / "data" / "data_report.json").read_text())

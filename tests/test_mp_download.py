@@ -623,6 +623,24 @@ def test_a_document_served_twice_counts_once(server, expected, caplog):
     assert "retry" not in caplog.text
 
 
+def test_counts_ask_for_the_ids_the_searches_ask_for(snapshot_rows):
+    """mp_api's searches send material ids above emmet's cut in the letter form (validate_ids); a count
+    sending the classic text could count other documents on the real API than the search returns."""
+    documents = json.dumps(build_documents(snapshot_rows)).replace('"mp-1176890"', '"mp-3347530"')
+    fake = FakeMP(*json.loads(documents)).start()  # the discharged end of mp-758915_Li renumbered
+    try:
+        table = download(fake)
+    finally:
+        fake.stop()
+    assert "mp-3347530" in set(table["id_discharge"])
+    for route in ("summary", "thermo"):
+        asked = {"count": set(), "search": set()}
+        for hit in fake.hits(route):
+            asked["search" if "_fields" in hit["params"] else "count"].add(hit["params"]["material_ids"])
+        assert asked["count"] == asked["search"], route
+        assert any("mp-hilze" in ids.split(",") for ids in asked["count"]), route
+
+
 def test_electrodes_left_out_are_counted_in_the_provenance(snapshot_rows, expected):
     """The data report must say what the download itself left out: rows_in counts only what it kept."""
     electrodes, summaries, thermo = build_documents(snapshot_rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ import pandas as pd
 
 from electrode_ml.chemistry import parse_formula, per_framework_unit
 from electrode_ml.errors import InputError
+from electrode_ml.mp_documents import emmet_ion_count
 from electrode_ml.schema import CRYSTAL_SYSTEMS, ELECTRODE_COLUMNS, WORKING_IONS
 
 log = logging.getLogger(__name__)
@@ -260,7 +262,10 @@ def exact_end_formulas(electrodes: pd.DataFrame) -> tuple[pd.DataFrame, dict[str
     ``Li1Ti3Mn5O16``. On the snapshot 43 counts are truncated and 241 rounded; stoichiometric
     capacity then misses the stored capacity by over 1 mAh/g for 95 rows, and by under 1e-6 mAh/g
     for every row once the counts are exact. Only the ion count is replaced, and only where the
-    pairs describe the same framework; the framework text stays as written.
+    pairs describe the same framework, the formula is written per one reduced framework unit, and
+    the count as written is what emmet writes for the exact one (:func:`emmet_ion_count`): a count
+    that disagrees otherwise (swapped ends, another range, another unit) is not MP's rounding and
+    stays for the checks to judge. The framework text stays as written.
     """
     electrodes = electrodes.copy()
     counts = Counter()
@@ -269,7 +274,12 @@ def exact_end_formulas(electrodes: pd.DataFrame) -> tuple[pd.DataFrame, dict[str
         repaired = []
         for formula, ion, pairs in zip(electrodes[name], electrodes["working_ion"], exact):
             written = re.fullmatch(rf"{ion}(\d+(?:\.\d*)?)(.+)", formula)
-            if written is None or pairs is None or pairs[2] != per_framework_unit(formula, ion)[1].reduced_formula:
+            try:
+                per_unit, framework = per_framework_unit(formula, ion) if written and pairs else (None, None)
+            except InputError:  # no framework besides the ion: left for the checks to refuse
+                per_unit = None
+            if (per_unit is None or framework.reduced_formula != pairs[2] or written[1] != emmet_ion_count(pairs[end])
+                    or not math.isclose(per_unit, float(written[1]))):
                 repaired.append(formula)
                 continue
             given, true = float(written[1]), pairs[end]

@@ -115,6 +115,14 @@ def as_dict(doc: Any) -> dict[str, Any]:
     return dict(doc)
 
 
+def emmet_ion_count(amount: float) -> str:
+    """An ion count as emmet writes it into an electrode's ``formula_charge``/``formula_discharge``,
+    flaws included: two decimals, then ``.00`` and trailing zeros stripped, so that 10 reads ``1``
+    and 0.125 ``0.12``."""
+    subscript = re.sub(".00$", "", f"{amount:.2f}")
+    return subscript if subscript == "0" else subscript.rstrip("0")
+
+
 def _ion_subscript(formula: str, ion: str) -> tuple[str, str]:
     """(ion count per reduced framework unit as emmet writes it, framework reduced formula).
 
@@ -122,10 +130,7 @@ def _ion_subscript(formula: str, ion: str) -> tuple[str, str]:
     trailing-zero strip), so a download matches the snapshot; ``data.exact_formulas`` repairs both.
     """
     ion_amount, framework = per_framework_unit(formula, ion)
-    subscript = re.sub(".00$", "", f"{ion_amount:.2f}")
-    if subscript != "0":
-        subscript = subscript.rstrip("0")
-    return subscript, framework.reduced_formula
+    return emmet_ion_count(ion_amount), framework.reduced_formula
 
 
 def _element_symbol(value: Any) -> str | None:

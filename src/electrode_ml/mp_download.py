@@ -104,7 +104,7 @@ def download_electrodes(
 
     try:  # heavy import (pymatgen, boto3, deltalake): only when downloading
         from mp_api.client import MPRester
-        from mp_api.client.core.utils import validate_endpoint
+        from mp_api.client.core.utils import validate_endpoint, validate_ids
     except ImportError as exc:
         missing = exc.name or "mp_api"
     else:
@@ -174,8 +174,9 @@ def download_electrodes(
                 lambda chunk=chunk: _distinct_documents(
                     summary_rester.search(material_ids=chunk, fields=list(SUMMARY_FIELDS),
                                           chunk_size=PAGE_SIZE),
-                    # the summary search sends the ids comma-joined, as here
-                    summary_rester.count({"material_ids": ",".join(chunk)}),
+                    # the searches send the ids as validate_ids writes them (letter ids above emmet's
+                    # cut), comma-joined, as here
+                    summary_rester.count({"material_ids": ",".join(validate_ids(chunk))}),
                     key=material_id,
                 ),
             )
@@ -184,7 +185,7 @@ def download_electrodes(
                 lambda chunk=chunk: _distinct_documents(
                     thermo_rester.search(material_ids=chunk, thermo_types=[THERMO_TYPE],
                                          fields=list(THERMO_FIELDS), chunk_size=PAGE_SIZE),
-                    thermo_rester.count({"material_ids": ",".join(chunk), "thermo_types": THERMO_TYPE}),
+                    thermo_rester.count({"material_ids": ",".join(validate_ids(chunk)), "thermo_types": THERMO_TYPE}),
                     key=lambda doc: f"{material_id(doc)} {doc.get('thermo_type')}",
                 ),
             )
