@@ -314,8 +314,8 @@ def electrode_table(electrodes: list[dict[str, Any]], end_members: dict[str, dic
         rows.append(row)
     if dropped[NO_END_MEMBER]:
         log.warning("left out %d electrodes with end members absent from the summary data (e.g. deprecated "
-                    "materials), without %s energies or missing a property, e.g. %s", len(dropped[NO_END_MEMBER]),
-                    THERMO_TYPE, ", ".join(dropped[NO_END_MEMBER][:DROP_EXAMPLES]))
+                    "materials), without %s energies or missing a property, e.g. %s",
+                    len(dropped[NO_END_MEMBER]), THERMO_TYPE, ", ".join(dropped[NO_END_MEMBER][:DROP_EXAMPLES]))
     table = pd.DataFrame(rows, columns=list(ELECTRODE_COLUMNS))
     # Each query's documents are distinct by battery id and the id ends in the ion queried, so a repeat here
     # would be two different documents with one id. No legitimate case: emmet's id is the smallest material

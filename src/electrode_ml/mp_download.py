@@ -3,8 +3,9 @@
 `download_electrodes` asks the real `mp_api` client (``MPRester``) for the insertion-electrode documents
 of the configured working ions, for the summary properties of every charged and discharged end member
 and for their GGA/GGA+U energies (thermo documents of ``mp_documents.THERMO_TYPE``: the summary's are
-of MP's GGA/GGA+U/r2SCAN mixing scheme, the electrodes' voltages of GGA/GGA+U), and joins them into the columns of ``schema.ELECTRODE_COLUMNS``: the same names, order, dtypes
-and value formats as the offline snapshot, so later stages cannot tell a fresh download from it.
+of MP's GGA/GGA+U/r2SCAN mixing scheme, the electrodes' voltages of GGA/GGA+U), and joins them into
+the columns of ``schema.ELECTRODE_COLUMNS``: the same names, order, dtypes and value formats as the
+offline snapshot, so later stages cannot tell a fresh download from it.
 
 This module says what is asked for and checks that each query came back whole. How every request is
 bounded, retried and turned into a one-line `InputError` is mp_transport.py's; how the documents become
@@ -19,8 +20,9 @@ against the server's own count of them (one more small request each); on a misma
 like one whose body failed, and repeats of one document are dropped.
 
 Electrodes left out on the way (another working ion, incomplete documents, average voltage outside the
-window, end members without summary properties or GGA/GGA+U energies) are counted per reason, with example battery ids, in
-the provenance's ``download_dropped``, which the data step writes into data_report.json.
+window, end members without summary properties or GGA/GGA+U energies) are counted per reason, with
+example battery ids, in the provenance's ``download_dropped``, which the data step writes into
+data_report.json.
 """
 
 from __future__ import annotations
@@ -45,9 +47,8 @@ from electrode_ml.schema import WORKING_IONS
 
 log = logging.getLogger(__name__)
 
-# Documents per page (mp_api's chunk_size; the API serves at most 1000) and material ids per summary (and
-# thermo) query
-# (keeps the query URL a few kB long).
+# Documents per page (mp_api's chunk_size; the API serves at most 1000) and material ids per summary and
+# thermo query (keeps the query URL a few kB long).
 PAGE_SIZE = 1000
 SUMMARY_IDS_PER_QUERY = 250
 
@@ -81,9 +82,10 @@ def download_electrodes(
     """Download the insertion electrodes of `ions` from the Materials Project, in the snapshot's layout.
 
     Keeps complete electrodes with ``voltage_window[0] < average_voltage < voltage_window[1]`` whose two
-    end members have all summary properties and GGA/GGA+U energies; returns them typed per ``ELECTRODE_COLUMNS``, sorted by
-    battery_id, with the download's provenance (endpoint, database and client versions, UTC time, and
-    the electrodes left out per reason as ``download_dropped``) for the data report. `api_key` defaults
+    end members have all summary properties and GGA/GGA+U energies; returns them typed per
+    ``ELECTRODE_COLUMNS``, sorted by battery_id, with the download's provenance (endpoint, database and
+    client versions, UTC time, and the electrodes left out per reason as ``download_dropped``) for the
+    data report. `api_key` defaults
     to the ``MP_API_KEY`` environment variable; `endpoint` to mp_api's default (``MP_API_ENDPOINT`` or
     https://api.materialsproject.org/). Raises `InputError` (one line, never containing the key) for bad
     arguments, a missing or rejected key, an unreachable or failing API, or an incomplete download.
@@ -185,7 +187,8 @@ def download_electrodes(
                 lambda chunk=chunk: _distinct_documents(
                     thermo_rester.search(material_ids=chunk, thermo_types=[THERMO_TYPE],
                                          fields=list(THERMO_FIELDS), chunk_size=PAGE_SIZE),
-                    thermo_rester.count({"material_ids": ",".join(validate_ids(chunk)), "thermo_types": THERMO_TYPE}),
+                    thermo_rester.count({"material_ids": ",".join(validate_ids(chunk)),
+                                         "thermo_types": THERMO_TYPE}),
                     key=lambda doc: f"{material_id(doc)} {doc.get('thermo_type')}",
                 ),
             )
