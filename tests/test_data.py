@@ -314,7 +314,8 @@ def test_only_counts_that_mp_wrote_from_the_exact_one_are_replaced():
                ("Li0.24Fe2B2O6", "Li1.76Fe2B2O6"),  # two framework units
                ("FeBO3", "Li0.88FeBO3"),  # no written count at the charged end
                ("Li10", "Li0.88FeBO3")]  # no framework besides the ion
-    rows = pd.DataFrame(written, columns=["formula_charge", "formula_discharge"]).assign(working_ion="Li", adj_pairs=pairs)
+    rows = pd.DataFrame(written, columns=["formula_charge", "formula_discharge"])
+    rows = rows.assign(working_ion="Li", adj_pairs=pairs)
     exact, counts = exact_end_formulas(rows)
     assert list(zip(exact["formula_charge"], exact["formula_discharge"])) == [
         ("Li0.125FeBO3", "Li0.875FeBO3"), written[1], ("Li0.5FeBO3", "Li0.875FeBO3"), written[3],
