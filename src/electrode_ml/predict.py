@@ -67,7 +67,7 @@ class StackedEnsemble:
             raise ValueError(f"ensemble networks differ in shape: {sorted(shapes)}")
         self.device, self.dtype = device, dtype
         linear_names = [name[: -len(".weight")] for name in networks[0].state_dict if name.endswith(".weight")]
-        self.weights = []  # per layer (networks, out, in), the first layer's outputs side by side
+        self.weights = []  # per layer (networks, out (+1), in + 1): bias folded in, the 1 passed on
         for index, layer in enumerate(linear_names):
             weight = torch.stack([n.state_dict[f"{layer}.weight"] for n in networks])  # (S, out, in)
             bias = torch.stack([n.state_dict[f"{layer}.bias"] for n in networks])  # (S, out)
