@@ -275,7 +275,7 @@ def test_stacked_ensemble_matches_one_by_one(data):
         np.testing.assert_allclose(stacked[index], predict(network, data[2]), rtol=1e-5, atol=1e-4)
 
 
-def test_stacked_ensemble_in_network_passes_matches_one_pass_and_takes_no_rows(data):
+def test_stacked_ensemble_in_passes_matches_one_pass_and_takes_no_rows(data):
     networks = [train_network(*data, PARAMS, TrainSettings(epochs=3, seed=seed, log_every=0)) for seed in range(3)]
     ensemble = StackedEnsemble(networks)
     one_network = len(data[2]) * ensemble.widest * 4  # bytes of one network's widest float32 activation
@@ -284,8 +284,14 @@ def test_stacked_ensemble_in_network_passes_matches_one_pass_and_takes_no_rows(d
     for per_pass in (1, 2):  # three passes of one network; one of two and one of one
         ensemble.CPU_PASS_BYTES = per_pass * one_network
         np.testing.assert_array_equal(ensemble.predict(data[2]), whole)
-    ensemble.CPU_PASS_BYTES = 1  # never fewer than one network per pass
-    np.testing.assert_array_equal(ensemble.predict(data[2]), whole)
+    ensemble.CPU_PASS_BYTES = 1  # one network and one row per pass
+    np.testing.assert_allclose(ensemble.predict(data[2]), whole, rtol=1e-6, atol=1e-6)
+    ensemble.CPU_PASS_BYTES = 7 * ensemble.widest * 4  # 60 rows: eight parts of 7 rows and one of 4
+    rows = []
+    forward = ensemble._forward
+    ensemble._forward = lambda inputs, *args: (rows.append(inputs.shape[1]), forward(inputs, *args))
+    np.testing.assert_allclose(ensemble.predict(data[2]), whole, rtol=1e-6, atol=1e-6)
+    assert rows == [7] * 24 + [4] * 3  # one network a pass
     assert ensemble.predict(data[2][:0]).shape == (3, 0, 3)
 
 

@@ -91,14 +91,18 @@ class StackedEnsemble:
         """Shape (n_networks, n_rows, 3), standardised.
 
         On the CPU the networks go through in passes whose widest activation is about
-        ``CPU_PASS_BYTES`` (ten of model1's networks at 388 rows), every pass writing into the
-        same activations. All 50 networks at once write and read back up to 38 MB per layer; and
+        ``CPU_PASS_BYTES`` (ten of model1's networks at 388 rows; rows in parts where one network's
+        would be more), every pass writing into the same activations. All 50 networks at once write and read back up to 38 MB per layer; and
         a fresh activation per pass is a fresh mmap whose pages fault in on first touch. Against
         rows x units activations allocated afresh in passes of 128 rows, this took model1's 50
         networks 21.2 instead of 36.7 ms and model2's 18.4 instead of 20.6 ms (388 rows, float32,
         2 threads; docs/timings.md, "Prediction").
         """
         x = x.to(self.device, self.dtype)
+        rows_per_pass = max(1, self.CPU_PASS_BYTES // (self.widest * x.element_size()))
+        if x.device.type == "cpu" and x.shape[0] > rows_per_pass:
+            return torch.cat([self.predict_scaled(x[start:start + rows_per_pass])
+                              for start in range(0, x.shape[0], rows_per_pass)], dim=1)
         inputs = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1).T
         per_pass = len(self)
         if x.device.type == "cpu":
