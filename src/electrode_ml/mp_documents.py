@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pandas as pd
@@ -255,20 +255,25 @@ def electrode_rows(docs: Iterable[dict[str, Any]], ion: str, dropped: dict[str, 
     return rows
 
 
-def gga_energies(docs: Iterable[Any]) -> dict[str, dict[str, Any]]:
-    """material id (classic) -> energy and formation energy per atom of its ``THERMO_TYPE`` thermo
-    document; documents of other thermo types (a server that ignored the filter) are passed over."""
-    energies: dict[str, dict[str, Any]] = {}
+def _by_material_id(docs: Iterable[Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(material id, classic, and the document as a dict) of each document that names its material."""
     for doc in docs or []:
         doc = as_dict(doc)
-        thermo_type = doc.get("thermo_type")
-        if str(getattr(thermo_type, "value", thermo_type)) != THERMO_TYPE:
-            continue
         try:
             identifier = material_id(doc)
         except MALFORMED:
             continue
-        energies[identifier] = {field: doc.get(field) for field in ENERGY_FIELDS}
+        yield identifier, doc
+
+
+def gga_energies(docs: Iterable[Any]) -> dict[str, dict[str, Any]]:
+    """material id (classic) -> energy and formation energy per atom of its ``THERMO_TYPE`` thermo
+    document; documents of other thermo types (a server that ignored the filter) are passed over."""
+    energies: dict[str, dict[str, Any]] = {}
+    for identifier, doc in _by_material_id(docs):
+        thermo_type = doc.get("thermo_type")
+        if str(getattr(thermo_type, "value", thermo_type)) == THERMO_TYPE:
+            energies[identifier] = {field: doc.get(field) for field in ENERGY_FIELDS}
     return energies
 
 
@@ -276,12 +281,7 @@ def end_member_properties(docs: Iterable[Any], energies: dict[str, dict[str, Any
     """material id (classic) -> the END_MEMBER_FIELDS of one summary document, its energies from
     ``energies`` (`gga_energies`) rather than the summary's (see ``THERMO_TYPE``)."""
     properties: dict[str, dict[str, Any]] = {}
-    for doc in docs or []:
-        doc = as_dict(doc)
-        try:
-            identifier = material_id(doc)
-        except MALFORMED:
-            continue
+    for identifier, doc in _by_material_id(docs):
         symmetry = as_dict(doc.get("symmetry") or {})
         crystal_system = symmetry.get("crystal_system", doc.get("symmetry.crystal_system"))
         number = symmetry.get("number", doc.get("symmetry.number"))
