@@ -273,23 +273,31 @@ def exact_end_formulas(electrodes: pd.DataFrame) -> tuple[pd.DataFrame, dict[str
     for end, name in enumerate(("formula_charge", "formula_discharge")):
         repaired = []
         for formula, ion, pairs in zip(electrodes[name], electrodes["working_ion"], exact):
-            written = re.fullmatch(rf"{ion}(\d+(?:\.\d*)?)(.+)", formula)
-            try:
-                per_unit, framework = per_framework_unit(formula, ion) if written and pairs else (None, None)
-            except InputError:  # no framework besides the ion: left for the checks to refuse
-                per_unit = None
-            if (per_unit is None or framework.reduced_formula != pairs[2] or written[1] != emmet_ion_count(pairs[end])
-                    or not math.isclose(per_unit, float(written[1]))):
-                repaired.append(formula)
-                continue
-            given, true = float(written[1]), pairs[end]
-            if abs(given - true) > 1e-9 * max(1.0, true):
-                kind = "rounded" if abs(given - true) <= 0.005 + 1e-9 else "truncated"
+            formula, kind = _exact_end_formula(formula, ion, pairs, end)
+            if kind:
                 counts[f"{name}: ion count {kind}"] += 1
-                formula = f"{ion}{true:.10g}{written[2]}"
             repaired.append(formula)
         electrodes[name] = repaired
     return electrodes, dict(sorted(counts.items()))
+
+
+def _exact_end_formula(formula: str, ion: str, pairs: tuple[float, float, str] | None, end: int) -> tuple[str, str]:
+    """One end member's formula with the pairs' exact ion count (``end`` 0 charged, 1 discharged) where
+    MP's writing explains the difference, and how the count was off: 'rounded', 'truncated', or ''
+    where the formula is kept as written."""
+    written = re.fullmatch(rf"{ion}(\d+(?:\.\d*)?)(.+)", formula)
+    if written is None or pairs is None:
+        return formula, ""
+    try:
+        per_unit, framework = per_framework_unit(formula, ion)
+    except InputError:  # no framework besides the ion: left for the checks to refuse
+        return formula, ""
+    given, true = float(written[1]), pairs[end]
+    if (framework.reduced_formula != pairs[2] or written[1] != emmet_ion_count(true)
+            or not math.isclose(per_unit, given) or abs(given - true) <= 1e-9 * max(1.0, true)):
+        return formula, ""
+    kind = "rounded" if abs(given - true) <= 0.005 + 1e-9 else "truncated"
+    return f"{ion}{true:.10g}{written[2]}", kind
 
 
 def prepare_electrodes(raw: pd.DataFrame, settings: dict, *, source: str = "snapshot",
