@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from electrode_ml import bench
+from electrode_ml import bench, cpu_matmul
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,13 +23,17 @@ def test_bench_writes_its_figures(tmp_path, snapshot_path, capsys, monkeypatch):
     figures = run_bench(tmp_path, snapshot_path, REPO / "config.yaml")
     assert figures["train_epochs"] == 2 and figures["ensemble_networks"] == 3 and figures["val_electrodes"] == 388
     assert figures["matmul_peak_gflops"] > 0 and figures["ensemble_predict_val_ms_bfloat16"] > 0
+    # both libraries of the products timed, the default one among them; oneDNN's peak beside torch's
+    assert figures["matmul_peak_gflops_onednn"] > 0 and 0 < figures["train_fraction_of_onednn_peak"]
+    assert set(figures["ensemble_predict_val_ms_by_matmul"]) == {"torch", "onednn"}
+    assert figures["ensemble_predict_matmul"] == cpu_matmul.float32_library()
     assert set(figures["bfloat16_max_shift"]) == {"average_voltage", "capacity_grav", "energy_grav"}
     assert figures["train_one_network_s_bfloat16"] > 0 and 0 < figures["train_bfloat16_fraction_of_bfloat16_peak"]
     # two epochs of the same seed: the rounded matmuls end on another, nearby validation loss
     assert figures["train_best_val_loss_bfloat16"] != figures["train_best_val_loss"]
     assert abs(figures["train_best_val_loss_bfloat16"] / figures["train_best_val_loss"] - 1) < 0.1
     printed = capsys.readouterr().out
-    assert "GFLOP/s" in printed and "bfloat16 matmuls" in printed
+    assert "GFLOP/s" in printed and "bfloat16 matmuls" in printed and "GFLOP/s (oneDNN)" in printed
 
 
 def test_bench_skips_the_bfloat16_training_where_it_would_be_emulated(tmp_path, snapshot_path, capsys, monkeypatch):

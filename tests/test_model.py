@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from electrode_ml import devices
+from electrode_ml import cpu_matmul, devices
 from electrode_ml.devices import claim_gpu, job_device, resolve_device
 from electrode_ml.errors import InputError
 from electrode_ml.model import MLP, NetworkParams, TrainedNetwork, TrainSettings, predict, train_network
@@ -268,16 +268,44 @@ def test_relu_dropout_is_seeded():
     assert torch.equal(*draws)
 
 
-def test_stacked_ensemble_matches_one_by_one(data):
+@pytest.mark.parametrize("matmul", ["torch", "onednn"])
+def test_stacked_ensemble_matches_one_by_one(data, matmul):
     networks = [train_network(*data, PARAMS, TrainSettings(epochs=3, seed=seed, log_every=0)) for seed in range(4)]
-    stacked = StackedEnsemble(networks).predict(data[2])
+    ensemble = StackedEnsemble(networks, matmul=matmul)
+    stacked = ensemble.predict(data[2])
     for index, network in enumerate(networks):
         np.testing.assert_allclose(stacked[index], predict(network, data[2]), rtol=1e-5, atol=1e-4)
+    for rows in (data[2][:1], data[2][:0]):
+        np.testing.assert_allclose(ensemble.predict(rows), stacked[:, :len(rows)], rtol=1e-5, atol=1e-4)
+
+
+def test_the_products_library_follows_the_cpu_maker(data, monkeypatch, tmp_path):
+    """oneDNN on x86 CPUs whose MKL kernels are the slow ones; torch's own matmuls elsewhere, in
+    bfloat16 and off the CPU."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n")
+    assert cpu_matmul.cpu_vendor(cpuinfo) == "AuthenticAMD"
+    assert cpu_matmul.cpu_vendor(tmp_path / "absent") == ""
+    monkeypatch.setattr(cpu_matmul.platform, "machine", lambda: "x86_64")
+    assert cpu_matmul.float32_library("AuthenticAMD") == "onednn"
+    assert cpu_matmul.float32_library("GenuineIntel") == "torch"
+    assert cpu_matmul.float32_library("") == "torch"
+    monkeypatch.setattr(cpu_matmul.platform, "machine", lambda: "aarch64")
+    assert cpu_matmul.float32_library("ARM") == "torch"
+
+    networks = [train_network(*data, PARAMS, TrainSettings(epochs=1, seed=seed, log_every=0)) for seed in range(2)]
+    for library in ("onednn", "torch"):
+        monkeypatch.setattr(cpu_matmul, "float32_library", lambda library=library: library)
+        assert StackedEnsemble(networks).matmul == library
+        assert StackedEnsemble(networks, dtype=torch.bfloat16).matmul == "torch"
+        assert StackedEnsemble(networks, device="meta").matmul == "torch"
+    with pytest.raises(ValueError, match="oneDNN products need the CPU"):
+        StackedEnsemble(networks, device="meta", matmul="onednn")
 
 
 def test_stacked_ensemble_in_passes_matches_one_pass_and_takes_no_rows(data):
     networks = [train_network(*data, PARAMS, TrainSettings(epochs=3, seed=seed, log_every=0)) for seed in range(3)]
-    ensemble = StackedEnsemble(networks)
+    ensemble = StackedEnsemble(networks, matmul="torch")
     one_network = len(data[2]) * ensemble.widest * 4  # bytes of one network's widest float32 activation
     ensemble.CPU_PASS_BYTES = 3 * one_network
     whole = ensemble.predict(data[2])

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from electrode_ml import cpu_matmul
 from electrode_ml.config import load_config
 from electrode_ml.data import prepare_electrodes, read_electrode_csv
 from electrode_ml.errors import InputError
@@ -33,15 +34,24 @@ from electrode_ml.timing import PAPER_TIMING
 log = logging.getLogger("electrode_ml.bench")
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype=torch.float32) -> float:
-    """Best-of-N GEMM rate with the current thread count: the ceiling a dense MLP can reach."""
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype=torch.float32, library: str = "torch") -> float:
+    """Best-of-N GEMM rate with the current thread count: the ceiling a dense MLP can reach.
+    ``library`` 'onednn' times oneDNN's product instead of torch's ``mm`` (see cpu_matmul.py)."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    if library == "onednn":
+        packed = cpu_matmul.pack(b)
+
+        def product():
+            return cpu_matmul.linear(a, packed, None, relu=False)
+    else:
+        def product():
+            return a @ b
     for _ in range(2):
-        a @ b
+        product()
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        a @ b
+        product()
         best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best / 1e9
 
@@ -114,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     y = {name: targets for name, (_, targets) in matrices.items()}
 
     peak = matmul_peak_gflops()
+    # on a CPU where MKL runs slower kernels, torch.mm's rate is not the machine's
+    onednn_peak = matmul_peak_gflops(library="onednn") if cpu_matmul.onednn_available() else None
     params = PAPER_PARAMS[args.model]
     paper = PAPER_TIMING[args.model]
     log.info("training one %s network at the paper's settings (full batch, %d epochs, %d threads)",
@@ -138,27 +150,36 @@ def main(argv: list[str] | None = None) -> None:
     else:
         networks, x_val = [network] * args.n_networks, x["val"]
         source = f"{args.n_networks} copies of the benchmark network (no trained ensemble under {args.results})"
-    ensemble_ms = time_prediction(StackedEnsemble(networks), x_val)
+    ensemble = StackedEnsemble(networks)
+    ensemble_ms = time_prediction(ensemble, x_val)
+    # both libraries where both exist: what cpu_matmul's choice by CPU maker rests on, on this host
+    libraries = ("torch", "onednn") if cpu_matmul.onednn_available() else ("torch",)
+    ms_by_library = {library: round(time_prediction(StackedEnsemble(networks, matmul=library), x_val), 2)
+                     for library in libraries}
     # bfloat16 inference (electrode-ml predict --precision bfloat16): its speed and what it moves
     bf16_ms = time_prediction(StackedEnsemble(networks, dtype=torch.bfloat16), x_val)
     bf16_shift = np.abs(StackedEnsemble(networks, dtype=torch.bfloat16).predict(x_val).mean(axis=0)
-                        - StackedEnsemble(networks).predict(x_val).mean(axis=0))
+                        - ensemble.predict(x_val).mean(axis=0))
     widths = sorted({(n.params.units_1, n.params.units_2, n.params.units_3) for n in networks})
 
     figures = {
         "machine": platform.processor() or platform.machine(),
         "threads": args.threads,
         "matmul_peak_gflops": round(peak, 1),
+        "matmul_peak_gflops_onednn": onednn_peak and round(onednn_peak, 1),
         "train_inputs": int(x["train"].shape[1]),
         "train_space_groups": bool(config["features"]["space_groups"]),
         "train_one_network_s": round(network.seconds, 2),
         "train_epochs": args.epochs,
         "train_gflops": round(train_gflops, 1),
         "train_fraction_of_peak": round(train_gflops / peak, 3),
+        "train_fraction_of_onednn_peak": onednn_peak and round(train_gflops / onednn_peak, 3),
         "train_best_val_loss": round(float(network.history["val_loss"].min()), 5),
         **mixed_precision_figures(mixed, flops, bf16_peak),
         "paper_train_one_network_s_A40": paper["train_mean_s"],
         "ensemble_predict_val_ms": round(ensemble_ms, 2),
+        "ensemble_predict_matmul": ensemble.matmul,
+        "ensemble_predict_val_ms_by_matmul": ms_by_library,
         "ensemble_networks": len(networks),
         "ensemble_source": source,
         "ensemble_widths": widths,
@@ -172,10 +193,13 @@ def main(argv: list[str] | None = None) -> None:
     out = args.results / "bench.json"
     previous = read_json(out) if out.exists() else {}
     write_json({**previous, args.model: figures}, out)
-    print(f"\nmatmul peak (float32, {args.threads} threads): {peak:8.1f} GFLOP/s")
+    print(f"\nmatmul peak (float32, {args.threads} threads): {peak:8.1f} GFLOP/s (torch.mm)"
+          + (f", {onednn_peak:.1f} GFLOP/s (oneDNN)" if onednn_peak else ""))
     print(f"one {args.model} training ({x['train'].shape[1]} inputs, paper widths), {args.epochs} epochs full batch: "
           f"{network.seconds:8.2f} s  "
-          f"({train_gflops:.1f} GFLOP/s = {100 * train_gflops / peak:.0f} % of peak; paper {paper['train_mean_s']} s on an A40)")
+          f"({train_gflops:.1f} GFLOP/s = {100 * train_gflops / peak:.0f} % of peak"
+          + (f", {100 * train_gflops / onednn_peak:.0f} % of oneDNN's" if onednn_peak else "")
+          + f"; paper {paper['train_mean_s']} s on an A40)")
     if mixed is None:
         print("the same with bfloat16 matmuls: skipped, this CPU has neither AMX nor AVX512-BF16")
     else:
@@ -183,8 +207,11 @@ def main(argv: list[str] | None = None) -> None:
               f"({figures['train_gflops_bfloat16']} GFLOP/s = "
               f"{100 * figures['train_bfloat16_fraction_of_bfloat16_peak']:.0f} % of that peak); best validation "
               f"loss {figures['train_best_val_loss_bfloat16']:.4f} against float32's {figures['train_best_val_loss']:.4f}")
-    print(f"predict {len(x_val)} val electrodes with {len(networks)} networks: {ensemble_ms:8.2f} ms  "
+    print(f"predict {len(x_val)} val electrodes with {len(networks)} networks: {ensemble_ms:8.2f} ms "
+          f"({ensemble.matmul} products)  "
           f"(paper: {paper['predict_ms']} ms for one network on an A40)  [{source}]")
+    print("  the same by the library of the products: "
+          + ", ".join(f"{library} {ms:.2f} ms" for library, ms in ms_by_library.items()))
     print(f"the same in bfloat16: {bf16_ms:8.2f} ms; ensemble means move by "
           + ", ".join(f"{UNITS[target]} {value:.4g} (max {worst:.3g})" for target, value, worst
                       in zip(TARGETS, bf16_shift.mean(axis=0), bf16_shift.max(axis=0))))
