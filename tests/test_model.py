@@ -301,6 +301,8 @@ def test_the_products_library_follows_the_cpu_maker(data, monkeypatch, tmp_path)
         assert StackedEnsemble(networks, device="meta").matmul == "torch"
     with pytest.raises(ValueError, match="oneDNN products need the CPU"):
         StackedEnsemble(networks, device="meta", matmul="onednn")
+    with pytest.raises(ValueError, match="neither 'torch' nor 'onednn'"):
+        StackedEnsemble(networks, matmul="mkl")
 
 
 def test_stacked_ensemble_in_passes_matches_one_pass_and_takes_no_rows(data):

@@ -76,6 +76,8 @@ class StackedEnsemble:
         if matmul is None:
             on_cpu_float32 = torch.device(device).type == "cpu" and dtype == torch.float32
             matmul = cpu_matmul.float32_library() if on_cpu_float32 else "torch"
+        if matmul not in ("torch", "onednn"):
+            raise ValueError(f"matmul {matmul!r} is neither 'torch' nor 'onednn'")
         if matmul == "onednn" and (torch.device(device).type != "cpu" or not cpu_matmul.onednn_available()):
             raise ValueError(f"oneDNN products need the CPU and a torch built with oneDNN (device {device})")
         self.matmul = matmul
