@@ -41,6 +41,10 @@ def test_timing_table_puts_the_paper_beside():
     assert one["ratio"] == pytest.approx(0.5 / 72.9)
     physics = timing.timing_table("model2_phys", 100.0, [10.0], prediction, include_training=False)
     assert len(physics) == 1 and physics["stage"].iloc[0].startswith("Prediction incl.")
+    whole = "Prediction of the validation set, whole ensemble"
+    assert "batched" in table.loc[whole, "note"]
+    onednn = timing.timing_table("model1", 100.0, [10.0], prediction | {"matmul": "onednn"}).set_index("stage")
+    assert "oneDNN" in onednn.loc[whole, "note"]
 
 
 def test_best_time_runs_the_call():

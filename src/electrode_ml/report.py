@@ -538,7 +538,7 @@ def section_timing(context: dict) -> str:
                      td(f"{row['ratio']:.2g}×" if pd.notna(row["ratio"]) else "–", cls="num"),
                      td(esc(row["note"]) if pd.notna(row["note"]) else "", cls="note")])
     return ("<p>Tuning and training: wall time from the Snakemake benchmark files; prediction: measured in the "
-            "timing rule (best of 20 repeats, all networks stacked in one batched pass). The paper ran on an "
+            "timing rule (best of 20 repeats; how the networks were run is in each row's note). The paper ran on an "
             "NVIDIA A40 GPU; this run on " + esc(context["versions"].get("compute", "?")) +
             ". Colour saturates at 100 % (2× slower).</p>" + table(header, rows))
 

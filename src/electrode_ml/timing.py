@@ -1,8 +1,9 @@
 """Table 4: wall time of tuning, training and prediction, beside the paper's NVIDIA A40 numbers.
 
 Tuning and training times come from the Snakemake benchmark files of those rules (column ``s``).
-Prediction is measured here: the trained ensemble (all networks stacked into one batched forward
-pass, predict.StackedEnsemble) predicting the validation electrodes, best of several repeats.
+Prediction is measured here: the trained ensemble (predict.StackedEnsemble: all networks stacked
+into batched products, or one after another through oneDNN where cpu_matmul picks it) predicting
+the validation electrodes, best of several repeats.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def measure_prediction(ensemble, electrodes: pd.DataFrame, repeats: int = 20) ->
     x = ensemble.features(electrodes)
     networks = best_time(lambda: ensemble.networks.predict(x), repeats)
     end_to_end = best_time(lambda: ensemble.predict(electrodes), max(3, repeats // 4))
-    return {"n_networks": len(ensemble.networks), "n_rows": int(len(electrodes)),
+    return {"n_networks": len(ensemble.networks), "n_rows": int(len(electrodes)), "matmul": ensemble.networks.matmul,
             "networks_s": networks["best_s"], "networks_median_s": networks["median_s"],
             "end_to_end_s": end_to_end["best_s"], "end_to_end_median_s": end_to_end["median_s"]}
 
@@ -67,6 +68,8 @@ def timing_table(model: str, tune_s: float | None, train_s: Iterable[float], pre
     train_s = list(train_s)
     paper = PAPER_TIMING.get(paper_counterpart(model), {})
     n = prediction["n_networks"]
+    layout = {"torch": "stacked, one batched product per layer",
+              "onednn": "one after another through oneDNN's fused linear"}[prediction.get("matmul", "torch")]
     rows = [
         ("Bayesian optimisation (total)", "s", tune_s, paper.get("tune_s"), tune_note),
         ("Training, one network (mean over seeds)", "s", float(np.mean(train_s)) if train_s else None,
@@ -77,10 +80,10 @@ def timing_table(model: str, tune_s: float | None, train_s: Iterable[float], pre
     ]
     rows += [
         ("Prediction of the validation set, one network", "ms", 1000 * prediction["networks_s"] / n,
-         paper.get("predict_ms"), f"{prediction['n_rows']} electrodes on {device}; ensemble time / {n} networks (stacked)"),
+         paper.get("predict_ms"), f"{prediction['n_rows']} electrodes on {device}; ensemble time / {n} networks"),
         ("Prediction of the validation set, whole ensemble", "ms", 1000 * prediction["networks_s"],
          paper["predict_ms"] * PAPER_SEEDS if paper else None,
-         f"{n} networks in one batched pass; paper: {PAPER_SEEDS} x one network"),
+         f"{n} networks ({layout}); paper: {PAPER_SEEDS} x one network"),
         ("Prediction incl. featurisation, whole ensemble", "ms", 1000 * prediction["end_to_end_s"], None,
          "formula parsing, PCA, one-hot (+ physics) + networks + mean and CI"),
     ]
