@@ -279,6 +279,21 @@ def test_stacked_ensemble_matches_one_by_one(data, matmul):
         np.testing.assert_allclose(ensemble.predict(rows), stacked[:, :len(rows)], rtol=1e-5, atol=1e-4)
 
 
+def test_onednn_passes_of_any_size_give_the_same_numbers(data, monkeypatch):
+    """The first layers of a pass's networks are one product: passes of 1, 2 (2 + 1) or all 3
+    networks give the same numbers bit for bit."""
+    networks = [train_network(*data, PARAMS, TrainSettings(epochs=3, seed=seed, log_every=0)) for seed in range(3)]
+    predictions = []
+    for per_pass in (1, 2, 3):
+        monkeypatch.setattr(StackedEnsemble, "ONEDNN_PASS_NETWORKS", per_pass)
+        ensemble = StackedEnsemble(networks, matmul="onednn")
+        assert len(ensemble.onednn_passes) == -(-3 // per_pass)
+        predictions.append(ensemble.predict(data[2]))
+    for other in predictions[1:]:
+        np.testing.assert_array_equal(other, predictions[0])
+    np.testing.assert_allclose(predictions[0][1], predict(networks[1], data[2]), rtol=1e-5, atol=1e-4)
+
+
 def test_the_products_library_follows_the_cpu_maker(data, monkeypatch, tmp_path):
     """oneDNN on x86 CPUs whose MKL kernels are the slow ones; torch's own matmuls elsewhere, in
     bfloat16 and off the CPU."""

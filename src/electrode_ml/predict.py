@@ -58,14 +58,19 @@ class StackedEnsemble:
     then a matmul with the rows as its long side, half the time of a rows x 3 product.
 
     ``matmul`` 'onednn' (the default in float32 on x86 CPUs not made by Intel: see cpu_matmul.py)
-    instead runs each network in turn through oneDNN's linear layer, weights packed once and the
-    ReLU fused into the product; on an AMD EPYC (Zen 5) model1's 50 networks took 16-18 instead of
-    28-31 ms (388 rows, 2 threads) and 28-30 instead of 55 ms on 1 thread.
+    instead runs the networks through oneDNN's linear layer, weights packed once and the ReLU
+    fused into the product: the first layers of ten networks as one product, the later layers
+    network by network. On an AMD EPYC (Zen 5; 388 rows, 2 threads) model1's 50 networks took
+    19.3-19.5 instead of 34.7-37.1 ms and model2's 27.7-28.0 instead of 59.7-61.8 ms.
     """
 
     # one pass's widest activation on the CPU, in bytes: small enough to stay in cache between
     # layers, large enough for efficient matmuls (see predict_scaled)
     CPU_PASS_BYTES = 8_000_000
+    # networks whose first layers are one oneDNN product: on an AMD EPYC, 5, 10 or all 50 of model1's
+    # took 19.3-19.5 ms against 20.4 ms one by one, and 10 of model2's (460 units) 27.7 ms against
+    # 28.7 ms, all 50 37.4 ms (388 rows, 2 threads; the same numbers bit for bit)
+    ONEDNN_PASS_NETWORKS = 10
 
     def __init__(self, networks: list[TrainedNetwork], device: str = "cpu", dtype=torch.float32,
                  matmul: str | None = None):
@@ -95,10 +100,10 @@ class StackedEnsemble:
                 matrix[:, n_out, n_in] = 1.0
             self.weights.append(matrix.to(device, dtype).contiguous())
         self.widest = max(weight.shape[1] for weight in self.weights)
-        if matmul == "onednn":  # per network, per layer: (packed weight, bias)
-            self.packed = [[(cpu_matmul.pack(n.state_dict[f"{layer}.weight"].to(dtype)),
-                             n.state_dict[f"{layer}.bias"].to(dtype).contiguous()) for layer in linear_names]
-                           for n in networks]
+        if matmul == "onednn":
+            self.onednn_passes = [self._onednn_pass_weights(networks[first:first + self.ONEDNN_PASS_NETWORKS],
+                                                            linear_names, dtype)
+                                  for first in range(0, len(networks), self.ONEDNN_PASS_NETWORKS)]
         self.target_mean = torch.as_tensor(np.stack([n.target_mean for n in networks]), dtype=torch.float64).unsqueeze(1)
         self.target_std = torch.as_tensor(np.stack([n.target_std for n in networks]), dtype=torch.float64).unsqueeze(1)
 
@@ -119,7 +124,7 @@ class StackedEnsemble:
         """
         x = x.to(self.device, self.dtype)
         if self.matmul == "onednn":
-            return torch.stack([self._network_forward(x, layers) for layers in self.packed])
+            return torch.stack([output for weights in self.onednn_passes for output in self._onednn_pass(x, *weights)])
         rows_per_pass = max(1, self.CPU_PASS_BYTES // (self.widest * x.element_size()))
         if x.device.type == "cpu" and x.shape[0] > rows_per_pass:
             return torch.cat([self.predict_scaled(x[start:start + rows_per_pass])
@@ -146,12 +151,33 @@ class StackedEnsemble:
                 hidden = relu_(hidden)
 
     @staticmethod
-    def _network_forward(x: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """One network through oneDNN: (rows, inputs) -> (rows, 3)."""
-        hidden = x
-        for index, (weight, bias) in enumerate(layers):
-            hidden = cpu_matmul.linear(hidden, weight, bias, relu=index < len(layers) - 1)
-        return hidden
+    def _onednn_pass_weights(networks: list[TrainedNetwork], linear_names: list[str], dtype) -> tuple:
+        """One pass's weights, packed for oneDNN: the networks' first layers stacked into one
+        (weight, bias), and every later layer's (weight, bias) per network."""
+        def weight(network, layer):
+            return network.state_dict[f"{layer}.weight"].to(dtype)
+
+        def bias(network, layer):
+            return network.state_dict[f"{layer}.bias"].to(dtype).contiguous()
+
+        first = linear_names[0]
+        later = [[(cpu_matmul.pack(weight(n, layer)), bias(n, layer)) for layer in linear_names[1:]] for n in networks]
+        return (cpu_matmul.pack(torch.cat([weight(n, first) for n in networks])),
+                torch.cat([bias(n, first) for n in networks]), later)
+
+    @staticmethod
+    def _onednn_pass(x: torch.Tensor, first_weight: torch.Tensor, first_bias: torch.Tensor,
+                     later: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> list[torch.Tensor]:
+        """A pass's networks through oneDNN, (rows, inputs) -> one (rows, 3) per network."""
+        first = cpu_matmul.linear(x, first_weight, first_bias, relu=True)
+        units = first.shape[1] // len(later)
+        outputs = []
+        for index, layers in enumerate(later):
+            hidden = first[:, index * units:(index + 1) * units]
+            for depth, (weight, bias) in enumerate(layers):
+                hidden = cpu_matmul.linear(hidden, weight, bias, relu=depth < len(layers) - 1)
+            outputs.append(hidden)
+        return outputs
 
     def predict(self, x: np.ndarray, max_elements: int = 25_000_000) -> np.ndarray:
         """Shape (n_networks, n_rows, 3) in physical units.
