@@ -87,7 +87,27 @@ class StackedEnsemble:
             raise ValueError(f"oneDNN products need the CPU and a torch built with oneDNN (device {device})")
         self.matmul = matmul
         linear_names = [name[: -len(".weight")] for name in networks[0].state_dict if name.endswith(".weight")]
-        self.weights = []  # per layer (networks, out (+1), in + 1): bias folded in, the 1 passed on
+        widths = [networks[0].state_dict[f"{layer}.weight"].shape[0] for layer in linear_names]
+        self.n_networks, self.n_outputs = len(networks), widths[-1]
+        # the widest activation of the stacked layout (a hidden layer carries the constant-1 unit)
+        self.widest = max([width + 1 for width in widths[:-1]] + [widths[-1]])
+        if matmul == "onednn":
+            self.onednn_passes = [self._onednn_pass_weights(networks[first:first + self.ONEDNN_PASS_NETWORKS],
+                                                            linear_names, dtype)
+                                  for first in range(0, len(networks), self.ONEDNN_PASS_NETWORKS)]
+        else:
+            self.weights = self._stacked_weights(networks, linear_names, device, dtype)
+        self.target_mean = torch.as_tensor(np.stack([n.target_mean for n in networks]), dtype=torch.float64).unsqueeze(1)
+        self.target_std = torch.as_tensor(np.stack([n.target_std for n in networks]), dtype=torch.float64).unsqueeze(1)
+
+    def __len__(self) -> int:
+        return self.n_networks
+
+    @staticmethod
+    def _stacked_weights(networks: list[TrainedNetwork], linear_names: list[str], device, dtype) -> list[torch.Tensor]:
+        """Per layer (networks, out (+1), in + 1): the bias folded in, a hidden layer's extra unit
+        passing the constant 1 on."""
+        weights = []
         for index, layer in enumerate(linear_names):
             weight = torch.stack([n.state_dict[f"{layer}.weight"] for n in networks])  # (S, out, in)
             bias = torch.stack([n.state_dict[f"{layer}.bias"] for n in networks])  # (S, out)
@@ -98,17 +118,8 @@ class StackedEnsemble:
             matrix[:, :n_out, n_in] = bias
             if hidden:
                 matrix[:, n_out, n_in] = 1.0
-            self.weights.append(matrix.to(device, dtype).contiguous())
-        self.widest = max(weight.shape[1] for weight in self.weights)
-        if matmul == "onednn":
-            self.onednn_passes = [self._onednn_pass_weights(networks[first:first + self.ONEDNN_PASS_NETWORKS],
-                                                            linear_names, dtype)
-                                  for first in range(0, len(networks), self.ONEDNN_PASS_NETWORKS)]
-        self.target_mean = torch.as_tensor(np.stack([n.target_mean for n in networks]), dtype=torch.float64).unsqueeze(1)
-        self.target_std = torch.as_tensor(np.stack([n.target_std for n in networks]), dtype=torch.float64).unsqueeze(1)
-
-    def __len__(self) -> int:
-        return len(self.weights[0])
+            weights.append(matrix.to(device, dtype).contiguous())
+        return weights
 
     @torch.no_grad()
     def predict_scaled(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,7 +200,7 @@ class StackedEnsemble:
         parts = [self.predict_scaled(torch.tensor(x[start:start + rows], dtype=torch.float32)).cpu().double()
                  for start in range(0, len(x), rows)]
         if not parts:
-            return np.zeros((len(self), 0, self.weights[-1].shape[1]))
+            return np.zeros((len(self), 0, self.n_outputs))
         scaled = torch.cat(parts, dim=1)
         return (scaled * self.target_std + self.target_mean).numpy()
 
