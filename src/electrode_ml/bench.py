@@ -43,9 +43,11 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 10, dtype=torch.float32,
 
         def product():
             return cpu_matmul.linear(a, packed, None, relu=False)
-    else:
+    elif library == "torch":
         def product():
             return a @ b
+    else:
+        raise ValueError(f"library {library!r} is neither 'torch' nor 'onednn'")
     for _ in range(2):
         product()
     best = float("inf")
@@ -125,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
 
     peak = matmul_peak_gflops()
     # on a CPU where MKL runs slower kernels, torch.mm's rate is not the machine's
-    onednn_peak = matmul_peak_gflops(library="onednn") if cpu_matmul.onednn_available() else None
+    libraries = ("torch", "onednn") if cpu_matmul.onednn_available() else ("torch",)
+    onednn_peak = matmul_peak_gflops(library="onednn") if "onednn" in libraries else None
     params = PAPER_PARAMS[args.model]
     paper = PAPER_TIMING[args.model]
     log.info("training one %s network at the paper's settings (full batch, %d epochs, %d threads)",
@@ -153,8 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     ensemble = StackedEnsemble(networks)
     ensemble_ms = time_prediction(ensemble, x_val)
     # both libraries where both exist: what cpu_matmul's choice by CPU maker rests on, on this host
-    libraries = ("torch", "onednn") if cpu_matmul.onednn_available() else ("torch",)
-    ms_by_library = {library: round(time_prediction(StackedEnsemble(networks, matmul=library), x_val), 2)
+    ms_by_library = {library: round(ensemble_ms if library == ensemble.matmul else
+                                    time_prediction(StackedEnsemble(networks, matmul=library), x_val), 2)
                      for library in libraries}
     # bfloat16 inference (electrode-ml predict --precision bfloat16): its speed and what it moves
     bf16_ms = time_prediction(StackedEnsemble(networks, dtype=torch.bfloat16), x_val)

@@ -1,12 +1,13 @@
 """Which library multiplies float32 matrices on this CPU: torch's own matmuls (MKL) or oneDNN's.
 
 torch's float32 ``mm`` and ``bmm`` on the CPU call MKL, which runs its AVX-512 kernels only on
-Intel processors. On an AMD EPYC with AVX-512 (Zen 5, 2 threads) a 2048 x 2048 product reached
-215-219 GFLOP/s through ``torch.mm`` and 447-452 through oneDNN, which torch also ships (for
-bfloat16, convolutions, and ``torch.compile``'s linear layers) and which picks its kernels by the
-instructions a CPU has, not by its maker. On Intel CPUs the two were within the day's noise of one
-another for the prediction layouts measured (docs/timings.md, "Prediction"), so there torch's own
-path stays: the choice is by vendor, a fixed rule, so that one machine always gives the same numbers.
+Intel processors: on an AMD EPYC with AVX-512 (Zen 5) a large product ran at less than half the
+rate of oneDNN's, which torch also ships (for bfloat16, convolutions, and ``torch.compile``'s
+linear layers) and which picks its kernels by the instructions a CPU has, not by its maker. On
+Intel CPUs the two were within the day's noise of one another for the prediction layouts measured,
+so there torch's own path stays (figures: docs/timings.md, "Prediction"). The choice is a fixed
+rule by vendor, not a timing, so that one machine always gives the same numbers. The vendor is
+read from Linux's /proc/cpuinfo; elsewhere torch's path is taken.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def float32_library(vendor: str | None = None) -> str:
     """'onednn' on an x86 CPU of another maker than Intel, where MKL falls back to slower kernels;
     'torch' elsewhere (Intel, other architectures, a torch without MKL or oneDNN)."""
     vendor = cpu_vendor() if vendor is None else vendor
-    if (platform.machine().lower() in ("x86_64", "amd64") and vendor not in ("", "GenuineIntel")
+    if (platform.machine() == "x86_64" and vendor not in ("", "GenuineIntel")
             and torch.backends.mkl.is_available() and onednn_available()):
         return "onednn"
     return "torch"
@@ -58,7 +59,7 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None)
 
 
-def linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
+def linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None, relu: bool) -> torch.Tensor:
     """``x @ weight.T + bias``, with the ReLU fused into the product's output where asked."""
     return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, "relu" if relu else "none", [], "")
 

@@ -1,5 +1,5 @@
 """Scoring electrodes with a trained ensemble: the fitted featuriser plus every seed's network,
-all evaluated at once (StackedEnsemble)."""
+all evaluated together (StackedEnsemble; OneDNNNetworks on x86 CPUs not made by Intel)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,47 @@ def relu_(hidden: torch.Tensor) -> torch.Tensor:
     return hidden.relu_()
 
 
+class OneDNNNetworks:
+    """Float32 networks through oneDNN's linear layer, for CPUs where torch's products are slow.
+
+    Each weight is packed once into oneDNN's blocked layout, and the ReLU is fused into the
+    product's output. The first layers of ``PASS_NETWORKS`` networks are one product (they read the
+    same input); the later layers go network by network.
+    """
+
+    # 5, 10 or all 50 of model1's first layers as one product were 4-5 % faster than one by one; all
+    # 50 of model2's (460 units each) a third slower (docs/timings.md, "Prediction")
+    PASS_NETWORKS = 10
+
+    def __init__(self, networks: list[TrainedNetwork], linear_names: list[str]):
+        def weight(network, layer):
+            return network.state_dict[f"{layer}.weight"].float()
+
+        def bias(network, layer):
+            return network.state_dict[f"{layer}.bias"].float().contiguous()
+
+        first, later = linear_names[0], linear_names[1:]
+        self.passes = []  # per pass: first layers (packed weight, bias), later layers per network
+        for start in range(0, len(networks), self.PASS_NETWORKS):
+            group = networks[start:start + self.PASS_NETWORKS]
+            self.passes.append((
+                (cpu_matmul.pack(torch.cat([weight(n, first) for n in group])), torch.cat([bias(n, first) for n in group])),
+                [[(cpu_matmul.pack(weight(n, layer)), bias(n, layer)) for layer in later] for n in group]))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(rows, inputs) -> (networks, rows, 3), standardised."""
+        outputs = []
+        for (first_weight, first_bias), networks in self.passes:
+            first = cpu_matmul.linear(x, first_weight, first_bias, relu=True)
+            units = first.shape[1] // len(networks)
+            for index, layers in enumerate(networks):
+                hidden = first[:, index * units:(index + 1) * units]
+                for depth, (weight, bias) in enumerate(layers):
+                    hidden = cpu_matmul.linear(hidden, weight, bias, relu=depth < len(layers) - 1)
+                outputs.append(hidden)
+        return torch.stack(outputs)
+
+
 class StackedEnsemble:
     """All networks of an ensemble evaluated together instead of S forwards.
 
@@ -57,20 +98,14 @@ class StackedEnsemble:
     Activations are held as (units, rows) and weights as (out, in): the three-output layer is
     then a matmul with the rows as its long side, half the time of a rows x 3 product.
 
-    ``matmul`` 'onednn' (the default in float32 on x86 CPUs not made by Intel: see cpu_matmul.py)
-    instead runs the networks through oneDNN's linear layer, weights packed once and the ReLU
-    fused into the product: the first layers of ten networks as one product, the later layers
-    network by network. On an AMD EPYC (Zen 5; 388 rows, 2 threads) model1's 50 networks took
-    19.3-19.5 instead of 34.7-37.1 ms and model2's 27.7-28.0 instead of 59.7-61.8 ms.
+    ``matmul`` 'onednn' (the default in float32 on x86 CPUs not made by Intel, where torch's
+    products are MKL's slower kernels: see cpu_matmul.py) runs the networks through
+    :class:`OneDNNNetworks` instead; docs/timings.md, "Prediction", has both paths' times.
     """
 
     # one pass's widest activation on the CPU, in bytes: small enough to stay in cache between
     # layers, large enough for efficient matmuls (see predict_scaled)
     CPU_PASS_BYTES = 8_000_000
-    # networks whose first layers are one oneDNN product: on an AMD EPYC, 5, 10 or all 50 of model1's
-    # took 19.3-19.5 ms against 20.4 ms one by one, and 10 of model2's (460 units) 27.7 ms against
-    # 28.7 ms, all 50 37.4 ms (388 rows, 2 threads; the same numbers bit for bit)
-    ONEDNN_PASS_NETWORKS = 10
 
     def __init__(self, networks: list[TrainedNetwork], device: str = "cpu", dtype=torch.float32,
                  matmul: str | None = None):
@@ -83,20 +118,19 @@ class StackedEnsemble:
             matmul = cpu_matmul.float32_library() if on_cpu_float32 else "torch"
         if matmul not in ("torch", "onednn"):
             raise ValueError(f"matmul {matmul!r} is neither 'torch' nor 'onednn'")
-        if matmul == "onednn" and (torch.device(device).type != "cpu" or not cpu_matmul.onednn_available()):
-            raise ValueError(f"oneDNN products need the CPU and a torch built with oneDNN (device {device})")
+        if matmul == "onednn" and (torch.device(device).type != "cpu" or dtype != torch.float32
+                                   or not cpu_matmul.onednn_available()):
+            raise ValueError(f"oneDNN products need float32 on the CPU and a torch built with oneDNN "
+                             f"(device {device}, {dtype})")
         self.matmul = matmul
         linear_names = [name[: -len(".weight")] for name in networks[0].state_dict if name.endswith(".weight")]
         widths = [networks[0].state_dict[f"{layer}.weight"].shape[0] for layer in linear_names]
         self.n_networks, self.n_outputs = len(networks), widths[-1]
         # the widest activation of the stacked layout (a hidden layer carries the constant-1 unit)
         self.widest = max([width + 1 for width in widths[:-1]] + [widths[-1]])
-        if matmul == "onednn":
-            self.onednn_passes = [self._onednn_pass_weights(networks[first:first + self.ONEDNN_PASS_NETWORKS],
-                                                            linear_names, dtype)
-                                  for first in range(0, len(networks), self.ONEDNN_PASS_NETWORKS)]
-        else:
-            self.weights = self._stacked_weights(networks, linear_names, device, dtype)
+        # one copy of the weights, in the layout of the path taken
+        self.onednn = OneDNNNetworks(networks, linear_names) if matmul == "onednn" else None
+        self.weights = [] if self.onednn else self._stacked_weights(networks, linear_names, device, dtype)
         self.target_mean = torch.as_tensor(np.stack([n.target_mean for n in networks]), dtype=torch.float64).unsqueeze(1)
         self.target_std = torch.as_tensor(np.stack([n.target_std for n in networks]), dtype=torch.float64).unsqueeze(1)
 
@@ -134,8 +168,8 @@ class StackedEnsemble:
         2 threads; docs/timings.md, "Prediction").
         """
         x = x.to(self.device, self.dtype)
-        if self.matmul == "onednn":
-            return torch.stack([output for weights in self.onednn_passes for output in self._onednn_pass(x, *weights)])
+        if self.onednn:
+            return self.onednn(x)
         rows_per_pass = max(1, self.CPU_PASS_BYTES // (self.widest * x.element_size()))
         if x.device.type == "cpu" and x.shape[0] > rows_per_pass:
             return torch.cat([self.predict_scaled(x[start:start + rows_per_pass])
@@ -160,35 +194,6 @@ class StackedEnsemble:
             hidden = torch.bmm(weight[first:last], hidden, out=activation)
             if activation is not activations[-1]:
                 hidden = relu_(hidden)
-
-    @staticmethod
-    def _onednn_pass_weights(networks: list[TrainedNetwork], linear_names: list[str], dtype) -> tuple:
-        """One pass's weights, packed for oneDNN: the networks' first layers stacked into one
-        (weight, bias), and every later layer's (weight, bias) per network."""
-        def weight(network, layer):
-            return network.state_dict[f"{layer}.weight"].to(dtype)
-
-        def bias(network, layer):
-            return network.state_dict[f"{layer}.bias"].to(dtype).contiguous()
-
-        first = linear_names[0]
-        later = [[(cpu_matmul.pack(weight(n, layer)), bias(n, layer)) for layer in linear_names[1:]] for n in networks]
-        return (cpu_matmul.pack(torch.cat([weight(n, first) for n in networks])),
-                torch.cat([bias(n, first) for n in networks]), later)
-
-    @staticmethod
-    def _onednn_pass(x: torch.Tensor, first_weight: torch.Tensor, first_bias: torch.Tensor,
-                     later: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> list[torch.Tensor]:
-        """A pass's networks through oneDNN, (rows, inputs) -> one (rows, 3) per network."""
-        first = cpu_matmul.linear(x, first_weight, first_bias, relu=True)
-        units = first.shape[1] // len(later)
-        outputs = []
-        for index, layers in enumerate(later):
-            hidden = first[:, index * units:(index + 1) * units]
-            for depth, (weight, bias) in enumerate(layers):
-                hidden = cpu_matmul.linear(hidden, weight, bias, relu=depth < len(layers) - 1)
-            outputs.append(hidden)
-        return outputs
 
     def predict(self, x: np.ndarray, max_elements: int = 25_000_000) -> np.ndarray:
         """Shape (n_networks, n_rows, 3) in physical units.
