@@ -2,8 +2,8 @@
 
 Tuning and training times come from the Snakemake benchmark files of those rules (column ``s``).
 Prediction is measured here: the trained ensemble (predict.StackedEnsemble: all networks stacked
-into batched products, or one after another through oneDNN where cpu_matmul picks it) predicting
-the validation electrodes, best of several repeats.
+into batched products, or through oneDNN where cpu_matmul picks it) predicting the validation
+electrodes, best of several repeats.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def timing_table(model: str, tune_s: float | None, train_s: Iterable[float], pre
     paper = PAPER_TIMING.get(paper_counterpart(model), {})
     n = prediction["n_networks"]
     layout = {"torch": "stacked, one batched product per layer",
-              "onednn": "one after another through oneDNN's fused linear"}[prediction.get("matmul", "torch")]
+              "onednn": "oneDNN's fused linear, first layers ten networks at a time"}[prediction.get("matmul", "torch")]
     rows = [
         ("Bayesian optimisation (total)", "s", tune_s, paper.get("tune_s"), tune_note),
         ("Training, one network (mean over seeds)", "s", float(np.mean(train_s)) if train_s else None,
