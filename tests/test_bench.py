@@ -31,6 +31,10 @@ def test_bench_writes_its_figures(tmp_path, snapshot_path, capsys, monkeypatch):
     assert set(by_library) == {"torch", "onednn"} and min(by_library.values()) > 0
     assert figures["ensemble_predict_matmul"] == cpu_matmul.float32_library()
     assert by_library[figures["ensemble_predict_matmul"]] == figures["ensemble_predict_val_ms"]
+    trained_by_library = figures["train_one_network_s_by_matmul"]
+    assert set(trained_by_library) == {"torch", "onednn"} and min(trained_by_library.values()) > 0
+    assert figures["train_matmul"] == cpu_matmul.float32_library()
+    assert trained_by_library[figures["train_matmul"]] == figures["train_one_network_s"]
     assert set(figures["bfloat16_max_shift"]) == {"average_voltage", "capacity_grav", "energy_grav"}
     assert figures["train_one_network_s_bfloat16"] > 0 and 0 < figures["train_bfloat16_fraction_of_bfloat16_peak"]
     # two epochs of the same seed: the rounded matmuls end on another, nearby validation loss
@@ -38,6 +42,7 @@ def test_bench_writes_its_figures(tmp_path, snapshot_path, capsys, monkeypatch):
     assert abs(figures["train_best_val_loss_bfloat16"] / figures["train_best_val_loss"] - 1) < 0.1
     printed = capsys.readouterr().out
     assert "GFLOP/s" in printed and "bfloat16 matmuls" in printed and "GFLOP/s (oneDNN)" in printed
+    assert f"({figures['train_matmul']} products;" in printed
 
 
 def test_bench_skips_the_bfloat16_training_where_it_would_be_emulated(tmp_path, snapshot_path, capsys, monkeypatch):

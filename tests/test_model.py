@@ -29,6 +29,16 @@ def data():
     return x[:240], y[:240], x[240:], y[240:]
 
 
+@pytest.fixture
+def onednn_calls(monkeypatch):
+    """How many products went through oneDNN's linear (cpu_matmul.linear): proof the path was taken
+    where its numbers could, on some CPU, match torch's bit for bit."""
+    calls = []
+    linear = cpu_matmul.linear
+    monkeypatch.setattr(cpu_matmul, "linear", lambda *args, **kwargs: calls.append(1) or linear(*args, **kwargs))
+    return calls
+
+
 def test_same_seed_same_network_other_seed_differs(data):
     settings = TrainSettings(epochs=15, batch_size=64, seed=3, log_every=0)
     first = train_network(*data, PARAMS, settings)
@@ -86,9 +96,9 @@ def test_flat_rmsprop_takes_the_steps_of_torch_rmsprop(data):
 ], ids=["dropout", "some-layers-without-dropout"])
 @pytest.mark.parametrize("huber_delta", [None, 0.3], ids=["mse", "huber"])
 def test_training_step_takes_the_steps_of_autograd(data, params, huber_delta):
-    """The written-out backward pass gives autograd's numbers bit for bit, including the last,
-    short batch (its own buffers) and layers without dropout, on either loss; the step reports
-    the batch's MSE either way."""
+    """The written-out backward pass on torch's products gives autograd's numbers bit for bit,
+    including the last, short batch (its own buffers) and layers without dropout, on either loss;
+    the step reports the batch's MSE either way."""
     x, y = torch.tensor(data[0]), torch.tensor(data[1], dtype=torch.float32)
     runs = []
     for written_out in (False, True):
@@ -96,7 +106,7 @@ def test_training_step_takes_the_steps_of_autograd(data, params, huber_delta):
         network = MLP(x.shape[1], params)
         optimiser = FlatRMSprop(network, lr=params.lr, alpha=0.9, eps=1e-7)
         initial = optimiser.weights.clone()
-        step = TrainingStep(network, optimiser, huber_delta)
+        step = TrainingStep(network, optimiser, huber_delta, matmul="torch")
         losses = []
         for _ in range(3):
             for start in range(0, len(x), 70):
@@ -117,6 +127,71 @@ def test_training_step_takes_the_steps_of_autograd(data, params, huber_delta):
     assert not torch.equal(weights, initial)
     assert torch.equal(weights, reference_weights)
     assert torch.equal(losses, reference_losses)
+
+
+@pytest.mark.parametrize("huber_delta", [None, 0.3], ids=["mse", "huber"])
+def test_training_step_on_onednn_products_follows_autograd(data, huber_delta, onednn_calls):
+    """oneDNN's products (transposed operands read in place) give autograd's gradients to float32
+    rounding: the first step's weights agree closely, a few epochs' stay close."""
+    x, y = torch.tensor(data[0]), torch.tensor(data[1], dtype=torch.float32)
+    params = NetworkParams(64, 48, 41, 0.1, 0.3, 0.0, 1e-3)
+    loss_fn = (lambda output, target: torch.nn.functional.huber_loss(output, target, delta=huber_delta)) \
+        if huber_delta else torch.nn.functional.mse_loss
+    weights, first_weights, first_loss = {}, {}, {}
+    for kind in ("autograd", "onednn"):
+        torch.manual_seed(7)
+        network = MLP(x.shape[1], params)
+        optimiser = FlatRMSprop(network, lr=params.lr, alpha=0.9, eps=1e-7)
+        initial = optimiser.weights.clone()
+        step = TrainingStep(network, optimiser, huber_delta, matmul="onednn")
+        assert step.matmul == "onednn"
+        for epoch in range(3):
+            for start in range(0, len(x), 70):
+                batch_x, batch_y = x[start:start + 70], y[start:start + 70]
+                if kind == "onednn":
+                    loss = step(batch_x, batch_y)
+                else:
+                    optimiser.zero_grad()
+                    output = network(batch_x)
+                    loss_fn(output, batch_y).backward()
+                    optimiser.step()
+                    loss = torch.nn.functional.mse_loss(output.detach(), batch_y)
+                if (epoch, start) == (0, 0):
+                    first_weights[kind], first_loss[kind] = optimiser.weights.clone(), float(loss)
+        weights[kind] = optimiser.weights.clone()
+    assert not torch.equal(weights["onednn"], initial)
+    assert first_loss["onednn"] == pytest.approx(first_loss["autograd"], rel=1e-6)
+    torch.testing.assert_close(first_weights["onednn"], first_weights["autograd"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weights["onednn"], weights["autograd"], rtol=1e-3, atol=1e-4)
+    steps = 3 * -(-len(x) // 70)
+    assert len(onednn_calls) == steps * (4 + 4 + 3)  # forward, weight gradients, input gradients
+
+
+def test_the_steps_validation_score_is_the_networks_output_without_dropout(data, onednn_calls):
+    """``TrainingStep.evaluate`` scores the validation rows each epoch: on torch's products the
+    eval-mode network's own numbers bit for bit, on oneDNN's the same to float32 rounding."""
+    x = torch.tensor(data[2])
+    network = MLP(x.shape[1], NetworkParams(64, 48, 41, 0.5, 0.5, 0.5, 1e-3))
+    optimiser = FlatRMSprop(network, lr=1e-3, alpha=0.9, eps=1e-7)
+    with torch.no_grad():
+        expected = network.eval()(x)
+    assert torch.equal(TrainingStep(network, optimiser, matmul="torch").evaluate(x), expected)
+    assert not onednn_calls
+    on_onednn = TrainingStep(network, optimiser, matmul="onednn").evaluate(x)
+    torch.testing.assert_close(on_onednn, expected, rtol=1e-5, atol=1e-6)
+    assert len(onednn_calls) == 4
+
+
+def test_training_on_onednn_repeats_itself_and_learns(data, onednn_calls):
+    settings = TrainSettings(epochs=60, batch_size=32, seed=2, matmul="onednn", log_every=0)
+    first, again = train_network(*data, PARAMS, settings), train_network(*data, PARAMS, settings)
+    assert len(onednn_calls) == 2 * 60 * (-(-len(data[0]) // 32) * 11 + 4)  # the steps and validation
+    np.testing.assert_array_equal(predict(first, data[2]), predict(again, data[2]))
+    baseline = np.abs(data[3] - data[1].mean(axis=0)).mean(axis=0)
+    assert (np.abs(predict(first, data[2]) - data[3]).mean(axis=0) < baseline).all()
+    on_torch = train_network(*data, PARAMS, replace(settings, matmul="torch"))
+    assert len(onednn_calls) == 2 * 60 * (-(-len(data[0]) // 32) * 11 + 4)
+    np.testing.assert_allclose(predict(first, data[2]), predict(on_torch, data[2]), rtol=0.05, atol=0.05)
 
 
 @pytest.mark.parametrize("huber_delta", [None, 0.3], ids=["mse", "huber"])
@@ -311,16 +386,28 @@ def test_the_products_library_follows_the_cpu_maker(data, monkeypatch, tmp_path)
     assert cpu_matmul.float32_library("ARM") == "torch"
 
     networks = [train_network(*data, PARAMS, TrainSettings(epochs=1, seed=seed, log_every=0)) for seed in range(2)]
+    module = MLP(data[0].shape[1], PARAMS)
+
+    def training_step(precision=torch.float32, matmul=None):
+        return TrainingStep(module, FlatRMSprop(module, lr=1e-3, alpha=0.9, eps=1e-7), precision=precision,
+                            matmul=matmul)
+
     for library in ("onednn", "torch"):
         monkeypatch.setattr(cpu_matmul, "float32_library", lambda library=library: library)
         assert StackedEnsemble(networks).matmul == library
         assert StackedEnsemble(networks, dtype=torch.bfloat16).matmul == "torch"
         assert StackedEnsemble(networks, device="meta").matmul == "torch"
+        assert training_step().matmul == library == TrainSettings().products()
+        assert training_step(torch.bfloat16).matmul == "torch" == TrainSettings(precision="bfloat16").products()
+        assert TrainSettings(device="cuda").products() == "torch"
     for device, dtype in (("meta", torch.float32), ("cpu", torch.bfloat16)):
         with pytest.raises(ValueError, match="oneDNN products need float32 on the CPU"):
             StackedEnsemble(networks, device=device, dtype=dtype, matmul="onednn")
-    with pytest.raises(ValueError, match="neither 'torch' nor 'onednn'"):
-        StackedEnsemble(networks, matmul="mkl")
+    with pytest.raises(ValueError, match="oneDNN products need float32 on the CPU"):
+        training_step(torch.bfloat16, "onednn")
+    for make in (lambda: StackedEnsemble(networks, matmul="mkl"), lambda: training_step(matmul="mkl")):
+        with pytest.raises(ValueError, match="neither 'torch' nor 'onednn'"):
+            make()
 
 
 def test_stacked_ensemble_in_passes_matches_one_pass_and_takes_no_rows(data):

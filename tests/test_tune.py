@@ -396,10 +396,14 @@ def test_a_trial_trains_the_training_recipe_or_the_short_one():
     assert tuning_note({**tune, "epochs": 100}, train) == "30 trials of at most 100 epochs"
 
 
-def test_trials_in_bfloat16_do_not_resume_a_float32_tuning():
-    """A trial's fidelity keys the saved tuning: a precision other than float32 is part of it, and
-    float32 leaves it as it was before the setting existed, so those tunings still resume."""
+def test_trials_in_bfloat16_or_on_onednn_do_not_resume_a_float32_torch_tuning(monkeypatch):
+    """A trial's fidelity keys the saved tuning: a precision other than float32, or products other
+    than torch's (a tuning resumed on another kind of CPU), is part of it; float32 on torch's
+    products leaves it as it was before either setting existed, so those tunings still resume."""
+    from electrode_ml import cpu_matmul
     from electrode_ml.steps import trial_fidelity, trial_settings
+
+    monkeypatch.setattr(cpu_matmul, "float32_library", lambda: "torch")
 
     train = {"device": "cpu", "epochs": 500, "batch_size": 128, "patience": 100, "lr_scale": 0.5,
              "huber_delta": {}, "precision": "float32"}
@@ -408,6 +412,9 @@ def test_trials_in_bfloat16_do_not_resume_a_float32_tuning():
     assert float32 == {"epochs": 500, "batch_size": 128, "patience": 100, "lr_scale": 0.5, "huber_delta": None}
     mixed = trial_settings(tune, {**train, "precision": "bfloat16"}, "cpu", "model2")
     assert mixed.precision == "bfloat16"
+    assert trial_fidelity(mixed) == {**float32, "precision": "bfloat16"}
+    monkeypatch.setattr(cpu_matmul, "float32_library", lambda: "onednn")
+    assert trial_fidelity(trial_settings(tune, train, "cpu", "model2")) == {**float32, "products": "onednn"}
     assert trial_fidelity(mixed) == {**float32, "precision": "bfloat16"}
     assert trial_settings({**tune, "epochs": 100}, {**train, "precision": "bfloat16"}, "cpu", "model2").precision \
         == "bfloat16"

@@ -137,6 +137,15 @@ def main(argv: list[str] | None = None) -> None:
     network = train_network(x["train"], y["train"], x["val"], y["val"], params, settings)
     flops = training_flops(len(x["train"]), len(x["val"]), x["train"].shape[1], params, args.epochs)
     train_gflops = flops / network.seconds / 1e9
+    # the same training on the other library too: the CPU-maker rule's ground for training
+    train_s_by_library = {}
+    for library in libraries:
+        if library == settings.products():
+            train_s_by_library[library] = round(network.seconds, 2)
+        else:
+            log.info("the same training on %s's products", library)
+            other = train_network(x["train"], y["train"], x["val"], y["val"], params, replace(settings, matmul=library))
+            train_s_by_library[library] = round(other.seconds, 2)
     bf16_peak = matmul_peak_gflops(dtype=torch.bfloat16)
     # emulated bfloat16 products are slower than float32's: nothing to learn from timing them
     mixed = None
@@ -173,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
         "train_inputs": int(x["train"].shape[1]),
         "train_space_groups": bool(config["features"]["space_groups"]),
         "train_one_network_s": round(network.seconds, 2),
+        "train_matmul": settings.products(),
+        "train_one_network_s_by_matmul": train_s_by_library,
         "train_epochs": args.epochs,
         "train_gflops": round(train_gflops, 1),
         "train_fraction_of_peak": round(train_gflops / peak, 3),
@@ -199,10 +210,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nmatmul peak (float32, {args.threads} threads): {peak:8.1f} GFLOP/s (torch.mm)"
           + (f", {onednn_peak:.1f} GFLOP/s (oneDNN)" if onednn_peak else ""))
     print(f"one {args.model} training ({x['train'].shape[1]} inputs, paper widths), {args.epochs} epochs full batch: "
-          f"{network.seconds:8.2f} s  "
-          f"({train_gflops:.1f} GFLOP/s = {100 * train_gflops / peak:.0f} % of peak"
+          f"{network.seconds:8.2f} s  ({settings.products()} products; "
+          f"{train_gflops:.1f} GFLOP/s = {100 * train_gflops / peak:.0f} % of peak"
           + (f", {100 * train_gflops / onednn_peak:.0f} % of oneDNN's" if onednn_peak else "")
           + f"; paper {paper['train_mean_s']} s on an A40)")
+    print("  the same by the library of the products: "
+          + ", ".join(f"{library} {seconds:.2f} s" for library, seconds in train_s_by_library.items()))
     if mixed is None:
         print("the same with bfloat16 matmuls: skipped, this CPU has neither AMX nor AVX512-BF16")
     else:

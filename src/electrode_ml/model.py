@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from electrode_ml import cpu_matmul
 from electrode_ml.schema import TARGETS
 from electrode_ml.training_kernels import FlatRMSprop, ReLUDropout, TrainingStep, keep_freed_memory
 
@@ -69,9 +70,15 @@ class TrainSettings:
     # the matmuls' operands: "float32", or "bfloat16" (mixed precision: float32 weights, optimiser,
     # loss and elementwise work; see training_kernels.TrainingStep)
     precision: str = "float32"
+    # the float32 products' library, 'torch' or 'onednn'; None: by the CPU's maker (cpu_matmul.py)
+    matmul: str | None = None
     seed: int = 0
     device: str = "cpu"
     log_every: int = 100
+
+    def products(self) -> str:
+        """The library that will multiply the training's matrices: 'torch' or 'onednn'."""
+        return cpu_matmul.choose_library(self.matmul, self.device, getattr(torch, self.precision))
 
 
 class MLP(nn.Module):
@@ -168,13 +175,13 @@ def train_network(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y
 
     xt, yt = tensors(x_train, y_train)
     xv, yv = tensors(x_val, y_val)
-    # eval mode: the training step does not go through forward(), which here scores the validation
+    # eval mode: training and its validation score go through the step's own kernels, not forward()
     network = MLP(xt.shape[1], params).to(device).eval()
     # Keras defaults (rho 0.9, eps 1e-7): the paper trained with Keras.
     optimiser = FlatRMSprop(network, lr=params.lr * settings.lr_scale, alpha=0.9, eps=1e-7)
     precision = matmul_precision(settings.precision, device)
-    step = TrainingStep(network, optimiser, settings.huber_delta, precision)
-    # the training rows rounded once; validation reads the float32 rows through forward()
+    step = TrainingStep(network, optimiser, settings.huber_delta, precision, settings.matmul)
+    # the training rows rounded once; validation reads the float32 rows (TrainingStep.evaluate)
     x_steps = xt.to(precision)
     loss_fn = nn.MSELoss()
     n_rows = xt.shape[0]
@@ -193,8 +200,7 @@ def train_network(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y
         for start in range(0, n_rows, batch):
             loss = step(x_epoch[start:start + batch], y_epoch[start:start + batch])
             train_loss += loss * (min(batch, n_rows - start))
-        with torch.no_grad():
-            val_loss = float(loss_fn(network(xv), yv))
+        val_loss = float(loss_fn(step.evaluate(xv), yv))
         train_loss = float(train_loss) / n_rows
         records.append((epoch, train_loss, val_loss))
         if val_loss < best_loss:

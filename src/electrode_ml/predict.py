@@ -117,16 +117,7 @@ class StackedEnsemble:
         if len(shapes) != 1:
             raise ValueError(f"ensemble networks differ in shape: {sorted(shapes)}")
         self.device, self.dtype = device, dtype
-        if matmul is None:
-            on_cpu_float32 = torch.device(device).type == "cpu" and dtype == torch.float32
-            matmul = cpu_matmul.float32_library() if on_cpu_float32 else "torch"
-        if matmul not in ("torch", "onednn"):
-            raise ValueError(f"matmul {matmul!r} is neither 'torch' nor 'onednn'")
-        if matmul == "onednn" and (torch.device(device).type != "cpu" or dtype != torch.float32
-                                   or not cpu_matmul.onednn_available()):
-            raise ValueError(f"oneDNN products need float32 on the CPU and a torch built with oneDNN "
-                             f"(device {device}, {dtype})")
-        self.matmul = matmul
+        self.matmul = matmul = cpu_matmul.choose_library(matmul, device, dtype)
         linear_names = [name[: -len(".weight")] for name in networks[0].state_dict if name.endswith(".weight")]
         widths = [networks[0].state_dict[f"{layer}.weight"].shape[0] for layer in linear_names]
         self.n_networks, self.n_outputs = len(networks), widths[-1]
