@@ -414,7 +414,7 @@ def test_trials_in_bfloat16_or_on_onednn_do_not_resume_a_float32_torch_tuning(mo
     assert mixed.precision == "bfloat16"
     assert trial_fidelity(mixed) == {**float32, "precision": "bfloat16"}
     monkeypatch.setattr(cpu_matmul, "float32_library", lambda: "onednn")
-    assert trial_fidelity(trial_settings(tune, train, "cpu", "model2")) == {**float32, "products": "onednn"}
+    assert trial_fidelity(trial_settings(tune, train, "cpu", "model2")) == {**float32, "matmul": "onednn"}
     assert trial_fidelity(mixed) == {**float32, "precision": "bfloat16"}
     assert trial_settings({**tune, "epochs": 100}, {**train, "precision": "bfloat16"}, "cpu", "model2").precision \
         == "bfloat16"

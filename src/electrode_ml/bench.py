@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     # the same training on the other library too: the CPU-maker rule's ground for training
     train_s_by_library = {}
     for library in libraries:
-        if library == settings.products():
+        if library == settings.matmul_library():
             train_s_by_library[library] = round(network.seconds, 2)
         else:
             log.info("the same training on %s's products", library)
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_inputs": int(x["train"].shape[1]),
         "train_space_groups": bool(config["features"]["space_groups"]),
         "train_one_network_s": round(network.seconds, 2),
-        "train_matmul": settings.products(),
+        "train_matmul": settings.matmul_library(),
         "train_one_network_s_by_matmul": train_s_by_library,
         "train_epochs": args.epochs,
         "train_gflops": round(train_gflops, 1),
@@ -210,10 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nmatmul peak (float32, {args.threads} threads): {peak:8.1f} GFLOP/s (torch.mm)"
           + (f", {onednn_peak:.1f} GFLOP/s (oneDNN)" if onednn_peak else ""))
     print(f"one {args.model} training ({x['train'].shape[1]} inputs, paper widths), {args.epochs} epochs full batch: "
-          f"{network.seconds:8.2f} s  ({settings.products()} products; "
-          f"{train_gflops:.1f} GFLOP/s = {100 * train_gflops / peak:.0f} % of peak"
-          + (f", {100 * train_gflops / onednn_peak:.0f} % of oneDNN's" if onednn_peak else "")
-          + f"; paper {paper['train_mean_s']} s on an A40)")
+          f"{network.seconds:8.2f} s  ({settings.matmul_library()} products; {train_gflops:.1f} GFLOP/s = "
+          + (f"{100 * train_gflops / onednn_peak:.0f} % of oneDNN's peak, " if onednn_peak else "")
+          + f"{100 * train_gflops / peak:.0f} % of torch.mm's; paper {paper['train_mean_s']} s on an A40)")
     print("  the same by the library of the products: "
           + ", ".join(f"{library} {seconds:.2f} s" for library, seconds in train_s_by_library.items()))
     if mixed is None:

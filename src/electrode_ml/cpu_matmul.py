@@ -77,6 +77,7 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
     """``x @ weight.T + bias``, with the ReLU fused into the product's output where asked.
-    ``weight``: (out, in), packed (:func:`pack`, for weights read many times) or plain row-major."""
+    ``weight``: (out, in), packed (:func:`pack`, for weights read many times) or any strided view
+    (a transposed one is read in place); a strided ``x`` is made contiguous first."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu" if relu else "none", [], "")
 

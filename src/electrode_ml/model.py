@@ -76,7 +76,7 @@ class TrainSettings:
     device: str = "cpu"
     log_every: int = 100
 
-    def products(self) -> str:
+    def matmul_library(self) -> str:
         """The library that will multiply the training's matrices: 'torch' or 'onednn'."""
         return cpu_matmul.choose_library(self.matmul, self.device, getattr(torch, self.precision))
 

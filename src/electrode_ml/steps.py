@@ -172,9 +172,9 @@ def trial_fidelity(settings: TrainSettings) -> dict:
     if settings.precision != TrainSettings.precision:
         # only off the default: tunings saved before the setting existed still resume
         fidelity["precision"] = settings.precision
-    if settings.products() != "torch":
+    if settings.matmul_library() != "torch":
         # a tuning stopped on one kind of CPU and resumed on another would mix two libraries' rounding
-        fidelity["products"] = settings.products()
+        fidelity["matmul"] = settings.matmul_library()
     return fidelity
 
 
@@ -196,7 +196,7 @@ def train_step(input, output, params, threads, wildcards=None, **_):
         log.info("training seed %d on %s with %s, learning rate x %g, %s loss, %s matmuls (%s)", seed, device,
                  network_params, settings.lr_scale,
                  f"Huber (delta {settings.huber_delta})" if settings.huber_delta else "MSE", settings.precision,
-                 settings.products())
+                 settings.matmul_library())
         network = train_network(x_train, y_train, x_val, y_val, network_params, settings)
         predictions = seed_predictions(frames, lambda x: predict(network, x, device), seed)
     log.info("seed %d: best epoch %d of %d, %.1f s", seed, network.best_epoch, len(network.history), network.seconds)

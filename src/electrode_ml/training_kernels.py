@@ -127,15 +127,16 @@ class TrainingStep:
     Autograd records a graph every step, allocates every activation and gradient afresh, and
     adds each weight gradient into ``.grad``. Here activations and gradients go into buffers kept
     from step to step (one set per batch size) and the weight gradients straight into the
-    optimiser's flat buffer. The kernels are autograd's, called the same way (``nn.Linear``'s
-    addmm; ``mse_loss_backward``; grad_output^T @ input for a weight; grad_output @ weight for
-    an input), so training gives the same numbers bit for bit, 4-6 % faster.
+    optimiser's flat buffer. With torch's products the kernels are autograd's, called the same way
+    (``nn.Linear``'s addmm; ``mse_loss_backward``; grad_output^T @ input for a weight;
+    grad_output @ weight for an input), so training gives the same numbers bit for bit, 4-6 % faster.
 
     ``matmul`` picks the float32 products' library (:func:`cpu_matmul.choose_library`; None: by
-    the CPU's maker). With 'onednn', the products go through oneDNN's linear layer, which reads the
-    transposed operands in place: on an AMD EPYC (1 thread, 128 rows) a step of model1's tuned
-    network took 1.53 -> 1.21 ms and model2's 2.29 -> 1.67 ms. The numbers are then oneDNN's
-    rounding, close to autograd's but not the same bits.
+    the CPU's maker). With 'onednn' the products go through oneDNN's linear layer, which reads a
+    transposed weight operand in place and writes a fresh output (the weight gradient is then
+    copied into the optimiser's buffer): on an AMD EPYC (1 thread, 128 rows) a step of model1's
+    tuned network took 1.52 -> 1.06-1.11 ms and model2's 2.29 -> 1.48-1.54 ms. The numbers are then
+    oneDNN's rounding, within float32 rounding of autograd's but not its bits.
 
     With ``precision`` bfloat16 the matmuls read bfloat16 operands (mixed precision): the weights
     are rounded once a step from the float32 buffer the optimiser updates, a layer's product is
@@ -176,8 +177,11 @@ class TrainingStep:
             def empty(sizes, dtype=torch.float32):
                 return [torch.empty(rows, width, dtype=dtype, device=device) for width in sizes]
 
+            # oneDNN writes its products into fresh tensors: only the loss gradient needs a buffer
+            unkept = [None] * len(hidden)
             buffers = {
-                "pre": empty(widths), "grad": empty(widths), "factor": empty(hidden),
+                "pre": unkept + [None] if self.onednn else empty(widths),
+                "grad": unkept + empty(widths[-1:]) if self.onednn else empty(widths), "factor": empty(hidden),
                 "activation": empty(hidden, self.precision),
                 "words": [torch.empty((rows * width + 7) // 8, dtype=torch.int64, device=device) for width in hidden],
             }
@@ -228,8 +232,9 @@ class TrainingStep:
             x = torch.relu(self._affine(x, linear, None))
         return self._affine(x, self.linears[-1], None)
 
-    # The float32 products. oneDNN's linear computes a @ b.T and reads a transposed (strided)
-    # operand in place; it writes a fresh output, where torch's kernels fill the kept buffers.
+    # The float32 products. oneDNN's linear computes a @ b.T, reads a transposed (strided) b in
+    # place and copies a strided a; it writes a fresh output, where torch's kernels fill the kept
+    # buffers.
 
     def _affine(self, x: torch.Tensor, linear: nn.Linear, out: torch.Tensor | None) -> torch.Tensor:
         """x @ W.T + b, as nn.Linear's addmm."""
