@@ -133,7 +133,9 @@ def test_training_step_takes_the_steps_of_autograd(data, params, huber_delta):
 def test_training_step_on_onednn_products_follows_autograd(data, huber_delta, onednn_calls):
     """oneDNN's products give autograd's gradients to float32 rounding, and a few epochs of steps
     stay on autograd's path: the same losses and weights to a few parts in a thousand (RMSprop
-    divides a gradient near 0 by its own size, so a rounding there moves a weight by up to lr)."""
+    divides a gradient near 0 by its own size, so a rounding there moves a weight by up to lr).
+    The first layer (12 -> 64 units) takes the weight gradient's other operand order, the rest
+    grad.T @ x (``TrainingStep._weight_gradient``)."""
     x, y = torch.tensor(data[0]), torch.tensor(data[1], dtype=torch.float32)
     params = NetworkParams(64, 48, 41, 0.1, 0.3, 0.0, 1e-3)
     loss_fn = (lambda output, target: torch.nn.functional.huber_loss(output, target, delta=huber_delta)) \
