@@ -31,6 +31,36 @@ def test_bad_formulas_are_refused_with_a_reason(formula, message):
         parse_formula(formula)
 
 
+@pytest.mark.parametrize("formula, message", [
+    # pymatgen drops '@' and reads 1e2 as 100: both would have become another material
+    ("LiFe@PO4", "malformed formula 'LiFe@PO4': '@' at character 5 is not an element symbol"),
+    ("Li1e2FePO4", "'e' at character 4 is not an element symbol, a count or a bracket"),
+    ("LiFePO4·2H2O", "'·' at character 8"),
+    ("Li-1O", "'-' at character 3"),
+    ("Na1Fe(PO4", "the '\\(' at character 6 has no partner"),
+    ("Li(Fe]PO4", "the '\\]' at character 6 has no partner"),
+    ("Li2O)", "the '\\)' at character 5 has no partner"),
+    # the symbol as written, not pymatgen's placeholder species ('Xx0+')
+    ("Li2Xx3O4", "unknown element 'Xx' in formula 'Li2Xx3O4'"),
+])
+def test_bad_formulas_name_the_character_or_symbol_at_fault(formula, message):
+    with pytest.raises(InputError, match=message):
+        parse_formula(formula)
+
+
+@pytest.mark.parametrize("formula, same_as", [
+    ("Li(FePO4)2", "LiFe2P2O8"), ("Li[Fe(PO4)]2", "LiFe2P2O8"), (" Li0.5 FePO4 ", "Li0.5FePO4"),
+    ("Li.5FePO4", "Li0.5FePO4"), ("Li{CoO2}", "LiCoO2"),
+])
+def test_brackets_spaces_and_bare_decimals_are_formulas(formula, same_as):
+    assert parse_formula(formula).almost_equals(parse_formula(same_as))
+
+
+def test_every_snapshot_formula_parses(snapshot_text):
+    for formula in set(snapshot_text.formula_charge) | set(snapshot_text.formula_discharge):
+        parse_formula(formula)
+
+
 def test_capacity_of_lifepo4_matches_textbook():
     # LiFePO4: 1 Li per 157.76 g/mol -> 169.9 mAh/g
     assert stoichiometric_capacity("Li0FePO4", "LiFePO4", "Li") == pytest.approx(169.9, abs=0.2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from functools import lru_cache
 
 import numpy as np
@@ -13,6 +14,10 @@ from electrode_ml.schema import ION_CHARGE
 
 N_ELEMENTS = 118
 FARADAY = 96485.33212  # C/mol
+# What a formula is written with: element symbols, plain decimal counts, brackets and spaces.
+# pymatgen reads more: it drops '@' (for metallofullerenes such as Y3N@C80) and reads 1e2 as 100,
+# so a typo such as LiFe@PO4 or Li1e2FePO4 would become another material without a word.
+FORMULA_TOKEN = re.compile(r"\s*(?:[A-Z][a-z]*|\d+\.?\d*|\.\d+|[()\[\]{}])")
 
 
 @lru_cache(maxsize=65536)
@@ -25,13 +30,26 @@ def parse_formula(formula: str) -> Composition:
     """
     if not isinstance(formula, str) or not formula.strip():
         raise InputError("empty formula")
+    position = 0
+    while match := FORMULA_TOKEN.match(formula, position):
+        position = match.end()
+    unread = formula[position:].lstrip()
+    if unread:
+        at = len(formula) - len(unread) + 1
+        raise InputError(f"malformed formula {formula!r}: {unread[0]!r} at character {at} "
+                         "is not an element symbol, a count or a bracket")
+    unmatched = _unmatched_bracket(formula)
+    if unmatched is not None:
+        raise InputError(f"malformed formula {formula!r}: the {formula[unmatched]!r} at character "
+                         f"{unmatched + 1} has no partner")
     try:
         composition = Composition(formula)
     except Exception as exc:  # pymatgen raises ValueError, KeyError, ... for malformed strings
         raise InputError(f"malformed formula {formula!r} ({exc})") from None
     for species, amount in composition.items():
         if not isinstance(species, Element):
-            raise InputError(f"unknown element {str(species)!r} in formula {formula!r}")
+            # pymatgen's placeholder species print as 'Xx0+': the symbol is what the user wrote
+            raise InputError(f"unknown element {getattr(species, 'symbol', str(species))!r} in formula {formula!r}")
         if not math.isfinite(amount):
             raise InputError(f"amount of {species} in formula {formula!r} is not a finite number")
     if not math.isfinite(composition.num_atoms) or not math.isfinite(composition.weight):
@@ -39,6 +57,19 @@ def parse_formula(formula: str) -> Composition:
     if composition.num_atoms <= 0:
         raise InputError(f"formula {formula!r} has no atoms")
     return composition
+
+
+def _unmatched_bracket(formula: str) -> int | None:
+    """The index of the first bracket without its partner, or None where every one pairs up."""
+    partners, open_at = {")": "(", "]": "[", "}": "{"}, []
+    for index, character in enumerate(formula):
+        if character in "([{":
+            open_at.append(index)
+        elif character in partners:
+            if not open_at or formula[open_at[-1]] != partners[character]:
+                return index
+            open_at.pop()
+    return open_at[0] if open_at else None
 
 
 def element_fractions(formula: str) -> np.ndarray:
