@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 import sys
@@ -161,6 +162,44 @@ def test_only_bad_rows_gives_empty_output_and_rejects(tiny_run, candidates, tmp_
     assert written.empty and "average_voltage_pi_high" in written  # the full header, for scripts reading it
     assert ("passes_at_pi_low" in written) == (command == "screen")
     assert len(pd.read_csv(tmp_path / "out.rejects.csv")) == 3
+
+
+@pytest.mark.parametrize("command", ["predict", "screen"])
+def test_output_dash_writes_the_table_to_stdout_and_rejects_to_stderr(tiny_run, candidates, tmp_path, capsys, command):
+    _, results, _ = tiny_run
+    args = [command, str(candidates), "--model", "model1", "--results", str(results)]
+    assert main([*args, "-o", str(tmp_path / "out.csv")]) == 0
+    capsys.readouterr()
+    assert main([*args, "-o", "-"]) == 0
+    captured = capsys.readouterr()
+    # the same table as the file, byte for byte, and nothing else on stdout; no file named '-'
+    assert captured.out == (tmp_path / "out.csv").read_text()
+    assert "wrote 40 prediction(s) to standard output" in captured.err and not Path("-").exists()
+    rows = pd.read_csv(candidates, dtype=str)
+    rows.loc[3, "working_ion"] = "Xe"
+    rows.to_csv(candidates, index=False)
+    assert main([*args, "-o", "-", "--skip-bad"]) == 0
+    captured = capsys.readouterr()
+    assert len(pd.read_csv(io.StringIO(captured.out))) == 39
+    assert f"rejected row 4 (battery_id {rows.loc[3, 'battery_id']!r}), field 'working_ion'" in captured.err
+    assert not list(tmp_path.glob("*.rejects.csv")) and not Path("-.rejects.csv").exists()
+    # a bad row without --skip-bad: the one-line refusal, and stdout stays empty
+    assert main([*args, "-o", "-"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "electrode-ml: error:" in captured.err
+
+
+def test_output_dash_into_a_closed_pipe_ends_quietly(tiny_run, candidates):
+    """A reader that has gone (head, a pager closed): no traceback, exit status 0. The pipe is closed
+    before the child writes, which it does only once every row is scored."""
+    _, results, _ = tiny_run
+    child = subprocess.Popen([sys.executable, "-m", "electrode_ml.cli", "predict", str(candidates), "-o", "-",
+                              "--model", "model1", "--results", str(results)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child.stdout.close()
+    stderr = child.stderr.read()
+    assert child.wait(timeout=300) == 0, stderr
+    assert "Traceback" not in stderr and "closed before the whole table was read" in stderr
 
 
 def test_rows_that_are_no_insertion_electrode_are_refused(tiny_run, candidates, tmp_path, capsys):
@@ -461,10 +500,11 @@ def test_zero_ion_count_is_legal_and_scored(tiny_run, candidates, tmp_path, caps
 
 
 def test_formula_amount_overflowing_to_infinity_is_refused(tiny_run, candidates, tmp_path, capsys):
-    """pymatgen reads 1e400 as inf; such a row would featurise as an empty composition with NaN capacity."""
+    """pymatgen reads a count of 400 digits as inf; such a row would featurise as an empty composition
+    with NaN capacity."""
     _, results, _ = tiny_run
     rows = pd.read_csv(candidates, dtype=str, keep_default_na=False)
-    rows.loc[7, "formula_discharge"] = "Li1e400FePO4"
+    rows.loc[7, "formula_discharge"] = "Li" + "9" * 400 + "FePO4"
     rows.to_csv(candidates, index=False)
     out = tmp_path / "out.csv"
     code, text = predict_in_process(capsys, candidates, out, results, model="model1_phys")

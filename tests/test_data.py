@@ -161,8 +161,9 @@ def test_zero_ion_count_formula_is_legal(small_raw):
 
 
 def test_formula_amount_overflowing_to_infinity_is_refused(small_raw):
-    """pymatgen reads 1e400 as inf; such a row would featurise as an empty composition with NaN capacity."""
-    small_raw.loc[3, "formula_discharge"] = "Li1e400FePO4"
+    """pymatgen reads a count of 400 digits as inf; such a row would featurise as an empty composition
+    with NaN capacity."""
+    small_raw.loc[3, "formula_discharge"] = "Li" + "9" * 400 + "FePO4"
     with pytest.raises(InputError, match="formula_discharge"):
         validate(small_raw)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -191,8 +192,15 @@ def rejects_path(output: Path) -> Path:
     return output.with_name(output.stem + ".rejects.csv")
 
 
+def to_stdout(output: Path) -> bool:
+    """``-o -``: the table goes to standard output, for a pipe."""
+    return str(output) == "-"
+
+
 def check_output(output: Path, input_path: Path) -> None:
     """Refuse, before any scoring, an output that would overwrite the input or cannot be a file."""
+    if to_stdout(output):
+        return
     for path, what in ((output, "OUTPUT"), (rejects_path(output), "OUTPUT's rejects file")):
         if path.resolve() == input_path.resolve():
             raise InputError(f"{output}: {what} would overwrite the input {input_path}; write elsewhere")
@@ -201,6 +209,9 @@ def check_output(output: Path, input_path: Path) -> None:
 
 
 def write_outputs(predictions: pd.DataFrame, rejects: pd.DataFrame, output: Path) -> None:
+    if to_stdout(output):
+        write_stdout(predictions, rejects)
+        return
     try:
         write_csv(predictions, output)
         stale = rejects_path(output)
@@ -213,6 +224,27 @@ def write_outputs(predictions: pd.DataFrame, rejects: pd.DataFrame, output: Path
     except OSError as error:
         raise InputError(f"{output}: cannot write ({error.strerror or error})") from None
     log.info("wrote %d prediction(s) to %s", len(predictions), output)
+
+
+def write_stdout(predictions: pd.DataFrame, rejects: pd.DataFrame) -> None:
+    """The table to standard output in one write, once every row is scored, so that an error
+    leaves the pipe empty rather than half a table; a rejected row is a warning line on stderr
+    (with the rows and reasons a rejects file would hold)."""
+    for reject in rejects.itertuples(index=False):
+        log.warning("rejected row %d (battery_id %r), field %r: %s", reject.row, reject.battery_id,
+                    reject.field, reject.reason)
+    if not rejects.empty:
+        log.warning("%d row(s) rejected", rejects["row"].nunique())
+    try:
+        sys.stdout.write(predictions.to_csv(index=False))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader (head, a pager) stopped early; Python would otherwise report the closed
+        # pipe again when it flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        log.info("standard output was closed before the whole table was read")
+        return
+    log.info("wrote %d prediction(s) to standard output", len(predictions))
 
 
 def threshold(text: str) -> float:
@@ -236,7 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "crystal systems; the space groups if the run used them, the DFT "
                                                      "fields for model2 variants; MP's adj_pairs, if given, make "
                                                      "the ion counts exact")
-        sub.add_argument("-o", "--output", type=Path, required=True, help="CSV to write (atomically)")
+        sub.add_argument("-o", "--output", type=Path, required=True,
+                         help="CSV to write (atomically); - writes it to standard output once every row is scored, "
+                              "and --skip-bad's rejected rows to stderr")
         sub.add_argument("--model", default="model1_phys", choices=KNOWN_MODELS, metavar="MODEL",
                          help=f"{', '.join(KNOWN_MODELS)} (default model1_phys: needs no DFT)")
         sub.add_argument("--results", type=Path, default=Path("results"), help="the workflow's results folder")
@@ -244,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="network arithmetic; bfloat16 was about 3x faster on a CPU with AMX and moved ensemble "
                               "means by about 0.002-0.004 V / 0.3-0.4 mAh/g / 0.7-0.9 Wh/kg (make bench measures it)")
         sub.add_argument("--skip-bad", action="store_true",
-                         help="write bad rows with their reason beside OUTPUT (out.csv -> out.rejects.csv) and score the rest")
+                         help="write bad rows with their reason beside OUTPUT (out.csv -> out.rejects.csv; with -o -, "
+                              "to stderr) and score the rest")
 
     common(commands.add_parser("predict", help="mean, paper CI and calibrated 95 %% interval per target",
                                epilog=OUTPUT_COLUMNS))
