@@ -101,11 +101,12 @@ def not_insertions(candidates: pd.DataFrame, unreadable: set[int]) -> list[BadRo
     """Rows whose formulas parse but describe no insertion of their ion (:func:`insertion_problem`);
     ``unreadable`` rows already have a bad formula or ion."""
     bad = []
-    for row in candidates.index.difference(sorted(unreadable)):
-        electrode = candidates.loc[row]
-        problem = insertion_problem(electrode["formula_charge"], electrode["formula_discharge"], electrode["working_ion"])
+    readable = candidates.loc[candidates.index.difference(sorted(unreadable))]
+    # itertuples, not a .loc per row: that took 1.5 s of 9.6 s for 20,000 candidates
+    for electrode in readable.itertuples():
+        problem = insertion_problem(electrode.formula_charge, electrode.formula_discharge, electrode.working_ion)
         if problem:
-            bad.append(BadRow(str(electrode["battery_id"]), *problem, row))
+            bad.append(BadRow(str(electrode.battery_id), *problem, electrode.Index))
     return bad
 
 
