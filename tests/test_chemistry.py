@@ -174,7 +174,7 @@ def test_feature_rows_are_finite_for_any_valid_composition(fitted_featurizers, r
     """Whatever valid formulas come in (any of the 118 elements, counts 0 .. 1e6), every feature is finite."""
     import pandas as pd
 
-    from electrode_ml.features import DFT_FIELDS
+    from electrode_ml.models import DFT_FIELDS
 
     frame_rows = []
     for row in rows:

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from electrode_ml.cli import candidate_columns, main, passes
+from electrode_ml.candidates import candidate_columns, passes
+from electrode_ml.cli import main
 from electrode_ml.schema import TARGETS
 
 pytestmark = pytest.mark.e2e
@@ -189,6 +190,53 @@ def test_output_dash_writes_the_table_to_stdout_and_rejects_to_stderr(tiny_run, 
     assert captured.out == "" and "electrode-ml: error:" in captured.err
 
 
+def test_input_dash_reads_standard_input(tiny_run, candidates, tmp_path):
+    """`cat candidates.csv | electrode-ml screen - -o -`: the same table as from the file; an
+    unreadable input names standard input, and a pipe-to-pipe run leaves no file behind."""
+    _, results, _ = tiny_run
+    args = ["--model", "model1", "--results", str(results)]
+    assert main(["screen", str(candidates), "-o", str(tmp_path / "from_file.csv"), *args]) == 0
+    piped = subprocess.run([sys.executable, "-m", "electrode_ml.cli", "screen", "-", "-o", "-", *args],
+                           input=candidates.read_bytes(), capture_output=True, timeout=300, cwd=tmp_path)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == (tmp_path / "from_file.csv").read_bytes()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["candidates.csv", "from_file.csv"]
+    empty = subprocess.run([sys.executable, "-m", "electrode_ml.cli", "predict", "-", "-o", str(tmp_path / "o.csv"),
+                            *args], input=b"", capture_output=True, timeout=300)
+    assert empty.returncode == 2 and not (tmp_path / "o.csv").exists()
+    assert empty.stderr.decode().strip().splitlines()[-1] == ("electrode-ml: error: standard input: empty file, "
+                                                               "expected a header row and electrodes")
+
+
+def test_input_dash_from_a_terminal_is_refused(tiny_run, tmp_path, capsys, monkeypatch):
+    """Reading a terminal would wait for a CSV typed by hand: refused in one line instead."""
+    _, results, _ = tiny_run
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal())
+    code, text = predict_in_process(capsys, Path("-"), tmp_path / "out.csv", results)
+    assert_one_line_refusal(code, text, tmp_path / "out.csv", "standard input, which is a terminal")
+
+
+def test_help_and_version_load_no_numerical_library():
+    """`--help`, `--version` and a mistyped option answer without torch, pandas, scikit-learn or
+    pymatgen (about 2 s of imports), and so does the Snakefile's model registry, read on every
+    parse of the workflow (`snakemake -n`, each cluster job)."""
+    heavy = ("torch", "pandas", "sklearn", "pymatgen", "numpy")
+    probe = ("import sys, runpy\n"
+             "sys.argv = ['electrode-ml', '--help']\n"
+             "try:\n    runpy.run_module('electrode_ml.cli', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "import electrode_ml.code_version, electrode_ml.config, electrode_ml.models\n"
+             f"print(sorted(name for name in {heavy!r} if name in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "usage: electrode-ml" in run.stdout and run.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_output_dash_into_a_closed_pipe_ends_quietly(tiny_run, candidates):
     """A reader that has gone (head, a pager closed): no traceback, exit status 0. The pipe is closed
     before the child writes, which it does only once every row is scored."""
@@ -236,7 +284,7 @@ def test_rows_that_are_no_insertion_electrode_are_refused(tiny_run, candidates, 
 
 
 def test_implausible_values_name_the_targets_no_electrode_can_have():
-    from electrode_ml.cli import implausible_values
+    from electrode_ml.candidates import implausible_values
 
     predictions = pd.DataFrame({"average_voltage_mean": [3.0, 1.3e8, -2.0, 6.9],
                                 "capacity_grav_mean": [150.0, 1168.0, -40.0, 0.0]})
@@ -348,7 +396,7 @@ def test_screen_names_the_passing_candidates_outside_the_training_data(tiny_run,
 def test_outside_training_on_a_handmade_frame():
     """Unseen elements count only where a network gave a value; DFT fields out of range and
     implausible values always do."""
-    from electrode_ml.cli import outside_training
+    from electrode_ml.candidates import outside_training
 
     sources = {"average_voltage_source": ["physics", "network", "physics", "physics", "network"],
                "capacity_grav_source": ["physics"] * 5, "energy_grav_source": ["physics"] * 5}
@@ -463,7 +511,7 @@ def test_voltage_pairs_make_the_ion_counts_exact(tiny_run, snapshot_text, tmp_pa
     """MP writes the ion count rounded or cut to two decimals (Li1Mn3V5O16 for Li10Mn3V5O16); given the
     voltage pairs beside them (adj_pairs, as in the snapshot), candidates are scored with the exact counts
     the workflow trained on, so that the stoichiometric capacity is MP's."""
-    from electrode_ml.cli import validate_candidates
+    from electrode_ml.candidates import validate_candidates
 
     _, results, _ = tiny_run
     exact = pd.read_parquet(results / "data" / "electrodes.parquet").set_index("battery_id")

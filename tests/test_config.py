@@ -283,7 +283,7 @@ def test_the_librarys_defaults_are_config_yamls(config):
     import inspect
 
     from electrode_ml.features import build_featurizer
-    from electrode_ml.screening import DEFAULT_NA_THRESHOLDS
+    from electrode_ml.schema import DEFAULT_NA_THRESHOLDS
     from electrode_ml.trees import fit_voltage_trees
     from electrode_ml.tune import SearchSpace
 

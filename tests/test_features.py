@@ -3,8 +3,9 @@ import pandas as pd
 import pytest
 
 from electrode_ml.data import read_electrode_csv, validate_electrodes
-from electrode_ml.features import (DFT_FIELDS, build_featurizer, describe_features, fit_feature_sets,
-                                    dft_outside_training, training_elements, unseen_elements)
+from electrode_ml.features import (build_featurizer, describe_features, fit_feature_sets, dft_outside_training,
+                                    training_elements, unseen_elements)
+from electrode_ml.models import DFT_FIELDS
 from electrode_ml.schema import TARGETS, WORKING_IONS
 from electrode_ml.split import make_split
 
@@ -40,7 +41,7 @@ def test_model1_has_no_dft_column_and_model2_has_all(electrodes, split):
 
 
 def test_model1_redox_is_model1_plus_the_standardised_redox_block(electrodes, split):
-    from electrode_ml.features import base_model, uses_dft
+    from electrode_ml.models import base_model, uses_dft
     from electrode_ml.redox import FEATURE_NAMES
 
     model1 = describe_features(fit_feature_sets(electrodes, split, "model1", space_groups=True)[0])
@@ -113,7 +114,7 @@ def test_space_groups_can_be_left_out(electrodes, split):
 
 @pytest.mark.parametrize("model, dft", [("model1", False), ("model2", True), ("model1_redox", False)])
 def test_a_featuriser_names_the_inputs_it_reads(electrodes, split, model, dft):
-    from electrode_ml.features import DFT_FIELDS, featurizer_inputs
+    from electrode_ml.features import featurizer_inputs
 
     core = ["formula_charge", "formula_discharge", "charge_crystal_system", "discharge_crystal_system", "working_ion"]
     groups = ["charge_space_group_number", "discharge_space_group_number"]
@@ -127,7 +128,7 @@ def test_a_featuriser_names_the_inputs_it_reads(electrodes, split, model, dft):
 
 
 def test_variants_and_the_tree_settings_a_job_depends_on():
-    from electrode_ml.features import variants_of, voltage_tree_settings
+    from electrode_ml.models import variants_of, voltage_tree_settings
 
     models = ["model1", "model2", "model1_phys", "model2_phys"]
     assert variants_of("model1_redox", models) == ["model1_phys"]

@@ -2,7 +2,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from electrode_ml.chemistry import parse_formula
 from electrode_ml.data import exact_end_formulas, read_electrode_csv, validate_electrodes
 from electrode_ml.physics import (IMPLAUSIBLE_DFT, SUSPECT_FORMULAS, PhysicsBaseline, baseline_reasons, combine,
                                   fit_ion_references, stoichiometric_capacity_array, thermodynamic_voltage)

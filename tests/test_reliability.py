@@ -22,7 +22,7 @@ import psutil
 import pytest
 import yaml
 
-from electrode_ml.cli import candidate_columns
+from electrode_ml.candidates import candidate_columns
 from electrode_ml.schema import TARGETS
 from test_workflow import tiny_config
 

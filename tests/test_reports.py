@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from electrode_ml import contribution, report, report_html, report_inputs, timing
-from electrode_ml.schema import TARGETS
-from electrode_ml.screening import CRITERIA, SPLIT_ROLE, passes
+from electrode_ml.schema import CRITERIA, TARGETS
+from electrode_ml.screening import SPLIT_ROLE, passes
 from test_workflow import snakemake
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from electrode_ml.data import read_electrode_csv, validate_electrodes

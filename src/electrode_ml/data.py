@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import re
@@ -74,28 +75,32 @@ def read_electrode_csv(path: str | Path) -> pd.DataFrame:
         raise InputError(f"{path}: a folder, not a CSV file")
     if not path.is_file():
         raise InputError(f"{path}: file not found")
+    return parse_electrode_csv(path.read_bytes(), str(path))
+
+
+def parse_electrode_csv(data: bytes, where: str) -> pd.DataFrame:
+    """:func:`read_electrode_csv` on a CSV's bytes, whatever they came from (a file, standard
+    input); ``where`` names that source in the errors."""
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, encoding="utf-8")
     except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text ({_first_non_utf8(path)})") from None
+        raise InputError(f"{where}: not UTF-8 text ({_first_non_utf8(data)})") from None
     except pd.errors.EmptyDataError:
-        raise InputError(f"{path}: empty file, expected a header row and electrodes") from None
+        raise InputError(f"{where}: empty file, expected a header row and electrodes") from None
     except pd.errors.ParserError as exc:
-        raise InputError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{where}: not a readable CSV ({str(exc).splitlines()[0]})") from None
     if frame.empty:
-        raise InputError(f"{path}: no rows after the header")
+        raise InputError(f"{where}: no rows after the header")
     # pandas renames a second `average_voltage` to `average_voltage.1`, which then went unread
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        header = next(csv.reader(handle))
+    header = next(csv.reader(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")))
     repeated = sorted(name for name, count in Counter(header).items() if count > 1)
     if repeated:
-        raise InputError(f"{path}: column(s) {', '.join(repeated)} appear more than once in the header")
+        raise InputError(f"{where}: column(s) {', '.join(repeated)} appear more than once in the header")
     return frame
 
 
-def _first_non_utf8(path: Path) -> str:
+def _first_non_utf8(data: bytes) -> str:
     """Where the first byte that is no UTF-8 sits (pandas decodes in chunks: its offset is the chunk's)."""
-    data = path.read_bytes()
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:

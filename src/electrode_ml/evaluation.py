@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from electrode_ml.ensemble import evaluate_model
-from electrode_ml.features import applicability, fit_feature_sets, is_physics_model, uses_dft, uses_voltage_trees
+from electrode_ml.features import applicability, fit_feature_sets
+from electrode_ml.models import is_physics_model, uses_dft, uses_voltage_trees
 from electrode_ml.physics import fit_physics
 from electrode_ml.split import make_split
 from electrode_ml.tables import frame_matrices, seed_predictions

@@ -9,7 +9,7 @@ DFT voltage fails (energies outside the training range that imply an implausible
 without a reference), the network predicts the voltage alone. An implausible voltage from energies
 inside the training range indicts the formulas instead, and the network predicts all three. The
 networks are those
-of ``features.PHYSICS_BASES``: model2's for model2_phys, and for model1_phys, whose voltage always
+of ``models.PHYSICS_BASES``: model2's for model2_phys, and for model1_phys, whose voltage always
 comes from a network, those of model1_redox (feature set 1 plus the redox chemistry of redox.py).
 """
 
@@ -21,10 +21,8 @@ import numpy as np
 import pandas as pd
 
 from electrode_ml.chemistry import FARADAY, ion_count, parse_formula
-from electrode_ml.schema import ION_CHARGE, TARGETS
+from electrode_ml.schema import ION_CHARGE, PLAUSIBLE_VOLTAGE, PLAUSIBLE_VOLTAGE_TEXT, TARGETS
 
-PLAUSIBLE_VOLTAGE = (-1.0, 7.0)  # V, the paper's window on MP average voltages
-PLAUSIBLE_VOLTAGE_TEXT = "{:g}..{:g} V".format(*PLAUSIBLE_VOLTAGE)
 IMPLAUSIBLE_DFT = f"DFT energies imply a voltage outside {PLAUSIBLE_VOLTAGE_TEXT}"
 SUSPECT_FORMULAS = (f"{IMPLAUSIBLE_DFT} with DFT fields inside the training range: "
                     "the formulas' ion counts are suspect")

@@ -14,10 +14,10 @@ import torch
 from electrode_ml import cpu_matmul
 from electrode_ml.ensemble import Z_95, interval_scale
 from electrode_ml.errors import InputError
-from electrode_ml.features import (applicability, base_model, featurizer_inputs, is_physics_model,
-                                   uses_voltage_trees)
+from electrode_ml.features import applicability, featurizer_inputs
 from electrode_ml.fileio import read_json
 from electrode_ml.model import TrainedNetwork
+from electrode_ml.models import base_model, is_physics_model, uses_voltage_trees
 from electrode_ml.physics import PhysicsBaseline, combine
 from electrode_ml.schema import TARGETS
 from electrode_ml.trees import CAPACITY, VoltageTrees

@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from electrode_ml.features import paper_counterpart
+from electrode_ml.models import paper_counterpart
 from electrode_ml.peer import MODEL as PEER
 from electrode_ml.plots import is_exact
 from electrode_ml.report_html import (BAD, GOOD, STYLE, background, delta, esc, fmt, image, legend, percent, shade,
                                       table, td)
 from electrode_ml.report_inputs import collect  # noqa: F401  (the report rule's step calls report.collect)
-from electrode_ml.schema import TARGETS, UNITS
-from electrode_ml.screening import CRITERIA, SHORT, SPLIT_ROLE
+from electrode_ml.schema import CRITERIA, TARGETS, UNITS
+from electrode_ml.screening import SHORT, SPLIT_ROLE
 
 # Paper Table 3 (validation set): the MC mean of 50 networks and the best of the 50.
 PAPER_TABLE3 = {

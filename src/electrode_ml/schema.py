@@ -36,6 +36,15 @@ ELECTRODE_COLUMNS: dict[str, str] = {
 TARGETS = ("average_voltage", "capacity_grav", "energy_grav")
 UNITS = {"average_voltage": "V", "capacity_grav": "mAh/g", "energy_grav": "Wh/kg"}
 
+PLAUSIBLE_VOLTAGE = (-1.0, 7.0)  # V, the paper's window on MP average voltages
+PLAUSIBLE_VOLTAGE_TEXT = "{:g}..{:g} V".format(*PLAUSIBLE_VOLTAGE)
+
+# The screen's criteria (screen.na config keys, `electrode-ml screen` options) -> target column;
+# the thresholds are inclusive lower bounds.
+CRITERIA = {"voltage": "average_voltage", "capacity": "capacity_grav", "energy": "energy_grav"}
+# The paper's filter: `electrode-ml screen`'s defaults, and config.yaml's screen.na (a test keeps them equal).
+DEFAULT_NA_THRESHOLDS = {"voltage": 2.0, "capacity": 100.0, "energy": 200.0}
+
 # Charge carried by each working ion (used by the stoichiometric capacity).
 ION_CHARGE: dict[str, int] = {
     "Li": 1, "Na": 1, "K": 1, "Rb": 1, "Cs": 1,

@@ -19,12 +19,8 @@ from pymatgen.core import Composition
 from electrode_ml.chemistry import parse_formula, stoichiometric_capacity
 from electrode_ml.errors import InputError
 from electrode_ml.physics import BASIS
-from electrode_ml.schema import TARGETS, UNITS
+from electrode_ml.schema import CRITERIA, TARGETS, UNITS
 
-# screen.na config key -> target column; the thresholds are inclusive lower bounds.
-CRITERIA = {"voltage": "average_voltage", "capacity": "capacity_grav", "energy": "energy_grav"}
-# The paper's filter: `electrode-ml screen`'s defaults, and config.yaml's screen.na (a test keeps them equal).
-DEFAULT_NA_THRESHOLDS = {"voltage": 2.0, "capacity": 100.0, "energy": 200.0}
 SHORT = {"average_voltage": "V", "capacity_grav": "C", "energy_grav": "E"}
 
 # What each split was used for, so a reader of the all-Na screen knows which verdicts are fair tests.

@@ -21,7 +21,7 @@ from electrode_ml.config import load_config, seed_range
 from electrode_ml.devices import job_device
 from electrode_ml.errors import InputError
 from electrode_ml.evaluation import evaluate_on_split
-from electrode_ml.features import KNOWN_MODELS, base_model, voltage_tree_settings
+from electrode_ml.models import KNOWN_MODELS, base_model, voltage_tree_settings
 from electrode_ml.fileio import read_json, write_csv
 from electrode_ml.model import NetworkParams
 from electrode_ml.runner import setup_logging

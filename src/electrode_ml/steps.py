@@ -79,7 +79,7 @@ def physics_step(input, output, params, threads, **_):
     """Fit a physics model's ion references on the training split and evaluate its physics for every electrode."""
     import joblib
 
-    from electrode_ml.features import uses_dft
+    from electrode_ml.models import uses_dft
     from electrode_ml.physics import fit_physics
 
     electrodes = pd.read_parquet(input.electrodes)
@@ -276,7 +276,7 @@ def _load_ensembles(input, params, device: str = "cpu") -> dict:
     The rule lists the checkpoints of the configured seeds as inputs; the count loaded must match,
     so that a stale seed folder from an earlier, larger run cannot slip into the ensemble.
     """
-    from electrode_ml.features import base_model
+    from electrode_ml.models import base_model
     from electrode_ml.predict import TrainedEnsemble
 
     results = Path(input.electrodes).parents[1]  # {results}/data/electrodes.parquet
@@ -368,7 +368,7 @@ def feature_contribution_step(input, output, params, threads, wildcards=None, **
 
 def timing_step(input, output, params, threads, wildcards=None, **_):
     from electrode_ml import timing
-    from electrode_ml.features import base_model, is_physics_model
+    from electrode_ml.models import base_model, is_physics_model
 
     torch.set_num_threads(threads)
     models = list(params.models)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from electrode_ml.errors import InputError
-from electrode_ml.features import paper_counterpart
+from electrode_ml.models import paper_counterpart
 
 # Paper Table 4 (NVIDIA A40): BO total over 30 iterations, training one network (mean of 50),
 # predicting the 388 validation electrodes with one network (mean of 50).
