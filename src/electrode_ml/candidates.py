@@ -18,12 +18,11 @@ from electrode_ml.predict import TrainedEnsemble
 from electrode_ml.schema import CRITERIA, PLAUSIBLE_VOLTAGE, TARGETS
 from electrode_ml.screening import passes as screen_passes
 
-log = logging.getLogger("electrode_ml.cli")
+log = logging.getLogger("electrode_ml.cli")  # the command's messages, whichever module logs them
 
 STRUCTURE_FIELDS = ("formula_charge", "formula_discharge", "working_ion",
                     "charge_crystal_system", "charge_space_group_number",
                     "discharge_crystal_system", "discharge_space_group_number")
-
 
 
 def candidate_columns(model: str) -> list[str]:
