@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from electrode_ml.chemistry import element_fractions, ion_count, parse_formula, stoichiometric_capacity
+from electrode_ml.chemistry import element_fractions, ion_count, molar_mass, parse_formula, stoichiometric_capacity
 from electrode_ml.errors import InputError
 
 
@@ -59,6 +59,15 @@ def test_brackets_spaces_and_bare_decimals_are_formulas(formula, same_as):
 def test_every_snapshot_formula_parses(snapshot_text):
     for formula in set(snapshot_text.formula_charge) | set(snapshot_text.formula_discharge):
         parse_formula(formula)
+
+
+def test_molar_mass_is_pymatgens_weight_to_the_last_bit(snapshot_text):
+    """The plain-float sum replaces pymatgen's unit-carrying one for speed: every capacity the runs
+    computed depends on it being the same number."""
+    formulas = set(snapshot_text.formula_charge) | set(snapshot_text.formula_discharge) | {"Li3.25(Fe0.5Mn0.5)2(PO4)3"}
+    for formula in formulas:
+        composition = parse_formula(formula)
+        assert molar_mass(composition) == float(composition.weight), formula
 
 
 def test_capacity_of_lifepo4_matches_textbook():

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from electrode_ml.chemistry import FARADAY, ion_count, parse_formula
+from electrode_ml.chemistry import FARADAY, ion_count, molar_mass, parse_formula
 from electrode_ml.schema import ION_CHARGE, PLAUSIBLE_VOLTAGE, PLAUSIBLE_VOLTAGE_TEXT, TARGETS
 
 IMPLAUSIBLE_DFT = f"DFT energies imply a voltage outside {PLAUSIBLE_VOLTAGE_TEXT}"
@@ -77,7 +77,7 @@ def stoichiometric_capacity_array(electrodes: pd.DataFrame) -> np.ndarray:
     (F / 3.6 first) is the one the results were computed with; the scalar's differs in the last bit."""
     gained = ions_gained(electrodes)
     charge = electrodes["working_ion"].map(ION_CHARGE).to_numpy(dtype=float)
-    mass = np.array([parse_formula(formula).weight for formula in electrodes["formula_discharge"]])
+    mass = np.array([molar_mass(parse_formula(formula)) for formula in electrodes["formula_discharge"]])
     return np.where(gained > 0, gained * charge * FARADAY_MAH / mass, 0.0)
 
 
