@@ -30,6 +30,14 @@ def test_read_benchmark(tmp_path):
         timing.read_benchmark(tmp_path / "bad.tsv")
 
 
+def test_a_resumed_tuning_is_timed_by_its_trials():
+    """A tuning that ran its trials keeps its job's wall time (Ax's suggestions included); one
+    resumed from saved trials, whose job took seconds, is timed by what the trials recorded."""
+    assert timing.tuning_seconds(426.3, [13.0] * 30) == (426.3, "")
+    seconds, note = timing.tuning_seconds(4.5, [13.0] * 29 + [float("nan")])
+    assert seconds == pytest.approx(377.0) and "resumed" in note
+
+
 def test_timing_table_puts_the_paper_beside():
     prediction = {"n_networks": 4, "n_rows": 388, "networks_s": 0.002, "end_to_end_s": 0.05}
     table = timing.timing_table("model1", 100.0, [10.0, 12.0], prediction).set_index("stage")

@@ -373,6 +373,7 @@ def timing_step(input, output, params, threads, wildcards=None, **_):
     torch.set_num_threads(threads)
     models = list(params.models)
     tune_files = _by_model(input.tune, lambda path: path.stem)
+    trial_files = _by_model(input.trials, lambda path: path.parent.name)
     train_files = _by_model(input.train, lambda path: path.parent.name)
     electrodes = pd.read_parquet(input.electrodes)
     split = pd.read_parquet(input.split)
@@ -384,8 +385,11 @@ def timing_step(input, output, params, threads, wildcards=None, **_):
             prediction = timing.measure_prediction(ensembles[model], val, repeats=int(params.repeats))
             log.info("%s: prediction timing %s", model, prediction)
             base = base_model(model)
-            tune_s = timing.read_benchmark(tune_files[base][0]) if tune_files.get(base) else None
-            note = tuning_note(params.tune, params.train)
+            tune_s, note = None, tuning_note(params.tune, params.train)
+            if tune_files.get(base):
+                tune_s, resumed = timing.tuning_seconds(timing.read_benchmark(tune_files[base][0]),
+                                                        pd.read_csv(trial_files[base][0])["seconds"])
+                note = "; ".join(filter(None, [note, resumed]))
             tables.append(timing.timing_table(
                 model, tune_s, [timing.read_benchmark(path) for path in train_files.get(base, [])], prediction,
                 tune_note=note, include_training=not is_physics_model(model), device=device))

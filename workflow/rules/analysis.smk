@@ -41,6 +41,7 @@ rule feature_contribution:
 rule timing:
     input:
         tune=expand(f"{RESULTS}/benchmarks/tune/{{model}}.tsv", model=BASE_MODELS),
+        trials=expand(f"{RESULTS}/tune/{{model}}/trials.csv", model=BASE_MODELS),
         train=expand(f"{RESULTS}/benchmarks/train/{{model}}/seed_{{seed}}.tsv", model=BASE_MODELS, seed=SEEDS),
         electrodes=rules.data.output.electrodes,
         split=rules.split.output.split,
