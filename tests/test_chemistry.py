@@ -21,17 +21,6 @@ def test_element_fractions_sum_to_one_and_sit_at_atomic_number():
 
 
 @pytest.mark.parametrize("formula, message", [
-    ("Xx2O", "unknown element"),
-    ("Li-1O", "malformed"),
-    ("", "empty"),
-    ("Li2O)", "malformed"),
-])
-def test_bad_formulas_are_refused_with_a_reason(formula, message):
-    with pytest.raises(InputError, match=message):
-        parse_formula(formula)
-
-
-@pytest.mark.parametrize("formula, message", [
     # pymatgen drops '@' and reads 1e2 as 100: both would have become another material
     ("LiFe@PO4", "malformed formula 'LiFe@PO4': '@' at character 5 is not an element symbol"),
     ("Li1e2FePO4", "'e' at character 4 is not an element symbol, a count or a bracket"),
@@ -42,6 +31,8 @@ def test_bad_formulas_are_refused_with_a_reason(formula, message):
     ("Li2O)", "the '\\)' at character 5 has no partner"),
     # the symbol as written, not pymatgen's placeholder species ('Xx0+')
     ("Li2Xx3O4", "unknown element 'Xx' in formula 'Li2Xx3O4'"),
+    ("Xx2O", "unknown element 'Xx'"),
+    ("", "empty formula"),
 ])
 def test_bad_formulas_name_the_character_or_symbol_at_fault(formula, message):
     with pytest.raises(InputError, match=message):
