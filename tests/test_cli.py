@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import shutil
 import subprocess
@@ -182,7 +183,7 @@ def test_output_dash_writes_the_table_to_stdout_and_rejects_to_stderr(tiny_run, 
     assert main([*args, "-o", "-", "--skip-bad"]) == 0
     captured = capsys.readouterr()
     assert len(pd.read_csv(io.StringIO(captured.out))) == 39
-    assert f"rejected row 4 (battery_id {rows.loc[3, 'battery_id']!r}), field 'working_ion'" in captured.err
+    assert f"rejected line 5 (row 4), battery_id {rows.loc[3, 'battery_id']!r}, field 'working_ion'" in captured.err
     assert not list(tmp_path.glob("*.rejects.csv")) and not Path("-.rejects.csv").exists()
     # a bad row without --skip-bad: the one-line refusal, and stdout stays empty
     assert main([*args, "-o", "-"]) == 2
@@ -191,8 +192,9 @@ def test_output_dash_writes_the_table_to_stdout_and_rejects_to_stderr(tiny_run, 
 
 
 def test_input_dash_reads_standard_input(tiny_run, candidates, tmp_path):
-    """`cat candidates.csv | electrode-ml screen - -o -`: the same table as from the file; an
-    unreadable input names standard input, and a pipe-to-pipe run leaves no file behind."""
+    """`cat candidates.csv | electrode-ml screen - -o -`: the same table as from the file, and from
+    the file gzipped; an unreadable input names standard input, and a pipe-to-pipe run leaves no
+    file behind."""
     _, results, _ = tiny_run
     args = ["--model", "model1", "--results", str(results)]
     assert main(["screen", str(candidates), "-o", str(tmp_path / "from_file.csv"), *args]) == 0
@@ -201,6 +203,10 @@ def test_input_dash_reads_standard_input(tiny_run, candidates, tmp_path):
     assert piped.returncode == 0, piped.stderr
     assert piped.stdout == (tmp_path / "from_file.csv").read_bytes()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["candidates.csv", "from_file.csv"]
+    packed = tmp_path / "candidates.csv.gz"  # compressed: read by its bytes, as a pipe of it would be
+    packed.write_bytes(gzip.compress(candidates.read_bytes()))
+    assert main(["screen", str(packed), "-o", str(tmp_path / "from_gzip.csv"), *args]) == 0
+    assert (tmp_path / "from_gzip.csv").read_bytes() == (tmp_path / "from_file.csv").read_bytes()
     empty = subprocess.run([sys.executable, "-m", "electrode_ml.cli", "predict", "-", "-o", str(tmp_path / "o.csv"),
                             *args], input=b"", capture_output=True, timeout=300)
     assert empty.returncode == 2 and not (tmp_path / "o.csv").exists()
@@ -265,12 +271,12 @@ def test_rows_that_are_no_insertion_electrode_are_refused(tiny_run, candidates, 
     rows.to_csv(candidates, index=False)
     out = tmp_path / "out.csv"
     code, text = predict_in_process(capsys, candidates, out, results)
-    assert_one_line_refusal(code, text, out, f"battery_id={rows.loc[0, 'battery_id']!r} (row 1)",
+    assert_one_line_refusal(code, text, out, f"battery_id={rows.loc[0, 'battery_id']!r} (line 2)",
                             "'formula_discharge'", "holds no more Li per FePO4", "(and 4 more problem(s)")
     code, text = predict_in_process(capsys, candidates, out, results, "--skip-bad", model="model1_phys")
     assert code == 0, text
     rejects = pd.read_csv(tmp_path / "out.rejects.csv")
-    assert rejects["row"].tolist() == [1, 2, 3, 4, 5]
+    assert rejects["row"].tolist() == [1, 2, 3, 4, 5] and rejects["line"].tolist() == [2, 3, 4, 5, 6]
     assert rejects["field"].tolist() == ["formula_discharge"] * 3 + ["formula_charge", "formula_discharge"]
     assert "host MnPO4 is not the charged formula's FePO4" in rejects["reason"][2]
     assert "holds no framework besides the working ion" in rejects["reason"][3]
@@ -301,7 +307,7 @@ def test_rejects_count_rows_and_a_clean_rerun_removes_them(tiny_run, candidates,
     code, text = predict_in_process(capsys, candidates, out, results, "--skip-bad")
     assert code == 0 and "2 row(s) rejected" in text
     rejects = pd.read_csv(tmp_path / "out.rejects.csv", keep_default_na=False)
-    assert set(rejects["row"]) == {2, 3} and (rejects["battery_id"] == "").all()
+    assert set(rejects["row"]) == {2, 3} and set(rejects["line"]) == {3, 4} and (rejects["battery_id"] == "").all()
     rows.drop(index=[1, 2]).to_csv(candidates, index=False)
     code, text = predict_in_process(capsys, candidates, out, results, "--skip-bad")
     assert code == 0 and not (tmp_path / "out.rejects.csv").exists() and "earlier run's rejects" in text
@@ -561,7 +567,7 @@ def test_formula_amount_overflowing_to_infinity_is_refused(tiny_run, candidates,
 
 @pytest.mark.parametrize("content, words", [
     ("battery_id,formula_charge\nmp-1_Li,Li2FéO2\n".encode("latin-1"), "not UTF-8"),
-    (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03binary", "not UTF-8"),
+    (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03binary", "gzip-compressed but cannot be decompressed"),
     (b'battery_id,formula_charge\n"mp-1_Li,LiO2\n', "not a readable CSV"),
 ])
 def test_unreadable_files_are_one_line(tiny_run, tmp_path, capsys, content, words):
@@ -614,7 +620,7 @@ def test_refusals_from_the_command_line_are_one_line_without_traceback(tiny_run,
     run = run_cli("predict", str(candidates), "-o", str(out), "--model", "model1", "--results", str(results))
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert [line for line in run.stderr.splitlines() if line.strip()] == [
-        f"electrode-ml: error: {candidates}: battery_id={rows.loc[7, 'battery_id']!r} (row 8), field "
+        f"electrode-ml: error: {candidates}: battery_id={rows.loc[7, 'battery_id']!r} (line 9), field "
         "'charge_space_group_number': space group 0 is not an integer in 1..230"]
     assert not out.exists()
 

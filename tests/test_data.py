@@ -1,10 +1,11 @@
+import gzip
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from electrode_ml.data import exact_end_formulas, read_electrode_csv, validate_electrodes
+from electrode_ml.data import exact_end_formulas, parse_electrode_csv, read_electrode_csv, validate_electrodes
 from electrode_ml.errors import InputError
 from electrode_ml.schema import ELECTRODE_COLUMNS, WORKING_IONS
 
@@ -189,7 +190,8 @@ def test_drop_mode_counts_rows_and_drops_rows_without_an_id(small_raw):
 
 
 @pytest.mark.parametrize("content, words", [
-    (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03binary", "not UTF-8"),               # a gzip file
+    (gzip.compress(b"battery_id,formula_charge\nmp-1_Li,LiO2\n")[:20],                      # a cut gzip file
+     "gzip-compressed but cannot be decompressed \\(Compressed file ended"),
     ("battery_id,formula_charge\nmp-1_Li,Li2FéO2\n".encode("latin-1"), "not UTF-8"),  # Latin-1 text
     (b'battery_id,formula_charge\n"mp-1_Li,LiO2\n', "not a readable CSV"),            # unterminated quote
     (b"battery_id,formula_charge\nmp-1_Li,LiO2\nmp-2_Li,LiO2,extra,fields\n", "not a readable CSV"),
@@ -245,6 +247,56 @@ def test_missing_column_in_a_file_is_one_line(tmp_path, small_raw):
     assert str(error.value) == f"{path}: missing column(s) working_ion, average_voltage"
 
 
+# each row's battery_id starts with the line it starts on; blank and whitespace-only lines are no rows
+ROWS_ON_LINES = [
+    ("plain", "battery_id,a\n2,x\n3,y\n", "\n"),
+    ("blank lines between and around", "\nbattery_id,a\n\n4,x\n \t\n\n7,y\n\n", "\n"),
+    ("a quoted id over three lines", 'battery_id,a\n"2 first\nsecond\n",x\n5,y\n', "\n"),
+    ("Windows line ends", "battery_id,a\n2,x\n\n4,\"y,z\"\n", "\r\n"),
+    ("old Mac line ends, no final one", "battery_id,a\n\n3,x\n4,y", "\r"),
+    ("a byte order mark", "\ufeffbattery_id,a\n2,x\n3,y\n", "\n"),
+]
+
+
+@pytest.mark.parametrize("case, text, newline", ROWS_ON_LINES, ids=[case for case, *_ in ROWS_ON_LINES])
+def test_each_row_knows_the_line_it_starts_on(case, text, newline):
+    frame = parse_electrode_csv(text.replace("\n", newline).encode(), "input.csv")
+    assert frame.index.name == "line"
+    assert frame.index.tolist() == [int(battery_id.split()[0]) for battery_id in frame["battery_id"]]
+
+
+def test_a_bad_row_is_named_by_its_line_in_the_file(tmp_path, small_raw):
+    """The line an editor shows, though a quoted field spans lines and blank lines are skipped."""
+    small_raw.loc[0, "adj_pairs"] = "[first pair,\nsecond pair]"  # the 1st row ends on line 3
+    small_raw.loc[3, "charge_space_group_number"] = "231"
+    text = small_raw.to_csv(index=False).replace("\n" + small_raw.loc[2, "battery_id"], "\n\n" + small_raw.loc[2, "battery_id"])
+    path = tmp_path / "input.csv"
+    path.write_text(text)
+    with pytest.raises(InputError) as error:
+        validate(read_electrode_csv(path), where=str(path))
+    assert str(error.value).startswith(f"{path}: battery_id={small_raw.loc[3, 'battery_id']!r} (line 7), field "
+                                       "'charge_space_group_number'")
+    assert text.splitlines()[6].startswith(small_raw.loc[3, "battery_id"] + ",")
+
+
+def test_rows_are_numbered_where_the_csv_module_reads_lines_otherwise(small_raw):
+    """A line holding only "" is a row of one empty field to pandas and nothing to the csv module:
+    rather than a wrong line, the message names the row."""
+    text = small_raw.to_csv(index=False) + '""\n'
+    frame = parse_electrode_csv(text.encode(), "input.csv")
+    assert frame.index.name is None and len(frame) == len(small_raw) + 1
+    with pytest.raises(InputError, match=rf"^input: battery_id='' \(row {len(small_raw) + 1}\), field "):
+        validate(frame)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "bz2", "xz"])
+def test_compressed_files_read_as_the_plain_file(tmp_path, small_raw, compression):
+    plain, packed = tmp_path / "input.csv", tmp_path / f"input.csv.{compression}"
+    small_raw.to_csv(plain, index=False)
+    small_raw.to_csv(packed, index=False, compression=compression)
+    pd.testing.assert_frame_equal(read_electrode_csv(packed), read_electrode_csv(plain))
+
+
 def _data_step(tmp_path, snapshot, on_bad_row):
     from types import SimpleNamespace
 
@@ -276,6 +328,8 @@ def test_data_step_in_drop_mode_writes_both_outputs_with_the_count(tmp_path, sma
     results = _data_step(tmp_path, snapshot, "drop")
     report = json.loads((results / "data" / "data_report.json").read_text())
     assert report["dropped"]["bad charge_space_group_number"] == 1
+    assert report["bad_rows"] == [f"battery_id={small_raw.loc[3, 'battery_id']!r} (line 5), field "
+                                  "'charge_space_group_number': space group 231 is not an integer in 1..230"]
     assert report["rows_out"] == len(small_raw) - 1 == len(pd.read_parquet(results / "data" / "electrodes.parquet"))
     assert sorted(path.name for path in (results / "data").iterdir()) == ["data_report.json", "electrodes.parquet"]
 

@@ -11,7 +11,7 @@ import torch
 
 from electrode_ml.chemistry import insertion_problem
 from electrode_ml.data import (FORMULA_FIELDS, SPACE_GROUP_FIELDS, BadRow, coerce_types, exact_end_formulas,
-                               find_bad_rows, present, refusal, require_columns)
+                               find_bad_rows, located, present, refusal, require_columns, source_lines)
 from electrode_ml.ensemble import outside_training as rows_outside_training
 from electrode_ml.models import DFT_FIELDS, uses_dft
 from electrode_ml.predict import TrainedEnsemble
@@ -40,6 +40,7 @@ def validate_candidates(frame: pd.DataFrame, needed: list[str], where: str, skip
     its writer thinks), except that they may be blank (unknown); MP's voltage pairs (``adj_pairs``)
     make the ion counts exact (:func:`exact_ion_counts`); any other column is ignored."""
     require_columns(frame, needed, where)
+    lines = source_lines(frame)
     frame = frame.reset_index(drop=True)
     unread = [name for name in present(frame, known) if name not in needed]
     typed, bad = coerce_types(frame[[*needed, *unread]])
@@ -48,11 +49,12 @@ def validate_candidates(frame: pd.DataFrame, needed: list[str], where: str, skip
     unreadable = {row.row for row in bad if row.field in (*FORMULA_FIELDS, "working_ion")}
     if "adj_pairs" in frame.columns:
         typed = exact_ion_counts(typed, frame["adj_pairs"], unreadable)
-    bad += not_insertions(typed, unreadable)
+    bad = located(bad + not_insertions(typed, unreadable), lines)
     if bad and not skip_bad:
         raise refusal(bad, where, hint="; --skip-bad scores the rest")
-    rejects = pd.DataFrame([{"row": row.row + 1, "battery_id": row.battery_id, "field": row.field,
-                             "reason": row.reason} for row in bad], columns=["row", "battery_id", "field", "reason"])
+    rejects = pd.DataFrame([{"row": row.row + 1, "line": row.line, "battery_id": row.battery_id, "field": row.field,
+                             "reason": row.reason} for row in bad], columns=["row", "line", "battery_id", "field", "reason"])
+    rejects["line"] = rejects["line"].astype("Int64")  # empty where the rows came from no file
     good = typed.drop(index=sorted({row.row for row in bad}))
     for name in present(good, SPACE_GROUP_FIELDS):
         if name in needed:  # an unread one may hold blanks: it stays float

@@ -91,9 +91,11 @@ def write_stdout(predictions: pd.DataFrame, rejects: pd.DataFrame) -> None:
     """The table to standard output in one write, once every row is scored, so that an error
     leaves the pipe empty rather than half a table; a rejected row is a warning line on stderr
     (with the rows and reasons a rejects file would hold)."""
+    import pandas as pd
+
     for reject in rejects.itertuples(index=False):
-        log.warning("rejected row %d (battery_id %r), field %r: %s", reject.row, reject.battery_id,
-                    reject.field, reject.reason)
+        place = f"row {reject.row}" if pd.isna(reject.line) else f"line {reject.line} (row {reject.row})"
+        log.warning("rejected %s, battery_id %r, field %r: %s", place, reject.battery_id, reject.field, reject.reason)
     if not rejects.empty:
         log.warning("%d row(s) rejected", rejects["row"].nunique())
     try:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import io
 import logging
+import lzma
 import math
 import re
+import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +37,29 @@ NON_NEGATIVE_FIELDS = ("charge_band_gap", "discharge_band_gap", "stability_charg
 PAIR_FORMULA = re.compile(r"formula_(?:dis)?charge='([^']+)'")
 
 
-@dataclass
+@dataclass(frozen=True)
 class BadRow:
     battery_id: str
     field: str
     reason: str
-    row: int  # 0-based row of the checked frame (messages say row + 1): rows without a usable id are found by it
+    row: int  # 0-based row of the checked frame: rows without a usable id are found by it
+    line: int | None = None  # the row's line in its file (a download has none): what an editor shows
 
     def __str__(self) -> str:
-        return f"battery_id={self.battery_id!r} (row {self.row + 1}), field {self.field!r}: {self.reason}"
+        place = f"line {self.line}" if self.line is not None else f"row {self.row + 1}"
+        return f"battery_id={self.battery_id!r} ({place}), field {self.field!r}: {self.reason}"
+
+
+def source_lines(frame: pd.DataFrame) -> np.ndarray | None:
+    """The file line of each row of a frame :func:`parse_electrode_csv` read, or None (a download)."""
+    return frame.index.to_numpy() if frame.index.name == "line" else None
+
+
+def located(bad: list[BadRow], lines: np.ndarray | None) -> list[BadRow]:
+    """``bad`` with each row's file line, where the rows came from a file."""
+    if lines is None:
+        return bad
+    return [replace(row, line=int(lines[row.row])) for row in bad]
 
 
 @dataclass
@@ -80,7 +98,11 @@ def read_electrode_csv(path: str | Path) -> pd.DataFrame:
 
 def parse_electrode_csv(data: bytes, where: str) -> pd.DataFrame:
     """:func:`read_electrode_csv` on a CSV's bytes, whatever they came from (a file, standard
-    input); ``where`` names that source in the errors."""
+    input), gzip, bzip2 or xz compressed or not; ``where`` names that source in the errors.
+
+    The frame's index, named ``line``, is the line of the file each row starts on
+    (:func:`record_lines`), so that an error can point an editor at it."""
+    data = decompressed(data, where)
     try:
         frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, encoding="utf-8")
     except UnicodeDecodeError:
@@ -96,7 +118,46 @@ def parse_electrode_csv(data: bytes, where: str) -> pd.DataFrame:
     repeated = sorted(name for name, count in Counter(header).items() if count > 1)
     if repeated:
         raise InputError(f"{where}: column(s) {', '.join(repeated)} appear more than once in the header")
+    lines = record_lines(data)
+    if lines is not None and len(lines) == len(frame):  # else a line pandas and the csv module read differently: rows are numbered
+        frame.index = pd.Index(lines, name="line")
     return frame
+
+
+# magic bytes -> (name, decompress, its errors)
+COMPRESSIONS = {
+    b"\x1f\x8b": ("gzip", gzip.decompress, (OSError, EOFError, zlib.error)),
+    b"BZh": ("bzip2", bz2.decompress, (OSError, ValueError, EOFError)),
+    b"\xfd7zXZ\x00": ("xz", lzma.decompress, (lzma.LZMAError, EOFError)),
+}
+
+
+def decompressed(data: bytes, where: str) -> bytes:
+    """``data`` decompressed when it starts as a gzip, bzip2 or xz stream does (``electrode-ml predict
+    candidates.csv.gz``, or a pipe), else as it is: read by its bytes, not its name, as stdin has none."""
+    for magic, (name, decompress, errors) in COMPRESSIONS.items():
+        if data.startswith(magic):
+            try:
+                return decompress(data)
+            except errors as exc:
+                raise InputError(f"{where}: {name}-compressed but cannot be decompressed ({exc or 'truncated'})") from None
+    return data
+
+
+def record_lines(data: bytes) -> np.ndarray | None:
+    """The 1-based line of a CSV on which each row after the header starts, skipping blank and
+    whitespace-only lines as pandas does (a quoted field may span lines); None where the csv
+    module cannot read what pandas did (a field over its size limit)."""
+    reader = csv.reader(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline=""))
+    starts, end = [], 0
+    try:
+        for record in reader:
+            if record and not (len(record) == 1 and not record[0].strip(" \t")):
+                starts.append(end + 1)
+            end = reader.line_num
+    except csv.Error:
+        return None
+    return np.asarray(starts[1:], dtype=np.int64)
 
 
 def _first_non_utf8(data: bytes) -> str:
@@ -210,9 +271,10 @@ def validate_electrodes(
     """
     require_columns(frame, ELECTRODE_COLUMNS, where)
     report = DataReport(source=source, rows_in=len(frame))
+    lines = source_lines(frame)
     frame = frame[list(ELECTRODE_COLUMNS)].reset_index(drop=True)
     frame, bad = coerce_types(frame)
-    bad += find_bad_rows(frame)
+    bad = located(bad + find_bad_rows(frame), lines)
 
     if bad:
         if on_bad_row == "error":
