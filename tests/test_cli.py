@@ -298,6 +298,7 @@ def test_implausible_values_name_the_targets_no_electrode_can_have():
 
 
 def test_rejects_count_rows_and_a_clean_rerun_removes_them(tiny_run, candidates, tmp_path, capsys):
+    """Two rows without an id are told apart by their row and line."""
     _, results, _ = tiny_run
     rows = pd.read_csv(candidates, dtype=str, keep_default_na=False).head(4)
     rows.loc[[1, 2], "battery_id"] = ""  # two rows without an id: the row number tells them apart
@@ -308,12 +309,17 @@ def test_rejects_count_rows_and_a_clean_rerun_removes_them(tiny_run, candidates,
     assert code == 0 and "2 row(s) rejected" in text
     rejects = pd.read_csv(tmp_path / "out.rejects.csv", keep_default_na=False)
     assert set(rejects["row"]) == {2, 3} and set(rejects["line"]) == {3, 4} and (rejects["battery_id"] == "").all()
+    # a compressed OUTPUT: its rejects are compressed alike, beside it
+    code, _ = predict_in_process(capsys, candidates, tmp_path / "out.csv.gz", results, "--skip-bad")
+    assert code == 0 and (tmp_path / "out.csv.gz").read_bytes()[:2] == b"\x1f\x8b"
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out.csv.gz"), pd.read_csv(out))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out.rejects.csv.gz", keep_default_na=False), rejects)
     rows.drop(index=[1, 2]).to_csv(candidates, index=False)
     code, text = predict_in_process(capsys, candidates, out, results, "--skip-bad")
     assert code == 0 and not (tmp_path / "out.rejects.csv").exists() and "earlier run's rejects" in text
 
 
-def test_an_output_over_the_input_or_on_a_folder_is_refused_before_scoring(tiny_run, candidates, tmp_path, capsys):
+def test_an_output_over_the_input_on_a_folder_or_of_an_unread_kind_is_refused_before_scoring(tiny_run, candidates, tmp_path, capsys):
     _, results, _ = tiny_run
     before = candidates.read_bytes()
     code, text = predict_in_process(capsys, candidates, candidates, results)
@@ -327,6 +333,9 @@ def test_an_output_over_the_input_or_on_a_folder_is_refused_before_scoring(tiny_
     code, text = predict_in_process(capsys, candidates, blocked / "out.csv", results)
     errors = [line for line in text.splitlines() if line.startswith("electrode-ml: error:")]
     assert code == 2 and len(errors) == 1 and "cannot write" in errors[0] and "Traceback" not in text
+    # a suffix pandas would compress by, in a format the input side does not read (or not at all)
+    code, text = predict_in_process(capsys, candidates, tmp_path / "out.csv.zst", results)
+    assert_one_line_refusal(code, text, tmp_path / "out.csv.zst", ".zst is not written; name OUTPUT .csv, or .csv.gz")
 
 
 @pytest.mark.parametrize("option", [["--ion", "na"], ["--ion", "Xx"], ["--energy", "nan"], ["--voltage=-1"],

@@ -34,8 +34,17 @@ OUTPUT_COLUMNS = ("Output per candidate: for each target (average_voltage, capac
                   f"{PLAUSIBLE_VOLTAGE_TEXT}, capacity below 0).")
 
 
+# OUTPUT suffixes pandas compresses by (write_csv keeps them on its temporary file) that the
+# input side reads back; pandas would also take .zst (with a package not installed) and .zip
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
+REFUSED_SUFFIXES = (".zst", ".zip", ".tar")
+
+
 def rejects_path(output: Path) -> Path:
-    return output.with_name(output.stem + ".rejects.csv")
+    """out.csv -> out.rejects.csv, out.csv.gz -> out.rejects.csv.gz: compressed as OUTPUT is."""
+    packed = output.suffix if output.suffix in COMPRESSED_SUFFIXES else ""
+    plain = output.with_suffix("") if packed else output
+    return output.with_name(plain.stem + ".rejects.csv" + packed)
 
 
 def is_stream(path: Path) -> bool:
@@ -65,6 +74,9 @@ def check_output(output: Path, input_path: Path) -> None:
             raise InputError(f"{output}: {what} would overwrite the input {input_path}; write elsewhere")
     if output.is_dir():
         raise InputError(f"{output}: a folder; OUTPUT must be a CSV file path")
+    if output.suffix in REFUSED_SUFFIXES:
+        raise InputError(f"{output}: {output.suffix} is not written; name OUTPUT .csv, or .csv.gz, .csv.bz2 or .csv.xz "
+                         "to compress it")
 
 
 def write_outputs(predictions: pd.DataFrame, rejects: pd.DataFrame, output: Path) -> None:
@@ -127,13 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def common(sub):
-        sub.add_argument("input", type=Path, help="CSV of candidate electrodes (- reads standard input): battery_id, both "
+        sub.add_argument("input", type=Path, help="CSV of candidate electrodes, gzip/bzip2/xz-compressed or not (- reads standard "
+                                                     "input): battery_id, both "
                                                      "formulas, working_ion, both crystal systems; the space groups if "
                                                      "the run used them, the DFT fields for model2 variants; MP's "
                                                      "adj_pairs, if given, make the ion counts exact")
         sub.add_argument("-o", "--output", type=Path, required=True,
-                         help="CSV to write (atomically); - writes it to standard output once every row is scored, "
-                              "and --skip-bad's rejected rows to stderr")
+                         help="CSV to write (atomically; compressed when named .gz, .bz2 or .xz); - writes "
+                              "it to standard output once every row is scored, and --skip-bad's rejected rows to stderr")
         sub.add_argument("--model", default="model1_phys", choices=KNOWN_MODELS, metavar="MODEL",
                          help=f"{', '.join(KNOWN_MODELS)} (default model1_phys: needs no DFT)")
         sub.add_argument("--results", type=Path, default=Path("results"), help="the workflow's results folder")
