@@ -525,21 +525,13 @@ def test_closed_port_is_one_line_input_error_after_bounded_retries():
     assert time.monotonic() - started < 5
 
 
-def test_persistent_5xx_stops_after_max_retries(server):
-    server.inject("insertion_electrodes", *["503"] * 20)
+@pytest.mark.parametrize("fault, words", [("503", "HTTP 503"), ("badjson", "not valid JSON")])
+def test_a_persistent_fault_stops_after_max_retries(server, fault, words):
+    server.inject("insertion_electrodes", *[fault] * 20)
     with pytest.raises(InputError) as caught:
         download(server, max_retries=2)
     text = assert_one_line_error(caught.value)
-    assert "HTTP 503" in text and "after 2 retries" in text
-    assert len(server.hits("insertion_electrodes")) == 3
-
-
-def test_persistent_invalid_json_stops_after_max_retries(server):
-    server.inject("insertion_electrodes", *["badjson"] * 20)
-    with pytest.raises(InputError) as caught:
-        download(server, max_retries=2)
-    text = assert_one_line_error(caught.value)
-    assert "not valid JSON" in text and "after 2 retries" in text
+    assert words in text and "after 2 retries" in text
     assert len(server.hits("insertion_electrodes")) == 3
 
 
