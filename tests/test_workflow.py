@@ -41,12 +41,13 @@ def tiny_config(results: Path, snapshot: Path, **overrides) -> dict:
     return config
 
 
-def snakemake(config: dict, workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(config: dict, workdir: Path, *args: str, check: bool = True,
+              env: dict | None = None) -> subprocess.CompletedProcess:
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     run = subprocess.run(
         [sys.executable, "-m", "snakemake", *args, "--cores", "2", "--configfile", str(config_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
+        cwd=REPO, capture_output=True, text=True, timeout=900, env=env,
     )
     if check and run.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}")
@@ -312,6 +313,28 @@ def test_a_finished_run_stays_done_when_its_scripts_are_touched(tiny_run, tmp_pa
         assert "Nothing to be done" in snakemake(config, tmp_path, "-n").stdout
     finally:
         os.utime(script, ns=(times.st_atime_ns, times.st_mtime_ns))
+
+
+def test_a_numerical_library_upgrade_reruns_every_job_and_a_snakemake_upgrade_none(tiny_run, tmp_path):
+    """A `.venv` upgrade of a library the numbers come from may move them, and left every result as
+    it was; each rule's `code` param now holds the libraries' versions. The upgrade is faked by a
+    newer package record ahead of the real one on the path (the library itself is unchanged)."""
+    config, _, _ = tiny_run
+
+    def plan_with_upgraded(package: str) -> str:
+        record = tmp_path / package / f"{package}-999.0.dist-info"
+        record.mkdir(parents=True)
+        (record / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 999.0\n")
+        path = os.pathsep.join(filter(None, [str(record.parent), os.environ.get("PYTHONPATH")]))
+        return snakemake(config, tmp_path, "-n", env={**os.environ, "PYTHONPATH": path}).stdout
+
+    def job_stats(plan: str) -> str:
+        return plan.split("Job stats:")[1].split("\n\n")[0]
+
+    assert "Nothing to be done" in plan_with_upgraded("snakemake")
+    upgraded = plan_with_upgraded("joblib")
+    assert job_stats(upgraded) == job_stats(snakemake(config, tmp_path, "-n", "--forceall").stdout)
+    assert "Params have changed since last execution" in upgraded
 
 
 def test_another_models_loss_setting_reruns_only_that_models_jobs(tiny_run, tmp_path):

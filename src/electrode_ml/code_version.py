@@ -11,18 +11,27 @@ modules they reach, and every module of the package those import, whole. Comment
 and layout do not count: the fingerprint hashes the syntax tree without them, and comes out the
 same under Python 3.11, 3.12 and 3.13 (measured on this package). A code change that
 leaves the numbers as they were still reruns what depends on it; `snakemake --touch` marks such
-results current again.
+results current again. The Snakefile adds :func:`libraries_version` to it: Python's and the
+numerical libraries' versions, whose upgrade may move the numbers as much as a code edit.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import json
+import platform
 from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 
 PACKAGE = "electrode_ml"
 PACKAGE_DIR = Path(__file__).resolve().parent
+# The libraries whose arithmetic or file formats the results carry: upgrading one in `.venv` may
+# move a number, so it reruns the jobs as a code edit does. Not Snakemake, tqdm or the MP client
+# (mp-api's download is checked by its data, and a download reruns each time anyway).
+NUMERICAL_LIBRARIES = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "pyarrow", "pymatgen",
+                       "ax-platform", "botorch", "gpytorch", "matminer", "matplotlib", "joblib")
 
 _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
@@ -50,6 +59,23 @@ def script_code_version(script: Path, package_dir: Path = PACKAGE_DIR) -> str:
         digest.update(f"\0{module}\0".encode())
         digest.update(_source(_tree(module, package_dir)).encode())
     return digest.hexdigest()[:16]
+
+
+def library_versions() -> dict[str, str]:
+    """Python's and each numerical library's installed version, read from the package metadata
+    without importing the library, so that parsing the Snakefile stays fast."""
+    versions = {"python": platform.python_version()}
+    for package in NUMERICAL_LIBRARIES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def libraries_version() -> str:
+    """16 hex digits that change when :func:`library_versions` does: added to every rule's ``code``."""
+    return hashlib.sha256(json.dumps(library_versions(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _source(node: ast.AST | list | object) -> str:

@@ -18,8 +18,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-SOFTWARE = ("snakemake", "torch", "scikit-learn", "pandas", "numpy", "pymatgen", "ax-platform", "botorch",
-            "matplotlib", "pyarrow")
+from electrode_ml.code_version import library_versions
 
 
 def _paths(value) -> list[str]:
@@ -67,12 +66,8 @@ def _by_model(paths: Iterable[str], models: list[str]) -> dict[str, str]:
 
 
 def software_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in SOFTWARE:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "not installed"
+    """What the results were computed with: the versions the rules' ``code`` param holds, and Snakemake's."""
+    versions = {**library_versions(), "snakemake": importlib.metadata.version("snakemake")}
     try:
         import torch
 

@@ -10,7 +10,7 @@ LIBRARY = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, LIBRARY)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [LIBRARY, os.environ.get("PYTHONPATH")])))
 
-from electrode_ml.code_version import script_code_version
+from electrode_ml.code_version import libraries_version, script_code_version
 from electrode_ml.config import (check_gpu_requests, check_snapshot, contribution_seeds, gpu_per_job, model_train_settings,
                                  seeds, snapshot_input, validate_config)
 from electrode_ml.errors import InputError
@@ -56,8 +56,10 @@ LONG_JOB_PRIORITY = 1
 GPU_PER_JOB = gpu_per_job(config)
 
 # Each rule's `code` param, by script name: its jobs rerun when the library code their script runs
-# changes (code_version.py; the profiles turn off Snakemake's own trigger on the scripts' file times).
-CODE_VERSION = {script.stem: script_code_version(script)
+# changes (code_version.py; the profiles turn off Snakemake's own trigger on the scripts' file times),
+# or when Python or a numerical library in the environment changes version.
+LIBRARIES_VERSION = libraries_version()
+CODE_VERSION = {script.stem: f"{script_code_version(script)}-{LIBRARIES_VERSION}"
                 for script in (Path(workflow.basedir) / "workflow" / "scripts").glob("*.py")}
 
 
