@@ -244,7 +244,8 @@ def test_a_bad_row_is_named_by_its_line_in_the_file(tmp_path, small_raw):
     """The line an editor shows, though a quoted field spans lines and blank lines are skipped."""
     small_raw.loc[0, "adj_pairs"] = "[first pair,\nsecond pair]"  # the 1st row ends on line 3
     small_raw.loc[3, "charge_space_group_number"] = "231"
-    text = small_raw.to_csv(index=False).replace("\n" + small_raw.loc[2, "battery_id"], "\n\n" + small_raw.loc[2, "battery_id"])
+    third = small_raw.loc[2, "battery_id"]
+    text = small_raw.to_csv(index=False).replace("\n" + third, "\n\n" + third)  # a blank line before the 3rd row
     path = tmp_path / "input.csv"
     path.write_text(text)
     with pytest.raises(InputError) as error:

@@ -52,8 +52,9 @@ def validate_candidates(frame: pd.DataFrame, needed: list[str], where: str, skip
     bad = located(bad + not_insertions(typed, unreadable), lines)
     if bad and not skip_bad:
         raise refusal(bad, where, hint="; --skip-bad scores the rest")
-    rejects = pd.DataFrame([{"row": row.row + 1, "line": row.line, "battery_id": row.battery_id, "field": row.field,
-                             "reason": row.reason} for row in bad], columns=["row", "line", "battery_id", "field", "reason"])
+    columns = ["row", "line", "battery_id", "field", "reason"]
+    rejects = pd.DataFrame([(row.row + 1, row.line, row.battery_id, row.field, row.reason) for row in bad],
+                           columns=columns)
     rejects["line"] = rejects["line"].astype("Int64")  # empty where the rows came from no file
     good = typed.drop(index=sorted({row.row for row in bad}))
     for name in present(good, SPACE_GROUP_FIELDS):

@@ -139,14 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def common(sub):
-        sub.add_argument("input", type=Path, help="CSV of candidate electrodes, gzip/bzip2/xz-compressed or not (- reads standard "
-                                                     "input): battery_id, both "
+        sub.add_argument("input", type=Path, help="CSV of candidate electrodes, gzip/bzip2/xz-compressed or not (- "
+                                                     "reads standard input): battery_id, both "
                                                      "formulas, working_ion, both crystal systems; the space groups if "
                                                      "the run used them, the DFT fields for model2 variants; MP's "
                                                      "adj_pairs, if given, make the ion counts exact")
         sub.add_argument("-o", "--output", type=Path, required=True,
                          help="CSV to write (atomically; compressed when named .gz, .bz2 or .xz); - writes "
-                              "it to standard output once every row is scored, and --skip-bad's rejected rows to stderr")
+                              "it to standard output once every row is scored, and --skip-bad's rejected rows "
+                              "to stderr")
         sub.add_argument("--model", default="model1_phys", choices=KNOWN_MODELS, metavar="MODEL",
                          help=f"{', '.join(KNOWN_MODELS)} (default model1_phys: needs no DFT)")
         sub.add_argument("--results", type=Path, default=Path("results"), help="the workflow's results folder")

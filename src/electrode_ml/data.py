@@ -119,7 +119,8 @@ def parse_electrode_csv(data: bytes, where: str) -> pd.DataFrame:
     if repeated:
         raise InputError(f"{where}: column(s) {', '.join(repeated)} appear more than once in the header")
     lines = record_lines(data)
-    if lines is not None and len(lines) == len(frame):  # else a line pandas and the csv module read differently: rows are numbered
+    # else pandas and the csv module split some line differently: errors number the rows instead
+    if lines is not None and len(lines) == len(frame):
         frame.index = pd.Index(lines, name="line")
     return frame
 
@@ -140,7 +141,8 @@ def decompressed(data: bytes, where: str) -> bytes:
             try:
                 return decompress(data)
             except errors as exc:
-                raise InputError(f"{where}: {name}-compressed but cannot be decompressed ({exc or 'truncated'})") from None
+                reason = str(exc) or "truncated"
+                raise InputError(f"{where}: {name}-compressed but cannot be decompressed ({reason})") from None
     return data
 
 
