@@ -319,7 +319,8 @@ def test_rejects_count_rows_and_a_clean_rerun_removes_them(tiny_run, candidates,
     assert code == 0 and not (tmp_path / "out.rejects.csv").exists() and "earlier run's rejects" in text
 
 
-def test_an_output_over_the_input_on_a_folder_or_of_an_unread_kind_is_refused_before_scoring(tiny_run, candidates, tmp_path, capsys):
+def test_an_output_over_the_input_on_a_folder_or_of_an_unread_kind_is_refused_before_scoring(tiny_run, candidates,
+                                                                                            tmp_path, capsys):
     _, results, _ = tiny_run
     before = candidates.read_bytes()
     code, text = predict_in_process(capsys, candidates, candidates, results)
