@@ -84,6 +84,10 @@ def test_predict_says_where_each_value_came_from_and_flags_unseen_elements(tiny_
     table, text = predict_rows(capsys, rows, tmp_path, results, "model1_phys")
     assert table["unseen_elements"].tolist() == ["", "Pu", ""]
     assert "1 candidate(s) hold elements that no training formula held (Pu)" in text
+    # a noble gas has no electronegativity, by which pymatgen orders a formula: its warnings are quiet
+    helium = rows.assign(formula_charge="Li0FePO4He", formula_discharge="Li1FePO4He").head(1)
+    table, text = predict_rows(capsys, helium, tmp_path, results, "model1_phys")
+    assert table["unseen_elements"].tolist() == ["He"] and "Pauling" not in text
     # a candidate gains ions on one host (the CLI refuses anything else), so stoichiometry holds
     assert (table["capacity_grav_source"] == "physics").all() and (table["physics_note"] == "").all()
     assert (table["average_voltage_source"] == "network").all()  # model1_phys learns its voltage
@@ -670,3 +674,125 @@ def test_help_lists_the_output_columns(capsys):
         main(["predict", "--help"])
     text = capsys.readouterr().out
     assert all(name in text for name in ("_pi_low", "_source", "physics_note", "unseen_elements", "dft_outside_training"))
+
+
+def test_output_through_a_link_replaces_the_linked_file(tiny_run, candidates, tmp_path, capsys):
+    _, results, _ = tiny_run
+    direct = tmp_path / "direct.csv"
+    assert predict_in_process(capsys, candidates, direct, results)[0] == 0
+    target, link = tmp_path / "runs" / "latest.csv", tmp_path / "latest.csv"
+    target.parent.mkdir()
+    target.write_text("an earlier table\n")
+    link.symlink_to(target)
+    assert predict_in_process(capsys, candidates, link, results)[0] == 0
+    assert link.is_symlink() and target.read_bytes() == direct.read_bytes()
+
+
+def test_output_into_a_named_pipe_is_written_through_with_rejects_on_stderr(tiny_run, candidates, tmp_path, capsys):
+    """A pipe (or /dev/stdout, or a shell's >(...)) is no file to replace: the table goes into it
+    once scored, and the rejected rows to stderr, as with -o -."""
+    import os
+    import threading
+
+    _, results, _ = tiny_run
+    rows = pd.read_csv(candidates, dtype=str, keep_default_na=False)
+    rows.loc[3, "working_ion"] = "Xe"
+    rows.to_csv(candidates, index=False)
+    direct = tmp_path / "direct.csv"
+    assert predict_in_process(capsys, candidates, direct, results, "--skip-bad")[0] == 0
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_bytes()))
+    reader.start()
+    code, text = predict_in_process(capsys, candidates, pipe, results, "--skip-bad")
+    reader.join(timeout=60)
+    assert code == 0 and received == [direct.read_bytes()]
+    assert f"rejected line 5 (row 4), battery_id {rows.loc[3, 'battery_id']!r}, field 'working_ion'" in text
+    assert pipe.is_fifo() and sorted(path.name for path in tmp_path.iterdir()) == [
+        "candidates.csv", "direct.csv", "direct.rejects.csv", "pipe"]
+
+
+def test_input_from_a_named_pipe_or_a_file_named_dash(tiny_run, candidates, tmp_path, capsys, monkeypatch):
+    import os
+    import threading
+
+    _, results, _ = tiny_run
+    direct = tmp_path / "direct.csv"
+    assert predict_in_process(capsys, candidates, direct, results)[0] == 0
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=lambda: pipe.write_bytes(candidates.read_bytes()))
+    writer.start()
+    assert predict_in_process(capsys, pipe, tmp_path / "from_pipe.csv", results)[0] == 0
+    writer.join(timeout=60)
+    assert (tmp_path / "from_pipe.csv").read_bytes() == direct.read_bytes()
+    # ./- names a file; only - itself is standard input
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(candidates, tmp_path / "-")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    assert main(["predict", "./-", "-o", "dash.csv", "--model", "model1", "--results", str(results)]) == 0
+    assert (tmp_path / "dash.csv").read_bytes() == direct.read_bytes()
+
+
+def test_compressed_outputs_are_named_in_any_case_and_hold_no_temporary_name(tiny_run, candidates, tmp_path, capsys):
+    _, results, _ = tiny_run
+    rows = pd.read_csv(candidates, dtype=str, keep_default_na=False)
+    rows.loc[3, "working_ion"] = "Xe"
+    rows.to_csv(candidates, index=False)
+    first, second = tmp_path / "first.csv.GZ", tmp_path / "second.csv.gz"
+    for out in (first, second):
+        assert predict_in_process(capsys, candidates, out, results, "--skip-bad")[0] == 0
+    packed = first.read_bytes()
+    # gzip's header: no file name stored (flag bit 3), no time, so one table gives one file
+    assert packed[:2] == b"\x1f\x8b" and not packed[3] & 0x08 and packed == second.read_bytes()
+    assert (tmp_path / "first.rejects.csv.GZ").read_bytes()[:2] == b"\x1f\x8b"
+    code, text = predict_in_process(capsys, candidates, tmp_path / "out.csv.ZIP", results)
+    assert_one_line_refusal(code, text, tmp_path / "out.csv.ZIP", ".ZIP is not written")
+
+
+def test_a_folder_in_the_rejects_file_s_place_is_refused_before_scoring(tiny_run, candidates, tmp_path, capsys):
+    _, results, _ = tiny_run
+    (tmp_path / "out.rejects.csv").mkdir()
+    out = tmp_path / "out.csv"
+    code, text = predict_in_process(capsys, candidates, out, results, "--skip-bad")
+    assert_one_line_refusal(code, text, out, "out.rejects.csv: a folder where OUTPUT's rejects file goes")
+
+
+@pytest.mark.parametrize("damage", ["empty metrics", "cut metrics", "cut checkpoint", "garbage featuriser"])
+def test_a_damaged_results_folder_is_one_line(tiny_run, candidates, tmp_path, capsys, damage):
+    _, results, _ = tiny_run
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    metrics, checkpoint = copy / "ensemble" / "model1" / "metrics.json", copy / "train" / "model1" / "seed_1" / "model.pt"
+    if damage == "empty metrics":
+        metrics.write_text("{}")
+    elif damage == "cut metrics":
+        metrics.write_text(metrics.read_text()[:50])
+    elif damage == "cut checkpoint":
+        checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    else:
+        (copy / "features" / "model1" / "transformers.joblib").write_bytes(b"not a pickle")
+    out = tmp_path / "out.csv"
+    code, text = predict_in_process(capsys, candidates, out, copy)
+    assert_one_line_refusal(code, text, out, f"{copy}: the trained model1 cannot be loaded (",
+                            "rerun the workflow to rebuild it")
+
+
+def test_paths_the_system_refuses_and_an_interrupt_are_one_line(tiny_run, candidates, tmp_path, capsys, monkeypatch):
+    from electrode_ml import candidates as scoring
+
+    _, results, _ = tiny_run
+    out = tmp_path / "out.csv"
+    code, text = predict_in_process(capsys, tmp_path / ("a" * 300 + ".csv"), out, results)
+    assert_one_line_refusal(code, text, out, "cannot read (File name too long)")
+    code, text = predict_in_process(capsys, candidates, tmp_path / ("a" * 300 + ".csv"), results)
+    assert code == 2 and "File name too long" in text and "Traceback" not in text
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scoring, "score", interrupted)
+    code, text = predict_in_process(capsys, candidates, out, results)
+    assert code == 130 and "interrupted; no output written" in text and not out.exists()
+

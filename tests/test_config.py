@@ -165,6 +165,38 @@ def test_a_bad_config_is_one_line_from_a_dry_run(tmp_path, config, edit, message
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("edit, message", [
+    # each passed the schema and failed inside a job, a bad tuning value after replacing the saved trials
+    (lambda config: config["tune"].update(lr=[1.0e-4, float("inf")]), "config key tune.lr.1: inf is not a finite number"),
+    (lambda config: config["features"].update(formula_variance=float("nan")),
+     "config key features.formula_variance: nan is not a finite number"),
+    (lambda config: config["tune"].update(seed=2**32), "config key tune.seed: seeds go up to 4294967296, over 4294967295"),
+    (lambda config: config["train"].update(first_seed=2**32 - 10),  # its 50th seed is over
+     "config key train.first_seed: seeds go up to 4294967335, over 4294967295"),
+    # taken as written: a folder named ~ in the working directory, a Snakemake wildcard
+    (lambda config: config.update(results="~/runs"), "config key results: '~/runs' would be taken as written"),
+    (lambda config: config.update(results="runs_{name}"), "config key results: 'runs_{name}' would be taken as written"),
+    (lambda config: config.update(results=str(REPO / "README.md" / "runs")), f"config key results: {REPO / 'README.md'} is a file"),
+])
+def test_values_that_failed_only_inside_a_job_are_refused_up_front(config, edit, message):
+    edit(config)
+    with pytest.raises(InputError, match="^" + re.escape(message)):
+        check_config(config)
+
+
+def test_a_null_huber_delta_is_the_unlisted_model_s_mse(config):
+    """Snakemake merges a --configfile into config.yaml, so `huber_delta: {}` left model1_redox's delta in place."""
+    from electrode_ml.config import model_train_settings
+    from electrode_ml.steps import train_settings
+
+    config["train"]["huber_delta"]["model1_redox"] = None
+    check_schema(config)
+    settings = model_train_settings(config["train"], "model1_redox")
+    unlisted = model_train_settings({**config["train"], "huber_delta": {}}, "model1_redox")
+    assert settings == unlisted and "n_seeds" not in settings and "first_seed" not in settings
+    assert train_settings(settings, 0, "cpu", "model1_redox").huber_delta is None
+
+
 def integer_paths(schema: dict, value, path: tuple = ()):
     """The paths of ``value`` (a config) that ``schema`` types as integers, array items included."""
     types = schema.get("type", [])
@@ -203,8 +235,11 @@ def test_a_float_for_an_integer_key_is_refused(config, path):
     # YAML 1.1 (PyYAML) reads a float only with a decimal point and an exponent only with its sign
     ("lr", "[1e-4, 0.01]", "config key tune.lr.0: '1e-4' is not of type 'number' (YAML reads 1e-4 as text; write 1.0e-4)"),
     ("lr", "[0.0001, 1.0e4]", "config key tune.lr.1: '1.0e4' is not of type 'number' (YAML reads 1.0e4 as text; write 1.0e+4)"),
-    ("tolerance", "'0.05'", "config key tune.tolerance: '0.05' is not of type 'number' (a number in quotes is text, and --config passes nested values as text: set them in a --configfile; write 0.05)"),
-    ("trials", "'30'", "config key tune.trials: '30' is not of type 'integer' (a number in quotes is text, and --config passes nested values as text: set them in a --configfile; write 30)"),
+    ("tolerance", "'0.05'", "config key tune.tolerance: '0.05' is not of type 'number' (text: quoted, or nested in --config, which passes nested values as text; in a --configfile write 0.05)"),
+    ("trials", "'30'", "config key tune.trials: '30' is not of type 'integer' (text: quoted, or nested in --config, which passes nested values as text; in a --configfile write 30)"),
+    # as `--config tune='{lr: [1.0e-4, 1.0e-2]}'` passes it: the hint once said to write what was written
+    ("lr", "[0.0001, '1.0e-2']", "config key tune.lr.1: '1.0e-2' is not of type 'number' (text: quoted, or nested in --config, which passes nested values as text; in a --configfile write 1.0e-2)"),
+    ("space_groups", "'true'", "config key features.space_groups: 'true' is not of type 'boolean' (text: quoted, or nested in --config, which passes nested values as text; in a --configfile write true)"),
     ("trials", "30.0", "config key tune.trials: 30.0 is not of type 'integer' (write 30)"),
 ])
 def test_a_number_yaml_reads_otherwise_gets_a_hint_that_loads(tmp_path, key, text, message):

@@ -57,6 +57,16 @@ BAD_VALUES = [
     ("charge_space_group_number", "-3", "space group"),
     ("charge_band_gap", "-3", "negative value"),            # a band gap is 0 or more by definition
     ("stability_discharge", "-0.5", "negative value"),      # so is an energy above the hull
+    ("capacity_grav", "-150", "not positive"),              # a target no electrode has
+    ("capacity_grav", "0", "not positive"),
+    ("capacity_vol", "-10", "not positive"),
+    ("num_steps", "1e30", "steps, but adj_pairs holds"),    # was cast to -9223372036854775808
+    ("num_steps", "99", "steps, but adj_pairs holds"),      # one voltage pair per step
+    ("adj_pairs", "garbage", "no voltage pair"),            # would have left MP's rounded ion counts
+    ("adj_pairs", "", "no voltage pair"),
+    ("id_charge", "", "missing value"),                     # the row could not be traced back to MP
+    ("battery_formula", " ", "missing value"),
+    ("charge_energy_per_atom", "1e39", "beyond the range of 32-bit floats"),  # inf to the networks
 ]
 
 
@@ -80,6 +90,61 @@ def test_drop_mode_counts_bad_rows(small_raw, field, value, words):
     assert small_raw.loc[3, "battery_id"] not in set(electrodes["battery_id"])
     assert report.dropped[f"bad {field}"] == 1 and words in report.bad_rows[0]
     json.dumps(report.as_dict())
+
+
+def test_a_missing_id_is_refused(small_raw):
+    small_raw.loc[3, "battery_id"] = "nan"
+    with pytest.raises(InputError, match=r"battery_id='nan' \(row 4\), field 'battery_id': empty id"):
+        validate(small_raw)
+
+
+def test_the_refusal_names_the_first_bad_row_in_the_file_whichever_check_finds_it(small_raw):
+    small_raw.loc[1, "charge_crystal_system"] = "Rhombic"  # checked after numbers are parsed
+    small_raw.loc[3, "charge_band_gap"] = "-1"
+    small_raw.loc[5, "capacity_grav"] = "abc"  # found first, while the text is made numbers
+    with pytest.raises(InputError, match=r"\(row 2\), field 'charge_crystal_system'.*\(and 2 more problem"):
+        validate(small_raw)
+    _, report = validate(small_raw, on_bad_row="drop")
+    assert [line.split("(row ")[1][0] for line in report.bad_rows] == ["2", "4", "6"]
+
+
+def _swapped_ends(row):
+    return {"formula_charge": row["formula_discharge"], "formula_discharge": row["formula_charge"]}
+
+
+# (what, the edit of a Li electrode, the field named, words): each describes no insertion of the ion
+NO_INSERTIONS = [
+    ("swapped ends", _swapped_ends, "formula_discharge", "swapped ends, or the wrong ion?"),
+    ("the ion in neither formula", lambda row: {"formula_discharge": row["framework_formula"]},
+     "formula_discharge", "holds no more Li"),
+    ("another ion than the formulas'", lambda row: {"working_ion": "Na"}, "formula_discharge",
+     "an insertion electrode keeps its framework"),
+]
+
+
+@pytest.mark.parametrize("what, edit, field, words", NO_INSERTIONS, ids=[what for what, *_ in NO_INSERTIONS])
+def test_with_exact_formulas_an_electrode_that_is_no_insertion_is_refused(small_raw, what, edit, field, words):
+    li = small_raw.index[small_raw["working_ion"] == "Li"][2]
+    for name, value in edit(small_raw.loc[li]).items():
+        small_raw.loc[li, name] = value
+    with pytest.raises(InputError) as error:
+        validate(small_raw, exact_formulas=True)
+    assert str(error.value).startswith(f"input: battery_id={small_raw.loc[li, 'battery_id']!r} (row {li + 1}), "
+                                       f"field {field!r}: ")
+    assert words in str(error.value)
+    electrodes, report = validate(small_raw, exact_formulas=True, on_bad_row="drop")
+    assert report.dropped == {"bad rows": 1, f"bad {field}": 1, "working ion not selected": 0,
+                              "average_voltage outside window": 0}
+    assert small_raw.loc[li, "battery_id"] not in set(electrodes["battery_id"])
+
+
+def test_the_snapshot_holds_only_insertions_once_its_ion_counts_are_exact(snapshot_path):
+    """As MP writes them, 22 formulas are no insertion (Li10 written Li1 at the discharged end):
+    exact counts repair every one, so only the exact formulas are checked."""
+    raw = read_electrode_csv(snapshot_path)
+    electrodes, report = validate(raw, exact_formulas=True)
+    assert len(electrodes) == 4300 and report.bad_rows == []
+    assert sum(report.formulas_made_exact.values()) == 107 + 2 + 134 + 41
 
 
 def test_duplicate_id_is_refused(small_raw):
@@ -171,6 +236,8 @@ def test_drop_mode_counts_rows_and_drops_rows_without_an_id(small_raw):
     (b'battery_id,formula_charge\n"mp-1_Li,LiO2\n', "not a readable CSV"),            # unterminated quote
     (b"battery_id,formula_charge\nmp-1_Li,LiO2\nmp-2_Li,LiO2,extra,fields\n", "not a readable CSV"),
     (b"\n\n\n", "empty file"),
+    # pandas took the first column for an index and shifted every value one column along
+    (b"battery_id,formula_charge\nmp-1_Li,LiO2,\nmp-2_Li,LiO2,\n", "every row has more fields than the header's 2"),
 ])
 def test_more_unreadable_files_are_one_line(tmp_path, content, words):
     path = tmp_path / "input.csv"
@@ -204,11 +271,13 @@ def test_utf8_with_byte_order_mark_reads_like_plain_utf8(tmp_path, small_raw):
     assert len(electrodes) == len(small_raw)
 
 
-def test_a_column_twice_in_the_header_is_refused_by_name(tmp_path, small_raw):
+@pytest.mark.parametrize("before", ["", "\n \n"], ids=["first line", "after blank lines"])
+def test_a_column_twice_in_the_header_is_refused_by_name(tmp_path, small_raw, before):
     """pandas reads the second copy as `average_voltage.1`, which nothing read: the first one's values went
-    in whichever of the two was meant."""
+    in whichever of the two was meant. pandas skips blank lines before the header too."""
     path = tmp_path / "input.csv"
-    small_raw.assign(voltage_again=99.0).rename(columns={"voltage_again": "average_voltage"}).to_csv(path, index=False)
+    twice = small_raw.assign(voltage_again=99.0).rename(columns={"voltage_again": "average_voltage"})
+    path.write_text(before + twice.to_csv(index=False))
     with pytest.raises(InputError) as error:
         read_electrode_csv(path)
     assert str(error.value) == f"{path}: column(s) average_voltage appear more than once in the header"
@@ -242,7 +311,7 @@ def test_each_row_knows_the_line_it_starts_on(case, text, newline):
 
 def test_a_bad_row_is_named_by_its_line_in_the_file(tmp_path, small_raw):
     """The line an editor shows, though a quoted field spans lines and blank lines are skipped."""
-    small_raw.loc[0, "adj_pairs"] = "[first pair,\nsecond pair]"  # the 1st row ends on line 3
+    small_raw.loc[0, "adj_pairs"] = small_raw.loc[0, "adj_pairs"].replace(", ", ",\n", 1)  # the 1st row ends on line 3
     small_raw.loc[3, "charge_space_group_number"] = "231"
     third = small_raw.loc[2, "battery_id"]
     text = small_raw.to_csv(index=False).replace("\n" + third, "\n\n" + third)  # a blank line before the 3rd row

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from electrode_ml.data import read_electrode_csv, validate_electrodes
+from electrode_ml.errors import InputError
 from electrode_ml.schema import WORKING_IONS
 from electrode_ml.split import make_split, split_sizes
 
@@ -69,3 +70,10 @@ def test_split_spread_draws_eight_distinct_splits_with_the_runs_own_first():
 
     assert default_split_seeds(42) == [42, 1, 2, 3, 4, 5, 6, 7]
     assert default_split_seeds(3) == [3, 1, 2, 4, 5, 6, 7, 8]
+
+
+@pytest.mark.parametrize("method", ["random", "group"])
+def test_fractions_that_leave_a_split_empty_are_refused_by_name(electrodes, method):
+    """[0.99996, 0.00002, 0.00002] sum to 1 and passed; the features job then failed on 0 rows."""
+    with pytest.raises(InputError, match=r"^config key split\.fractions: .* leave the val and test split\(s\) of the 4300"):
+        make_split(electrodes, method=method, fractions=(0.99996, 0.00002, 0.00002), seed=42)

@@ -348,6 +348,20 @@ def test_another_models_loss_setting_reruns_only_that_models_jobs(tiny_run, tmp_
         assert planned_models(plan, rule) == {"model1_redox"}, rule
 
 
+def test_more_seeds_run_only_the_new_trainings_and_what_reads_them(tiny_run, tmp_path):
+    """train.n_seeds was part of every tune and train job's params: one more seed reran the tunings
+    and every finished training."""
+    config, _, _ = tiny_run
+    changed = copy.deepcopy(config)
+    changed["train"]["n_seeds"] += 1
+    plan = snakemake(changed, tmp_path, "-n").stdout
+    assert "rule tune:" not in plan and "rule group_evaluation:" not in plan
+    trainings = re.findall(r"wildcards: model=(\w+), seed=(\d+)", plan)
+    new_seed = str(config["train"]["first_seed"] + config["train"]["n_seeds"])
+    assert trainings and {seed for _, seed in trainings} == {new_seed}
+    assert "rule ensemble:" in plan
+
+
 def test_jobs_run_the_library_beside_the_snakefile_not_the_installed_one(tmp_path, snapshot_path):
     """A second checkout sharing one environment: the editable install points at the first, and its jobs
     imported that library while Snakemake itself checked the config with its own."""

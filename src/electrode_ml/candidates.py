@@ -4,21 +4,26 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from electrode_ml.chemistry import insertion_problem
-from electrode_ml.data import (FORMULA_FIELDS, SPACE_GROUP_FIELDS, BadRow, coerce_types, exact_end_formulas,
-                               find_bad_rows, located, present, refusal, require_columns, source_lines)
+from electrode_ml.data import (SPACE_GROUP_FIELDS, coerce_types, find_bad_rows, located, not_insertions, present,
+                               refusal, repair_counts, require_columns, source_lines, unreadable_rows,
+                               with_exact_ion_counts)
 from electrode_ml.ensemble import outside_training as rows_outside_training
+from electrode_ml.errors import InputError
 from electrode_ml.models import DFT_FIELDS, uses_dft
 from electrode_ml.predict import TrainedEnsemble
 from electrode_ml.schema import CRITERIA, PLAUSIBLE_VOLTAGE, TARGETS
 from electrode_ml.screening import passes as screen_passes
 
-log = logging.getLogger("electrode_ml.cli")  # the command's messages, whichever module logs them
+log = logging.getLogger("electrode_ml.cli")
+
+# What reading a damaged checkpoint, fitted featuriser or metrics file raises (torch, joblib, json).
+UNLOADABLE = (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError)  # the command's messages, whichever module logs them
 
 STRUCTURE_FIELDS = ("formula_charge", "formula_discharge", "working_ion",
                     "charge_crystal_system", "charge_space_group_number",
@@ -46,7 +51,7 @@ def validate_candidates(frame: pd.DataFrame, needed: list[str], where: str, skip
     typed, bad = coerce_types(frame[[*needed, *unread]])
     bad = [row for row in bad if not (row.field in unread and row.reason == "missing value")]
     bad += find_bad_rows(typed)
-    unreadable = {row.row for row in bad if row.field in (*FORMULA_FIELDS, "working_ion")}
+    unreadable = unreadable_rows(bad)
     if "adj_pairs" in frame.columns:
         typed = exact_ion_counts(typed, frame["adj_pairs"], unreadable)
     bad = located(bad + not_insertions(typed, unreadable), lines)
@@ -72,35 +77,23 @@ def exact_ion_counts(candidates: pd.DataFrame, pairs: pd.Series, unreadable: set
     MP writes the end members' ion count rounded or cut to two decimals (Li1.33CuO2 for Li4/3CuO2,
     Li1Mn3V5O16 for Li10Mn3V5O16), and a physics model's capacity follows the count it reads.
     """
-    formulas = ["formula_charge", "formula_discharge"]
-    readable = candidates.index.difference(sorted(unreadable))
-    ends = candidates.loc[readable, [*formulas, "working_ion"]].assign(adj_pairs=pairs.loc[readable].fillna(""))
-    exact, counts = exact_end_formulas(ends)
+    exact, repairs = with_exact_ion_counts(candidates.assign(adj_pairs=pairs.fillna("")), unreadable)
+    counts = repair_counts(repairs)
     if counts:
         log.info("ion counts made exact from the voltage pairs (adj_pairs): %s", counts)
-    candidates = candidates.copy()
-    candidates.loc[readable, formulas] = exact[formulas]
-    return candidates
-
-
-def not_insertions(candidates: pd.DataFrame, unreadable: set[int]) -> list[BadRow]:
-    """Rows whose formulas parse but describe no insertion of their ion (:func:`insertion_problem`);
-    ``unreadable`` rows already have a bad formula or ion."""
-    bad = []
-    readable = candidates.loc[candidates.index.difference(sorted(unreadable))]
-    # itertuples, not a .loc per row: that took 1.5 s of 9.6 s for 20,000 candidates
-    for electrode in readable.itertuples():
-        problem = insertion_problem(electrode.formula_charge, electrode.formula_discharge, electrode.working_ion)
-        if problem:
-            bad.append(BadRow(str(electrode.battery_id), *problem, electrode.Index))
-    return bad
+    return exact.drop(columns="adj_pairs")
 
 
 def score(frame: pd.DataFrame, where: str, model: str, results: Path, skip_bad: bool,
           precision: str = "float32") -> tuple[pd.DataFrame, pd.DataFrame]:
     """The predictions for the good rows of ``frame`` (read from ``where``, a path or standard
     input, as text: :func:`electrode_ml.data.read_electrode_csv`) and the rejected rows."""
-    ensemble = TrainedEnsemble.load(results, model, dtype=getattr(torch, precision))
+    try:
+        ensemble = TrainedEnsemble.load(results, model, dtype=getattr(torch, precision))
+    except UNLOADABLE as error:  # a file of the run damaged or cut short
+        reason = str(error).splitlines()[0] if str(error) else "no detail"
+        raise InputError(f"{results}: the trained {model} cannot be loaded ({type(error).__name__}: {reason}); "
+                         "rerun the workflow to rebuild it") from None
     candidates, rejects = validate_candidates(frame, ensemble.input_columns, where, skip_bad,
                                               known=candidate_columns(model))
     if candidates.empty:

@@ -7,10 +7,15 @@ and a mistyped option answer at once instead of after two seconds of imports."""
 from __future__ import annotations
 
 import argparse
+import bz2
+import gzip
 import logging
+import lzma
 import math
 import os
+import stat
 import sys
+import warnings
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,30 +39,41 @@ OUTPUT_COLUMNS = ("Output per candidate: for each target (average_voltage, capac
                   f"{PLAUSIBLE_VOLTAGE_TEXT}, capacity below 0).")
 
 
-# OUTPUT suffixes pandas compresses by (write_csv keeps them on its temporary file) that the
-# input side reads back; pandas would also take .zst (with a package not installed) and .zip
-COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
+# OUTPUT suffixes (in any case) written compressed, as the input side reads them back; the
+# stream stores no file name (gzip would store the temporary file's) and, for gzip, no time, so
+# that one table gives the same bytes. Formats pandas would also infer from a name are refused.
+COMPRESSORS = {".gz": lambda data: gzip.compress(data, mtime=0), ".bz2": bz2.compress, ".xz": lzma.compress}
 REFUSED_SUFFIXES = (".zst", ".zip", ".tar")
 
 
 def rejects_path(output: Path) -> Path:
     """out.csv -> out.rejects.csv, out.csv.gz -> out.rejects.csv.gz: compressed as OUTPUT is."""
-    packed = output.suffix if output.suffix in COMPRESSED_SUFFIXES else ""
+    packed = output.suffix if output.suffix.lower() in COMPRESSORS else ""
     plain = output.with_suffix("") if packed else output
     return output.with_name(plain.stem + ".rejects.csv" + packed)
 
 
-def is_stream(path: Path) -> bool:
-    """``-`` as INPUT or OUTPUT: standard input or standard output, for a pipe."""
-    return str(path) == "-"
+def is_stream(path: str) -> bool:
+    """``-`` as INPUT or OUTPUT: standard input or standard output, for a pipe (``./-`` is a file)."""
+    return path == "-"
 
 
-def read_candidates(input_path: Path) -> tuple[pd.DataFrame, str]:
+def is_special_file(path: Path) -> bool:
+    """An existing OUTPUT that is no regular file (a named pipe, ``/dev/stdout``, a process
+    substitution): written straight through, as there is no file to replace atomically."""
+    try:
+        mode = path.stat().st_mode  # through symbolic links
+    except OSError:  # none there (or a file in the path): the write says why, if it cannot be
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def read_candidates(input_path: str) -> tuple[pd.DataFrame, str]:
     """The candidates as text, and the name errors give their source: the path, or standard input."""
     from electrode_ml.data import parse_electrode_csv, read_electrode_csv
 
     if not is_stream(input_path):
-        return read_electrode_csv(input_path), str(input_path)
+        return read_electrode_csv(input_path), input_path
     if sys.stdin is None or sys.stdin.isatty():
         # reading would wait for a CSV typed at the terminal
         raise InputError("INPUT - reads standard input, which is a terminal here; pipe a CSV in "
@@ -65,44 +81,67 @@ def read_candidates(input_path: Path) -> tuple[pd.DataFrame, str]:
     return parse_electrode_csv(sys.stdin.buffer.read(), "standard input"), "standard input"
 
 
-def check_output(output: Path, input_path: Path) -> None:
+def check_output(output: str, input_path: str) -> None:
     """Refuse, before any scoring, an output that would overwrite the input or cannot be a file."""
     if is_stream(output):
         return
-    for path, what in ((output, "OUTPUT"), (rejects_path(output), "OUTPUT's rejects file")):
-        if not is_stream(input_path) and path.resolve() == input_path.resolve():
-            raise InputError(f"{output}: {what} would overwrite the input {input_path}; write elsewhere")
-    if output.is_dir():
+    if not output.strip():
+        raise InputError("OUTPUT is empty; name a CSV file, or - for standard output")
+    path = Path(output)
+    if path.is_dir():
         raise InputError(f"{output}: a folder; OUTPUT must be a CSV file path")
-    if output.suffix in REFUSED_SUFFIXES:
-        raise InputError(f"{output}: {output.suffix} is not written; name OUTPUT .csv, or .csv.gz, .csv.bz2 or .csv.xz "
+    if path.suffix.lower() in REFUSED_SUFFIXES:
+        raise InputError(f"{output}: {path.suffix} is not written; name OUTPUT .csv, or .csv.gz, .csv.bz2 or .csv.xz "
                          "to compress it")
+    if is_special_file(path):
+        return  # its rejects go to stderr (write_outputs)
+    for written, what in ((path, "OUTPUT"), (rejects_path(path), "OUTPUT's rejects file")):
+        if not is_stream(input_path) and written.resolve() == Path(input_path).resolve():
+            raise InputError(f"{output}: {what} would overwrite the input {input_path}; write elsewhere")
+    if rejects_path(path).is_dir():
+        raise InputError(f"{rejects_path(path)}: a folder where OUTPUT's rejects file goes; move it or name OUTPUT "
+                         "otherwise")
 
 
-def write_outputs(predictions: pd.DataFrame, rejects: pd.DataFrame, output: Path) -> None:
-    from electrode_ml.fileio import write_csv
+def encoded(table: pd.DataFrame, output: Path) -> bytes:
+    """The CSV's bytes, compressed as OUTPUT's suffix says."""
+    data = table.to_csv(index=False).encode()
+    compress = COMPRESSORS.get(output.suffix.lower())
+    return compress(data) if compress else data
+
+
+def write_outputs(predictions: pd.DataFrame, rejects: pd.DataFrame, output: str) -> None:
+    """OUTPUT, and beside it the rejects file or, where OUTPUT is a stream, the rejects on stderr."""
+    from electrode_ml.fileio import write_bytes
 
     if is_stream(output):
-        write_stdout(predictions, rejects)
+        write_stream(encoded(predictions, Path("-")), len(predictions), rejects, sys.stdout.buffer, "standard output")
         return
-    try:
-        write_csv(predictions, output)
-        stale = rejects_path(output)
-        if not rejects.empty:
-            write_csv(rejects, stale)
-            log.warning("%d row(s) rejected; reasons in %s", rejects["row"].nunique(), stale)
-        elif stale.exists():  # an earlier run's rejects would read as this run's
-            stale.unlink()
-            log.info("removed %s, an earlier run's rejects (this run rejected no row)", stale)
-    except OSError as error:
-        raise InputError(f"{output}: cannot write ({error.strerror or error})") from None
+    path = Path(output)
+    if is_special_file(path):
+        with open(path, "wb") as stream:
+            write_stream(encoded(predictions, path), len(predictions), rejects, stream, output)
+        return
+    path = path.resolve() if path.is_symlink() else path  # a link to a file: the file is replaced
+    stale = rejects_path(path)
+    for table, target in ((predictions, path), (rejects, stale)):
+        if table is predictions or not rejects.empty:
+            try:
+                write_bytes(encoded(table, target), target)
+            except OSError as error:
+                raise InputError(f"{target}: cannot write ({error.strerror or error})") from None
+    if not rejects.empty:
+        log.warning("%d row(s) rejected; reasons in %s", rejects["row"].nunique(), stale)
+    elif stale.exists():  # an earlier run's rejects would read as this run's
+        stale.unlink()
+        log.info("removed %s, an earlier run's rejects (this run rejected no row)", stale)
     log.info("wrote %d prediction(s) to %s", len(predictions), output)
 
 
-def write_stdout(predictions: pd.DataFrame, rejects: pd.DataFrame) -> None:
-    """The table to standard output in one write, once every row is scored, so that an error
-    leaves the pipe empty rather than half a table; a rejected row is a warning line on stderr
-    (with the rows and reasons a rejects file would hold)."""
+def write_stream(table: bytes, rows: int, rejects: pd.DataFrame, stream, name: str) -> None:
+    """The table to a stream in one write, once every row is scored, so that an error leaves the
+    pipe empty rather than half a table; a rejected row is a warning line on stderr (with the rows
+    and reasons a rejects file would hold)."""
     import pandas as pd
 
     for reject in rejects.itertuples(index=False):
@@ -111,15 +150,15 @@ def write_stdout(predictions: pd.DataFrame, rejects: pd.DataFrame) -> None:
     if not rejects.empty:
         log.warning("%d row(s) rejected", rejects["row"].nunique())
     try:
-        sys.stdout.write(predictions.to_csv(index=False))
-        sys.stdout.flush()
+        stream.write(table)
+        stream.flush()
     except BrokenPipeError:
         # the reader (head, a pager) stopped early; Python would otherwise report the closed
         # pipe again when it flushes stdout at exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        log.info("standard output was closed before the whole table was read")
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        log.info("%s was closed before the whole table was read", name)
         return
-    log.info("wrote %d prediction(s) to standard output", len(predictions))
+    log.info("wrote %d prediction(s) to %s", rows, name)
 
 
 def threshold(text: str) -> float:
@@ -139,15 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def common(sub):
-        sub.add_argument("input", type=Path, help="CSV of candidate electrodes, gzip/bzip2/xz-compressed or not (- "
+        sub.add_argument("input", help="CSV of candidate electrodes, gzip/bzip2/xz-compressed or not (- "
                                                      "reads standard input): battery_id, both "
                                                      "formulas, working_ion, both crystal systems; the space groups if "
                                                      "the run used them, the DFT fields for model2 variants; MP's "
                                                      "adj_pairs, if given, make the ion counts exact")
-        sub.add_argument("-o", "--output", type=Path, required=True,
+        sub.add_argument("-o", "--output", required=True,
                          help="CSV to write (atomically; compressed when named .gz, .bz2 or .xz); - writes "
                               "it to standard output once every row is scored, and --skip-bad's rejected rows "
-                              "to stderr")
+                              "to stderr, as does a named pipe or device")
         sub.add_argument("--model", default="model1_phys", choices=KNOWN_MODELS, metavar="MODEL",
                          help=f"{', '.join(KNOWN_MODELS)} (default model1_phys: needs no DFT)")
         sub.add_argument("--results", type=Path, default=Path("results"), help="the workflow's results folder")
@@ -176,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
+    # pymatgen orders a formula's elements by electronegativity and warns, three lines a time, that
+    # a noble gas has none; the candidate is flagged for its unseen element anyway
+    warnings.filterwarnings("ignore", message="No Pauling electronegativity", category=UserWarning)
     try:
         check_output(args.output, args.input)
         from electrode_ml import candidates  # the scoring stack: see the module docstring
@@ -195,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"electrode-ml: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a path the system refuses (too long, no permission): one line, too
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"electrode-ml: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("electrode-ml: interrupted; no output written", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -72,24 +72,49 @@ def _hint(error) -> str:
     if not isinstance(value, str):
         return ""
     text = value.strip()
+    try:
+        as_yaml = yaml.safe_load(text)
+    except yaml.YAMLError:
+        as_yaml = None
+    kinds = {"integer": int, "number": (int, float), "boolean": bool}
+    if any(isinstance(as_yaml, kinds[kind]) and (kind == "boolean") == isinstance(as_yaml, bool)
+           for kind in wanted if kind in kinds):
+        return (" (text: quoted, or nested in --config, which passes nested values as text; in a --configfile "
+                f"write {text})")
     # PyYAML (YAML 1.1) reads a float only with a decimal point, and an exponent only with its sign:
     # 1e-4 and 1.0e4 are text, 1.0e-4 and 1.0e+4 numbers.
     exponent = re.fullmatch(r"([+-]?\d+)(?:\.(\d*))?[eE]([+-]?)(\d+)", text)
     if exponent and "number" in wanted:
         whole, fraction, sign, power = exponent.groups()
         return f" (YAML reads {text} as text; write {whole}.{fraction or 0}e{sign or '+'}{power})"
-    if ("integer" in wanted and re.fullmatch(r"[+-]?\d+", text)) or (
-            "number" in wanted and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)", text)):
-        return (" (a number in quotes is text, and --config passes nested values as text: set them in a "
-                f"--configfile; write {text})")
     return ""
+
+
+# The largest seed numpy's and scikit-learn's generators take.
+MAX_SEED = 2**32 - 1
 
 
 def check_config(config: dict) -> None:
     """Raise InputError naming the key when values are individually valid but inconsistent."""
-    results = Path(config["results"])
-    if results.exists() and not results.is_dir():
-        raise InputError(f"config key results: {results} is a file; name a folder (new or existing)")
+    for key, value in _leaves(config):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"config key {key}: {value} is not a finite number")
+    text = str(config["results"])
+    if re.search(r"[{}]|^~|\$", text):
+        raise InputError(f"config key results: {text!r} would be taken as written (no ~ or $ expansion; braces "
+                         "are Snakemake wildcards); write the folder's path itself")
+    results = Path(text)
+    for folder in (results, *results.parents):
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"config key results: {folder} is a file; name a folder (new or existing)")
+    train = config["train"]
+    last_seed = train["first_seed"] + max(train["n_seeds"], config["analysis"]["contribution_seeds"],
+                                          config["evaluation"]["group_seeds"]) - 1
+    for key, seed in (("split.seed", config["split"]["seed"]), ("tune.seed", config["tune"]["seed"]),
+                      ("train.first_seed", last_seed)):
+        if seed > MAX_SEED:
+            raise InputError(f"config key {key}: seeds go up to {seed}, over {MAX_SEED}, the largest numpy and "
+                             "scikit-learn take")
     fractions = config["split"]["fractions"]
     if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
         raise InputError(f"config key split.fractions: {fractions} sum to {sum(fractions):g}, not 1")
@@ -108,6 +133,15 @@ def check_config(config: dict) -> None:
             raise InputError(f"config key {key}: lower bound {low} is not below upper bound {high}")
 
 
+def _leaves(config, path: str = ""):
+    """(dotted key, value) for every value in a nested configuration."""
+    items = config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else ()
+    if not items:
+        yield path, config
+    for key, value in items:
+        yield from _leaves(value, f"{path}.{key}" if path else str(key))
+
+
 def seed_range(train: dict, count: int) -> list[int]:
     """``count`` seeds from ``train.first_seed`` on: the analyses that train networks of their own
     start where the ensemble does, so that their seeds are the train jobs' first ones."""
@@ -123,14 +157,23 @@ def contribution_seeds(config: dict) -> list[int]:
     return seed_range(config["train"], config["analysis"]["contribution_seeds"])
 
 
+def group_seeds(config: dict) -> list[int]:
+    """The framework-grouped evaluation's seeds: the train jobs' first ``evaluation.group_seeds``."""
+    return seed_range(config["train"], config["evaluation"]["group_seeds"])
+
+
 def model_train_settings(train: dict, model: str) -> dict:
     """The ``train`` section as the jobs of one network model read it: only that model's Huber delta.
 
     A rule's params are Snakemake's record of what its outputs depend on; the whole section made a
-    change to model1_redox's delta rerun model1's and model2's 100 train jobs for identical networks.
+    change to model1_redox's delta rerun model1's and model2's 100 train jobs for identical networks,
+    and more seeds (``n_seeds``, ``first_seed``: which jobs there are, not what one computes) every
+    tuning and every finished training.
     """
     deltas = train["huber_delta"]
-    return {**train, "huber_delta": {model: deltas[model]} if model in deltas else {}}
+    settings = {key: value for key, value in train.items() if key not in ("n_seeds", "first_seed")}
+    # null is an unlisted model's MSE: the only way a --configfile can take config.yaml's delta away
+    return {**settings, "huber_delta": {model: deltas[model]} if deltas.get(model) is not None else {}}
 
 
 def cuda_visible(environ=os.environ) -> bool:

@@ -53,7 +53,15 @@ def group_split(battery_ids: pd.Series, groups: pd.Series, fractions, seed: int)
 
 def make_split(electrodes: pd.DataFrame, *, method: str, fractions, seed: int) -> pd.DataFrame:
     if method == "random":
-        return random_split(electrodes["battery_id"], fractions, seed)
-    if method == "group":
-        return group_split(electrodes["battery_id"], electrodes["framework_formula"], fractions, seed)
-    raise InputError(f"split.method: unknown method {method!r} (random or group)")
+        split = random_split(electrodes["battery_id"], fractions, seed)
+    elif method == "group":
+        split = group_split(electrodes["battery_id"], electrodes["framework_formula"], fractions, seed)
+    else:
+        raise InputError(f"split.method: unknown method {method!r} (random or group)")
+    # every split has a job: training, early stopping and calibration, the reported test figures
+    sizes = split["split"].value_counts()
+    empty = [name for name in SPLITS if name not in sizes]
+    if empty:
+        raise InputError(f"config key split.fractions: {list(fractions)} leave the {' and '.join(empty)} split(s) "
+                         f"of the {len(split)} electrodes empty ({method} split)")
+    return split

@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from electrode_ml.config import seed_range
 from electrode_ml.devices import job_device
 from electrode_ml.fileio import atomic_path, file_sha256, read_json, write_csv, write_json, write_parquet
 from electrode_ml.model import NetworkParams, TrainSettings, predict, train_network
@@ -411,7 +410,7 @@ def group_evaluation_step(input, output, params, threads, wildcards=None, **_):
     torch.set_num_threads(threads)
     electrodes = pd.read_parquet(input.electrodes)
     network_params = NetworkParams.from_dict(read_json(input.params))
-    seeds = seed_range(params.train, params.seeds)
+    seeds = [int(seed) for seed in params.seeds]
     with job_device(params.train["device"]) as device:
         trainer = seed_trainer(params.train, network_params, device, params.base)
         results = grouped_evaluation(electrodes, base=params.base, variants=list(params.variants),

@@ -18,7 +18,7 @@ rule group_evaluation:
         code=CODE_VERSION["group_evaluation"],
         base=lambda wildcards: wildcards.model,
         variants=lambda wildcards: variants_of(wildcards.model, MODELS),
-        seeds=config["evaluation"]["group_seeds"],
+        seeds=group_seeds(config),
         split=config["split"],
         features=config["features"],
         train=lambda wildcards: model_train_settings(config["train"], wildcards.model),
