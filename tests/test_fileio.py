@@ -50,12 +50,13 @@ def test_fsync_flushes_the_finished_file_before_the_rename(tmp_path, monkeypatch
 
 def test_the_temporary_pattern_matches_what_a_killed_write_leaves(tmp_path):
     """A process killed inside atomic_path leaves its temporary file: temporary_pattern finds it, and only it."""
-    for name in ("ax_state.json", "trials.csv", "odd[1].json", "no_suffix"):
+    # the longest a file system takes: its temporary name would not fit whole
+    for name in ("ax_state.json", "trials.csv", "odd[1].json", "no_suffix", "x" * 251 + ".csv"):
         target = tmp_path / name
         with atomic_path(target) as tmp:
             tmp.write_text("done")
             left = tmp
         assert not left.exists() and list(tmp_path.glob(temporary_pattern(target))) == []
         left.write_text("half")  # what a write killed before its rename leaves behind
-        (tmp_path / f".other_{name}.abcd1234.tmp{target.suffix}").write_text("")  # another output's
+        (tmp_path / f".other_{name[:200]}.abcd1234.tmp{target.suffix}").write_text("")  # another output's
         assert list(tmp_path.glob(temporary_pattern(target))) == [left], name

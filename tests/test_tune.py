@@ -253,11 +253,29 @@ def test_state_of_another_objective_is_refused_or_replaced(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="electrode_ml.tune"):
         tune(tmp_path, fresh, trials=2, objective_key="features-b", restart_mismatched=True)
     assert len(fresh.calls) == 2  # a new tuning: every trial scored again
-    assert any("another objective" in r.message and "starting a new tuning" in r.message for r in caplog.records)
+    assert any("another objective" in r.message and "set aside as" in r.message for r in caplog.records)
     assert [r["status"] for r in read_rows(tmp_path / "trials.csv")] == ["COMPLETED", "COMPLETED"]
     again = Counting()
     tune(tmp_path, again, trials=2, objective_key="features-b")
-    assert again.calls == []  # the replaced state is now this objective's
+    assert again.calls == []  # the new state is now this objective's
+
+
+def test_a_config_changed_and_changed_back_resumes_its_set_aside_tuning(tmp_path):
+    """The saved trials of the objective a change left were replaced: changing the config back
+    tuned all 30 trials again."""
+    first = tune(tmp_path, quadratic, trials=2, objective_key="features-a")
+    rows_a = read_rows(tmp_path / "trials.csv")
+    tune(tmp_path, quadratic, trials=2, objective_key="features-b", restart_mismatched=True)
+    back = Counting()
+    assert tune(tmp_path, back, trials=2, objective_key="features-a", restart_mismatched=True) == first
+    assert back.calls == [] and read_rows(tmp_path / "trials.csv") == rows_a
+    # and the other way again: both objectives' tunings are kept, one in place and one set aside
+    forth = Counting()
+    tune(tmp_path, forth, trials=2, objective_key="features-b", restart_mismatched=True)
+    assert forth.calls == [] and len(list((tmp_path / "set_aside").glob("state.*.json"))) == 1
+    more = Counting()
+    tune(tmp_path, more, trials=3, objective_key="features-a", restart_mismatched=True)
+    assert len(more.calls) == 1  # resumed with its two trials, one more asked for
 
 
 def test_objective_fingerprint_follows_data_and_settings():

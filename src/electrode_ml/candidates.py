@@ -20,10 +20,10 @@ from electrode_ml.predict import TrainedEnsemble
 from electrode_ml.schema import CRITERIA, PLAUSIBLE_VOLTAGE, TARGETS
 from electrode_ml.screening import passes as screen_passes
 
-log = logging.getLogger("electrode_ml.cli")
+log = logging.getLogger("electrode_ml.cli")  # the command's messages, whichever module logs them
 
 # What reading a damaged checkpoint, fitted featuriser or metrics file raises (torch, joblib, json).
-UNLOADABLE = (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError)  # the command's messages, whichever module logs them
+UNLOADABLE = (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError)
 
 STRUCTURE_FIELDS = ("formula_charge", "formula_discharge", "working_ion",
                     "charge_crystal_system", "charge_space_group_number",

@@ -124,12 +124,11 @@ def write_outputs(predictions: pd.DataFrame, rejects: pd.DataFrame, output: str)
         return
     path = path.resolve() if path.is_symlink() else path  # a link to a file: the file is replaced
     stale = rejects_path(path)
-    for table, target in ((predictions, path), (rejects, stale)):
-        if table is predictions or not rejects.empty:
-            try:
-                write_bytes(encoded(table, target), target)
-            except OSError as error:
-                raise InputError(f"{target}: cannot write ({error.strerror or error})") from None
+    for table, target in [(predictions, path), *([(rejects, stale)] if not rejects.empty else [])]:
+        try:
+            write_bytes(encoded(table, target), target)
+        except OSError as error:
+            raise InputError(f"{target}: cannot write ({error.strerror or error})") from None
     if not rejects.empty:
         log.warning("%d row(s) rejected; reasons in %s", rejects["row"].nunique(), stale)
     elif stale.exists():  # an earlier run's rejects would read as this run's
@@ -179,10 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sub):
         sub.add_argument("input", help="CSV of candidate electrodes, gzip/bzip2/xz-compressed or not (- "
-                                                     "reads standard input): battery_id, both "
-                                                     "formulas, working_ion, both crystal systems; the space groups if "
-                                                     "the run used them, the DFT fields for model2 variants; MP's "
-                                                     "adj_pairs, if given, make the ion counts exact")
+                                        "reads standard input): battery_id, both "
+                                        "formulas, working_ion, both crystal systems; the space groups if "
+                                        "the run used them, the DFT fields for model2 variants; MP's "
+                                        "adj_pairs, if given, make the ion counts exact")
         sub.add_argument("-o", "--output", required=True,
                          help="CSV to write (atomically; compressed when named .gz, .bz2 or .xz); - writes "
                               "it to standard output once every row is scored, and --skip-bad's rejected rows "

@@ -26,7 +26,7 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{_short(path.name)}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -46,7 +46,13 @@ def temporary_pattern(path: str | os.PathLike) -> str:
     """The glob pattern, relative to ``path``'s folder, of the temporary files :func:`atomic_path`
     makes for ``path``: what a process killed mid-write leaves behind."""
     path = Path(path)
-    return f".{glob.escape(path.name)}.*.tmp{glob.escape(path.suffix)}"
+    return f".{glob.escape(_short(path.name))}.*.tmp{glob.escape(path.suffix)}"
+
+
+def _short(name: str) -> str:
+    """A file name cut so that its temporary name, about 20 characters longer, stays within the
+    255 most file systems allow: a name the system takes must not fail for its temporary one."""
+    return name[:200]
 
 
 def _umask() -> int:

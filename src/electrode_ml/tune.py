@@ -28,6 +28,7 @@ import io
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -178,7 +179,10 @@ def run_tuning(
             except TuningStateMismatch as exc:
                 if not restart_mismatched:
                     raise
-                log.warning("%s: starting a new tuning, which replaces it", exc.reasons)
+                kept = _set_aside(state_path)
+                log.warning("%s: set aside as %s; this tuning resumes from it or starts anew", exc.reasons, kept)
+        if client is None and restart_mismatched:
+            client = _resume_set_aside(state_path, space=space, name=name, seed=seed, objective_key=objective_key)
         if client is not None:
             n_abandoned = _abandon_interrupted(client)
             log.info(
@@ -312,6 +316,36 @@ def _new_client(*, space: SearchSpace, name: str, seed: int, objective_key: str 
         initialize_with_center=True,
     )
     return client
+
+
+def set_aside_folder(state_path: Path) -> Path:
+    """Where a tuning of another objective goes when a new one takes ``state_path``'s place."""
+    return state_path.parent / "set_aside"
+
+
+def _set_aside(state_path: Path) -> Path:
+    """Move a saved tuning of another objective out of the way, named by its contents, so that a
+    config changed and changed back resumes it instead of tuning its 30 trials again."""
+    folder = set_aside_folder(state_path)
+    folder.mkdir(exist_ok=True)
+    digest = hashlib.sha256(state_path.read_bytes()).hexdigest()[:16]
+    kept = folder / f"{state_path.stem}.{digest}{state_path.suffix}"
+    os.replace(state_path, kept)
+    return kept
+
+
+def _resume_set_aside(state_path: Path, **expected) -> Any:
+    """A set-aside tuning of this very objective, moved back into place, or None."""
+    folder = set_aside_folder(state_path)
+    for kept in sorted(folder.glob(f"{state_path.stem}.*{state_path.suffix}")) if folder.is_dir() else []:
+        try:
+            client = _load_client(kept, **expected)
+        except ValueError:  # another objective (TuningStateMismatch), or unreadable
+            continue
+        os.replace(kept, state_path)
+        log.info("resuming the tuning set aside as %s", kept)
+        return client
+    return None
 
 
 def _load_client(state_path: Path, *, space: SearchSpace, name: str, seed: int,
