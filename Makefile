@@ -9,11 +9,14 @@ SNAKEMAKE := $(BIN)/snakemake
 
 venv: $(VENV)/.installed
 
-# torch is installed on its own first so that no later requirement can pull a CUDA build.
+# torch is installed on its own first so that no later requirement can pull a CUDA build. PyPI's
+# Linux torch is the CUDA build (several GB): without a local CPU wheel where pip looks (this project's
+# machines have one), `make venv TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes PyTorch's own.
+TORCH_INDEX ?=
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $$(grep -m1 '^torch==' requirements.txt)
+	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $$(grep -m1 '^torch==' requirements.txt)
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 	$(BIN)/pip install -q --no-deps -e .

@@ -84,3 +84,31 @@ def test_bench_refuses_a_broken_config_in_one_line_before_training(tmp_path, sna
         run_bench(tmp_path / "results", snapshot_path, bad)
     assert str(error.value).startswith("error: ") and "config key split.fractions" in str(error.value)
     assert "\n" not in str(error.value) and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("option", ["--epochs", "--threads", "--n-networks"])
+def test_a_count_below_one_is_refused_before_any_work(tmp_path, option, capsys):
+    """--epochs -5 wrote a negative GFLOP/s and a NaN loss into bench.json; --threads 0 was a traceback."""
+    with pytest.raises(SystemExit) as refused:
+        bench.main(["--results", str(tmp_path), option, "0"])
+    assert refused.value.code == 2
+    assert f"argument {option}: must be 1 or more, got '0'" in capsys.readouterr().err
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_the_timed_ensemble_is_the_runs_seeds_not_every_seed_folder(tmp_path):
+    """A seed folder an earlier run with more seeds left (another tuning's widths) joined the ensemble."""
+    import numpy as np
+    import torch
+
+    from electrode_ml.model import NetworkParams, TrainSettings, train_network
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 4)), rng.normal(size=(40, 3))
+    for seed, units in ((0, 8), (1, 8), (2, 8), (7, 16)):
+        network = train_network(x, y, x, y, NetworkParams(units, units, units, 0.0, 0.0, 0.0, 1e-3),
+                                 TrainSettings(epochs=1, log_every=0))
+        (tmp_path / "train" / "model1" / f"seed_{seed}").mkdir(parents=True)
+        torch.save(network.to_checkpoint(), tmp_path / "train" / "model1" / f"seed_{seed}" / "model.pt")
+    loaded = bench.load_ensemble(tmp_path, "model1", [0, 1, 2])
+    assert [network.params.units_1 for network in loaded] == [8, 8, 8]

@@ -72,3 +72,15 @@ def test_the_scripts_find_the_package_without_it_installed(monkeypatch, tmp_path
     assert 'LIBRARY = str(Path(workflow.basedir) / "src")' in common and "sys.path.insert(0, LIBRARY)" in common
     monkeypatch.syspath_prepend(str(tmp_path))
     assert str(tmp_path) in get_snakemake_searchpaths()
+
+
+def test_every_library_the_numbers_depend_on_is_pinned():
+    """pymatgen's Composition and element data come from pymatgen-core, which pymatgen left open: a fresh
+    install took whatever was newest, and the `code` param did not even track it."""
+    from electrode_ml.code_version import NUMERICAL_LIBRARIES
+
+    installs = makefile_installs()
+    pinned = {re.split(r"==", pin)[0].lower().replace("_", "-") for pin in installs["deps"] | installs["no-deps"]}
+    assert {"pymatgen-core", "linear-operator"} <= {name.lower().replace("_", "-") for name in NUMERICAL_LIBRARIES}
+    assert {name.lower().replace("_", "-") for name in NUMERICAL_LIBRARIES} <= pinned
+    assert all("==" in pin for pin in installs["deps"] | installs["no-deps"])

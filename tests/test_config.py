@@ -40,6 +40,7 @@ def test_default_config_is_valid(config):
     (("models",), ["model9"], "model9"),
     (("data", "source"), "web", "source"),
     (("tune", "lr"), [-0.1, 0.1], "lr"),
+    (("tune", "dropout"), [0.2, 0.999], "0.999"),  # dropped every unit: ZeroDivisionError in the first trial
     (("split", "fractions"), [0.8, 0.1], "fractions"),
     (("train", "huber_delta"), {"model1_redox": -0.3}, "model1_redox"),
     (("train", "huber_delta"), {"model9": 0.3}, "model9"),
@@ -451,3 +452,41 @@ def test_cuda_without_a_gpu_stops_a_real_run_before_any_job(tmp_path, config):
     assert run.stderr.splitlines()[-1].startswith("electrode-ml: error: config key train.device: cuda, but "), output[-2000:]
     assert not (tmp_path / "results").exists()
     assert real_run(config, tmp_path, "-n")[0].returncode == 0  # a dry run (a login node's) checks no GPU
+
+
+def test_config_yaml_is_in_the_schemas_order_and_a_merged_config_is_put_back_in_it(config):
+    """The order is what Snakemake's params record: config.yaml's own must come out unchanged, so that
+    finished results stay current, and a --configfile's sections come out in the same order."""
+    from electrode_ml.config import in_schema_order
+
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    ordered = copy.deepcopy(config)
+    in_schema_order(ordered, schema)
+    assert repr(ordered) == repr(config)
+    merged = {section: dict(reversed(list(value.items()))) if isinstance(value, dict) else value
+              for section, value in reversed(list(config.items()))}
+    in_schema_order(merged, schema)
+    assert repr(merged) == repr(config)
+
+
+def test_a_models_feature_settings_leave_out_what_its_featuriser_never_reads(config):
+    from electrode_ml.config import model_feature_settings
+
+    features = {**config["features"], "space_groups": False}
+    assert "dft_scaling" in model_feature_settings(features, "model2")
+    assert "dft_scaling" not in model_feature_settings(features, "model1")
+    assert "dft_scaling" not in model_feature_settings(features, "model1_redox")
+    assert "space_group_variance" not in model_feature_settings(features, "model2")
+    assert "space_group_variance" in model_feature_settings({**features, "space_groups": True}, "model1")
+
+
+@pytest.mark.parametrize("device, visible, version, gpus", [
+    ("auto", "0", "2.13.0", 1), ("auto", "0,1", "2.13.0+cu128", 1),
+    ("auto", "0", "2.13.0+cpu", 0),  # a GPU host with the CPU wheel: the jobs train on the CPU, no GPU booked
+    ("auto", "", "2.13.0", 0), ("cpu", "0", "2.13.0", 0), ("cuda", "0", "2.13.0+cpu", 1),
+])
+def test_a_job_books_a_gpu_only_where_its_torch_can_use_one(device, visible, version, gpus):
+    from electrode_ml.config import gpu_per_job
+
+    config = {"train": {"device": device}}
+    assert gpu_per_job(config, {"CUDA_VISIBLE_DEVICES": visible}, torch_version=version) == gpus

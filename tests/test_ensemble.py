@@ -230,3 +230,12 @@ def test_a_network_interval_widens_with_the_ensemble_spread():
     widths = (test["pi_high"] - test["pi_low"]).to_numpy()
     assert widths[1] / widths[0] == pytest.approx(np.sqrt((16 + floor**2) / (1 + floor**2)))
     assert widths[1] / widths[0] > 3.9
+
+
+@pytest.mark.parametrize("level", [0.1, 2.0, 3.7, 412.3])
+def test_r_against_a_constant_prediction_is_undefined_whatever_its_value(level):
+    """The training-mean baseline: np.std of a constant came out 0 (r NaN) or 1e-13 (r -1e-16) by value."""
+    true = np.random.default_rng(0).normal(size=429)
+    assert np.isnan(regression_metrics(true, np.full(429, level))["r"])
+    assert np.isnan(regression_metrics(np.full(429, level), true)["r"])
+    assert regression_metrics(true, true + level)["r"] == pytest.approx(1.0)

@@ -1,5 +1,8 @@
+import json
 import os
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -15,6 +18,18 @@ def test_outputs_get_the_mode_of_any_new_file_not_the_private_temp_mode(tmp_path
         os.umask(old)
     for name in ("metrics.json", "table.parquet"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
+
+
+def test_json_outputs_are_strict_json_with_null_for_nan_and_infinity(tmp_path):
+    """metrics.json held NaN (an undefined r), which jq, JavaScript and R's jsonlite refuse."""
+    write_json({"r": float("nan"), "q": {"network": np.inf}, "low": [np.float32(-np.inf), np.float64(1.5)],
+                "values": np.array([np.nan, 2.0]), "n": np.int64(3), "path": Path("a/b")}, tmp_path / "metrics.json")
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    assert json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse) == {
+        "r": None, "q": {"network": None}, "low": [None, 1.5], "values": [None, 2.0], "n": 3, "path": "a/b"}
 
 
 def test_a_failed_write_leaves_neither_the_output_nor_a_temp_file(tmp_path):

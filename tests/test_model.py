@@ -558,6 +558,28 @@ run_step(types.SimpleNamespace(log=[{str(tmp_path / "tune.log")!r}], rule="tune"
     assert run.stderr.count("Traceback") == 1  # the log handler's copy on stderr, not Python's second one
 
 
+def test_a_job_of_one_thread_runs_scikit_learns_openmp_on_one_thread(tmp_path):
+    """Snakemake sets OMP_NUM_THREADS for shell rules only: the voltage trees of a `threads: 1` job took
+    every core, beside other jobs' networks on them."""
+    code = f"""
+import types
+from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+from electrode_ml.runner import run_step
+
+def step(input, output, params, threads, **_):
+    print("openmp threads", _openmp_effective_n_threads())
+
+print("outside", _openmp_effective_n_threads())
+run_step(types.SimpleNamespace(log=[{str(tmp_path / "trees.log")!r}], rule="voltage_trees", input={{}}, output={{}},
+                               threads=1, params=types.SimpleNamespace(), wildcards={{}}), step)
+"""
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "openmp threads 1" in run.stdout
+    assert f"outside {os.cpu_count()}" in run.stdout or os.cpu_count() == 1
+
+
 def _hold_gpu(lock_dir, gpu_ids, hold_s, queue):
     with claim_gpu(gpu_ids, lock_dir=lock_dir, poll_s=0.05) as index:
         started = time.monotonic()

@@ -99,6 +99,7 @@ def test_step_writes_the_ensemble_format(step_run, split):
     assert set(metrics) == {"n_seeds", "ensemble_mean", "best_single_seed", "train_mean_baseline", "coverage",
                             "prediction_interval"}
     assert metrics["n_seeds"] == 1
+    assert set(metrics["coverage"]) == {"pi"}  # no CI of a mean of one model (its "CI" covered 0 %)
     assert step_run.parity.stat().st_size > 0 and step_run.errors.stat().st_size > 0
 
 

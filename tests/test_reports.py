@@ -138,6 +138,9 @@ def test_report_renders_every_section(report_run):
     assert "Table 5" in page and "Table 6" in page and "The same screen over every Na electrode" in page
     data_report = json.loads((results / "data" / "data_report.json").read_text())
     assert f"(SHA-256 <code>{data_report['snapshot_sha256']}</code>)" in page  # which file the run read
+    # the hardware named is the timing job's: on a cluster the report runs on a login node with no GPU
+    compute = pd.read_csv(results / "analysis" / "timing.csv")["compute"].unique()
+    assert len(compute) == 1 and f"this run on {compute[0]}." in page and "the report&#x27;s host" not in page
 
 
 @pytest.mark.e2e
@@ -218,6 +221,7 @@ def test_feature_contribution_and_timing_outputs(report_run):
         assert rows.loc["Training, all networks (sum)", "note"].startswith("sum over 3 networks")
         assert rows.loc["Prediction of the validation set, one network", "ours"] > 0
     assert set(table["model"]) == set(config["models"])
+    assert table["compute"].str.fullmatch(r"CPU only \(\d+ cores\)").all()
 
 
 @pytest.mark.e2e

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from electrode_ml.data import read_electrode_csv, validate_electrodes
@@ -57,6 +58,9 @@ def test_split_spread_says_in_one_line_what_is_missing_or_wrong(tmp_path):
     with pytest.raises(SystemExit) as no_config:
         split_spread.main(["--results", str(tmp_path / "results"), "--config", str(tmp_path / "none.yaml")])
     assert "none.yaml" in str(no_config.value)
+    with pytest.raises(SystemExit) as no_networks:  # was a traceback after the featurisation had run
+        split_spread.main(["--results", str(tmp_path / "results"), "--config", config, "--networks", "0"])
+    assert no_networks.value.code == 2
     broken = tmp_path / "broken.yaml"
     broken.write_text(Path(config).read_text().replace("n_seeds: 50", "n_seeds: fifty"))
     with pytest.raises(SystemExit) as bad_config:
@@ -77,3 +81,23 @@ def test_fractions_that_leave_a_split_empty_are_refused_by_name(electrodes, meth
     """[0.99996, 0.00002, 0.00002] sum to 1 and passed; the features job then failed on 0 rows."""
     with pytest.raises(InputError, match=r"^config key split\.fractions: .* leave the val and test split\(s\) of the 4300"):
         make_split(electrodes, method=method, fractions=(0.99996, 0.00002, 0.00002), seed=42)
+
+
+@pytest.mark.parametrize("method", ["random", "group"])
+def test_a_validation_split_too_small_to_calibrate_the_intervals_is_refused(electrodes, method):
+    """data.ions: [K, Rb, Cs] gave 16 validation electrodes: every prediction interval was infinite,
+    metrics.json said 100 % coverage, and nothing said why."""
+    few = electrodes[electrodes["working_ion"].isin(["K", "Rb", "Cs"])]
+    with pytest.raises(InputError, match=rf"^config key split\.fractions: \[0\.81, 0\.09, 0\.1\] leave \d+ of the "
+                                         rf"{len(few)} electrodes in the val split \({method} split\); the 95 % "
+                                         r"prediction intervals are calibrated on it and need at least 19$"):
+        make_split(few, method=method, fractions=(0.81, 0.09, 0.10), seed=42)
+    assert (make_split(few, method=method, fractions=(0.6, 0.2, 0.2), seed=42)["split"] == "val").sum() >= 19
+
+
+def test_the_smallest_validation_split_allowed_gives_finite_intervals():
+    from electrode_ml.ensemble import conformal_quantile
+    from electrode_ml.split import MIN_VALIDATION_ROWS
+
+    assert conformal_quantile(np.arange(MIN_VALIDATION_ROWS), 0.95) < float("inf")
+    assert conformal_quantile(np.arange(MIN_VALIDATION_ROWS - 1), 0.95) == float("inf")

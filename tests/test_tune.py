@@ -260,6 +260,21 @@ def test_state_of_another_objective_is_refused_or_replaced(tmp_path, caplog):
     assert again.calls == []  # the new state is now this objective's
 
 
+def test_an_unreadable_state_is_set_aside_by_the_workflow_not_a_traceback_on_every_rerun(tmp_path, caplog):
+    """A cut or foreign ax_state.json stopped the tune job, and every rerun, until deleted by hand."""
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "state.json").write_text('{"garbage": 1')
+    fresh = Counting()
+    with caplog.at_level(logging.WARNING, logger="electrode_ml.tune"):
+        tune(tmp_path, fresh, trials=2, restart_mismatched=True)
+    assert len(fresh.calls) == 2
+    assert any("cannot load the tuning state" in r.message and "set aside as" in r.message for r in caplog.records)
+    assert [path.read_text() for path in (tmp_path / "set_aside").iterdir()] == ['{"garbage": 1']
+    again = Counting()
+    tune(tmp_path, again, trials=2, restart_mismatched=True)
+    assert again.calls == []
+
+
 def test_a_config_changed_and_changed_back_resumes_its_set_aside_tuning(tmp_path):
     """The saved trials of the objective a change left were replaced: changing the config back
     tuned all 30 trials again."""
@@ -414,7 +429,7 @@ def test_a_trial_trains_the_training_recipe_or_the_short_one():
     assert tuning_note({**tune, "epochs": 100}, train) == "30 trials of at most 100 epochs"
 
 
-def test_trials_in_bfloat16_or_on_onednn_do_not_resume_a_float32_torch_tuning(monkeypatch):
+def test_trials_in_bfloat16_on_onednn_or_on_a_gpu_do_not_resume_a_float32_torch_cpu_tuning(monkeypatch):
     """A trial's fidelity keys the saved tuning: a precision other than float32, or products other
     than torch's (a tuning resumed on another kind of CPU), is part of it; float32 on torch's
     products leaves it as it was before either setting existed, so those tunings still resume."""
@@ -434,5 +449,18 @@ def test_trials_in_bfloat16_or_on_onednn_do_not_resume_a_float32_torch_tuning(mo
     monkeypatch.setattr(cpu_matmul, "float32_library", lambda: "onednn")
     assert trial_fidelity(trial_settings(tune, train, "cpu", "model2")) == {**float32, "matmul": "onednn"}
     assert trial_fidelity(mixed) == {**float32, "precision": "bfloat16"}
+    # on a GPU the products are torch's as on an Intel CPU: the device itself keys the tuning
+    assert trial_fidelity(trial_settings(tune, train, "cuda:1", "model2")) == {**float32, "device": "cuda"}
     assert trial_settings({**tune, "epochs": 100}, {**train, "precision": "bfloat16"}, "cpu", "model2").precision \
         == "bfloat16"
+
+
+def test_a_dropout_range_that_would_drop_every_unit_is_refused():
+    """Rates of 0.998 and over came to 256 of the kernel's 256 levels: ZeroDivisionError in a trial."""
+    with pytest.raises(ValueError, match=r"^search space dropout: need 0 <= low < high <= 0\.99, got \(0\.0, 0\.999\)$"):
+        SearchSpace(dropout=(0.0, 0.999))
+    from electrode_ml.training_kernels import ReLUDropout
+
+    layer = ReLUDropout(SearchSpace(dropout=(0.0, 0.99)).dropout[1]).train()
+    kept = layer(torch.ones(256 * 64))
+    assert 0 < (kept > 0).float().mean() < 0.03 and torch.isfinite(kept).all()

@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 
 from electrode_ml import cpu_matmul
-from electrode_ml.config import load_config
+from electrode_ml.cli import positive_int
+from electrode_ml.config import load_config, seeds
 from electrode_ml.data import prepare_electrodes, read_electrode_csv
 from electrode_ml.errors import InputError
 from electrode_ml.features import fit_feature_sets
@@ -79,9 +80,11 @@ def mixed_precision_figures(mixed: TrainedNetwork | None, flops: float, bf16_pea
     return dict(zip(names, values))
 
 
-def load_ensemble(results: Path, model: str) -> list[TrainedNetwork]:
-    paths = sorted((results / "train" / model).glob("seed_*/model.pt"))
-    return [TrainedNetwork.from_checkpoint(torch.load(p, weights_only=False)) for p in paths]
+def load_ensemble(results: Path, model: str, run_seeds: list[int]) -> list[TrainedNetwork]:
+    """The run's trained networks of ``run_seeds``: not every ``seed_*`` folder, since one left by
+    an earlier run with more seeds may hold another tuning's widths."""
+    paths = [results / "train" / model / f"seed_{seed}" / "model.pt" for seed in run_seeds]
+    return [TrainedNetwork.from_checkpoint(torch.load(p, weights_only=False)) for p in paths if p.exists()]
 
 
 def time_prediction(ensemble: StackedEnsemble, x: np.ndarray, repeats: int = 50) -> float:
@@ -104,9 +107,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="the workflow configuration whose data, split and features the bench uses")
     parser.add_argument("--snapshot", help="default: the configuration's data.snapshot")
     parser.add_argument("--model", default="model1", choices=sorted(PAPER_PARAMS))
-    parser.add_argument("--epochs", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--n-networks", type=int, default=50)
+    parser.add_argument("--epochs", type=positive_int, default=1000)
+    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
+    parser.add_argument("--n-networks", type=positive_int, default=50,
+                        help="copies of the benchmark network to time where the run has no trained ensemble")
     args = parser.parse_args(argv)
     setup_logging()
     torch.set_num_threads(args.threads)
@@ -153,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("the same training with bfloat16 matmuls (train.precision: bfloat16)")
         mixed = train_network(x["train"], y["train"], x["val"], y["val"], params, replace(settings, precision="bfloat16"))
 
-    trained = load_ensemble(args.results, args.model)
+    trained = load_ensemble(args.results, args.model, seeds(config))
     val_features = args.results / "features" / args.model / "val.parquet"
     if len(trained) >= 2 and val_features.exists():
         # the run's own validation features: its configuration may differ from the bench's

@@ -30,8 +30,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # The libraries whose arithmetic or file formats the results carry: upgrading one in `.venv` may
 # move a number, so it reruns the jobs as a code edit does. Not Snakemake, tqdm or the MP client
 # (mp-api's download is checked by its data, and a download reruns each time anyway).
-NUMERICAL_LIBRARIES = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "pyarrow", "pymatgen",
-                       "ax-platform", "botorch", "gpytorch", "matminer", "matplotlib", "joblib")
+NUMERICAL_LIBRARIES = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "pyarrow", "pymatgen", "pymatgen-core",
+                       "ax-platform", "botorch", "gpytorch", "linear_operator", "matminer", "matplotlib", "joblib")
 
 _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 

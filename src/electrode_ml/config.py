@@ -44,6 +44,22 @@ def validate_config(config: dict, schema: Path = SCHEMA) -> None:
     check_schema(config, schema)
     validate(config, str(schema))  # cannot fail after check_schema; it fills in the defaults
     check_config(config)
+    in_schema_order(config, yaml.safe_load(Path(schema).read_text()))
+
+
+def in_schema_order(config: dict, schema: dict) -> None:
+    """Put every section's keys in the schema's order (config.yaml's), in place.
+
+    Snakemake records a rule's params by their text, and merges config.yaml into a ``--configfile``,
+    so a section the file names had its keys first: restating ``split.seed: 42`` reran 174 jobs.
+    """
+    properties = schema.get("properties", {})
+    rank = {key: index for index, key in enumerate(properties)}
+    for key in sorted(config, key=lambda key: rank.get(key, len(rank))):  # free keys keep their order
+        config[key] = config.pop(key)
+    for key, value in config.items():
+        if isinstance(value, dict) and key in properties:
+            in_schema_order(value, properties[key])
 
 
 # "integer" as YAML writes it: JSON Schema counts 500.0 as an integer, and such a float then reached
@@ -176,6 +192,16 @@ def model_train_settings(train: dict, model: str) -> dict:
     return {**settings, "huber_delta": {model: deltas[model]} if deltas.get(model) is not None else {}}
 
 
+def model_feature_settings(features: dict, model: str) -> dict:
+    """The ``features`` section as one network model's featuriser reads it (why: model_train_settings):
+    the DFT scaling only for feature set 2, the space groups' PCA variance only with that block."""
+    from electrode_ml.models import uses_dft
+
+    unread = ({"dft_scaling"} if not uses_dft(model) else set()) | (
+        {"space_group_variance"} if not features["space_groups"] else set())
+    return {key: value for key, value in features.items() if key not in unread}
+
+
 def cuda_visible(environ=os.environ) -> bool:
     """Whether this host shows an NVIDIA GPU, checked without importing torch in the scheduler."""
     visible = environ.get("CUDA_VISIBLE_DEVICES")
@@ -184,10 +210,25 @@ def cuda_visible(environ=os.environ) -> bool:
     return bool(glob.glob(os.path.join(os.sep, "dev", "nvidia[0-9]*")))
 
 
-def gpu_per_job(config: dict) -> int:
-    """GPUs a training or tuning job declares: 1 on CUDA, so ``--resources gpu=K`` runs K at a time."""
+def torch_has_cuda(torch_version: str | None = None) -> bool:
+    """Whether the installed torch is a CUDA build, read from its version without importing it: PyTorch's
+    CPU wheels (what `make venv` installs from a local wheel or TORCH_INDEX) end in ``+cpu``."""
+    from importlib import metadata
+
+    if torch_version is None:
+        try:
+            torch_version = metadata.version("torch")
+        except metadata.PackageNotFoundError:
+            return False
+    return not torch_version.endswith("+cpu")
+
+
+def gpu_per_job(config: dict, environ=os.environ, torch_version: str | None = None) -> int:
+    """GPUs a training or tuning job declares: 1 on CUDA, so ``--resources gpu=K`` runs K at a time.
+    With ``auto``, a GPU that a CPU build of torch cannot use books none: such jobs train on the CPU,
+    and holding a GPU each ran them K at a time beside idle cores."""
     device = config["train"]["device"]
-    return int(device == "cuda" or (device == "auto" and cuda_visible()))
+    return int(device == "cuda" or (device == "auto" and cuda_visible(environ) and torch_has_cuda(torch_version)))
 
 
 def check_gpu_requests(config: dict, set_resources: dict, environ=os.environ) -> None:

@@ -133,6 +133,14 @@ def _open_lock(path: Path) -> int:
     return descriptor
 
 
+def describe_device(device: str) -> str:
+    """The hardware a job's networks ran on, in words: the report names it from the timing job,
+    since on a cluster the report itself runs on the login node, which has no GPU."""
+    if torch.device(device).type == "cuda":
+        return f"CUDA: {torch.cuda.get_device_name(torch.device(device))}"
+    return f"CPU only ({len(os.sched_getaffinity(0))} cores)"
+
+
 @contextmanager
 def job_device(preference: str = "auto") -> Iterator[str]:
     """The torch device string for one job: a claimed ``cuda:i`` or ``cpu``."""

@@ -256,8 +256,10 @@ def add_prediction_intervals(summary: pd.DataFrame, level: float = 0.95,
 
 
 def coverage(summary: pd.DataFrame) -> dict:
-    """Share of DFT values inside each interval kind, per split and target."""
-    kinds = [("ci", "ci_low", "ci_high")] + ([("pi", "pi_low", "pi_high")] if "pi_low" in summary else [])
+    """Share of DFT values inside each interval kind, per split and target. One model (the peer
+    baseline, n = 1) has no CI of a mean: its "CI" is the point itself, so no CI coverage."""
+    has_ci = "n" not in summary or (summary["n"] > 1).any()
+    kinds = ([("ci", "ci_low", "ci_high")] if has_ci else []) + ([("pi", "pi_low", "pi_high")] if "pi_low" in summary else [])
     result: dict = {}
     for kind, low, high in kinds:
         inside = (summary["true"] >= summary[low]) & (summary["true"] <= summary[high])

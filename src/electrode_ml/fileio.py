@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -73,7 +74,7 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike, **kwargs: Any) -> No
 
 def write_json(data: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+        tmp.write_text(json.dumps(_strict(data), indent=2, sort_keys=False, allow_nan=False, default=_jsonable) + "\n")
 
 
 def write_bytes(data: bytes, path: str | os.PathLike) -> None:
@@ -96,11 +97,21 @@ def file_sha256(path: str | os.PathLike) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def _strict(value: Any) -> Any:
+    """NaN and infinities (an undefined r, an interval too few rows calibrate) as null: Python's
+    NaN and Infinity are not JSON, and other readers (jq, JavaScript, R's jsonlite) refuse the file."""
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return _strict(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} as JSON")

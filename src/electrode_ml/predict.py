@@ -314,7 +314,8 @@ class TrainedEnsemble:
             columns[f"{target}_std"] = std[:, index]
             columns[f"{target}_ci_low"] = mean[:, index] - half[:, index]
             columns[f"{target}_ci_high"] = mean[:, index] + half[:, index]
-            quantile = self.intervals["quantile"][target]
+            quantile = {source: np.inf if value is None else value  # null: too few rows to calibrate
+                        for source, value in self.intervals["quantile"][target].items()}
             by_source = np.where(held[:, index], quantile.get("physics", np.inf), quantile["network"])
             pi_half = by_source * interval_scale(std[:, index], self.intervals["spread_floor"][target])
             columns[f"{target}_pi_low"] = mean[:, index] - pi_half

@@ -72,7 +72,7 @@ def software_versions() -> dict[str, str]:
         import torch
 
         versions["compute"] = (f"CUDA: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available()
-                               else f"CPU only ({os.cpu_count()} cores)")
+                               else f"CPU only ({os.cpu_count()} cores)") + " (the report's host)"
     except Exception:  # pragma: no cover - torch is a hard dependency
         pass
     versions["platform"] = platform.platform()
@@ -137,6 +137,9 @@ def collect(input, params) -> dict:
     for name, reader in optional.items():
         path = get(name)
         context[name] = reader(path) if _exists(path) else None
+    timing = context["timing"]
+    if timing is not None and "compute" in timing:  # where the networks were timed, not this job's host
+        context["versions"]["compute"] = ", ".join(timing["compute"].dropna().unique())
     context["peer"] = _json(get("peer"))
     context["group"] = _group_metrics(_many(input, "group"))
     context["physics"] = {m: _json(p) for m, p in _by_model(_many(input, "physics"), models).items() if _exists(p)}

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from threadpoolctl import threadpool_limits
+
 from electrode_ml import __version__
 from electrode_ml.errors import InputError
 
@@ -40,7 +42,10 @@ def run_step(smk: Any, step: Callable[..., Any]) -> None:
     log.info("rule %s, electrode-ml %s from %s", smk.rule, __version__, Path(__file__).resolve().parent)
     started = time.perf_counter()
     try:
-        step(smk.input, smk.output, smk.params, smk.threads, wildcards=smk.wildcards)
+        # the job's threads for scikit-learn's OpenMP and numpy's BLAS too: Snakemake sets OMP_NUM_THREADS
+        # for shell rules only, and the voltage trees took every core beside the other jobs' networks
+        with threadpool_limits(limits=max(int(smk.threads), 1)):
+            step(smk.input, smk.output, smk.params, smk.threads, wildcards=smk.wildcards)
     except InputError as error:
         log.error("%s", error)
         print(f"electrode-ml: error: {error}", file=sys.stderr)

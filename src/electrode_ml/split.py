@@ -8,6 +8,9 @@ import pandas as pd
 from electrode_ml.errors import InputError
 
 SPLITS = ("train", "val", "test")
+# The 95 % prediction intervals are calibrated on the validation split: their quantile is its
+# ceil((n + 1) 0.95)-th smallest score, which exists from n = 19 on (below, every interval is infinite).
+MIN_VALIDATION_ROWS = 19
 
 
 def split_sizes(n_rows: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
@@ -64,4 +67,8 @@ def make_split(electrodes: pd.DataFrame, *, method: str, fractions, seed: int) -
     if empty:
         raise InputError(f"config key split.fractions: {list(fractions)} leave the {' and '.join(empty)} split(s) "
                          f"of the {len(split)} electrodes empty ({method} split)")
+    if sizes["val"] < MIN_VALIDATION_ROWS:
+        raise InputError(f"config key split.fractions: {list(fractions)} leave {sizes['val']} of the {len(split)} "
+                         f"electrodes in the val split ({method} split); the 95 % prediction intervals are "
+                         f"calibrated on it and need at least {MIN_VALIDATION_ROWS}")
     return split

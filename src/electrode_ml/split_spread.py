@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from electrode_ml.cli import positive_int
 from electrode_ml.config import load_config, seed_range
 from electrode_ml.devices import job_device
 from electrode_ml.errors import InputError
@@ -93,8 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="model2", choices=KNOWN_MODELS)
     parser.add_argument("--split-seeds",
                         help="comma-separated; default: the configuration's split.seed and seven others from 1 on")
-    parser.add_argument("--networks", type=int, default=10, help="networks per split (the train jobs' first seeds)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--networks", type=positive_int, default=10,
+                        help="networks per split (the train jobs' first seeds)")
+    parser.add_argument("--threads", type=positive_int, default=1)
     args = parser.parse_args(argv)
     setup_logging()
     try:

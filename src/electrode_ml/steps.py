@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from electrode_ml.devices import job_device
+from electrode_ml.devices import describe_device, job_device
 from electrode_ml.fileio import atomic_path, file_sha256, read_json, write_csv, write_json, write_parquet
 from electrode_ml.model import NetworkParams, TrainSettings, predict, train_network
 from electrode_ml.tables import frame_matrices, seed_predictions
@@ -174,6 +174,9 @@ def trial_fidelity(settings: TrainSettings) -> dict:
     if settings.matmul_library() != "torch":
         # a tuning stopped on one kind of CPU and resumed on another would mix two libraries' rounding
         fidelity["matmul"] = settings.matmul_library()
+    if torch.device(settings.device).type != "cpu":
+        # nor may one stopped on a GPU node resume on a CPU node, or the other way round
+        fidelity["device"] = torch.device(settings.device).type
     return fidelity
 
 
@@ -199,8 +202,9 @@ def train_step(input, output, params, threads, wildcards=None, **_):
         network = train_network(x_train, y_train, x_val, y_val, network_params, settings)
         predictions = seed_predictions(frames, lambda x: predict(network, x, device), seed)
     log.info("seed %d: best epoch %d of %d, %.1f s", seed, network.best_epoch, len(network.history), network.seconds)
-    with atomic_path(output.model) as tmp:
-        torch.save(network.to_checkpoint(), tmp)
+    # through a handle: torch names the archive's entries after a path, here the random temporary one
+    with atomic_path(output.model) as tmp, open(tmp, "wb") as handle:
+        torch.save(network.to_checkpoint(), handle)
     write_csv(network.history, output.history)
     write_parquet(predictions, output.predictions)
 
@@ -226,8 +230,6 @@ def ensemble_step(input, output, params, threads, **_):
 
 def peer_gbm_step(input, output, params, threads, **_):
     """The peer baseline (peer.py), written as the ensemble rule writes a model, to join its comparison."""
-    from threadpoolctl import threadpool_limits
-
     from electrode_ml import peer
 
     electrodes = pd.read_parquet(input.electrodes)
@@ -237,9 +239,8 @@ def peer_gbm_step(input, output, params, threads, **_):
     log.info("%s: %d features (Magpie of both formulas, ion, crystal systems, space groups); "
              "HistGradientBoostingRegressor %s, seed %d",
              peer.MODEL, len(peer.feature_columns(frames["train"])), {"max_iter": max_iter, **peer.GBM_PARAMS}, seed)
-    with threadpool_limits(limits=max(int(threads), 1)):
-        predictions = peer.fit_predict_gbm(frames["train"], frames, seed, max_iter)
-        spread = peer.fit_predict_spread(frames["train"], frames, seed, max_iter)
+    predictions = peer.fit_predict_gbm(frames["train"], frames, seed, max_iter)
+    spread = peer.fit_predict_spread(frames["train"], frames, seed, max_iter)
     summary, metrics = peer.summarise(frames, predictions, seed, spread)
     _write_ensemble(output, peer.MODEL, summary, metrics, learned="gradient-boosted trees on Magpie features")
 
@@ -392,7 +393,8 @@ def timing_step(input, output, params, threads, wildcards=None, **_):
             tables.append(timing.timing_table(
                 model, tune_s, [timing.read_benchmark(path) for path in train_files.get(base, [])], prediction,
                 tune_note=note, include_training=not is_physics_model(model), device=device))
-    write_csv(pd.concat(tables, ignore_index=True), output.timing)
+        compute = describe_device(device)
+    write_csv(pd.concat(tables, ignore_index=True).assign(compute=compute), output.timing)
 
 
 def report_step(input, output, params, threads, wildcards=None, **_):

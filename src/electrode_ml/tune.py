@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from electrode_ml.fileio import atomic_path, temporary_pattern, write_text
+from electrode_ml.fileio import atomic_path, file_sha256, temporary_pattern, write_text
 
 log = logging.getLogger("electrode_ml.tune")
 
@@ -84,8 +84,8 @@ class SearchSpace:
             raise ValueError(f"search space lr: log scale needs low > 0, got {lr!r}")
         if any(isinstance(u, bool) or int(u) != u for u in units) or units[0] < 1:
             raise ValueError(f"search space units: need positive integers, got {units!r}")
-        if dropout[0] < 0 or dropout[1] >= 1:
-            raise ValueError(f"search space dropout: need 0 <= low < high < 1, got {dropout!r}")
+        if dropout[0] < 0 or dropout[1] > 0.99:  # as the config's schema: 0.998 and over drops every unit
+            raise ValueError(f"search space dropout: need 0 <= low < high <= 0.99, got {dropout!r}")
         object.__setattr__(self, "lr", lr)
         object.__setattr__(self, "units", (int(units[0]), int(units[1])))
         object.__setattr__(self, "dropout", dropout)
@@ -142,8 +142,9 @@ def run_tuning(
     The saved state must come from the same ``name``, ``space`` and ``seed``, and, when
     ``objective_key`` is given, from an objective with the same key (the caller's fingerprint
     of what a trial scores: its data and fidelity; the scores of another objective are not
-    comparable). Otherwise ``TuningStateMismatch``, or, with ``restart_mismatched``, a warning
-    and a new tuning whose first save replaces the old state. A saved tuning with more completed
+    comparable). Otherwise ``TuningStateMismatch`` (a state that cannot be read: ``ValueError``),
+    or, with ``restart_mismatched``, a warning, the old state set aside (:func:`_set_aside`) and a
+    set-aside tuning of this objective resumed, or a new one started. A saved tuning with more completed
     trials than ``trials`` is not tuned further: its first ``trials`` completed trials count, and
     ``trials_csv`` lists them (the state keeps the rest for a later run that asks for more).
 
@@ -176,11 +177,12 @@ def run_tuning(
         if state_path.exists():
             try:
                 client = _load_client(state_path, space=space, name=name, seed=seed, objective_key=objective_key)
-            except TuningStateMismatch as exc:
+            except ValueError as exc:  # another objective's (TuningStateMismatch), or unreadable
                 if not restart_mismatched:
                     raise
                 kept = _set_aside(state_path)
-                log.warning("%s: set aside as %s; this tuning resumes from it or starts anew", exc.reasons, kept)
+                log.warning("%s: set aside as %s; this tuning resumes from it or starts anew",
+                            getattr(exc, "reasons", exc), kept)
         if client is None and restart_mismatched:
             client = _resume_set_aside(state_path, space=space, name=name, seed=seed, objective_key=objective_key)
         if client is not None:
@@ -328,7 +330,7 @@ def _set_aside(state_path: Path) -> Path:
     config changed and changed back resumes it instead of tuning its 30 trials again."""
     folder = set_aside_folder(state_path)
     folder.mkdir(exist_ok=True)
-    digest = hashlib.sha256(state_path.read_bytes()).hexdigest()[:16]
+    digest = file_sha256(state_path)[:16]
     kept = folder / f"{state_path.stem}.{digest}{state_path.suffix}"
     os.replace(state_path, kept)
     return kept

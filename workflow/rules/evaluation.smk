@@ -20,7 +20,7 @@ rule group_evaluation:
         variants=lambda wildcards: variants_of(wildcards.model, MODELS),
         seeds=group_seeds(config),
         split=config["split"],
-        features=config["features"],
+        features=lambda wildcards: model_feature_settings(config["features"], wildcards.model),
         train=lambda wildcards: model_train_settings(config["train"], wildcards.model),
         trees=lambda wildcards: voltage_tree_settings(variants_of(wildcards.model, MODELS),
                                                       config["voltage_trees"]),

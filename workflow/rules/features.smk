@@ -18,7 +18,7 @@ rule features:
     params:
         code=CODE_VERSION["features"],
         model=lambda wildcards: wildcards.model,
-        features=config["features"],
+        features=lambda wildcards: model_feature_settings(config["features"], wildcards.model),
     threads: 1
     priority: LONG_JOB_PRIORITY
     conda:

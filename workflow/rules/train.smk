@@ -13,6 +13,7 @@ rule train:
         predictions=f"{RESULTS}/train/{{model}}/seed_{{seed}}/predictions.parquet",
     wildcard_constraints:
         model=NETWORK_MODELS,
+        seed=r"0|[1-9]\d*",  # seed_07 would train seed 7 again into a stray folder
     log:
         f"{RESULTS}/logs/train/{{model}}/seed_{{seed}}.log",
     benchmark:
