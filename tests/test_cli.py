@@ -796,3 +796,17 @@ def test_paths_the_system_refuses_and_an_interrupt_are_one_line(tiny_run, candid
     code, text = predict_in_process(capsys, candidates, out, results)
     assert code == 130 and "interrupted; no output written" in text and not out.exists()
 
+
+
+def test_candidates_with_a_space_group_no_training_electrode_had_are_warned_about(caplog):
+    """A run with features.space_groups: such a group is encoded as none at all (features.unseen_space_groups)."""
+    from electrode_ml.candidates import warn_outside_training
+
+    wide = pd.DataFrame({"battery_id": ["a", "b", "c"], "unseen_elements": ["", "", ""],
+                         "unseen_space_groups": ["", "charge:56", "discharge:8"],
+                         "implausible_values": ["", "", ""],
+                         **{f"{target}_source": ["network", "network", "physics"] for target in TARGETS}})
+    with caplog.at_level("WARNING", logger="electrode_ml.candidates"):
+        warn_outside_training(wide)
+    # c's values all come from physics, which reads no space group
+    assert "1 candidate(s) have space groups that no training electrode had (charge:56)" in caplog.text

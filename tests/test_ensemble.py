@@ -154,6 +154,9 @@ def test_rows_outside_the_training_data_are_flagged_and_scored_apart():
     assert marked["unseen_elements"].tolist() == ["", "", "Pu", "Pu", "", ""]
     # b's capacity comes from physics, which does not depend on the elements seen in training
     assert outside_training(marked).tolist() == [False, False, True, False, True, True]
+    # with the space groups as inputs, a's unseen group flags its network values too (physics: not b's capacity)
+    groups = mark_applicability(summary, flags.assign(unseen_space_groups=["charge:56", "discharge:8", ""]))
+    assert outside_training(groups).tolist() == [True, True, True, False, True, True]
     scored = outside_training_metrics(marked)["test"]
     assert scored["average_voltage"]["rows"] == 2 and scored["average_voltage"]["battery_ids"] == ["b", "c"]
     assert scored["average_voltage"]["mae"] == pytest.approx(0.75)

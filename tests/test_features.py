@@ -167,6 +167,37 @@ def test_elements_no_training_formula_held_are_invisible_and_flagged(electrodes,
     assert unseen_elements(featurizer, candidates) == ["", "Pu", "Np"]
 
 
+def test_space_groups_no_training_electrode_had_are_invisible_and_flagged(electrodes, split):
+    """A space group absent from training was encoded as no space group at all, and flagged nowhere."""
+    from electrode_ml.features import applicability
+
+    featurizer = fit_feature_sets(electrodes, split, "model1", space_groups=True)[0]
+    train = electrodes[electrodes["battery_id"].isin(split.loc[split["split"] == "train", "battery_id"])]
+    seen_charge = set(train["charge_space_group_number"])
+    unseen = next(group for group in range(1, 231) if group not in seen_charge)
+    olivine = train.head(1)
+    candidates = pd.concat([olivine, olivine.assign(charge_space_group_number=unseen)])
+    flags = applicability(featurizer, candidates)
+    assert list(flags["unseen_space_groups"]) == ["", f"charge:{unseen}"]
+    # why: its one-hot column was constant zero at fit time, so the PCA gives it no weight
+    other = next(group for group in range(unseen + 1, 231) if group not in seen_charge)
+    features = featurizer.transform(pd.concat([candidates.tail(1), olivine.assign(charge_space_group_number=other)]))
+    np.testing.assert_allclose(features[0], features[1], rtol=0, atol=1e-12)
+    without = fit_feature_sets(electrodes, split, "model1", space_groups=False)[0]
+    assert "unseen_space_groups" not in applicability(without, candidates)
+
+
+def test_features_json_names_the_scaling_steps_in_the_order_they_ran(electrodes, split):
+    """`after_pca` was described as "min-max and PCA", the order of the default."""
+    for scaling, order in (("before_pca", "min-max then PCA"), ("after_pca", "PCA then min-max")):
+        featurizer = fit_feature_sets(electrodes, split, "model2", formula_scaling=scaling, space_groups=False)[0]
+        blocks = describe_features(featurizer)["blocks"]
+        assert blocks["formula_charge"]["origin"].endswith(order)
+        assert blocks["dft"]["origin"].endswith("min-max then standardised")
+    minmax = fit_feature_sets(electrodes, split, "model2", dft_scaling="minmax", space_groups=False)[0]
+    assert describe_features(minmax)["blocks"]["dft"]["origin"].endswith("), min-max")
+
+
 def test_dft_values_outside_the_training_range_are_flagged(electrodes, split):
     featurizer = fit_feature_sets(electrodes, split, "model2", space_groups=True)[0]
     train = electrodes[electrodes["battery_id"].isin(split.loc[split["split"] == "train", "battery_id"])]

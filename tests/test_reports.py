@@ -301,6 +301,27 @@ def test_the_glance_counts_the_paper_models_apart_and_exact_physics_not_at_all()
     assert "reproduced, match or beat it in <b>4 of 6</b>" in page
     assert "physics models beyond it" not in page  # every model2_phys cell is exact physics
     assert page.count("<b>exact</b> (physics)") == 6 and "-100%" not in page
+    # the per-model tables say so too, with no best seed picked among round-offs
+    accuracy = report.section_accuracy({**context, "parity": {}, "errors": {},
+                                        "config": {"features": {"space_groups": False, "dft_scaling": "standard"}}})
+    physics = accuracy.split("<h3>model2_phys</h3>")[1]
+    assert physics.count("<b>exact</b> (physics)") == 6 and "seed 0" not in physics and "-100%" not in physics
+    assert "seed 0" in accuracy.split("<h3>model2_phys</h3>")[0]
+
+
+def test_the_contribution_section_shows_the_test_ranking_and_a_range_that_crosses_1():
+    """Validation also stops each network early: its ranking was the only one shown; and a bound of
+    1.000019 printed 1.0000, a range the text said crosses 1."""
+    summary = pd.DataFrame({"group": ["ion type", "formation energy", "Fermi level"], "n_removed": [10, 2, 2],
+                            "n_seeds": 3, "contribution_mean": [1.0043, 1.0032, 0.9990],
+                            "contribution_std": [0.001, 0.001, 0.001], "contribution_min": [1.002, 1.001, 0.9973],
+                            "contribution_max": [1.006, 1.005, 1.000019],
+                            "contribution_test_mean": [1.0039, 1.0087, 0.9995],
+                            **{f"val_r_{t}_without": 0.98 for t in TARGETS}})
+    page = report.section_contribution({"contribution": summary})
+    assert "0.997300 – 1.000019" in page
+    assert "on the held-out test split the top three are formation energy, ion type, Fermi level (2 of 3 groups above 1)" in page
+    assert "<th>On the test split</th>" in page and "1.0087" in page
 
 
 def test_the_largest_validation_errors_and_the_rmse_without_them():

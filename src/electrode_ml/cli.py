@@ -34,7 +34,9 @@ OUTPUT_COLUMNS = ("Output per candidate: for each target (average_voltage, capac
                   "_std, the paper's CI of the mean (_ci_low, _ci_high), the calibrated 95 % interval (_pi_low, "
                   "_pi_high) and _source (physics or network); physics_note (physics models: why the physics "
                   "did not apply); unseen_elements (elements no training formula held: the networks cannot see "
-                  "them); dft_outside_training (model2 variants: DFT fields outside the training range); "
+                  "them); unseen_space_groups (runs with features.space_groups: the space groups no training "
+                  "electrode had, as charge:N discharge:N); dft_outside_training (model2 variants: DFT fields "
+                  "outside the training range); "
                   "implausible_values (targets whose mean no electrode can have: voltage outside "
                   f"{PLAUSIBLE_VOLTAGE_TEXT}, capacity below 0).")
 
@@ -209,12 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     common(commands.add_parser("predict", help="mean, paper CI and calibrated 95 %% interval per target",
                                epilog=OUTPUT_COLUMNS))
-    screen = commands.add_parser("screen", help="predict, then apply the paper's filter (Table 5)",
+    screen = commands.add_parser("screen", help="predict, then apply the paper's thresholds (Table 5; with "
+                                                 "--ion Na, its whole filter)",
                                  epilog=OUTPUT_COLUMNS + " screen adds passes and passes_at_pi_low, and names the "
                                         "passing candidates either flag marks.")
     common(screen)
     screen.add_argument("--ion", choices=WORKING_IONS, metavar="ION",
-                        help=f"keep only candidates of this working ion ({', '.join(WORKING_IONS)}; default all)")
+                        help=f"keep only candidates of this working ion ({', '.join(WORKING_IONS)}; default all; "
+                             f"the paper screened Na)")
     for name, what in (("voltage", "average voltage"), ("capacity", "capacity"), ("energy", "specific energy")):
         default = DEFAULT_NA_THRESHOLDS[name]
         screen.add_argument(f"--{name}", type=threshold, default=default,

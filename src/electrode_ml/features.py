@@ -24,15 +24,15 @@ from electrode_ml.redox import FEATURE_NAMES as REDOX_FEATURES
 from electrode_ml.redox import redox_features
 from electrode_ml.schema import CRYSTAL_SYSTEMS, TARGETS, WORKING_IONS
 
-# Human-readable origin of each transformer block, written into features.json.
+# Human-readable origin of each transformer block, written into features.json; "{steps}" is the
+# block's fitted steps after the first, in order (block_origin).
 ORIGINS = {
-    "formula_charge": "charged formula: element fractions over 118 elements, min-max and PCA",
-    "formula_discharge": "discharged formula: element fractions over 118 elements, min-max and PCA",
+    "formula_charge": "charged formula: element fractions over 118 elements, {steps}",
+    "formula_discharge": "discharged formula: element fractions over 118 elements, {steps}",
     "crystal_system": "crystal system of charged and discharged material, one-hot",
     "space_group": "space group of charged and discharged material, one-hot -> PCA",
     "working_ion": "working ion, one-hot",
-    "dft": "DFT property (formation energy, band gap, Fermi level, energy per atom, stability), min-max "
-           "(then standardised, with features.dft_scaling: standard)",
+    "dft": "DFT property (formation energy, band gap, Fermi level, energy per atom, stability), {steps}",
     "redox": "oxidation-state chemistry of both formulas (redox couple, anions; redox.py), standardised",
 }
 
@@ -214,15 +214,47 @@ def dft_outside_training(featurizer: ColumnTransformer, electrodes: pd.DataFrame
     return [" ".join(scaler.feature_names_in_[row]) for row in outside]
 
 
+def unseen_space_groups(featurizer: ColumnTransformer, electrodes: pd.DataFrame) -> list[str] | None:
+    """Per electrode, its space groups no training electrode had at that end, as ``charge:56
+    discharge:108`` ('' when none); None without the space-group block (``features.space_groups``).
+
+    Such a group's one-hot column was constant zero at fit time, so the PCA maps it to the point of
+    no space group at all: the networks cannot tell it, as with an element no training formula held.
+    """
+    if "space_group" not in featurizer.named_transformers_:
+        return None
+    seen = featurizer.named_transformers_["space_group"].named_steps["pca"].mean_.reshape(2, 230) > 0
+    flagged = []
+    for charge, discharge in zip(electrodes["charge_space_group_number"], electrodes["discharge_space_group_number"]):
+        flagged.append(" ".join(f"{end}:{int(group)}" for end, group, row in (("charge", charge, 0), ("discharge", discharge, 1))
+                                if not seen[row, int(group) - 1]))
+    return flagged
+
+
 def applicability(featurizer: ColumnTransformer, electrodes: pd.DataFrame) -> pd.DataFrame:
     """Per electrode, what the training data cannot vouch for: ``battery_id``, ``unseen_elements``
-    and, for a feature set with DFT, ``dft_outside_training`` (the two functions above)."""
+    and, for a feature set with DFT, ``dft_outside_training``, with space groups ``unseen_space_groups``
+    (the functions above)."""
     flags = pd.DataFrame({"battery_id": electrodes["battery_id"].to_numpy(),
                           "unseen_elements": unseen_elements(featurizer, electrodes)})
     outside = dft_outside_training(featurizer, electrodes)
     if outside is not None:
         flags["dft_outside_training"] = outside
+    groups = unseen_space_groups(featurizer, electrodes)
+    if groups is not None:
+        flags["unseen_space_groups"] = groups
     return flags
+
+
+STEP_NAMES = {"minmax": "min-max", "pca": "PCA", "standardise": "standardised"}
+
+
+def block_origin(name: str, transformer) -> str:
+    """The block's origin with its scaling steps in the order they ran: ``features.formula_scaling``
+    puts the formulas' min-max before or after the PCA, ``features.dft_scaling`` standardises the DFT."""
+    steps = transformer.steps if isinstance(transformer, Pipeline) else []
+    scaling = [STEP_NAMES[step] for step, _ in steps if step in STEP_NAMES]
+    return ORIGINS[name].format(steps=" then ".join(scaling))
 
 
 def describe_features(featurizer: ColumnTransformer) -> dict:
@@ -233,8 +265,9 @@ def describe_features(featurizer: ColumnTransformer) -> dict:
         if name == "remainder":
             continue
         out_names = list(transformer.get_feature_names_out())
-        columns += [{"column": f"{name}__{out}", "block": name, "origin": ORIGINS[name]} for out in out_names]
-        blocks[name] = {"inputs": list(inputs), "n_out": len(out_names), "origin": ORIGINS[name]}
+        origin = block_origin(name, transformer)
+        columns += [{"column": f"{name}__{out}", "block": name, "origin": origin} for out in out_names]
+        blocks[name] = {"inputs": list(inputs), "n_out": len(out_names), "origin": origin}
         if isinstance(transformer, Pipeline) and "pca" in transformer.named_steps:
             pca = transformer.named_steps["pca"]
             blocks[name]["pca"] = {

@@ -71,7 +71,8 @@ def features_step(input, output, params, threads, wildcards=None, **_):
         write_parquet(frame, output[name])
     with atomic_path(output.transformers) as tmp:
         joblib.dump(featurizer, tmp)
-    write_json(description, output.description)
+    # the options too: which scaling and blocks the columns above come from
+    write_json({**description, "options": dict(params.features)}, output.description)
 
 
 def physics_step(input, output, params, threads, **_):
