@@ -112,3 +112,13 @@ def test_the_timed_ensemble_is_the_runs_seeds_not_every_seed_folder(tmp_path):
         torch.save(network.to_checkpoint(), tmp_path / "train" / "model1" / f"seed_{seed}" / "model.pt")
     loaded = bench.load_ensemble(tmp_path, "model1", [0, 1, 2])
     assert [network.params.units_1 for network in loaded] == [8, 8, 8]
+
+
+def test_the_training_flop_count_is_the_dense_layers_by_hand():
+    """4 inputs -> 5 -> 6 -> 7 -> 3 outputs: 20 + 30 + 42 + 21 = 113 multiply-adds a row forward.
+    Per training row: forward 226 FLOPs, weight gradients 226, input gradients 2 x (30 + 42 + 21) =
+    186 (the inputs need none); per validation row the forward alone."""
+    from electrode_ml.model import NetworkParams
+
+    params = NetworkParams(5, 6, 7, 0.0, 0.0, 0.0, 1e-3)
+    assert bench.training_flops(n_train=10, n_val=4, n_inputs=4, params=params, epochs=3) == 3 * (10 * (226 + 226 + 186) + 4 * 226)

@@ -469,6 +469,24 @@ def test_config_yaml_is_in_the_schemas_order_and_a_merged_config_is_put_back_in_
     assert repr(merged) == repr(config)
 
 
+def test_whole_numbers_in_number_fields_become_floats_and_integers_stay(config):
+    """config.yaml writes its number fields as floats; a config that writes 2 for 2.0 is made the same."""
+    from electrode_ml.config import validate_config
+
+    validated = copy.deepcopy(config)
+    validate_config(validated)
+    assert repr(validated) == repr(config)  # config.yaml is already in canonical form
+    config["screen"]["na"]["voltage"] = 2
+    config["data"]["voltage_window"] = [-1, 7]
+    config["train"]["huber_delta"] = {"model1": 1}
+    validate_config(config)
+    assert repr(config["screen"]["na"]["voltage"]) == "2.0"
+    assert repr(config["data"]["voltage_window"]) == "[-1.0, 7.0]"
+    assert repr(config["train"]["huber_delta"]["model1"]) == "1.0"
+    assert repr(config["train"]["n_seeds"]) == repr(validated["train"]["n_seeds"]) == "50"  # integers untouched
+    assert config["features"]["space_groups"] is False or config["features"]["space_groups"] is True
+
+
 def test_a_models_feature_settings_leave_out_what_its_featuriser_never_reads(config):
     from electrode_ml.config import model_feature_settings
 

@@ -165,11 +165,21 @@ def test_missing_column_is_named(small_raw):
 
 
 def test_ion_selection_and_voltage_window_are_counted_not_errors(small_raw):
-    small_raw.loc[0, "average_voltage"] = "7.5"
+    lithium = small_raw.index[small_raw["working_ion"] == "Li"]
+    outside = {lithium[0]: "7.5", lithium[1]: "7", lithium[2]: "-1", lithium[3]: "-1.5"}  # the window is open
+    inside = {lithium[4]: "6.99", lithium[5]: "-0.99"}
+    for row, voltage in {**outside, **inside}.items():
+        small_raw.loc[row, "average_voltage"] = voltage
     electrodes, report = validate(small_raw, ions=["Li", "Na"])
     assert set(electrodes["working_ion"]) <= {"Li", "Na"}
     assert report.dropped["working ion not selected"] == (~small_raw["working_ion"].isin(["Li", "Na"])).sum()
+    assert report.dropped["average_voltage outside window"] == len(outside)
+    kept = set(electrodes["battery_id"])
+    assert not kept & set(small_raw.loc[list(outside), "battery_id"])
+    assert set(small_raw.loc[list(inside), "battery_id"]) <= kept
     assert report.rows_out == len(electrodes)
+    _, wider = validate(small_raw, ions=["Li", "Na"], voltage_window=(-2, 8))
+    assert wider.dropped["average_voltage outside window"] == 0
 
 
 @pytest.mark.parametrize("content, words", [

@@ -48,6 +48,15 @@ def test_same_seed_same_network_other_seed_differs(data):
     assert not np.array_equal(predict(first, data[2]), predict(other, data[2]))
 
 
+def test_targets_are_standardised_on_the_training_split_alone(data):
+    """Validation rows of another scale must move neither the mean nor the spread the network learns in."""
+    x_train, y_train, x_val, y_val = data
+    network = train_network(x_train, y_train, x_val, y_val * 50 + 1000, PARAMS,
+                            TrainSettings(epochs=2, batch_size=64, seed=0, log_every=0))
+    np.testing.assert_allclose(network.target_mean, y_train.mean(axis=0))
+    np.testing.assert_allclose(network.target_std, y_train.std(axis=0))
+
+
 def test_lr_scale_multiplies_the_tuned_learning_rate(data):
     def trained(params, lr_scale):
         settings = TrainSettings(epochs=10, batch_size=64, lr_scale=lr_scale, seed=1, log_every=0)
@@ -702,3 +711,9 @@ def test_train_job_imports_no_featuriser_plotting_or_tuning_library():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert loaded == []
 
+
+
+@pytest.mark.parametrize("cores, words", [({0}, "CPU only (1 core)"), ({0, 1}, "CPU only (2 cores)")])
+def test_the_timing_jobs_hardware_is_named_in_words(monkeypatch, cores, words):
+    monkeypatch.setattr(devices.os, "sched_getaffinity", lambda pid: cores)
+    assert devices.describe_device("cpu") == words

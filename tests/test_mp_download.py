@@ -483,13 +483,11 @@ def test_many_faults_in_a_row_then_success(server, expected, caplog):
     # re-run: a reset (transport retry) then the answer.
     server.inject("insertion_electrodes", "429", "500", "slow", "truncated", "badjson", "reset")
     server.inject("summary", "503", "truncated", "reset")
-    started = time.monotonic()
     with caplog.at_level(logging.WARNING):
         table = download(server, timeout_s=SLOW_S / 3)
     pd.testing.assert_frame_equal(table, expected, check_exact=True)
     assert all(not pending for pending in server.faults.values())
     assert "retry" in caplog.text
-    assert time.monotonic() - started < 15
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -516,13 +514,11 @@ def test_closed_port_is_one_line_input_error_after_bounded_retries():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    started = time.monotonic()
     with pytest.raises(InputError) as caught:
         download_electrodes(IONS, WINDOW, api_key=FAKE_KEY, endpoint=f"http://127.0.0.1:{port}/",
                             max_retries=2, timeout_s=2.0)
     text = assert_one_line_error(caught.value)
     assert "could not reach" in text and "connection refused" in text and "after 2 retries" in text
-    assert time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize("fault, words", [("503", "HTTP 503"), ("badjson", "not valid JSON")])
@@ -558,11 +554,13 @@ def test_a_stalled_client_heartbeat_times_out_and_is_retried(server, expected, s
 
     bare_get = requests.get
     server.inject("heartbeat", *["ok"] * stalled, "stall")  # the first is the download's own probe
-    started = time.monotonic()
     table = download(server, timeout_s=SLOW_S / 2)
-    assert time.monotonic() - started < STALL_S / 2
     pd.testing.assert_frame_equal(table, expected, check_exact=True)
     assert server.faults["heartbeat"] == []
+    # the client gave up on the stalled request: it asked again before that answer could have come
+    heartbeats = server.hits("heartbeat")
+    assert heartbeats[stalled]["fault"] == "stall" and len(heartbeats) > stalled + 1
+    assert heartbeats[stalled + 1]["time"] < heartbeats[stalled]["time"] + STALL_S
     assert requests.get is bare_get  # the bounded get was only lent to the constructor
 
 

@@ -194,3 +194,20 @@ def test_physics_fitted_before_the_training_range_was_recorded_keeps_every_capac
     wrong = _rounded_ion_count()
     assert older.energy_range is None and older.reasons(wrong)[0] == IMPLAUSIBLE_DFT
     assert older.transform(wrong)[0, 1] == pytest.approx(36.5, abs=0.1)
+
+
+def test_the_physics_is_fitted_on_the_training_split_alone(electrodes):
+    """Validation and test rows whose energies imply another ion reference (and lie outside the
+    training range) must move neither the references nor the range the suspect check reads."""
+    from electrode_ml.physics import fit_physics
+
+    lithium = electrodes[electrodes["working_ion"] == "Li"].head(60).reset_index(drop=True)
+    labelled = lithium.assign(split=np.where(lithium.index < 20, "train", np.where(lithium.index < 40, "val", "test")))
+    held_out = labelled["split"] != "train"
+    shifted = labelled.copy()
+    shifted.loc[held_out, "discharge_energy_per_atom"] -= 0.5
+    physics, table = fit_physics(shifted, uses_voltage=True)  # held-out rows are the majority: a median of all moves
+    alone = PhysicsBaseline(uses_voltage=True).fit(labelled[~held_out])
+    assert physics.ion_references == pytest.approx(alone.ion_references)
+    assert physics.energy_range == alone.energy_range
+    assert list(table["battery_id"]) == list(labelled["battery_id"]) and list(table["split"]) == list(labelled["split"])

@@ -49,6 +49,24 @@ def test_a_network_model_is_titled_by_its_networks():
     plt.close(figure)
 
 
+def test_parity_panels_give_each_splits_r_and_the_identity_line():
+    summary = synthetic_summary()
+    summary.loc[(summary["split"] == "val") & (summary["target"] == "capacity_grav"), "mean"] *= -1  # r < 0 there
+    figure = plots.parity_figure(summary, "m")
+    for axis, target in zip(figure.axes, TARGETS):
+        part = summary[summary["target"] == target]
+        expected = [f"{name} (r = {np.corrcoef(points['true'], points['mean'])[0, 1]:.3f})"
+                    for split, (_, name) in plots.SPLIT_STYLE.items() if split in ("train", "val")
+                    for points in [part[part["split"] == split]]]
+        assert legend_texts(axis)[1:3] == expected
+        identity = next(line for line in axis.get_lines() if line.get_label() == "identity")
+        x, y = identity.get_data()
+        np.testing.assert_array_equal(x, y)
+        assert x[0] <= min(part["true"].min(), part["mean"].min()) and x[-1] >= max(part["true"].max(), part["mean"].max())
+    assert "-" in legend_texts(figure.axes[1])[2]
+    plt.close(figure)
+
+
 def test_physics_panels_say_physics_gives_every_row():
     summary = synthetic_summary(physics_targets=("capacity_grav",))
     voltage, capacity, energy = titles(plots.parity_figure(summary, "m", voltage_trees=True))

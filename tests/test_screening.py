@@ -247,3 +247,10 @@ def test_the_k_figure_says_how_often_the_ci_hides_behind_the_marker():
     wide = screening.k_substitution_figure(k_table(200.0), ["m"])
     assert wide._suptitle.get_text().endswith("within the marker for 0 % of the points")
     plt.close("all")
+
+
+def test_a_substitution_that_brings_a_negative_energy_nearer_zero_counts_as_lower():
+    """The mass effect shrinks a negative-voltage electrode's energy too: -50 -> -40 Wh/kg is lower."""
+    before = pd.Series([-50.0, 300.0, 200.0, -10.0])
+    after = pd.Series([-40.0, 250.0, 220.0, -30.0])
+    assert screening.lower_as_substituted(before, after) == 0.5

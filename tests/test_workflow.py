@@ -46,9 +46,12 @@ def snakemake(config: dict, workdir: Path, *args: str, check: bool = True,
               env: dict | None = None, sort_keys: bool = True) -> subprocess.CompletedProcess:
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=sort_keys))
+    # Run beside the results: Snakemake keeps its records (.snakemake/) in the working directory,
+    # which left thousands of files of every test run in the repository's.
     run = subprocess.run(
-        [sys.executable, "-m", "snakemake", *args, "--cores", "2", "--configfile", str(config_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=900, env=env,
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), *args, "--cores", "2",
+         "--configfile", str(config_path)],
+        cwd=Path(config["results"]).parent, capture_output=True, text=True, timeout=900, env=env,
     )
     if check and run.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}")
@@ -214,6 +217,7 @@ def test_physics_models_reuse_base_networks_and_keep_energy_consistent(tiny_run)
 
 def test_group_evaluation_runs_in_its_own_folder(tiny_run):
     _, results, _ = tiny_run
+    electrodes = pd.read_parquet(results / "data" / "electrodes.parquet")
     for base, variants in (("model1", {"model1"}), ("model1_redox", {"model1_phys"}), ("model2", {"model2", "model2_phys"})):
         metrics = json.loads((results / "group" / base / "metrics.json").read_text())
         assert set(metrics) == variants
@@ -225,6 +229,12 @@ def test_group_evaluation_runs_in_its_own_folder(tiny_run):
         assert ("voltage_trees" in metrics.get("model1_phys", {})) == (base == "model1_redox")
         predictions = pd.read_parquet(results / "group" / base / "predictions.parquet")
         assert set(predictions["model"]) == variants
+        # honest: every host framework on one side only (the random split shares hundreds)
+        frameworks = predictions.merge(electrodes[["battery_id", "framework_formula"]], on="battery_id")
+        assert len(frameworks) == len(predictions) and set(frameworks["split"]) == {"train", "val", "test"}
+        assert frameworks.groupby("framework_formula")["split"].nunique().max() == 1
+    random_split = pd.read_parquet(results / "split" / "split.parquet").merge(electrodes, on="battery_id")
+    assert random_split.groupby("framework_formula")["split"].nunique().max() > 1
 
 
 def test_split_spread_reproduces_the_run_on_its_own_split(tiny_run, capsys):
@@ -350,13 +360,23 @@ def test_another_models_loss_setting_reruns_only_that_models_jobs(tiny_run, tmp_
         assert planned_models(plan, rule) == {"model1_redox"}, rule
 
 
-def test_the_same_settings_in_another_key_order_rerun_nothing(tiny_run, tmp_path):
+def test_the_same_settings_in_another_key_order_or_number_type_rerun_nothing(tiny_run, tmp_path):
     """Snakemake compares params by their text and puts a --configfile's keys ahead of config.yaml's:
-    restating `split: {seed: 42}` in a file reran 174 of the 175 jobs."""
+    restating `split: {seed: 42}` in a file reran 174 of the 175 jobs, and `voltage: 2` for 2.0 the screen."""
     config, _, _ = tiny_run
+
+    def whole_numbers_as_ints(value):
+        if isinstance(value, dict):
+            return {key: whole_numbers_as_ints(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [whole_numbers_as_ints(item) for item in value]
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
     reordered = {section: dict(reversed(list(value.items()))) if isinstance(value, dict) else value
-                 for section, value in reversed(list(config.items()))}
+                 for section, value in reversed(list(whole_numbers_as_ints(config).items()))}
     assert list(reordered["split"]) != list(config["split"])
+    assert repr(reordered["screen"]["na"]["capacity"]) != repr(config["screen"]["na"]["capacity"])
+    assert repr(reordered["data"]["voltage_window"]) != repr(config["data"]["voltage_window"])
     assert "Nothing to be done" in snakemake(reordered, tmp_path, "-n", sort_keys=False).stdout
 
 

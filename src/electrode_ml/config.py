@@ -44,7 +44,9 @@ def validate_config(config: dict, schema: Path = SCHEMA) -> None:
     check_schema(config, schema)
     validate(config, str(schema))  # cannot fail after check_schema; it fills in the defaults
     check_config(config)
-    in_schema_order(config, yaml.safe_load(Path(schema).read_text()))
+    schema = yaml.safe_load(Path(schema).read_text())
+    in_schema_order(config, schema)
+    numbers_as_floats(config, schema)
 
 
 def in_schema_order(config: dict, schema: dict) -> None:
@@ -60,6 +62,29 @@ def in_schema_order(config: dict, schema: dict) -> None:
     for key, value in config.items():
         if isinstance(value, dict) and key in properties:
             in_schema_order(value, properties[key])
+
+
+def numbers_as_floats(value, schema: dict):
+    """Write every whole number in a ``number`` field as a float (2 -> 2.0), in place; returns ``value``.
+
+    Params are recorded as text, so ``screen.na.voltage: 2`` in place of config.yaml's ``2.0`` reran
+    the screen (and ``voltage_window: [-1, 7]`` every job) for the same thresholds.
+    """
+    if isinstance(value, dict):
+        patterns = schema.get("patternProperties", {})
+        for key, item in value.items():
+            matching = schema.get("properties", {}).get(key) or next(
+                (sub for pattern, sub in patterns.items() if re.search(pattern, str(key))), None)
+            if matching:
+                value[key] = numbers_as_floats(item, matching)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        value[:] = [numbers_as_floats(item, schema["items"]) for item in value]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        kinds = schema.get("type", [])
+        kinds = kinds if isinstance(kinds, list) else [kinds]
+        if "number" in kinds and "integer" not in kinds:
+            return float(value)
+    return value
 
 
 # "integer" as YAML writes it: JSON Schema counts 500.0 as an integer, and such a float then reached

@@ -138,7 +138,8 @@ def describe_device(device: str) -> str:
     since on a cluster the report itself runs on the login node, which has no GPU."""
     if torch.device(device).type == "cuda":
         return f"CUDA: {torch.cuda.get_device_name(torch.device(device))}"
-    return f"CPU only ({len(os.sched_getaffinity(0))} cores)"
+    cores = len(os.sched_getaffinity(0))
+    return f"CPU only ({cores} {'core' if cores == 1 else 'cores'})"
 
 
 @contextmanager

@@ -47,7 +47,8 @@ SPECTATORS = {"Li": 1, "Na": 1, "K": 1, "Rb": 1, "Cs": 1, "Be": 2, "Mg": 2, "Ca"
 REDOX_ELEMENTS = ("Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Nb", "Mo", "W", "Ru", "Ag", "Sn", "Sb",
                   "Bi", "Pb", "Ce", "Ta", "Re", "Tl", "Ge", "Te", "Pr", "Sm", "Eu", "Tb", "Yb", "U")
 ANION_ELEMENTS = ("O", "F", "Cl", "Br", "I", "S", "Se", "Te", "N", "P", "As", "C", "Si", "B", "Ge", "H")
-# No cation is oxidised beyond +8 (OsO4); a higher state means the rules do not fit the formula.
+# No cation is oxidised beyond +8 (OsO4), nor beyond its own highest known state (pymatgen's
+# max_oxidation_state: Cu +4, Au +5); a higher state means the rules do not fit the formula.
 MAX_STATE = 8
 # A couple's ionisation energy beyond an element's tabulated ones (never the cheapest step).
 UNTABULATED_EV = 200.0
@@ -129,12 +130,39 @@ def oxidise(redox_cations: dict[str, float], charge: float) -> dict[str, float]:
     return states
 
 
-def charge_balance(amounts: dict[str, float], working_ion: str) -> tuple[float, float, dict[str, float]]:
+def charge_balance(amounts: dict[str, float], working_ion: str,
+                   former_states: dict[str, int] | None = None) -> tuple[float, float, dict[str, float]]:
     """(anion charge, charge of the fixed cations, redox-capable cations) of one material.
 
-    Oxo-anion formers take their group state, stepped down where the oxygen leaves the redox
-    cations with less than +1 on average (or, without redox cations, the fixed ones unbalanced).
+    ``former_states`` gives the oxo/complex-anion formers' states (:func:`oxo_former_states`);
+    by default they are decided on this material alone.
     """
+    anion, fixed, formers, redox = _classify(amounts, working_ion)
+    states = former_states if former_states is not None else oxo_former_states(amounts, working_ion)
+    return anion, fixed + _former_charge(formers, states), redox
+
+
+def oxo_former_states(amounts: dict[str, float], working_ion: str) -> dict[str, int]:
+    """Each oxo/complex-anion former's state: its group state, stepped down where the oxygen
+    leaves the redox cations with less than +1 on average (or, without redox cations, the fixed
+    ones unbalanced).
+
+    An electrode's two ends share one framework, so :func:`electrode_features` decides these once,
+    on the discharged end (the one the +1 floor binds): decided per end, PS3 stepped P +5 -> +3
+    only on discharge and so oxidised Fe while it took up lithium.
+    """
+    anion, fixed, formers, redox = _classify(amounts, working_ion)
+    states = {symbol: OXO_FORMERS[symbol] for symbol in formers}
+    needed = sum(redox.values())  # at least +1 per redox cation, or exact balance without any
+    for symbol in sorted(formers, key=lambda name: -formers[name]):
+        if symbol in OXO_LOWER and anion - fixed - _former_charge(formers, states) < needed:
+            states[symbol] = OXO_LOWER[symbol]
+    return states
+
+
+def _classify(amounts: dict[str, float], working_ion: str
+              ) -> tuple[float, float, dict[str, float], dict[str, float]]:
+    """(anion charge, fixed cations' charge, oxo/complex-anion formers, redox cations)."""
     has_oxygen = "O" in amounts
     has_halide = any(symbol in HALIDES for symbol in amounts)
     has_chalcogen = any(symbol in ("S", "Se", "Te") for symbol in amounts)
@@ -159,16 +187,11 @@ def charge_balance(amounts: dict[str, float], working_ion: str) -> tuple[float, 
             fixed += SPECTATORS[symbol] * amount
         else:
             redox[symbol] = amount
-    states = {symbol: OXO_FORMERS[symbol] for symbol in formers}
-    needed = sum(redox.values())  # at least +1 per redox cation, or exact balance without any
-    for symbol in sorted(formers, key=lambda name: -formers[name]):
-        if symbol in OXO_LOWER and anion - fixed - _former_charge(formers, states) < needed:
-            states[symbol] = OXO_LOWER[symbol]
-    return anion, fixed + _former_charge(formers, states), redox
+    return anion, fixed, formers, redox
 
 
 def _former_charge(formers: dict[str, float], states: dict[str, int]) -> float:
-    return sum(states[symbol] * amount for symbol, amount in formers.items())
+    return sum(states.get(symbol, OXO_FORMERS[symbol]) * amount for symbol, amount in formers.items())
 
 
 @lru_cache(maxsize=65536)
@@ -181,8 +204,9 @@ def electrode_features(formula_charge: str, formula_discharge: str, working_ion:
     framework_atoms = sum(amount for symbol, amount in discharged.items() if symbol != working_ion)
     per_framework_atom = 1.0 / framework_atoms if framework_atoms > 0 else 0.0
 
-    anion, fixed_charged, redox = charge_balance(charged, working_ion)
-    _, fixed_discharged, _ = charge_balance(discharged, working_ion)
+    former_states = oxo_former_states(discharged, working_ion)
+    anion, fixed_charged, redox = charge_balance(charged, working_ion, former_states)
+    _, fixed_discharged, _ = charge_balance(discharged, working_ion, former_states)
     n_redox = sum(redox.values())
     left_charged, left_discharged = anion - fixed_charged, anion - fixed_discharged
     states_charged = oxidise(redox, left_charged)
@@ -216,7 +240,7 @@ def electrode_features(formula_charge: str, formula_discharge: str, working_ion:
         "log_framework_atoms": math.log1p(framework_atoms),
         "no_redox_cation": float(n_redox == 0),
         "charge_unbalanced": float(left_discharged < -1e-9 or (n_redox == 0 and abs(left_charged) > 1e-6)
-                                   or max(states_charged.values(), default=0.0) > MAX_STATE),
+                                   or any(state > _max_state(symbol) + 1e-6 for symbol, state in states_charged.items())),
         "couple_ionisation_energy": electron_weighted(couple_cost),
         "couple_state_from": electron_weighted(lambda symbol: states_charged[symbol]),
         "couple_state_to": electron_weighted(lambda symbol: states_discharged[symbol]),
@@ -235,6 +259,14 @@ def _shares(values: dict[str, float], total: float) -> list[float]:
         for symbol, value in values.items():
             shares[symbol if symbol in shares else "other"] += value / total
     return list(shares.values())
+
+
+@lru_cache(maxsize=None)
+def _max_state(symbol: str) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        known = Element(symbol).max_oxidation_state
+    return float(min(known, MAX_STATE)) if known and known > 0 else float(MAX_STATE)
 
 
 @lru_cache(maxsize=None)

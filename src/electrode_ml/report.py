@@ -164,7 +164,7 @@ def _glance_applications(context: dict) -> str:
         for model in context["models"]:
             if model in summary:
                 items.append(f"<li>Li → K, {esc(model)}: {fmt(summary[model]['fraction_k_below_li'] * 100 if summary[model]['fraction_k_below_li'] is not None else None, 0)} % "
-                             f"of {summary['n']} test Li electrodes predicted lower in energy as K (paper: K lower than Li).</li>")
+                             f"of {summary['n']} test Li electrodes predicted lower in energy as K, by magnitude (paper: K lower than Li).</li>")
     contribution = context.get("contribution")
     if contribution is not None and len(contribution):
         top = list(contribution["group"][:3])
@@ -700,7 +700,7 @@ def section_k(context: dict) -> str:
     if summary is None or frame is None:
         return '<p class="missing">No K substitution.</p>'
     models = context["models"]
-    header = ["Model", "Li electrodes", "Mean E, Li (Wh/kg)", "Mean E, K (Wh/kg)", "K predicted lower",
+    header = ["Model", "Li electrodes", "Mean E, Li (Wh/kg)", "Mean E, K (Wh/kg)", "K predicted lower (|E|)",
               "Median E_K / E_Li", "Mean V, Li → K (V)"]
     rows = []
     for model in models:

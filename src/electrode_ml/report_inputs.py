@@ -68,13 +68,11 @@ def _by_model(paths: Iterable[str], models: list[str]) -> dict[str, str]:
 def software_versions() -> dict[str, str]:
     """What the results were computed with: the versions the rules' ``code`` param holds, and Snakemake's."""
     versions = {**library_versions(), "snakemake": importlib.metadata.version("snakemake")}
-    try:
-        import torch
+    import torch
 
-        versions["compute"] = (f"CUDA: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available()
-                               else f"CPU only ({os.cpu_count()} cores)") + " (the report's host)"
-    except Exception:  # pragma: no cover - torch is a hard dependency
-        pass
+    from electrode_ml.devices import describe_device
+
+    versions["compute"] = describe_device("cuda:0" if torch.cuda.is_available() else "cpu") + " (the report's host)"
     versions["platform"] = platform.platform()
     return versions
 
