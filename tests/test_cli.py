@@ -112,6 +112,25 @@ def test_predict_flags_dft_values_outside_the_training_range(tiny_run, tmp_path,
     assert "DFT energies imply a voltage outside" in table["physics_note"][1]
 
 
+def test_values_that_overflow_once_scaled_are_bad_rows_naming_the_field(tiny_run, tmp_path, capsys):
+    """3.4e38 lies inside float32's range, so it passed the checks; standardised it overflowed and
+    the networks returned a constant (or NaN, by host), with no flag."""
+    _, results, _ = tiny_run
+    rows = pd.read_parquet(results / "data" / "electrodes.parquet").head(3)[candidate_columns("model2")]
+    rows = rows.reset_index(drop=True)
+    rows.loc[1, "charge_band_gap"] = 3.4e38
+    candidates, out = tmp_path / "candidates.csv", tmp_path / "out.csv"
+    rows.to_csv(candidates, index=False)
+    code, text = predict_in_process(capsys, candidates, out, results, model="model2")
+    assert_one_line_refusal(code, text, out, f"battery_id={rows['battery_id'][1]!r} (line 3), field 'charge_band_gap'",
+                            "beyond float32's range once scaled")
+    code, text = predict_in_process(capsys, candidates, out, results, "--skip-bad", model="model2")
+    assert code == 0, text
+    assert pd.read_csv(out)["battery_id"].tolist() == rows["battery_id"][[0, 2]].tolist()
+    rejects = pd.read_csv(tmp_path / "out.rejects.csv")
+    assert rejects[["row", "line", "field"]].values.tolist() == [[2, 3, "charge_band_gap"]]
+
+
 def test_chunked_prediction_keeps_every_row_its_values_and_physics_note(tiny_run):
     from electrode_ml.predict import TrainedEnsemble
 
@@ -810,3 +829,13 @@ def test_candidates_with_a_space_group_no_training_electrode_had_are_warned_abou
         warn_outside_training(wide)
     # c's values all come from physics, which reads no space group
     assert "1 candidate(s) have space groups that no training electrode had (charge:56)" in caplog.text
+
+
+def test_an_output_named_as_a_folder_that_does_not_exist_is_refused(tmp_path):
+    """`-o newdir/` wrote a file called newdir."""
+    from electrode_ml.cli import check_output
+    from electrode_ml.errors import InputError
+
+    with pytest.raises(InputError, match="a folder; OUTPUT must be a CSV file path"):
+        check_output(f"{tmp_path / 'newdir'}/", str(tmp_path / "in.csv"))
+    assert not (tmp_path / "newdir").exists()

@@ -75,6 +75,15 @@ def test_inconsistent_values_are_refused_naming_the_key(config, section, key, va
         check_config(config)
 
 
+def test_rounded_ion_counts_are_refused_for_the_physics_models_only(config):
+    """Physics intervals are round-off wide; MP's rounded counts put the capacity off by more."""
+    config["data"]["exact_formulas"] = False
+    with pytest.raises(InputError, match=r"^config key data.exact_formulas: false .* model1_phys and model2_phys "):
+        check_config(config)
+    config["models"] = ["model1", "model2"]
+    check_config(config)  # the paper's inputs for the paper's models
+
+
 def test_bad_config_stops_snakemake_before_any_job(tmp_path, config):
     config["train"]["n_seeds"] = 1
     config["results"] = str(tmp_path / "results")

@@ -274,6 +274,15 @@ def test_another_delimiter_is_named(tmp_path, small_raw):
         validate(read_electrode_csv(path), where=str(path))
 
 
+@pytest.mark.parametrize("hint", ["sep=,\n", "sep=;\r\n"])
+def test_excels_separator_hint_line_is_named(tmp_path, small_raw, hint):
+    """Read as the header, it put every value one column off ("more fields than the header's 2")."""
+    path = tmp_path / "excel.csv"
+    path.write_text(hint + small_raw.to_csv(index=False))
+    with pytest.raises(InputError, match=f"^{path}: line 1 is Excel's separator hint \\({hint.strip()}\\), not the header"):
+        read_electrode_csv(path)
+
+
 def test_utf8_with_byte_order_mark_reads_like_plain_utf8(tmp_path, small_raw):
     path = tmp_path / "excel.csv"
     small_raw.to_csv(path, index=False, encoding="utf-8-sig")

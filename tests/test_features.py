@@ -208,3 +208,53 @@ def test_dft_values_outside_the_training_range_are_flagged(electrodes, split):
     foreign.loc[foreign.index[1], ["discharge_band_gap", "stability_charge"]] = [99.0, -0.5]
     assert dft_outside_training(featurizer, foreign) == ["charge_energy_per_atom", "discharge_band_gap stability_charge"]
     assert dft_outside_training(fit_feature_sets(electrodes, split, "model1", space_groups=True)[0], foreign) is None
+
+
+def test_a_candidate_of_an_ion_the_run_never_trained_on_is_a_bad_row(electrodes, split):
+    """Zn also sits in Li frameworks, so no element flag catches a Zn electrode: its ion column is
+    untrained (weights at their random start) whatever the formulas."""
+    from electrode_ml.candidates import validate_candidates
+    from electrode_ml.errors import InputError
+    from electrode_ml.features import featurizer_inputs, training_ions
+
+    lithium_and_sodium = electrodes[electrodes["working_ion"].isin(["Li", "Na"])]
+    featurizer = fit_feature_sets(lithium_and_sodium, split[split["battery_id"].isin(lithium_and_sodium["battery_id"])],
+                                  "model1", space_groups=False)[0]
+    assert training_ions(featurizer) == ("Li", "Na")
+    candidates = pd.concat([lithium_and_sodium.head(2), electrodes[electrodes["working_ion"] == "Zn"].head(1)])
+    needed = ["battery_id", *featurizer_inputs(featurizer)]
+    text = candidates[needed].astype(str)
+    with pytest.raises(InputError, match=r"field 'working_ion': the run trained on no Zn electrode \(its ions: Li, Na"):
+        validate_candidates(text, needed, "candidates.csv", skip_bad=False, ions=training_ions(featurizer))
+    good, rejects = validate_candidates(text, needed, "candidates.csv", skip_bad=True, ions=training_ions(featurizer))
+    assert list(good["battery_id"]) == list(candidates["battery_id"][:2])
+    assert list(rejects["field"]) == ["working_ion"] and rejects["row"].tolist() == [3]
+
+
+def test_predict_refuses_networks_and_a_featuriser_that_do_not_belong_together(electrodes, split, tmp_path):
+    """The workflow reruns what a change makes stale; `electrode-ml predict` reading a results folder did not."""
+    import hashlib
+
+    from electrode_ml.errors import InputError
+    from electrode_ml.predict import check_consistent
+
+    featurizer, frames = fit_feature_sets(electrodes, split, "model1", space_groups=False)
+    (tmp_path / "features" / "model1").mkdir(parents=True)
+    (tmp_path / "data").mkdir()
+    train_path = tmp_path / "features" / "model1" / "train.parquet"
+    frames["train"].to_parquet(train_path)
+    electrodes.to_parquet(tmp_path / "data" / "electrodes.parquet")
+    width = len(featurizer.get_feature_names_out())
+    own = {"n_inputs": width, "features_sha256": hashlib.sha256(train_path.read_bytes()).hexdigest()}
+    check_consistent(tmp_path, "model1", featurizer, [own, {"n_inputs": width}])  # an earlier release's: no hash
+    with pytest.raises(InputError, match=f"networks with {width + 3} inputs beside a featuriser of {width}"):
+        check_consistent(tmp_path, "model1", featurizer, [{**own, "n_inputs": width + 3}])
+    with pytest.raises(InputError, match="networks trained on other features than .*train.parquet"):
+        check_consistent(tmp_path, "model1", featurizer, [own, {**own, "features_sha256": "0" * 64}])
+    # the installed code featurising one training electrode otherwise (here: its formula changed under it)
+    trained = frames["train"]["battery_id"].iloc[5]
+    changed = electrodes.copy()
+    changed.loc[changed["battery_id"] == trained, "formula_discharge"] = "Li9FePO4"
+    changed.to_parquet(tmp_path / "data" / "electrodes.parquet")
+    with pytest.raises(InputError, match="featurises model1's training electrodes otherwise than the run"):
+        check_consistent(tmp_path, "model1", featurizer, [own])

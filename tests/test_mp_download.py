@@ -164,6 +164,7 @@ def build_documents(rows: pd.DataFrame, letter_ids: bool = False) -> tuple[list[
             "id_discharge": fmt(row.id_discharge),
             "material_ids": [fmt(idx) for idx in sorted(set(pair_ids) | {battery_material})],
             "adj_pairs": pairs,
+            "thermo_type": "GGA_GGA+U",
             "last_updated": "2025-09-25T00:00:00",
         })
         for end in ("charge", "discharge"):
@@ -521,6 +522,50 @@ def test_closed_port_is_one_line_input_error_after_bounded_retries():
     assert "could not reach" in text and "connection refused" in text and "after 2 retries" in text
 
 
+@pytest.mark.parametrize("endpoint", ["api.materialsproject.org", "htps://api.materialsproject.org"])
+def test_an_endpoint_without_a_usable_scheme_is_named_and_not_retried(endpoint):
+    with pytest.raises(InputError) as caught:
+        download_electrodes(IONS, WINDOW, api_key=FAKE_KEY, endpoint=endpoint, max_retries=3, timeout_s=2.0)
+    text = assert_one_line_error(caught.value)
+    assert "is not a URL the client can reach" in text and "https://" in text
+    assert "retr" not in text and "network error" not in text  # nothing was sent, so nothing was retried
+
+
+def test_a_certificate_that_fails_verification_is_named_with_the_fix(tmp_path):
+    """Behind a TLS-intercepting proxy this is the one fact a user needs; it read "network error"."""
+    import ssl
+    import subprocess
+    from http.server import HTTPServer
+
+    key, certificate = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", str(key), "-out", str(certificate)], check=True, capture_output=True)
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Answer)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(InputError) as caught:
+            download_electrodes(IONS, WINDOW, api_key=FAKE_KEY, endpoint=f"https://127.0.0.1:{httpd.server_address[1]}/",
+                                max_retries=1, timeout_s=2.0)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    text = assert_one_line_error(caught.value)
+    assert "TLS certificate" in text and "self-signed certificate" in text and "REQUESTS_CA_BUNDLE" in text
+
+
 @pytest.mark.parametrize("fault, words", [("503", "HTTP 503"), ("badjson", "not valid JSON")])
 def test_a_persistent_fault_stops_after_max_retries(server, fault, words):
     server.inject("insertion_electrodes", *[fault] * 20)
@@ -640,6 +685,8 @@ def test_electrodes_left_out_are_counted_in_the_provenance(snapshot_rows, expect
     # charged mp-26103_Li has r2SCAN-scheme energies only: no GGA/GGA+U energy to take its voltage from
     charged = snapshot_rows.loc["mp-26103_Li", "id_charge"]
     thermo = [doc for doc in thermo if (doc["material_id"], doc["thermo_type"]) != (charged, "GGA_GGA+U")]
+    # an electrode MP built from the mixed scheme's energies: its voltage is not the GGA/GGA+U end members'
+    electrodes[list(snapshot_rows["battery_id"]).index("mp-1070735_K")]["thermo_type"] = "GGA_GGA+U_R2SCAN"
     fake = FakeMP(electrodes, summaries, thermo).start()
     try:
         table, provenance = download_electrodes(IONS, WINDOW, api_key=FAKE_KEY, endpoint=fake.url,
@@ -648,11 +695,12 @@ def test_electrodes_left_out_are_counted_in_the_provenance(snapshot_rows, expect
         fake.stop()
     assert provenance["download_dropped"] == {
         mp_documents.OTHER_ION: {"count": 0, "examples": []},
+        mp_documents.OTHER_ENERGIES: {"count": 1, "examples": ["mp-1070735_K"]},
         mp_documents.INCOMPLETE: {"count": 1, "examples": ["mp-28849_K"]},
         mp_documents.OUTSIDE_WINDOW: {"count": 3, "examples": sorted(OUTSIDE_WINDOW_IDS)},
         mp_documents.NO_END_MEMBER: {"count": 2, "examples": ["mp-26103_Li", "mp-758915_Li"]},
     }
-    left_out = ["mp-28849_K", "mp-758915_Li", "mp-26103_Li"]
+    left_out = ["mp-28849_K", "mp-758915_Li", "mp-26103_Li", "mp-1070735_K"]
     kept = expected[~expected["battery_id"].isin(left_out)].reset_index(drop=True)
     pd.testing.assert_frame_equal(table, kept, check_exact=True)
 
@@ -690,6 +738,20 @@ def test_the_download_records_where_and_when(server):
     assert provenance["mp_api_version"] == version("mp-api")
     assert provenance["emmet_core_version"] == version("emmet-core")
     assert before <= datetime.fromisoformat(provenance["downloaded_at"]) <= datetime.now(timezone.utc)
+
+
+def test_a_refused_heartbeat_leaves_the_database_version_unknown_and_the_report_names_the_source(server):
+    """mp_api answers a 403 heartbeat with an empty db_version and goes on; the report then left out
+    where and when the data came from."""
+    from electrode_ml.report import section_data
+
+    server.inject("heartbeat", "403", "403", "403")
+    table, provenance = download_electrodes(IONS, WINDOW, api_key=FAKE_KEY, endpoint=server.url, max_retries=1)
+    assert len(table) and provenance["database_version"] == "unknown (no heartbeat answer)"
+    crosstab = pd.crosstab(table["working_ion"], pd.Series("train", index=table.index, name="split"))
+    page = section_data({"data_report": {"source": "mp_api", "rows_in": len(table), "rows_out": len(table),
+                                         **provenance}, "ion_split": crosstab})
+    assert server.url in page and "unknown (no heartbeat answer)" in page and provenance["downloaded_at"] in page
 
 
 def test_the_data_step_writes_a_download_and_its_provenance(server, tmp_path, monkeypatch):

@@ -7,17 +7,19 @@ import logging
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
-from electrode_ml.data import (SPACE_GROUP_FIELDS, coerce_types, find_bad_rows, located, not_insertions, present,
-                               refusal, repair_counts, require_columns, source_lines, unreadable_rows,
+from electrode_ml.data import (SPACE_GROUP_FIELDS, BadRow, coerce_types, find_bad_rows, located, not_insertions,
+                               present, refusal, repair_counts, require_columns, source_lines, unreadable_rows,
                                with_exact_ion_counts)
 from electrode_ml.ensemble import outside_training as rows_outside_training
 from electrode_ml.errors import InputError
+from electrode_ml.features import training_ions
 from electrode_ml.models import DFT_FIELDS, uses_dft
 from electrode_ml.predict import TrainedEnsemble
-from electrode_ml.schema import CRITERIA, PLAUSIBLE_VOLTAGE, TARGETS
+from electrode_ml.schema import CRITERIA, PLAUSIBLE_VOLTAGE, TARGETS, WORKING_IONS
 from electrode_ml.screening import passes as screen_passes
 
 log = logging.getLogger("electrode_ml.cli")  # the command's messages, whichever module logs them
@@ -37,13 +39,14 @@ def candidate_columns(model: str) -> list[str]:
 
 
 def validate_candidates(frame: pd.DataFrame, needed: list[str], where: str, skip_bad: bool,
-                        known: tuple[str, ...] | list[str] = ()):
+                        known: tuple[str, ...] | list[str] = (), ions: tuple[str, ...] | None = None):
     """Typed candidates and a table of rejected rows with their reason.
 
     The ``needed`` columns must be there; those of ``known`` that are there too are checked as
     strictly though the model does not read them (a space group of 231 says the file is not what
     its writer thinks), except that they may be blank (unknown); MP's voltage pairs (``adj_pairs``)
-    make the ion counts exact (:func:`exact_ion_counts`); any other column is ignored."""
+    make the ion counts exact (:func:`exact_ion_counts`); any other column is ignored. A working
+    ion outside ``ions`` (the run's training ions, where given) is a bad row."""
     require_columns(frame, needed, where)
     lines = source_lines(frame)
     frame = frame.reset_index(drop=True)
@@ -51,21 +54,34 @@ def validate_candidates(frame: pd.DataFrame, needed: list[str], where: str, skip
     typed, bad = coerce_types(frame[[*needed, *unread]])
     bad = [row for row in bad if not (row.field in unread and row.reason == "missing value")]
     bad += find_bad_rows(typed)
+    if ions is not None:
+        untrained = typed["working_ion"].isin(WORKING_IONS) & ~typed["working_ion"].isin(ions)
+        bad += [BadRow(str(typed["battery_id"][idx]), "working_ion",
+                       f"the run trained on no {typed['working_ion'][idx]} electrode (its ions: {', '.join(ions)}; "
+                       "config data.ions)", idx) for idx in typed.index[untrained]]
     unreadable = unreadable_rows(bad)
     if "adj_pairs" in frame.columns:
         typed = exact_ion_counts(typed, frame["adj_pairs"], unreadable)
     bad = located(bad + not_insertions(typed, unreadable), lines)
     if bad and not skip_bad:
-        raise refusal(bad, where, hint="; --skip-bad scores the rest")
-    columns = ["row", "line", "battery_id", "field", "reason"]
-    rejects = pd.DataFrame([(row.row + 1, row.line, row.battery_id, row.field, row.reason) for row in bad],
-                           columns=columns)
-    rejects["line"] = rejects["line"].astype("Int64")  # empty where the rows came from no file
+        raise refusal(bad, where, hint=SKIP_BAD_HINT)
     good = typed.drop(index=sorted({row.row for row in bad}))
     for name in present(good, SPACE_GROUP_FIELDS):
         if name in needed:  # an unread one may hold blanks: it stays float
             good[name] = good[name].astype("int64")
-    return good, rejects
+    return good, rejects_table(bad)
+
+
+SKIP_BAD_HINT = "; --skip-bad scores the rest"
+
+
+def rejects_table(bad: list[BadRow]) -> pd.DataFrame:
+    """The rejects file's rows: 1-based row, file line, id, field and reason of each problem."""
+    columns = ["row", "line", "battery_id", "field", "reason"]
+    rejects = pd.DataFrame([(row.row + 1, row.line, row.battery_id, row.field, row.reason) for row in bad],
+                           columns=columns)
+    rejects["line"] = rejects["line"].astype("Int64")  # empty where the rows came from no file
+    return rejects
 
 
 def exact_ion_counts(candidates: pd.DataFrame, pairs: pd.Series, unreadable: set[int]) -> pd.DataFrame:
@@ -90,20 +106,41 @@ def score(frame: pd.DataFrame, where: str, model: str, results: Path, skip_bad: 
     input, as text: :func:`electrode_ml.data.read_electrode_csv`) and the rejected rows."""
     try:
         ensemble = TrainedEnsemble.load(results, model, dtype=getattr(torch, precision))
+    except InputError:  # already says what is missing or mismatched: no rebuild advice on top
+        raise
     except UNLOADABLE as error:  # a file of the run damaged or cut short
         reason = str(error).splitlines()[0] if str(error) else "no detail"
         raise InputError(f"{results}: the trained {model} cannot be loaded ({type(error).__name__}: {reason}); "
                          "rerun the workflow to rebuild it") from None
     candidates, rejects = validate_candidates(frame, ensemble.input_columns, where, skip_bad,
-                                              known=candidate_columns(model))
+                                              known=candidate_columns(model), ions=training_ions(ensemble.featurizer))
+    features = ensemble.features(candidates) if len(candidates) else None
+    overflowing = overflowing_rows(ensemble, candidates, features, source_lines(frame))
+    if overflowing:
+        if not skip_bad:
+            raise refusal(overflowing, where, hint=SKIP_BAD_HINT)
+        usable = ~candidates.index.isin([row.row for row in overflowing])
+        candidates, features = candidates[usable], features[usable]
+        rejects = pd.concat([rejects, rejects_table(overflowing)]).sort_values("row", kind="stable", ignore_index=True)
     if candidates.empty:
         log.warning("every row of %s was rejected: nothing to score", where)
-    predictions = ensemble.predict(candidates)
+    predictions = ensemble.predict(candidates, features)
     predictions.insert(1, "working_ion", candidates["working_ion"].to_numpy())
     predictions.insert(2, "model", model)
     predictions["implausible_values"] = implausible_values(predictions)
     warn_outside_training(predictions)
     return predictions, rejects
+
+
+def overflowing_rows(ensemble: TrainedEnsemble, candidates: pd.DataFrame, features: np.ndarray | None,
+                     lines: np.ndarray | None) -> list[BadRow]:
+    """The candidates whose features are not finite in float32 (:meth:`TrainedEnsemble.unusable_features`),
+    as bad rows naming the fields."""
+    if features is None:
+        return []
+    return located([BadRow(str(candidates["battery_id"][idx]), fields,
+                           "beyond float32's range once scaled for the networks", idx)
+                    for idx, fields in zip(candidates.index, ensemble.unusable_features(features)) if fields], lines)
 
 
 def implausible_values(predictions: pd.DataFrame) -> list[str]:

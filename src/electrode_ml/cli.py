@@ -90,7 +90,7 @@ def check_output(output: str, input_path: str) -> None:
     if not output.strip():
         raise InputError("OUTPUT is empty; name a CSV file, or - for standard output")
     path = Path(output)
-    if path.is_dir():
+    if path.is_dir() or output.endswith(("/", os.sep)):  # Path drops the slash: newdir/ became a file newdir
         raise InputError(f"{output}: a folder; OUTPUT must be a CSV file path")
     if path.suffix.lower() in REFUSED_SUFFIXES:
         raise InputError(f"{output}: {path.suffix} is not written; name OUTPUT .csv, or .csv.gz, .csv.bz2 or .csv.xz "

@@ -28,8 +28,9 @@ from pathlib import Path
 PACKAGE = "electrode_ml"
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The libraries whose arithmetic or file formats the results carry: upgrading one in `.venv` may
-# move a number, so it reruns the jobs as a code edit does. Not Snakemake, tqdm or the MP client
-# (mp-api's download is checked by its data, and a download reruns each time anyway).
+# move a number, so it reruns the jobs as a code edit does. Not Snakemake, tqdm or the MP client:
+# a download's outputs stay until deleted (the data rule has no inputs to go stale), and its
+# provenance names the mp-api and emmet versions that fetched it.
 NUMERICAL_LIBRARIES = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "pyarrow", "pymatgen", "pymatgen-core",
                        "ax-platform", "botorch", "gpytorch", "linear_operator", "matminer", "matplotlib", "joblib")
 

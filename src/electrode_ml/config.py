@@ -161,6 +161,12 @@ def check_config(config: dict) -> None:
         raise InputError(f"config key split.fractions: {fractions} sum to {sum(fractions):g}, not 1")
     if config["evaluation"]["group_seeds"] == 1:
         raise InputError("config key evaluation.group_seeds: 1 network gives no spread; use 0 (skip) or at least 2")
+    physics_models = [model for model in config["models"] if model.endswith("_phys")]
+    if physics_models and not config["data"]["exact_formulas"]:
+        raise InputError(f"config key data.exact_formulas: false keeps MP's rounded ion counts (Li1.33 for 4/3, Li1 "
+                         f"for Li10), from which the stoichiometric capacity of {' and '.join(physics_models)} is off "
+                         "for dozens of snapshot rows while its interval says round-off; set it true, or leave the "
+                         "physics models out of `models`")
     trees = config["voltage_trees"]
     if trees["high_capacity_weight"] is not None and trees["capacity_weights"] is None:
         raise InputError("config key voltage_trees.high_capacity_weight: its bound is the upper of "

@@ -117,6 +117,10 @@ def parse_electrode_csv(data: bytes, where: str) -> pd.DataFrame:
     The frame's index, named ``line``, is the line of the file each row starts on
     (:func:`csv_layout`), so that an error can point an editor at it."""
     data = decompressed(data, where)
+    excel_hint = re.match(rb"(?:\xef\xbb\xbf)?sep=(.)\r?\n", data)
+    if excel_hint:  # Excel writes it on request; read as the header it put every value one column off
+        raise InputError(f"{where}: line 1 is Excel's separator hint ({excel_hint.group(0).strip().decode(errors='replace')}"
+                         "), not the header; delete that line")
     try:
         frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, encoding="utf-8")
     except UnicodeDecodeError:

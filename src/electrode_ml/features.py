@@ -149,8 +149,18 @@ def fit_feature_sets(electrodes: pd.DataFrame, split: pd.DataFrame, model: str, 
         raise InputError(f"split: {len(electrodes) - len(labelled)} electrode(s) have no split label")
     train = labelled[labelled["split"] == "train"]
     featurizer = build_featurizer(model, **options).fit(train)
+    # The ion one-hot knows all ten ions, so only this says which ones the networks learned
+    featurizer.training_ions_ = tuple(sorted(train["working_ion"].unique()))
     frames = {name: feature_frame(featurizer, labelled[labelled["split"] == name]) for name in ("train", "val", "test")}
     return featurizer, frames
+
+
+def training_ions(featurizer: ColumnTransformer) -> tuple[str, ...] | None:
+    """The working ions of the training electrodes (None for a featuriser of an earlier release).
+
+    An ion without a training electrode has an all-zero one-hot column at fit time: the networks'
+    weights on it never moved from their random start, so they cannot score that ion at all."""
+    return getattr(featurizer, "training_ions_", None)
 
 
 def featurizer_inputs(featurizer: ColumnTransformer) -> list[str]:

@@ -57,7 +57,7 @@ SUMMARY_IDS_PER_QUERY = 250
 ELECTRODE_FIELDS = (
     "battery_formula", "formula_charge", "formula_discharge", "framework_formula", "working_ion",
     "num_steps", "stability_charge", "stability_discharge", "adj_pairs", "capacity_grav", "energy_grav",
-    "capacity_vol", "energy_vol", "average_voltage", "id_charge", "id_discharge", "material_ids",
+    "capacity_vol", "energy_vol", "average_voltage", "id_charge", "id_discharge", "material_ids", "thermo_type",
 )
 SUMMARY_FIELDS = ("material_id", "symmetry", "band_gap", "efermi")
 THERMO_FIELDS = ("material_id", "thermo_type", *ENERGY_FIELDS)
@@ -193,7 +193,9 @@ def download_electrodes(
                 ),
             )
             end_members.update(end_member_properties(docs, gga_energies(thermo_docs)))
-        provenance = {"endpoint": base, "database_version": mpr.db_version, "mp_api_version": _version("mp-api"),
+        # mp_api leaves db_version empty where the heartbeat was refused (HTTP 403) but the queries were not
+        provenance = {"endpoint": base, "database_version": mpr.db_version or "unknown (no heartbeat answer)",
+                      "mp_api_version": _version("mp-api"),
                       "emmet_core_version": _version("emmet-core"),
                       "downloaded_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 

@@ -206,6 +206,16 @@ class Guard:
                           | requests.exceptions.ContentDecodingError | ProtocolError) for error in chain) \
                 and not any(isinstance(error, requests.exceptions.ConnectionError) for error in chain):
             return _Problem(True, "the response was cut off")
+        if any(isinstance(error, requests.exceptions.MissingSchema | requests.exceptions.InvalidSchema
+                          | requests.exceptions.InvalidURL) for error in chain):
+            return _Problem(False, f"{where} is not a URL the client can reach (MP_API_ENDPOINT needs "
+                                   f"https:// or http://): {_detail(text)}")
+        if any(isinstance(error, requests.exceptions.SSLError) for error in chain):
+            return _Problem(False, f"the TLS certificate of {where} could not be verified ({_tls_detail(text)}); "
+                                   "behind a proxy that re-signs TLS, point REQUESTS_CA_BUNDLE at its certificate")
+        if any(isinstance(error, requests.exceptions.ProxyError) for error in chain):
+            return _Problem(False, f"the proxy refused the connection to {where} (HTTPS_PROXY / HTTP_PROXY): "
+                                   f"{_detail(text)}")
         if any(isinstance(error, requests.exceptions.RequestException) for error in chain):
             reason = _network_reason(text, self.timeout_s)
             if transport_retried:
@@ -252,7 +262,13 @@ def _network_reason(text: str, timeout_s: float) -> str:
         return "host name not found"
     if "reset" in lowered or "aborted" in lowered or "remotedisconnected" in lowered:
         return "connection reset"
-    return "network error"
+    return f"network error: {_detail(text)}"
+
+
+def _tls_detail(text: str) -> str:
+    """The verification failure itself (``self-signed certificate``), not urllib3's wrapping of it."""
+    match = re.search(r"certificate verify failed: ([^(')\]]+)", text, flags=re.IGNORECASE)
+    return f"certificate verify failed: {match.group(1).strip()}" if match else _detail(text)
 
 
 def _detail(text: str) -> str:

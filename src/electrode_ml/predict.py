@@ -15,7 +15,7 @@ from electrode_ml import cpu_matmul
 from electrode_ml.ensemble import Z_95, interval_scale
 from electrode_ml.errors import InputError
 from electrode_ml.features import applicability, featurizer_inputs
-from electrode_ml.fileio import read_json
+from electrode_ml.fileio import file_sha256, read_json
 from electrode_ml.model import TrainedNetwork
 from electrode_ml.models import base_model, is_physics_model, uses_voltage_trees
 from electrode_ml.physics import PhysicsBaseline, combine
@@ -223,6 +223,37 @@ def _fitted(path: Path, what: str, pronoun: str):
     return joblib.load(path)
 
 
+def check_consistent(results: Path, base: str, featurizer, checkpoints: list[dict]) -> None:
+    """Refuse, in one line, networks and a featuriser that do not belong together.
+
+    The workflow reruns what a code or config change makes stale; a command reading a results
+    folder does not. A run stopped midway left new features beside old networks (422 of 429 test
+    voltages moved, by up to 2.9 V, exit code 0), and an edit to the featurisation since the run
+    scored candidates with features the networks never saw."""
+    features_dir = results / "features" / base
+    width = len(featurizer.get_feature_names_out())
+    if any(checkpoint["n_inputs"] != width for checkpoint in checkpoints):
+        raise InputError(f"{results}/train/{base}: networks with {checkpoints[0]['n_inputs']} inputs beside a "
+                         f"featuriser of {width} ({features_dir}): the folders come from different runs; rerun the workflow")
+    train_path = features_dir / "train.parquet"
+    if not train_path.exists():
+        return
+    recorded = {checkpoint.get("features_sha256") for checkpoint in checkpoints} - {None}  # None: an earlier release
+    if recorded and recorded != {file_sha256(train_path)}:
+        raise InputError(f"{results}/train/{base}: networks trained on other features than {train_path} (a run stopped "
+                         "midway, or folders of two runs): rerun the workflow")
+    electrodes_path = results / "data" / "electrodes.parquet"
+    if electrodes_path.exists():
+        # all of them (0.6 s for model1_redox): a change may touch a few dozen rows of thousands
+        stored = pd.read_parquet(train_path)
+        electrodes = pd.read_parquet(electrodes_path).set_index("battery_id", drop=False).loc[stored["battery_id"]]
+        again = np.asarray(featurizer.transform(electrodes), dtype=np.float32)
+        expected = stored[list(featurizer.get_feature_names_out())].to_numpy(np.float32)
+        if not np.allclose(again, expected, rtol=1e-5, atol=1e-5):
+            raise InputError(f"the installed electrode-ml featurises {base}'s training electrodes otherwise than the run "
+                             f"under {results} did (its code changed since): rerun the workflow")
+
+
 @dataclass
 class TrainedEnsemble:
     """What a workflow run leaves for later use: featuriser + networks of one model."""
@@ -245,8 +276,10 @@ class TrainedEnsemble:
         if not transformer_path.exists() or not checkpoints:
             raise InputError(f"no trained {model} under {results} (run the workflow first, "
                              f"or pass --results pointing at its output folder)")
-        networks = [TrainedNetwork.from_checkpoint(torch.load(path, map_location="cpu", weights_only=False))
-                    for path in checkpoints]
+        loaded = [torch.load(path, map_location="cpu", weights_only=False) for path in checkpoints]
+        featurizer = joblib.load(transformer_path)
+        check_consistent(results, base, featurizer, loaded)
+        networks = [TrainedNetwork.from_checkpoint(checkpoint) for checkpoint in loaded]
         physics = _fitted(results / "physics" / model / "physics.joblib", f"fitted physics of {model}",
                           "it") if is_physics_model(model) else None
         trees = None
@@ -261,8 +294,7 @@ class TrainedEnsemble:
             raise InputError(f"no evaluated ensemble of {model} at {metrics_path}: the workflow calibrates the "
                              f"intervals of the models in config `models` (add {model} there and rerun)")
         intervals = read_json(metrics_path)["prediction_interval"]
-        return cls(model, joblib.load(transformer_path), StackedEnsemble(networks, device=device, dtype=dtype),
-                   intervals, physics, trees)
+        return cls(model, featurizer, StackedEnsemble(networks, device=device, dtype=dtype), intervals, physics, trees)
 
     @property
     def input_columns(self) -> list[str]:
@@ -271,11 +303,29 @@ class TrainedEnsemble:
         return ["battery_id", *featurizer_inputs(self.featurizer)]
 
     def features(self, electrodes: pd.DataFrame) -> np.ndarray:
-        return np.asarray(self.featurizer.transform(electrodes), dtype=np.float32)
+        with np.errstate(over="ignore"):  # an overflow is found by unusable_features, not printed
+            return np.asarray(self.featurizer.transform(electrodes), dtype=np.float32)
 
-    def predict_members(self, electrodes: pd.DataFrame, chunk_rows: int = 20000) -> MemberPredictions:
-        """Every network's predictions, computed in chunks to bound memory (see MemberPredictions)."""
-        parts = [self._predict_chunk(electrodes.iloc[start:start + chunk_rows])
+    def unusable_features(self, features: np.ndarray) -> list[str]:
+        """Per row, the input fields whose features are not finite in float32, space-separated ('' for
+        a usable row): values inside float32's range (3.4e38 in a DFT field, a count of 1e300) can
+        still overflow once scaled, and the networks then returned a constant or NaN, unflagged."""
+        blocks = {name: list(columns) for name, _, columns in self.featurizer.transformers_ if name != "remainder"}
+        owners = []
+        for name in self.featurizer.get_feature_names_out():
+            block, _, column = name.partition("__")
+            read = blocks.get(block, [name])
+            owners.append([column] if column in read else read)  # a scaled field is its own feature
+        finite = np.isfinite(features)
+        return [" ".join(dict.fromkeys(field for column in np.flatnonzero(~row) for field in owners[column]))
+                for row in finite]
+
+    def predict_members(self, electrodes: pd.DataFrame, chunk_rows: int = 20000,
+                        features: np.ndarray | None = None) -> MemberPredictions:
+        """Every network's predictions, computed in chunks to bound memory (see MemberPredictions);
+        ``features``, :meth:`features` of the same rows where the caller has them already."""
+        parts = [self._predict_chunk(electrodes.iloc[start:start + chunk_rows],
+                                     None if features is None else features[start:start + chunk_rows])
                  for start in range(0, len(electrodes), chunk_rows)]
         if not parts:
             return MemberPredictions(np.zeros((len(self.networks), 0, len(TARGETS))),
@@ -284,8 +334,8 @@ class TrainedEnsemble:
                                  np.concatenate([part.held for part in parts]),
                                  np.concatenate([part.physics_notes for part in parts]))
 
-    def _predict_chunk(self, electrodes: pd.DataFrame) -> MemberPredictions:
-        features = self.features(electrodes)
+    def _predict_chunk(self, electrodes: pd.DataFrame, features: np.ndarray | None = None) -> MemberPredictions:
+        features = self.features(electrodes) if features is None else features
         members = self.networks.predict(features)
         if self.physics is None:
             return MemberPredictions(members, np.zeros(members.shape[1:], dtype=bool),
@@ -296,13 +346,13 @@ class TrainedEnsemble:
             members = self.trees.blend(members, features, physics[:, CAPACITY])
         return MemberPredictions(combine(physics[np.newaxis], members), ~np.isnan(physics), notes)
 
-    def predict(self, electrodes: pd.DataFrame) -> pd.DataFrame:
+    def predict(self, electrodes: pd.DataFrame, features: np.ndarray | None = None) -> pd.DataFrame:
         """Wide table: battery_id and, per target, mean, std, the paper's 95 % CI of the mean, the
         calibrated 95 % prediction interval (physics values get the physics quantile) and where the
         value came from; then, for a physics model, why the physics did not describe a row, the
         elements no training formula held and, with DFT inputs, the fields outside their training
         range (:func:`electrode_ml.features.applicability`)."""
-        predicted = self.predict_members(electrodes)
+        predicted = self.predict_members(electrodes, features=features)
         members, held = predicted.members, predicted.held
         n = members.shape[0]
         mean = members.mean(axis=0)

@@ -191,7 +191,7 @@ def section_data(context: dict) -> str:
     origin = ""
     if report.get("snapshot_sha256"):
         origin = f" <code>{esc(report['snapshot'])}</code> (SHA-256 <code>{esc(report['snapshot_sha256'])}</code>)"
-    elif report.get("database_version"):  # a download: which database, from where, when
+    elif report.get("endpoint"):  # a download: which database, from where, when
         origin = (f" <code>{esc(report['endpoint'])}</code> (database {esc(report['database_version'])}, "
                   f"downloaded {esc(report['downloaded_at'])} with mp-api {esc(report['mp_api_version'])})")
         left_out = [f"{esc(reason)}: {fmt(entry['count'])} (e.g. {esc(', '.join(entry['examples']))})"
@@ -731,10 +731,11 @@ def section_k(context: dict) -> str:
             "model1 values: without space groups model1 cannot tell them apart). The paper finds the K energies below the Li "
             "ones for both models. The mass effect alone (same voltage, heavier ion) would scale the energy by the "
             f"ratio of stoichiometric capacities, median <b>{fmt(ratio, 3)}</b>. Green: share of K twins predicted "
-            "lower (100 % = the paper's finding)."
+            "lower, by magnitude (100 % = the paper's finding)."
             + (" model2_phys's Li energies are its physics values (the DFT voltage × the exact capacity) and its K "
-               "twins' the model2 networks' (the Li electrode's DFT energies are not the twin's), so its row sets the "
-               "two kinds side by side." if "model2_phys" in models else "") + "</p>"
+               "twins' the model2 networks' voltage × the twin's stoichiometric capacity (the Li electrode's DFT "
+               "energies are not the twin's), so its row sets the two kinds side by side."
+               if "model2_phys" in models else "") + "</p>"
             + table(header, rows) + image(context.get("fig7"), "Li vs K specific energy, test split (Fig 7)")
             + "<details><summary>Every substituted electrode</summary>" + table(detail_header, detail_rows, "compact") + "</details>")
 

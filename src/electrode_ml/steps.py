@@ -204,8 +204,10 @@ def train_step(input, output, params, threads, wildcards=None, **_):
         predictions = seed_predictions(frames, lambda x: predict(network, x, device), seed)
     log.info("seed %d: best epoch %d of %d, %.1f s", seed, network.best_epoch, len(network.history), network.seconds)
     # through a handle: torch names the archive's entries after a path, here the random temporary one
+    # the features' hash lets `electrode-ml predict` refuse networks beside another run's featuriser
+    checkpoint = {**network.to_checkpoint(), "features_sha256": file_sha256(input.train)}
     with atomic_path(output.model) as tmp, open(tmp, "wb") as handle:
-        torch.save(network.to_checkpoint(), handle)
+        torch.save(checkpoint, handle)
     write_csv(network.history, output.history)
     write_parquet(predictions, output.predictions)
 
