@@ -839,3 +839,11 @@ def test_an_output_named_as_a_folder_that_does_not_exist_is_refused(tmp_path):
     with pytest.raises(InputError, match="a folder; OUTPUT must be a CSV file path"):
         check_output(f"{tmp_path / 'newdir'}/", str(tmp_path / "in.csv"))
     assert not (tmp_path / "newdir").exists()
+
+
+def test_an_output_name_too_long_for_its_rejects_file_is_still_accepted(tmp_path):
+    """A 251-character OUTPUT is legal; `out.rejects.csv` beside it is not, and checking for one raised."""
+    from electrode_ml.cli import check_output
+
+    output = tmp_path / ("x" * 247 + ".csv")
+    check_output(str(output), str(tmp_path / "in.csv"))  # no error: no rejects file can be in the way

@@ -187,12 +187,27 @@ def test_an_implausible_dft_voltage_from_total_energies_keeps_the_stoichiometric
     assert not physics.energies_in_training_range(total.assign(charge_energy_per_atom=np.nan)).any()
 
 
+def test_the_plausible_voltage_widens_to_the_training_voltages():
+    """A data.voltage_window that keeps MP's electrodes above 7 V trains on them: their DFT voltage
+    is then plausible, and their formulas not suspect (the capacity stays stoichiometry's)."""
+    from electrode_ml.physics import implausible_dft
+
+    physics = PhysicsBaseline(uses_voltage=True).fit(_licoo2([3.0, 3.9, 7.6], charge_energy=CHARGE_ENERGY))
+    assert physics.plausible_voltage == (-1.0, pytest.approx(7.6))
+    high = _licoo2([7.5, 8.0], charge_energy=CHARGE_ENERGY)
+    assert physics.reasons(high).tolist() == ["", implausible_dft(physics.plausible_voltage)]
+    values = physics.transform(high)
+    assert values[0, 0] == pytest.approx(7.5) and np.isnan(values[1, 0]) and values[1, 1] == pytest.approx(273.8, abs=0.1)
+    assert _fitted_on_licoo2().plausible_voltage == (-1.0, 7.0)  # inside -1..7 V: the paper's window
+
+
 def test_physics_fitted_before_the_training_range_was_recorded_keeps_every_capacity():
     """A baseline unpickled from an earlier release has no energy_range in its __dict__."""
     older = PhysicsBaseline.__new__(PhysicsBaseline)
     older.__dict__.update({"uses_voltage": True, "ion_references": _fitted_on_licoo2().ion_references})
     wrong = _rounded_ion_count()
-    assert older.energy_range is None and older.reasons(wrong)[0] == IMPLAUSIBLE_DFT
+    assert older.energy_range is None and older.voltage_range is None
+    assert older.reasons(wrong)[0] == IMPLAUSIBLE_DFT
     assert older.transform(wrong)[0, 1] == pytest.approx(36.5, abs=0.1)
 
 

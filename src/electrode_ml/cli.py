@@ -55,6 +55,15 @@ def rejects_path(output: Path) -> Path:
     return output.with_name(plain.stem + ".rejects.csv" + packed)
 
 
+def _holds(path: Path, test) -> bool:
+    """``test(path)`` (Path.exists, Path.is_dir), False where the name is too long for any file to
+    be there: OUTPUT may take up to 255 characters, its rejects file's name is 8 longer."""
+    try:
+        return test(path)
+    except OSError:
+        return False
+
+
 def is_stream(path: str) -> bool:
     """``-`` as INPUT or OUTPUT: standard input or standard output, for a pipe (``./-`` is a file)."""
     return path == "-"
@@ -100,7 +109,7 @@ def check_output(output: str, input_path: str) -> None:
     for written, what in ((path, "OUTPUT"), (rejects_path(path), "OUTPUT's rejects file")):
         if not is_stream(input_path) and written.resolve() == Path(input_path).resolve():
             raise InputError(f"{output}: {what} would overwrite the input {input_path}; write elsewhere")
-    if rejects_path(path).is_dir():
+    if _holds(rejects_path(path), Path.is_dir):
         raise InputError(f"{rejects_path(path)}: a folder where OUTPUT's rejects file goes; move it or name OUTPUT "
                          "otherwise")
 
@@ -133,7 +142,7 @@ def write_outputs(predictions: pd.DataFrame, rejects: pd.DataFrame, output: str)
             raise InputError(f"{target}: cannot write ({error.strerror or error})") from None
     if not rejects.empty:
         log.warning("%d row(s) rejected; reasons in %s", rejects["row"].nunique(), stale)
-    elif stale.exists():  # an earlier run's rejects would read as this run's
+    elif _holds(stale, Path.exists):  # an earlier run's rejects would read as this run's
         stale.unlink()
         log.info("removed %s, an earlier run's rejects (this run rejected no row)", stale)
     log.info("wrote %d prediction(s) to %s", len(predictions), output)

@@ -21,17 +21,22 @@ import numpy as np
 import pandas as pd
 
 from electrode_ml.chemistry import FARADAY, ion_count, molar_mass, parse_formula
-from electrode_ml.schema import ION_CHARGE, PLAUSIBLE_VOLTAGE, PLAUSIBLE_VOLTAGE_TEXT, TARGETS
+from electrode_ml.schema import ION_CHARGE, PLAUSIBLE_VOLTAGE, TARGETS
 
-IMPLAUSIBLE_DFT = f"DFT energies imply a voltage outside {PLAUSIBLE_VOLTAGE_TEXT}"
-SUSPECT_FORMULAS = (f"{IMPLAUSIBLE_DFT} with DFT fields inside the training range: "
-                    "the formulas' ion counts are suspect")
+def implausible_dft(window: tuple[float, float] = PLAUSIBLE_VOLTAGE) -> str:
+    return "DFT energies imply a voltage outside {:g}..{:g} V".format(*window)
+
+
+def suspect_formulas(window: tuple[float, float] = PLAUSIBLE_VOLTAGE) -> str:
+    return f"{implausible_dft(window)} with DFT fields inside the training range: the formulas' ion counts are suspect"
+
+
+IMPLAUSIBLE_DFT = implausible_dft()  # the reasons of a physics fitted on MP's usual -1..7 V
+SUSPECT_FORMULAS = suspect_formulas()
 NO_REFERENCE = "no reference energy of the working ion (no training electrode of this ion)"
 # What the physics computes each target from, for the figures that say where a value came from.
 BASIS = {"average_voltage": "DFT energies", "capacity_grav": "stoichiometry",
          "energy_grav": "DFT voltage × stoich. capacity"}
-# Reasons that concern the DFT voltage only: the stoichiometric capacity still holds.
-VOLTAGE_ONLY = (IMPLAUSIBLE_DFT, NO_REFERENCE)
 # The DFT fields the thermodynamic voltage reads, whose training range tells MP's energies from others.
 ENERGY_FIELDS = ("charge_energy_per_atom", "discharge_energy_per_atom")
 FARADAY_MAH = FARADAY / 3.6  # C/mol -> mAh/mol
@@ -130,12 +135,28 @@ class PhysicsBaseline:
     # (min, max) of each of ENERGY_FIELDS over the training rows; None in a baseline pickled before
     # it was recorded (a class attribute, so such a baseline reads None and keeps every capacity).
     energy_range: dict[str, tuple[float, float]] | None = None
+    # The DFT voltages that are plausible: -1..7 V widened to the training voltages, so that a run
+    # whose data.voltage_window keeps MP's electrodes above 7 V does not call their formulas
+    # suspect (None in a baseline pickled before it was recorded: -1..7 V).
+    voltage_range: tuple[float, float] | None = None
 
     def fit(self, train: pd.DataFrame) -> "PhysicsBaseline":
         if self.uses_voltage:
             self.ion_references = fit_ion_references(train)
             self.energy_range = {name: (float(train[name].min()), float(train[name].max())) for name in ENERGY_FIELDS}
+            low, high = PLAUSIBLE_VOLTAGE
+            self.voltage_range = (min(low, float(train["average_voltage"].min())),
+                                  max(high, float(train["average_voltage"].max())))
         return self
+
+    @property
+    def plausible_voltage(self) -> tuple[float, float]:
+        return self.voltage_range or PLAUSIBLE_VOLTAGE
+
+    @property
+    def voltage_only(self) -> tuple[str, ...]:
+        """Reasons that concern the DFT voltage only: the stoichiometric capacity still holds."""
+        return implausible_dft(self.plausible_voltage), NO_REFERENCE
 
     def energies_in_training_range(self, electrodes: pd.DataFrame) -> np.ndarray:
         """Per row, whether both DFT energies lie inside the training range (False without a record).
@@ -160,27 +181,28 @@ class PhysicsBaseline:
             # wrong ion count (MP's rounded formulas: Li10Fe5Co3O16 written Li1Fe5Co3O16), which the
             # stoichiometric capacity would repeat (2-9x too low on the 19 such rows of the raw snapshot).
             voltage = thermodynamic_voltage(electrodes, self.ion_references)
-            low, high = PLAUSIBLE_VOLTAGE
+            low, high = self.plausible_voltage
             described = reasons == ""
             unknown_ion = ~electrodes["working_ion"].isin(list(self.ion_references)).to_numpy()
             implausible = described & ~unknown_ion & ~((voltage > low) & (voltage < high))
             suspect = implausible & self.energies_in_training_range(electrodes)
             reasons = np.where(described & unknown_ion, NO_REFERENCE, reasons)
-            reasons = np.where(implausible, np.where(suspect, SUSPECT_FORMULAS, IMPLAUSIBLE_DFT), reasons)
+            reasons = np.where(implausible, np.where(suspect, suspect_formulas(self.plausible_voltage),
+                                                     implausible_dft(self.plausible_voltage)), reasons)
         return reasons
 
     def transform(self, electrodes: pd.DataFrame, reasons: np.ndarray | None = None) -> np.ndarray:
         """(n, 3) physics value of voltage, capacity, energy; NaN where the network must predict.
 
         The capacity is stoichiometry's wherever the formulas describe the insertion: the DFT
-        reasons (:data:`VOLTAGE_ONLY`) take the voltage alone to the networks (a candidate with a
+        reasons (:attr:`voltage_only`) take the voltage alone to the networks (a candidate with a
         total energy for its DFT fields got 34 018 mAh/g from them where its formulas say 51.6);
-        :data:`SUSPECT_FORMULAS` takes the capacity too, as the formulas are what is wrong.
+        :func:`suspect_formulas` takes the capacity too, as the formulas are what is wrong.
         ``reasons``, from :meth:`reasons` on the same rows, spares parsing every formula again
         for a caller that reports them too (``electrode-ml predict``)."""
         reasons = self.reasons(electrodes) if reasons is None else reasons
         applies = reasons == ""
-        capacity = np.where(applies | np.isin(reasons, VOLTAGE_ONLY), stoichiometric_capacity_array(electrodes), np.nan)
+        capacity = np.where(applies | np.isin(reasons, self.voltage_only), stoichiometric_capacity_array(electrodes), np.nan)
         voltage = np.full(len(electrodes), np.nan)
         if self.uses_voltage:
             voltage = np.where(applies, thermodynamic_voltage(electrodes, self.ion_references), np.nan)
