@@ -23,6 +23,7 @@ import pandas as pd
 from electrode_ml.chemistry import FARADAY, ion_count, molar_mass, parse_formula
 from electrode_ml.schema import ION_CHARGE, PLAUSIBLE_VOLTAGE, TARGETS
 
+
 def implausible_dft(window: tuple[float, float] = PLAUSIBLE_VOLTAGE) -> str:
     return "DFT energies imply a voltage outside {:g}..{:g} V".format(*window)
 
