@@ -118,17 +118,18 @@ def test_values_that_overflow_once_scaled_are_bad_rows_naming_the_field(tiny_run
     _, results, _ = tiny_run
     rows = pd.read_parquet(results / "data" / "electrodes.parquet").head(3)[candidate_columns("model2")]
     rows = rows.reset_index(drop=True)
-    rows.loc[1, "charge_band_gap"] = 3.4e38
+    rows.loc[1, "charge_band_gap"] = 3.4e38  # overflows when standardised
+    rows.loc[2, "charge_energy_per_atom"] = 3.4e38  # min-max scaled it stays finite, the networks overflow
     candidates, out = tmp_path / "candidates.csv", tmp_path / "out.csv"
     rows.to_csv(candidates, index=False)
     code, text = predict_in_process(capsys, candidates, out, results, model="model2")
     assert_one_line_refusal(code, text, out, f"battery_id={rows['battery_id'][1]!r} (line 3), field 'charge_band_gap'",
-                            "beyond float32's range once scaled")
+                            "too far outside the training data to compute")
     code, text = predict_in_process(capsys, candidates, out, results, "--skip-bad", model="model2")
     assert code == 0, text
-    assert pd.read_csv(out)["battery_id"].tolist() == rows["battery_id"][[0, 2]].tolist()
+    assert pd.read_csv(out)["battery_id"].tolist() == rows["battery_id"][[0]].tolist()
     rejects = pd.read_csv(tmp_path / "out.rejects.csv")
-    assert rejects[["row", "line", "field"]].values.tolist() == [[2, 3, "charge_band_gap"]]
+    assert rejects[["row", "line", "field"]].values.tolist() == [[2, 3, "charge_band_gap"], [3, 4, "charge_energy_per_atom"]]
 
 
 def test_chunked_prediction_keeps_every_row_its_values_and_physics_note(tiny_run):
@@ -318,6 +319,22 @@ def test_implausible_values_name_the_targets_no_electrode_can_have():
     predictions = pd.DataFrame({"average_voltage_mean": [3.0, 1.3e8, -2.0, 6.9],
                                 "capacity_grav_mean": [150.0, 1168.0, -40.0, 0.0]})
     assert implausible_values(predictions) == ["", "average_voltage", "average_voltage capacity_grav", ""]
+    # a physics fitted on voltages up to 8 V (data.voltage_window wider) finds 7.5 V plausible
+    assert implausible_values(predictions.assign(average_voltage_mean=7.5), (-1.0, 8.0))[0] == ""
+
+
+def test_output_and_its_rejects_are_written_both_or_neither(tmp_path):
+    """A 251-character OUTPUT is legal, its rejects file's name is not: OUTPUT was written, the
+    rejects failed, and the table read as every row scored."""
+    from electrode_ml.cli import write_outputs
+    from electrode_ml.errors import InputError
+
+    output = tmp_path / ("a" * 247 + ".csv")
+    predictions = pd.DataFrame({"battery_id": ["a"], "average_voltage_mean": [3.0]})
+    rejects = pd.DataFrame({"row": [2], "line": [3], "battery_id": ["b"], "field": ["working_ion"], "reason": ["x"]})
+    with pytest.raises(InputError, match="rejects.csv: cannot write"):
+        write_outputs(predictions, rejects, str(output))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_rejects_count_rows_and_a_clean_rerun_removes_them(tiny_run, candidates, tmp_path, capsys):

@@ -251,6 +251,12 @@ def test_predict_refuses_networks_and_a_featuriser_that_do_not_belong_together(e
         check_consistent(tmp_path, "model1", featurizer, [{**own, "n_inputs": width + 3}])
     with pytest.raises(InputError, match="networks trained on other features than .*train.parquet"):
         check_consistent(tmp_path, "model1", featurizer, [own, {**own, "features_sha256": "0" * 64}])
+    # electrodes of another data step, without some the networks trained on
+    trained = frames["train"]["battery_id"].iloc[5]
+    electrodes[electrodes["battery_id"] != trained].to_parquet(tmp_path / "data" / "electrodes.parquet")
+    with pytest.raises(InputError, match=f"lacks 1 of the {len(frames['train'])} electrodes model1 was trained on "
+                                         f"\\(e.g. {trained}\\): data and features of different runs"):
+        check_consistent(tmp_path, "model1", featurizer, [own])
     # the installed code featurising one training electrode otherwise (here: its formula changed under it)
     trained = frames["train"]["battery_id"].iloc[5]
     changed = electrodes.copy()

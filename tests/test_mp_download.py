@@ -566,6 +566,22 @@ def test_a_certificate_that_fails_verification_is_named_with_the_fix(tmp_path):
     assert "TLS certificate" in text and "self-signed certificate" in text and "REQUESTS_CA_BUNDLE" in text
 
 
+def test_a_tls_error_that_is_no_certificate_failure_is_retried():
+    """An EOF in the TLS handshake is a passing fault; only a failed verification is named as one."""
+    import ssl
+
+    import requests
+
+    guard = mp_transport.Guard(key=FAKE_KEY, endpoint="https://example.invalid/", max_retries=2, timeout_s=1.0)
+    eof = requests.exceptions.SSLError(ssl.SSLEOFError(8, "EOF occurred in violation of protocol"))
+    problem = guard._classify(eof, transport_retried=False)
+    assert problem.transient and "certificate" not in problem.message
+    verify = requests.exceptions.SSLError(ssl.SSLCertVerificationError(1, "certificate verify failed: self-signed "
+                                                                          "certificate (_ssl.c:1000)"))
+    problem = guard._classify(verify, transport_retried=False)
+    assert not problem.transient and "certificate verify failed: self-signed certificate" in problem.message
+
+
 @pytest.mark.parametrize("fault, words", [("503", "HTTP 503"), ("badjson", "not valid JSON")])
 def test_a_persistent_fault_stops_after_max_retries(server, fault, words):
     server.inject("insertion_electrodes", *[fault] * 20)

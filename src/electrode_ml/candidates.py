@@ -127,7 +127,8 @@ def score(frame: pd.DataFrame, where: str, model: str, results: Path, skip_bad: 
     predictions = ensemble.predict(candidates, features)
     predictions.insert(1, "working_ion", candidates["working_ion"].to_numpy())
     predictions.insert(2, "model", model)
-    predictions["implausible_values"] = implausible_values(predictions)
+    predictions["implausible_values"] = implausible_values(
+        predictions, ensemble.physics.plausible_voltage if ensemble.physics is not None else PLAUSIBLE_VOLTAGE)
     warn_outside_training(predictions)
     return predictions, rejects
 
@@ -139,15 +140,17 @@ def overflowing_rows(ensemble: TrainedEnsemble, candidates: pd.DataFrame, featur
     if features is None:
         return []
     return located([BadRow(str(candidates["battery_id"][idx]), fields,
-                           "beyond float32's range once scaled for the networks", idx)
+                           "too far outside the training data to compute (beyond 1e20 training spreads once "
+                           "scaled: the networks overflow float32)", idx)
                     for idx, fields in zip(candidates.index, ensemble.unusable_features(features)) if fields], lines)
 
 
-def implausible_values(predictions: pd.DataFrame) -> list[str]:
+def implausible_values(predictions: pd.DataFrame,
+                       plausible_voltage: tuple[float, float] = PLAUSIBLE_VOLTAGE) -> list[str]:
     """Per candidate, the mean values no electrode can have (voltage outside the paper's
-    ``PLAUSIBLE_VOLTAGE``, a negative capacity), space-separated: what networks far outside their
-    training data return."""
-    low, high = PLAUSIBLE_VOLTAGE
+    ``PLAUSIBLE_VOLTAGE``, or the physics' own widened range, a negative capacity), space-separated:
+    what networks far outside their training data return."""
+    low, high = plausible_voltage
     voltage, capacity = predictions["average_voltage_mean"], predictions["capacity_grav_mean"]
     flags = pd.DataFrame({"average_voltage": ~voltage.between(low, high), "capacity_grav": capacity < 0})
     return [" ".join(flags.columns[row]) for row in flags.to_numpy()]

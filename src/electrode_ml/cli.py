@@ -135,11 +135,17 @@ def write_outputs(predictions: pd.DataFrame, rejects: pd.DataFrame, output: str)
         return
     path = path.resolve() if path.is_symlink() else path  # a link to a file: the file is replaced
     stale = rejects_path(path)
-    for table, target in [(predictions, path), *([(rejects, stale)] if not rejects.empty else [])]:
+    written = []
+    # the rejects first: OUTPUT is only replaced once they are written (without them it would read
+    # as every row scored), and a failure on OUTPUT takes back the rejects of this run
+    for table, target in [*([(rejects, stale)] if not rejects.empty else []), (predictions, path)]:
         try:
             write_bytes(encoded(table, target), target)
         except OSError as error:
+            for done in written:
+                done.unlink(missing_ok=True)
             raise InputError(f"{target}: cannot write ({error.strerror or error})") from None
+        written.append(target)
     if not rejects.empty:
         log.warning("%d row(s) rejected; reasons in %s", rejects["row"].nunique(), stale)
     elif _holds(stale, Path.exists):  # an earlier run's rejects would read as this run's

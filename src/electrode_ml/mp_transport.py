@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 import re
+import ssl
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -210,7 +211,8 @@ class Guard:
                           | requests.exceptions.InvalidURL) for error in chain):
             return _Problem(False, f"{where} is not a URL the client can reach (MP_API_ENDPOINT needs "
                                    f"https:// or http://): {_detail(text)}")
-        if any(isinstance(error, requests.exceptions.SSLError) for error in chain):
+        if any(isinstance(error, ssl.SSLCertVerificationError) for error in chain) \
+                or "certificate verify failed" in text.lower():  # other TLS errors (an EOF) are retried
             return _Problem(False, f"the TLS certificate of {where} could not be verified ({_tls_detail(text)}); "
                                    "behind a proxy that re-signs TLS, point REQUESTS_CA_BUNDLE at its certificate")
         if any(isinstance(error, requests.exceptions.ProxyError) for error in chain):

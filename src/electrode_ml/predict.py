@@ -223,6 +223,13 @@ def _fitted(path: Path, what: str, pronoun: str):
     return joblib.load(path)
 
 
+# A scaled feature beyond this (in training spreads; the training rows' lie within a few dozen)
+# cannot be scored: three layers of a few hundred units multiply it by up to about 1e6, and
+# float32 ends at 3.4e38. An absurd but computable row (a million ions per framework unit, about
+# 1e8 spreads) stays scored, and flagged by its implausible values.
+MAX_SCALED_FEATURE = 1e20
+
+
 def check_consistent(results: Path, base: str, featurizer, checkpoints: list[dict]) -> None:
     """Refuse, in one line, networks and a featuriser that do not belong together.
 
@@ -246,12 +253,17 @@ def check_consistent(results: Path, base: str, featurizer, checkpoints: list[dic
     if electrodes_path.exists():
         # all of them (0.6 s for model1_redox): a change may touch a few dozen rows of thousands
         stored = pd.read_parquet(train_path)
-        electrodes = pd.read_parquet(electrodes_path).set_index("battery_id", drop=False).loc[stored["battery_id"]]
-        again = np.asarray(featurizer.transform(electrodes), dtype=np.float32)
+        electrodes = pd.read_parquet(electrodes_path).set_index("battery_id", drop=False)
+        missing = ~stored["battery_id"].isin(electrodes.index)
+        if missing.any():
+            raise InputError(f"{electrodes_path} lacks {missing.sum()} of the {len(stored)} electrodes {base} was "
+                             f"trained on (e.g. {stored['battery_id'][missing].iloc[0]}): data and features of "
+                             "different runs; rerun the workflow")
+        again = np.asarray(featurizer.transform(electrodes.loc[stored["battery_id"]]), dtype=np.float32)
         expected = stored[list(featurizer.get_feature_names_out())].to_numpy(np.float32)
         if not np.allclose(again, expected, rtol=1e-5, atol=1e-5):
             raise InputError(f"the installed electrode-ml featurises {base}'s training electrodes otherwise than the run "
-                             f"under {results} did (its code changed since): rerun the workflow")
+                             f"under {results} did (its code or its data changed since): rerun the workflow")
 
 
 @dataclass
@@ -307,18 +319,19 @@ class TrainedEnsemble:
             return np.asarray(self.featurizer.transform(electrodes), dtype=np.float32)
 
     def unusable_features(self, features: np.ndarray) -> list[str]:
-        """Per row, the input fields whose features are not finite in float32, space-separated ('' for
-        a usable row): values inside float32's range (3.4e38 in a DFT field, a count of 1e300) can
-        still overflow once scaled, and the networks then returned a constant or NaN, unflagged."""
+        """Per row, the input fields whose features lie beyond :data:`MAX_SCALED_FEATURE` (or are not
+        finite in float32), space-separated ('' for a usable row): values inside float32's range
+        (3.4e38 in a DFT field, a count of 1e300) overflowed once scaled, or in the networks, which
+        then returned a constant, inf or NaN, unflagged."""
         blocks = {name: list(columns) for name, _, columns in self.featurizer.transformers_ if name != "remainder"}
         owners = []
         for name in self.featurizer.get_feature_names_out():
             block, _, column = name.partition("__")
             read = blocks.get(block, [name])
             owners.append([column] if column in read else read)  # a scaled field is its own feature
-        finite = np.isfinite(features)
+        usable = np.isfinite(features) & (np.abs(features) <= MAX_SCALED_FEATURE)
         return [" ".join(dict.fromkeys(field for column in np.flatnonzero(~row) for field in owners[column]))
-                for row in finite]
+                for row in usable]
 
     def predict_members(self, electrodes: pd.DataFrame, chunk_rows: int = 20000,
                         features: np.ndarray | None = None) -> MemberPredictions:
