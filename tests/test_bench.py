@@ -22,6 +22,8 @@ def test_bench_writes_its_figures(tmp_path, snapshot_path, capsys, monkeypatch):
     monkeypatch.setattr(bench, "native_bfloat16", lambda: True)
     figures = run_bench(tmp_path, snapshot_path, REPO / "config.yaml")
     assert figures["train_epochs"] == 2 and figures["ensemble_networks"] == 3 and figures["val_electrodes"] == 388
+    # each model's entry says when and by which code it was measured: the file keeps older entries
+    assert figures["code"].startswith("electrode-ml ") and figures["generated"].endswith("+00:00")
     assert figures["matmul_peak_gflops"] > 0 and figures["ensemble_predict_val_ms_bfloat16"] > 0
     # both libraries of the products timed (the pinned torch has oneDNN), the default one among
     # them; oneDNN's peak beside torch's

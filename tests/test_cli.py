@@ -337,6 +337,33 @@ def test_output_and_its_rejects_are_written_both_or_neither(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_failed_write_leaves_the_earlier_output_and_rejects_as_they_were(tmp_path, monkeypatch):
+    """Both tables reach temporary files before either is renamed: a full disk on OUTPUT had
+    already replaced the rejects file, then deleted it, leaving the earlier OUTPUT without its rejects."""
+    import errno
+
+    from electrode_ml import cli
+    from electrode_ml.errors import InputError
+
+    output = tmp_path / "out.csv"
+    predictions = pd.DataFrame({"battery_id": ["a"], "average_voltage_mean": [3.0]})
+    rejects = pd.DataFrame({"row": [2], "line": [3], "battery_id": ["b"], "field": ["working_ion"], "reason": ["x"]})
+    cli.write_outputs(predictions, rejects, str(output))
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    assert set(before) == {"out.csv", "out.rejects.csv"}
+
+    def disk_full_on_output(table, target):
+        if target == output:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return table.to_csv(index=False).encode()
+
+    monkeypatch.setattr(cli, "encoded", disk_full_on_output)
+    for new_rejects in (rejects.assign(battery_id="c"), rejects.iloc[:0]):  # with rejects, and without (stale removal)
+        with pytest.raises(InputError, match="out.csv: cannot write .No space left"):
+            cli.write_outputs(predictions.assign(average_voltage_mean=4.0), new_rejects, str(output))
+        assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
 def test_rejects_count_rows_and_a_clean_rerun_removes_them(tiny_run, candidates, tmp_path, capsys):
     """Two rows without an id are told apart by their row and line."""
     _, results, _ = tiny_run

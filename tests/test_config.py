@@ -517,3 +517,28 @@ def test_a_job_books_a_gpu_only_where_its_torch_can_use_one(device, visible, ver
 
     config = {"train": {"device": device}}
     assert gpu_per_job(config, {"CUDA_VISIBLE_DEVICES": visible}, torch_version=version) == gpus
+
+
+def test_the_ions_are_a_set_and_the_tunings_patience_counts_only_for_its_own_trials(config):
+    """Both are recorded as the rules' params text: [Y, Li] for [Li, Y] reran every job, and a patience
+    the tuning never read (tune.epochs null) reran 166 of 175."""
+    from electrode_ml.config import tune_settings, validate_config
+
+    config["data"]["ions"] = ["Y", "Mg", "Li"]
+    validate_config(config)
+    assert config["data"]["ions"] == ["Li", "Mg", "Y"]
+    assert config["tune"]["epochs"] is None and "patience" not in tune_settings(config["tune"])
+    assert tune_settings({**config["tune"], "epochs": 100})["patience"] == config["tune"]["patience"]
+
+
+def test_the_schema_names_the_models_and_ions_the_library_knows():
+    """Four lists of the same names: a model added to models.py would be refused by the schema, and a
+    network model missing from the Huber pattern could not be given a delta."""
+    from electrode_ml.models import FEATURE_SETS, KNOWN_MODELS
+    from electrode_ml.schema import WORKING_IONS
+
+    properties = yaml.safe_load(Path(SCHEMA).read_text())["properties"]
+    assert properties["models"]["items"]["enum"] == list(KNOWN_MODELS)
+    assert properties["data"]["properties"]["ions"]["items"]["enum"] == list(WORKING_IONS)
+    huber = properties["train"]["properties"]["huber_delta"]["patternProperties"]
+    assert list(huber) == [f"^({'|'.join(FEATURE_SETS)})$"]

@@ -6,6 +6,7 @@ from electrode_ml.ensemble import (Z_95, add_prediction_intervals, aggregate, ba
                                    conformal_quantile, coverage, coverage_by_source, mark_applicability, mark_sources,
                                    outside_training, outside_training_metrics, stack_predictions)
 from electrode_ml.metrics import regression_metrics
+from electrode_ml.schema import TARGETS
 
 
 def test_metrics_on_a_hand_case():
@@ -242,3 +243,24 @@ def test_r_against_a_constant_prediction_is_undefined_whatever_its_value(level):
     assert np.isnan(regression_metrics(true, np.full(429, level))["r"])
     assert np.isnan(regression_metrics(np.full(429, level), true)["r"])
     assert regression_metrics(true, true + level)["r"] == pytest.approx(1.0)
+
+
+def test_the_grouped_evaluations_seeds_are_also_scored_alone_on_the_random_split():
+    """The grouped split's 10 networks were set against all 50 of the random split, counting the
+    larger ensemble's gain as leakage; the ensemble rule scores the same seeds' ensemble beside it."""
+    from electrode_ml.ensemble import evaluate_model
+
+    rng = np.random.default_rng(0)
+    frames = {split: pd.DataFrame({"battery_id": [f"{split}{i}" for i in range(40)],
+                                   **{target: rng.uniform(1, 5, 40) for target in TARGETS}})
+              for split in ("train", "val", "test")}
+    per_seed = [pd.concat([frame.assign(split=split, seed=seed, **{t: frame[t] + rng.normal(0, 1, 40) for t in TARGETS})
+                           for split, frame in frames.items()], ignore_index=True)
+                for seed in range(5)]
+    metrics = evaluate_model(per_seed, frames, compare_seeds=[0, 1])[1]
+    alone = evaluate_model(per_seed[:2], frames)[1]
+    assert metrics["compare_seeds"] == {"n_seeds": 2, "ensemble_mean": alone["ensemble_mean"]}
+    assert metrics["compare_seeds"]["ensemble_mean"] != metrics["ensemble_mean"]
+    # no grouped evaluation, or every seed in it: nothing to add
+    assert "compare_seeds" not in evaluate_model(per_seed, frames)[1]
+    assert "compare_seeds" not in evaluate_model(per_seed, frames, compare_seeds=list(range(5)))[1]

@@ -1,5 +1,6 @@
 import multiprocessing
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -541,7 +542,39 @@ run_step(types.SimpleNamespace(log=[{str(tmp_path / "tune.log")!r}], rule="tune"
     assert run.returncode == 1, run.stderr[-2000:]
     assert "Traceback" not in run.stderr
     assert run.stderr.splitlines()[-1].startswith("electrode-ml: error: config key train.device: cuda, but ")
+    assert run.stderr.count("config key train.device: cuda, but") == 1  # the log's copy went to the file only
     assert "config key train.device: cuda, but" in (tmp_path / "tune.log").read_text()
+
+
+def test_a_job_removes_what_a_killed_attempt_left_and_ends_ctrl_c_in_one_line(tmp_path):
+    """A SIGKILL skips atomic_path's cleanup: its hidden temporary file stayed beside the outputs for
+    good. And Ctrl-C printed a traceback from wherever the step happened to be."""
+    from electrode_ml.fileio import atomic_path
+
+    output = tmp_path / "train" / "predictions.parquet"
+    output.parent.mkdir()
+    leftover = tmp_path / "train" / ".predictions.parquet.k1ll3d.tmp.parquet"
+    leftover.write_bytes(b"half a table")
+    other = tmp_path / "train" / ".history.csv.k1ll3d.tmp.csv"  # another job's output: not this job's to remove
+    other.write_bytes(b"")
+    with pytest.raises(RuntimeError), atomic_path(output) as tmp:  # the pattern atomic_path names its files by
+        assert re.fullmatch(r"\.predictions\.parquet\.\w+\.tmp\.parquet", tmp.name)
+        raise RuntimeError
+    code = f"""
+import types
+from electrode_ml.runner import run_step
+
+def step(input, output, params, threads, **_):
+    raise KeyboardInterrupt
+
+run_step(types.SimpleNamespace(log=[{str(tmp_path / "train.log")!r}], rule="train", input={{}},
+                               output=[{str(output)!r}], threads=1, params=types.SimpleNamespace(), wildcards={{}}), step)
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 130 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert not leftover.exists() and other.exists()
+    log_text = (tmp_path / "train.log").read_text()
+    assert f"removed {leftover}, left by an earlier attempt" in log_text and "rule train interrupted after" in log_text
 
 
 def test_a_job_that_crashes_leaves_its_traceback_and_warnings_in_its_log(tmp_path):

@@ -142,3 +142,10 @@ def test_a_split_with_the_heavier_tail_is_clipped_no_more_than_one_percent():
     n_train, n_val = (int(text.rsplit("; ", 1)[1].split()[0]) for text in legend_texts(voltage)[1:])
     assert n_val <= 4 and n_train == 0
     plt.close("all")
+
+
+@pytest.mark.parametrize("share, text", [(0.5, "50 %"), (0.995, "99.5 %"), (0.0042, "0.4 %"), (1.0, "100 %"),
+                                         (0.0, "0 %"), (0.9996, "99.96 %"), (1 / 4300, "0.02 %"), (0.99998, "99.998 %")])
+def test_a_share_is_never_printed_as_0_or_100_percent_when_it_is_neither(share, text):
+    """One network row among 4300 physics rows printed "physics: 100.0 % of rows"."""
+    assert plots.percent(share) == text

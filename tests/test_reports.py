@@ -53,12 +53,28 @@ def test_timing_table_puts_the_paper_beside():
     assert "batched" in table.loc[whole, "note"]
     onednn = timing.timing_table("model1", 100.0, [10.0], prediction | {"matmul": "onednn"}).set_index("stage")
     assert "oneDNN" in onednn.loc[whole, "note"]
+    # the repeats each time is the best of, as measure_prediction counted them
+    counted = timing.timing_table("model1", 100.0, [10.0], prediction | {"networks_repeats": 20, "end_to_end_repeats": 5})
+    notes = counted.set_index("stage")["note"]
+    assert "best of 20" in notes[whole] and "best of 5" in notes["Prediction incl. featurisation, whole ensemble"]
 
 
 def test_best_time_runs_the_call():
     calls = []
     result = timing.best_time(lambda: calls.append(1), repeats=5, warmup=1)
     assert len(calls) == 6 and 0 <= result["best_s"] <= result["median_s"]
+    # the end-to-end prediction is timed from the formulas: the caches an earlier call filled are emptied first
+    from electrode_ml.chemistry import parse_formula
+    from electrode_ml.redox import electrode_features
+
+    misses = []
+    timing.best_time(lambda: (electrode_features("FePO4", "LiFePO4", "Li"),
+                              misses.append(electrode_features.cache_info().misses)),
+                     repeats=3, warmup=1, before_each=timing.forget_formulas)
+    assert misses == [1, 1, 1, 1]  # every call worked the electrode out afresh
+    assert parse_formula.cache_info().currsize > 0
+    timing.forget_formulas()
+    assert parse_formula.cache_info().currsize == 0 and electrode_features.cache_info().currsize == 0
 
 
 def test_shade_colours_by_direction():
@@ -128,8 +144,8 @@ def test_report_renders_every_section(report_run):
         assert report_html.esc(title) in page, title
     assert 'class="missing"' not in page
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    # parity + error histograms per model, Fig 6, Fig 7
-    assert len(images) == 2 * len(config["models"]) + 2
+    # parity + error histograms per model and of the peer baseline, Fig 6, Fig 7
+    assert len(images) == 2 * (len(config["models"]) + 1) + 2
     assert all(base64.b64decode(data)[:4] == b"\x89PNG" for data in images)
     assert "src=\"file:" not in page and "<img src=\"/" not in page  # self-contained
     for number in ("0.41", "13.38", "65.46", "99.65", "38.81", "61.21", "74.02", "6,309.5", "72.90"):
@@ -289,6 +305,12 @@ def test_beyond_section_shows_test_errors_coverage_and_the_peer(beyond_context):
     # model2_phys against the issue's goals: V 0.050 <= 0.08 met, capacity 0.05 < 1 met
     assert re.search(r'<td class="num" style="background: rgba\(27,158,119[^>]*>0\.050 ', page)
     assert "physics 100.0 % of 8, network 50.0 % of 2" in page
+    assert "the uncertainty of a 3-network mean" in page  # the run's networks, not the paper's 50
+    # the peer's figures beside its table, as every model's are in the per-model sections
+    assert "Figure missing: peer_gbm: parity plots" in page
+    png = b"\x89PNG any bytes"  # the page embeds them as they are
+    page = report.section_beyond({**beyond_context, "peer_parity": png, "peer_errors": png})
+    assert page.count('alt="peer_gbm: ') == 2 and "Figure missing" not in page
 
 
 def test_the_glance_counts_the_paper_models_apart_and_exact_physics_not_at_all():
@@ -326,6 +348,8 @@ def test_the_contribution_section_shows_the_test_ranking_and_a_range_that_crosse
                             **{f"val_r_{t}_without": 0.98 for t in TARGETS}})
     page = report.section_contribution({"contribution": summary})
     assert "0.997300 – 1.000019" in page
+    # the groups whose range crosses 1 are named; it counted them "of" the groups above 1, which held none
+    assert "2 of 3 groups contribute above 1 (paper: all). For 1 of the 3 (Fermi level) the seeds disagree" in page
     assert "on the held-out test split the top three are formation energy, ion type, Fermi level (2 of 3 groups above 1)" in page
     assert "<th>On the test split</th>" in page and "1.0087" in page
 
@@ -354,6 +378,11 @@ def test_the_accuracy_section_says_where_the_setup_differs_from_the_papers():
     text = report.setup_differences(config)
     assert "no space-group block" in text and "<code>standard</code> (the paper: min-max)" in text
     assert "made exact" in text and "mini-batches of 128, at most 500 epochs" in text
+    # the full batch was "mini-batches of None"; the rate scale and the tuning's tolerance were not listed
+    text = report.setup_differences({**config, "train": {"batch_size": None, "patience": 100, "lr_scale": 0.5},
+                                     "tune": {"tolerance": 0.055}})
+    assert "training in full batches, at most" in text and "None" not in text
+    assert "tuned learning rate times 0.5" in text and "within 5.5 % of the lowest score" in text
     assert report.setup_differences({"features": {"space_groups": True, "dft_scaling": "minmax"}}) == ""
     with pytest.raises(KeyError, match="dft_scaling"):  # the schema requires it: no guess at what the run used
         report.setup_differences({"features": {"space_groups": True}})
@@ -380,6 +409,15 @@ def test_beyond_section_sets_the_group_split_against_the_random_one(beyond_conte
     page = report.section_beyond(beyond_context)
     assert "2.00×" in page and "train 8 / val 1 / test 1" in page
     assert "model2_phys" not in page.split("Unseen hosts")[1].split("Physics and exact formulas")[0]
+    assert "the ensemble of the same 3 seeds" in page
+    # a random split of 50 networks is set against the grouped one's 3 through the ensemble of those 3
+    fifty = {**_metrics(0.3), "n_seeds": 50, "compare_seeds": {"n_seeds": 3, "ensemble_mean": _metrics(0.4)["ensemble_mean"]}}
+    page = report.section_beyond({**beyond_context, "metrics": {**beyond_context["metrics"], "model2": fifty}})
+    assert "1.50×" in page and "2.00×" not in page and "the ensemble of the same 3 seeds" in page
+    # metrics written before the ensemble rule scored that subset: the whole ensemble, said so
+    fifty.pop("compare_seeds")
+    page = report.section_beyond({**beyond_context, "metrics": {**beyond_context["metrics"], "model2": fifty}})
+    assert "2.00×" in page and "its whole ensemble, of more networks" in page
 
 
 def test_beyond_section_reports_physics_and_exact_formulas(beyond_context):
@@ -458,3 +496,20 @@ def test_the_data_section_names_a_download_and_what_it_left_out():
     assert "database 2025.09.25" in text
     assert "left out by the download: average_voltage outside window: 2 (e.g. mp-1_Li, mp-2_Li)" in text
     assert "end member without summary properties" not in text  # reasons that left nothing out are not listed
+
+
+def test_a_test_split_without_na_electrodes_still_gets_its_report(tmp_path):
+    """An empty screen table reads its verdict columns as text, and a mask of text selected columns:
+    `data.ions` without Na ended the whole run's last job in a KeyError traceback."""
+    columns = ["battery_id", "framework_formula", "split", "split_role", "trained_on", "dft_pass",
+               "model1_pass", "model1_outcome"]
+    path = tmp_path / "na_screening.csv"
+    pd.DataFrame(columns=columns).to_csv(path, index=False)
+    assert pd.read_csv(path)["dft_pass"].dtype == object  # what the report read before
+    test = report_inputs.screen_table(path)
+    assert test["dft_pass"].dtype == bool and test["trained_on"].dtype == bool and test.empty
+    none = {"picks": 0, "tp": 0, "fp": 0, "fn": 0, "precision": None, "recall": None}
+    metrics = {"thresholds": {"voltage": 2.0, "capacity": 100.0, "energy": 200.0}, "paper": {"dft_picks": 9},
+               "filter": "V > 2.0 V", "test": {"model1": {"all": none}}, "all_na": {"model1": {"all": none}}}
+    page = report.section_na({"na_screening": test, "na_all": test, "na_metrics": metrics, "models": ["model1"]})
+    assert "0 Na electrodes in the test split" in page and "0 of the 0 DFT picks" in page

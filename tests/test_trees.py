@@ -189,6 +189,34 @@ def test_above_the_upper_capacity_bound_the_trees_take_their_high_share():
     assert trees.record(voltage, frames)["high_capacity_weight"] == 0.8
 
 
+def test_the_best_single_seed_of_a_blend_is_one_network_with_the_trees():
+    """Above the bound a member is the blend's mean plus half its network's offset, which mixes in the
+    other networks; the best single seed is scored as that network and the trees alone would predict."""
+    from electrode_ml.ensemble import evaluate_model
+
+    frames = synthetic_frames()
+    trees, voltage = fit_trees(frames, weight=0.5, capacity_weights=(5, 95), high_capacity_weight=0.8)
+    rows = pd.concat([frame.assign(split=split) for split, frame in frames.items()], ignore_index=True)
+    physics = rows[["battery_id", *TARGETS]].assign(average_voltage=np.nan, energy_grav=np.nan,
+                                                    capacity_grav=np.where(np.arange(len(rows)) % 2, 1000.0, 10.0))
+    rng = np.random.default_rng(1)
+    per_seed = [rows[["battery_id", "split", *TARGETS]].assign(seed=seed, average_voltage=rows["average_voltage"]
+                                                               + rng.normal(0, 0.3 + 0.2 * seed, len(rows)))
+                for seed in range(3)]
+    metrics = evaluate_model(per_seed, frames, physics=physics, trees=trees)[1]
+    best = metrics["best_single_seed"]["average_voltage"]
+    by_id = voltage.set_index("battery_id")["average_voltage"]
+    share = trees.shares(physics["capacity_grav"].to_numpy())
+    alone = {seed: (1 - share) * frame["average_voltage"] + share * by_id.loc[frame["battery_id"]].to_numpy()
+             for seed, frame in enumerate(per_seed)}
+    val = (rows["split"] == "val").to_numpy()
+    val_mae = {seed: np.abs(values[val] - rows["average_voltage"][val]).mean() for seed, values in alone.items()}
+    assert best["seed"] == min(val_mae, key=val_mae.get)
+    assert best["val"]["mae"] == pytest.approx(val_mae[best["seed"]], rel=1e-12)
+    members = blend_seeds(per_seed, trees, voltage, physics)[best["seed"]]["average_voltage"]
+    assert np.abs(members[val] - rows["average_voltage"][val]).mean() != pytest.approx(best["val"]["mae"], rel=1e-6)
+
+
 def test_a_high_capacity_share_needs_the_capacity_weights():
     with pytest.raises(ValueError, match="high_capacity_weight needs capacity_weights"):
         fit_trees(synthetic_frames(), weight=0.5, high_capacity_weight=0.8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -263,6 +264,28 @@ def test_split_spread_reproduces_the_run_on_its_own_split(tiny_run, capsys):
     assert other[voltage] != pytest.approx(own.set_index(["split", "target"])["mae"][voltage], rel=1e-6)
     printed = capsys.readouterr().out
     assert "over 2 random splits" in printed and "written to" in printed
+    # what produced the table: the networks per split in it, the settings and the code beside it
+    assert (table["networks"] == networks).all()
+    provenance = json.loads((results / "analysis" / "split_spread_model1_phys.json").read_text())
+    assert provenance["split_seeds"] == [own_seed, 1] and provenance["networks"] == networks
+    assert provenance["config_sha256"] == hashlib.sha256((workdir / "config.yaml").read_bytes()).hexdigest()
+    assert provenance["code"].startswith("electrode-ml ") and provenance["generated"].endswith("+00:00")
+
+
+def test_seed_folders_of_an_earlier_larger_run_are_named_in_one_line(tiny_run):
+    """train.n_seeds lowered after a run: the jobs that load every network under train/ found more than
+    the workflow lists, a ValueError traceback; now one line saying what to remove."""
+    import types
+
+    from electrode_ml.errors import InputError
+    from electrode_ml.steps import _load_ensembles
+
+    config, results, _ = tiny_run
+    listed = sorted((results / "train" / "model1").glob("seed_*/model.pt"))[:-1]  # a run of one seed fewer
+    job = types.SimpleNamespace(electrodes=str(results / "data" / "electrodes.parquet"), checkpoints=listed)
+    with pytest.raises(InputError, match=rf"model1: {len(listed) + 1} networks under .*train/model1, but the "
+                                         rf"workflow lists {len(listed)} seeds; remove the seed folders"):
+        _load_ensembles(job, types.SimpleNamespace(models=["model1"]))
 
 
 def test_same_seed_gives_identical_predictions(tiny_run, tmp_path):
@@ -280,7 +303,6 @@ def test_a_copied_snapshot_keeps_the_run_and_a_changed_one_reruns_it(tmp_path, s
     """The profile has Snakemake compare the snapshot's checksum when its file time is newer than the
     outputs: data folders get provisioned again (new time, same bytes), and a needless rerun of the
     default workflow costs an hour on 2 cores. Snakemake's own threshold (1 MB) leaves the snapshot out."""
-    import hashlib
     import os
 
     snapshot = tmp_path / "snapshot.csv"
@@ -377,6 +399,11 @@ def test_the_same_settings_in_another_key_order_or_number_type_rerun_nothing(tin
     assert list(reordered["split"]) != list(config["split"])
     assert repr(reordered["screen"]["na"]["capacity"]) != repr(config["screen"]["na"]["capacity"])
     assert repr(reordered["data"]["voltage_window"]) != repr(config["data"]["voltage_window"])
+    # the ions are a set: listed in another order they reran every job
+    reordered["data"]["ions"] = list(reversed(config["data"]["ions"]))
+    # a patience the tuning does not read (its trials are the training recipe: tune.epochs null)
+    assert config["tune"]["epochs"] is None
+    reordered["tune"]["patience"] = 7
     assert "Nothing to be done" in snakemake(reordered, tmp_path, "-n", sort_keys=False).stdout
 
 

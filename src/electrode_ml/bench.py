@@ -26,6 +26,7 @@ from electrode_ml.features import fit_feature_sets
 from electrode_ml.fileio import read_json, write_json
 from electrode_ml.model import PAPER_PARAMS, NetworkParams, TrainedNetwork, TrainSettings, native_bfloat16, train_network
 from electrode_ml.predict import StackedEnsemble
+from electrode_ml.report_inputs import code_provenance, utc_timestamp
 from electrode_ml.runner import setup_logging
 from electrode_ml.schema import TARGETS, UNITS
 from electrode_ml.split import make_split
@@ -179,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     widths = sorted({(n.params.units_1, n.params.units_2, n.params.units_3) for n in networks})
 
     figures = {
+        "generated": utc_timestamp(),
+        "code": code_provenance(),  # bench.json keeps each model's latest entry: a stale one shows here
         "machine": platform.processor() or platform.machine(),
         "threads": args.threads,
         "matmul_peak_gflops": round(peak, 1),

@@ -14,6 +14,7 @@ from electrode_ml.schema import ION_CHARGE
 
 N_ELEMENTS = 118
 FARADAY = 96485.33212  # C/mol
+FARADAY_MAH = FARADAY / 3.6  # C/mol -> mAh/mol
 # What a formula is written with: element symbols, plain decimal counts, brackets and spaces.
 # pymatgen reads more: it drops '@' (for metallofullerenes such as Y3N@C80) and reads 1e2 as 100,
 # so a typo such as LiFe@PO4 or Li1e2FePO4 would become another material without a word.
@@ -147,7 +148,13 @@ def insertion_problem(formula_charge: str, formula_discharge: str, working_ion: 
     return None
 
 
+def capacity_mah_g(gained, charge, discharged_molar_mass):
+    """C = n z F / (3.6 M) in mAh/g, for numbers or arrays: the one place both the physics models and
+    the K substitution compute it, in one order of operations, so that their values agree to the bit."""
+    return gained * charge * FARADAY_MAH / discharged_molar_mass
+
+
 def stoichiometric_capacity(formula_charge: str, formula_discharge: str, working_ion: str) -> float:
-    """Gravimetric capacity in mAh/g: C = n z F / (3.6 M), M the molar mass of the discharged formula."""
+    """Gravimetric capacity in mAh/g (:func:`capacity_mah_g`), M the molar mass of the discharged formula."""
     gained = ion_count(formula_discharge, working_ion) - ion_count(formula_charge, working_ion)
-    return gained * ION_CHARGE[working_ion] * FARADAY / (3.6 * molar_mass(parse_formula(formula_discharge)))
+    return capacity_mah_g(gained, ION_CHARGE[working_ion], molar_mass(parse_formula(formula_discharge)))

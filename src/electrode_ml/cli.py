@@ -16,6 +16,7 @@ import os
 import stat
 import sys
 import warnings
+from contextlib import ExitStack
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -123,7 +124,7 @@ def encoded(table: pd.DataFrame, output: Path) -> bytes:
 
 def write_outputs(predictions: pd.DataFrame, rejects: pd.DataFrame, output: str) -> None:
     """OUTPUT, and beside it the rejects file or, where OUTPUT is a stream, the rejects on stderr."""
-    from electrode_ml.fileio import write_bytes
+    from electrode_ml.fileio import atomic_path
 
     if is_stream(output):
         write_stream(encoded(predictions, Path("-")), len(predictions), rejects, sys.stdout.buffer, "standard output")
@@ -135,21 +136,26 @@ def write_outputs(predictions: pd.DataFrame, rejects: pd.DataFrame, output: str)
         return
     path = path.resolve() if path.is_symlink() else path  # a link to a file: the file is replaced
     stale = rejects_path(path)
-    written = []
-    # the rejects first: OUTPUT is only replaced once they are written (without them it would read
-    # as every row scored), and a failure on OUTPUT takes back the rejects of this run
-    for table, target in [*([(rejects, stale)] if not rejects.empty else []), (predictions, path)]:
-        try:
-            write_bytes(encoded(table, target), target)
-        except OSError as error:
-            for done in written:
-                done.unlink(missing_ok=True)
-            raise InputError(f"{target}: cannot write ({error.strerror or error})") from None
-        written.append(target)
+    pending = [*([(rejects, stale)] if not rejects.empty else []), (predictions, path)]
+    removed = False
+    try:
+        # Both tables are written to temporary files before either is renamed into place, so a write
+        # that fails (a full disk, a name too long) leaves an earlier run's pair as it was; the
+        # rejects are renamed first, since OUTPUT without them would read as every row scored.
+        with ExitStack() as renames:
+            for table, target in reversed(pending):  # the stack renames the last one entered first
+                try:
+                    renames.enter_context(atomic_path(target)).write_bytes(encoded(table, target))
+                except OSError as error:
+                    raise InputError(f"{target}: cannot write ({error.strerror or error})") from None
+            if rejects.empty and _holds(stale, Path.exists):  # an earlier run's rejects would read as this run's
+                stale.unlink()
+                removed = True
+    except OSError as error:  # a rename refused: the error names the temporary file, then the target
+        raise InputError(f"{error.filename2 or error.filename or output}: cannot write ({error.strerror or error})") from None
     if not rejects.empty:
         log.warning("%d row(s) rejected; reasons in %s", rejects["row"].nunique(), stale)
-    elif _holds(stale, Path.exists):  # an earlier run's rejects would read as this run's
-        stale.unlink()
+    elif removed:
         log.info("removed %s, an earlier run's rejects (this run rejected no row)", stale)
     log.info("wrote %d prediction(s) to %s", len(predictions), output)
 

@@ -14,6 +14,8 @@ from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import best_match
 
 from electrode_ml.errors import InputError
+from electrode_ml.models import is_physics_model
+from electrode_ml.schema import WORKING_IONS
 
 # The default for the tools outside Snakemake (the package is installed editable from the repository);
 # the workflow passes the schema beside its own Snakefile.
@@ -47,6 +49,8 @@ def validate_config(config: dict, schema: Path = SCHEMA) -> None:
     schema = yaml.safe_load(Path(schema).read_text())
     in_schema_order(config, schema)
     numbers_as_floats(config, schema)
+    # a set, recorded as text in the data rule's params: [Y, Li] in place of [Li, Y] reran all 175 jobs
+    config["data"]["ions"] = sorted(config["data"]["ions"], key=WORKING_IONS.index)
 
 
 def in_schema_order(config: dict, schema: dict) -> None:
@@ -161,7 +165,7 @@ def check_config(config: dict) -> None:
         raise InputError(f"config key split.fractions: {fractions} sum to {sum(fractions):g}, not 1")
     if config["evaluation"]["group_seeds"] == 1:
         raise InputError("config key evaluation.group_seeds: 1 network gives no spread; use 0 (skip) or at least 2")
-    physics_models = [model for model in config["models"] if model.endswith("_phys")]
+    physics_models = [model for model in config["models"] if is_physics_model(model)]
     if physics_models and not config["data"]["exact_formulas"]:
         raise InputError(f"config key data.exact_formulas: false keeps MP's rounded ion counts (Li1.33 for 4/3, Li1 "
                          f"for Li10), from which the stoichiometric capacity of {' and '.join(physics_models)} is off "
@@ -221,6 +225,13 @@ def model_train_settings(train: dict, model: str) -> dict:
     settings = {key: value for key, value in train.items() if key not in ("n_seeds", "first_seed")}
     # null is an unlisted model's MSE: the only way a --configfile can take config.yaml's delta away
     return {**settings, "huber_delta": {model: deltas[model]} if deltas.get(model) is not None else {}}
+
+
+def tune_settings(tune: dict) -> dict:
+    """The ``tune`` section as its jobs read it (why: :func:`model_train_settings`): ``patience`` only
+    for trials of their own length (``epochs`` a number); the training recipe's trials have the
+    ``train`` section's. A change to it reran 166 of 175 jobs for the same networks."""
+    return {key: value for key, value in tune.items() if key != "patience" or tune["epochs"] is not None}
 
 
 def model_feature_settings(features: dict, model: str) -> dict:

@@ -81,11 +81,14 @@ def best_single_seed(stacked: pd.DataFrame, truth: pd.DataFrame) -> dict:
     return result
 
 
-def ensemble_metrics(stacked: pd.DataFrame, truth: pd.DataFrame, summary: pd.DataFrame) -> dict:
+def ensemble_metrics(stacked: pd.DataFrame, truth: pd.DataFrame, summary: pd.DataFrame,
+                     singles: pd.DataFrame | None = None) -> dict:
+    """Table 3's metrics and the intervals' coverage; ``singles`` are the members scored as single
+    networks where they are not that (a blend with trees), ``stacked`` otherwise."""
     metrics = {
         "n_seeds": int(stacked["seed"].nunique()),
         "ensemble_mean": metrics_by_split(summary),
-        "best_single_seed": best_single_seed(stacked, truth),
+        "best_single_seed": best_single_seed(stacked if singles is None else singles, truth),
         "train_mean_baseline": baseline_metrics(summary),
         "coverage": coverage(summary),
     }
@@ -107,7 +110,7 @@ def mark_applicability(summary: pd.DataFrame, flags: pd.DataFrame) -> pd.DataFra
 
 def evaluate_model(per_seed: list[pd.DataFrame], frames: dict[str, pd.DataFrame], *,
                    physics: pd.DataFrame | None = None, trees: VoltageTrees | None = None,
-                   flags: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict]:
+                   flags: pd.DataFrame | None = None, compare_seeds: list[int] | None = None) -> tuple[pd.DataFrame, dict]:
     """One model's summary and metrics from its networks' predictions (one table per seed) on the
     feature tables ``frames`` (split name -> table, which carry the true values).
 
@@ -115,20 +118,36 @@ def evaluate_model(per_seed: list[pd.DataFrame], frames: dict[str, pd.DataFrame]
     voltage trees, blended into the networks' voltage and recorded beside the metrics, ``flags`` the
     applicability flags appended to the summary. The ensemble rule and the evaluations on other
     splits (evaluation.py) both go through here, so that their metrics stay comparable.
+    ``compare_seeds`` (the grouped evaluation's seeds) adds the metrics of the ensemble of those
+    seeds alone as ``compare_seeds``: the grouped split's error set against a random-split ensemble
+    of 50 networks would count the larger ensemble's gain as leakage.
     """
     truth = true_values(frames)
-    record = None
-    if trees is not None:
-        voltage = tree_voltage(trees, frames)
-        per_seed = blend_seeds(per_seed, trees, voltage, physics)
-        record = trees.record(voltage, frames)
-    stacked, summary = summarise(per_seed, truth, physics)
+    voltage = tree_voltage(trees, frames) if trees is not None else None
+    stacked, summary, singles = _summarise_members(per_seed, truth, physics, trees, voltage)
     if flags is not None:
         summary = mark_applicability(summary, flags)
-    metrics = ensemble_metrics(stacked, truth, summary)
-    if record is not None:
-        metrics["voltage_trees"] = record
+    metrics = ensemble_metrics(stacked, truth, summary, singles)
+    if trees is not None:
+        metrics["voltage_trees"] = trees.record(voltage, frames)
+    chosen = [frame for frame in per_seed if frame["seed"].iloc[0] in set(compare_seeds or ())]
+    if chosen and len(chosen) < len(per_seed):
+        subset = _summarise_members(chosen, truth, physics, trees, voltage)[1]
+        metrics["compare_seeds"] = {"n_seeds": len(chosen), "ensemble_mean": metrics_by_split(subset)}
     return summary, metrics
+
+
+def _summarise_members(per_seed: list[pd.DataFrame], truth: pd.DataFrame, physics: pd.DataFrame | None,
+                       trees: VoltageTrees | None, voltage: pd.DataFrame | None):
+    """:func:`summarise` of the members, blended with the trees where a model has them, and then the
+    members scored one network at a time (None where they are that already)."""
+    singles = None
+    if trees is not None and trees.blends:
+        alone = blend_seeds(per_seed, trees, voltage, physics, each_alone=True)
+        singles = stack_predictions([apply_physics(frame, physics) for frame in alone] if physics is not None else alone)
+        per_seed = blend_seeds(per_seed, trees, voltage, physics)
+    stacked, summary = summarise(per_seed, truth, physics)
+    return stacked, summary, singles
 
 
 def outside_training(rows: pd.DataFrame, from_network: pd.Series | None = None) -> pd.Series:

@@ -16,6 +16,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.preprocessing import OneHotEncoder
 
 from electrode_ml.chemistry import parse_formula
 from electrode_ml.schema import CRYSTAL_SYSTEMS, TARGETS, WORKING_IONS
@@ -61,15 +62,19 @@ def magpie_features(electrodes: pd.DataFrame) -> pd.DataFrame:
     blocks = [electrodes[["battery_id"]].astype(str)]
     for end in ENDS:
         blocks.append(formula_magpie(electrodes[f"formula_{end}"]).add_prefix(f"{end}_"))
-    ion = electrodes["working_ion"].astype(str)
-    blocks.append(pd.DataFrame({f"ion_{name}": (ion == name).astype(float) for name in WORKING_IONS}))
+    blocks.append(one_hot(electrodes["working_ion"], WORKING_IONS, "ion"))
     for end in ENDS:
-        system = electrodes[f"{end}_crystal_system"].astype(str)
-        blocks.append(pd.DataFrame({f"{end}_crystal_{name}": (system == name).astype(float)
-                                    for name in CRYSTAL_SYSTEMS}))
+        blocks.append(one_hot(electrodes[f"{end}_crystal_system"], CRYSTAL_SYSTEMS, f"{end}_crystal"))
     blocks.append(pd.DataFrame({f"{end}_space_group_number": electrodes[f"{end}_space_group_number"].astype(float)
                                 for end in ENDS}))
     return pd.concat(blocks, axis=1)
+
+
+def one_hot(values: pd.Series, vocabulary, prefix: str) -> pd.DataFrame:
+    """``{prefix}_{name}`` columns of 0/1 in the vocabulary's order; a value outside it is all zeros."""
+    encoder = OneHotEncoder(categories=[list(vocabulary)], handle_unknown="ignore", sparse_output=False)
+    encoded = encoder.fit_transform(values.astype(str).to_frame(prefix))
+    return pd.DataFrame(encoded, columns=[f"{prefix}_{name}" for name in vocabulary], index=values.index)
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:

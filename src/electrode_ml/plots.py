@@ -83,7 +83,11 @@ def value_sources(summary: pd.DataFrame, learned: str | None = None, voltage_tre
 def percent(share: float) -> str:
     """A share as a percentage that is never rounded to 0 % or 100 % when it is neither."""
     value = 100 * share
-    return f"{value:.1f} %" if 0 < value < 1 or 99 < value < 100 else f"{value:.0f} %"
+    digits = 1 if 0 < value < 1 or 99 < value < 100 else 0
+    # one row of 4300 is 0.02 %: a digit more until the text is neither 0 nor 100
+    while 0 < value < 100 and float(f"{value:.{digits}f}") in (0.0, 100.0) and digits < 6:
+        digits += 1
+    return f"{value:.{digits}f} %"
 
 
 def _panel_title(axis: plt.Axes, text: str) -> None:

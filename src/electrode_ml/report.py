@@ -246,7 +246,8 @@ def section_accuracy(context: dict) -> str:
 def setup_differences(config: dict) -> str:
     """Where this run's recipe departs from the paper's (README and docs/method.md say why), read from
     its configuration: Table 3's comparison is with the paper's numbers, not its exact setup."""
-    features, train, data = config["features"], config.get("train", {}), config.get("data", {})
+    features, train, data, tune = (config["features"], config.get("train", {}), config.get("data", {}),
+                                   config.get("tune", {}))
     items = []
     if not features["space_groups"]:  # both required by the config schema: no guess at what the run used
         items.append("no space-group block in the features (the paper's Table 1 has one-hot space groups + PCA)")
@@ -255,10 +256,16 @@ def setup_differences(config: dict) -> str:
     if data.get("exact_formulas"):
         items.append("ion counts of the formulas made exact from MP's voltage pairs (the paper: MP's rounded ones)")
     if train.get("batch_size") or train.get("patience"):
-        items.append(f"training in mini-batches of {esc(train.get('batch_size', 'all'))}, at most "
+        batches = f"mini-batches of {esc(train['batch_size'])}" if train.get("batch_size") else "full batches"
+        items.append(f"training in {batches}, at most "
                      f"{esc(train.get('epochs', '?'))} epochs, the best validation epoch kept (patience "
                      f"{esc(train.get('patience', '–'))}); the paper's Table 2 gives an epoch size of 10 000 and no "
                      "batch size")
+    if train.get("lr_scale", 1) != 1:
+        items.append(f"the networks train at the tuned learning rate times {esc(train['lr_scale'])}")
+    if tune.get("tolerance"):
+        items.append(f"the tuning's trial trained is the one with the fewest multiply-adds among those within "
+                     f"{100 * float(tune['tolerance']):g} % of the lowest score, not the lowest itself")
     if not items:
         return ""
     return ("<p class='legend'>Where this run's setup differs from the paper's (<code>config.yaml</code>; the README "
@@ -371,7 +378,7 @@ def beyond_test_split(context: dict) -> str:
              "Coverage: share of test electrodes whose DFT value lies inside the paper's 95 % CI of the ensemble "
              "mean (CI) and inside the calibrated 95 % prediction interval (PI); PI green inside "
              f"{COVERAGE_BAND[0] * 100:.0f}–{COVERAGE_BAND[1] * 100:.0f} %. The CI, "
-             "the uncertainty of a 50-network mean, is not meant to hold the DFT value and is not coloured: that "
+             f"the uncertainty of a {esc(_networks(context))}-network mean, is not meant to hold the DFT value and is not coloured: that "
              "it holds so few says how far the paper's Table 6 intervals understate a prediction's error.</p>")
     if not models:
         return intro + '<p class="missing">No ensemble metrics.</p>'
@@ -385,10 +392,32 @@ def beyond_test_split(context: dict) -> str:
     flagged = ("<p class='legend'>Test electrodes the training data cannot vouch for (network values of elements "
                "no training formula held; DFT fields outside the training range), their MAE against the other "
                f"test electrodes', and the share the calibrated interval holds:</p><ul class='legend'>{''.join(outside)}</ul>" if outside else "")
-    return intro + table(header, [_test_split_row(model, metrics) for model, metrics in models]) + by_source + flagged
+    peer_figures = ""
+    if context.get("peer") is not None:
+        peer_figures = ('<div class="figs">' + image(context.get("peer_parity"), f"{PEER}: parity plots")
+                        + image(context.get("peer_errors"), f"{PEER}: error histograms") + "</div>")
+    return (intro + table(header, [_test_split_row(model, metrics) for model, metrics in models]) + by_source + flagged
+            + peer_figures)
+
+
+def _networks(context: dict) -> str:
+    """The networks per ensemble mean, as the run's metrics record them."""
+    counts = sorted({metrics["n_seeds"] for model, metrics in context.get("metrics", {}).items() if "n_seeds" in metrics})
+    return "/".join(map(str, counts)) or "?"
+
+
+def _same_seeds(random: dict | None, grouped: dict) -> dict | None:
+    """The random split's metrics of the ensemble of the grouped evaluation's seeds, where the run has them."""
+    for metrics in (random or {}, (random or {}).get("compare_seeds") or {}):
+        if metrics.get("n_seeds") == grouped.get("n_seeds"):
+            return metrics
+    return None
 
 
 def _group_rows(model: str, random: dict | None, grouped: dict) -> list[list[str]]:
+    """One row per target: the random split's test MAE of the grouped evaluation's seeds (the whole
+    ensemble where the run scored no such subset), the grouped split's, and their ratio."""
+    random = _same_seeds(random, grouped) or random
     sizes = grouped.get("split_sizes", {})
     label = (f"<b>{esc(model)}</b><br><span class='muted'>" +
              " / ".join(f"{name} {fmt(int(sizes[name]))}" for name in ("train", "val", "test") if name in sizes) + "</span>")
@@ -417,8 +446,14 @@ def beyond_group_split(context: dict) -> str:
     text = ("<p>The paper's split is random over electrodes, so polymorphs of one host and the same host with "
             "another working ion sit on both sides of it. The same pipeline (same hyperparameters, "
             f"{esc(n_seeds)} networks) ran again on a split that keeps every host framework on one side. "
+            + (f"The random split's column is the ensemble of the same {esc(n_seeds)} seeds, so that the ratio "
+               "does not count a larger ensemble's gain. " if all(_same_seeds(context["metrics"].get(model), grouped[model])
+                                                                   for model in models)
+               else "The random split's column is its whole ensemble, of more networks: part of the ratio is the "
+                    "larger ensemble's gain. ") +
             "Ratio = group / random test MAE: how much of the random-split accuracy comes from near-copies in the "
-            "training set (orange, saturates at 2×). Split sizes of the group split under each name.</p>")
+            "training set (orange, saturates at 2×); the two test splits hold other electrodes, so it also carries "
+            "their difference. Split sizes of the group split under each name.</p>")
     rows = [row for model in models for row in _group_rows(model, context["metrics"].get(model), grouped[model])]
     return intro + text + table(["Model", "Target", "Random split (test MAE)", "Group split (test MAE)",
                                  "Group / random"], rows)
@@ -517,14 +552,16 @@ def section_contribution(context: dict) -> str:
     top = list(summary["group"][:3])
     agree = len(set(top) & set(PAPER_CONTRIBUTION_TOP3))
     above = int((summary["contribution_mean"] > 1).sum())
-    unclear = int(((summary["contribution_min"] < 1) & (summary["contribution_max"] > 1)).sum())
+    unclear = list(summary.loc[(summary["contribution_min"] < 1) & (summary["contribution_max"] > 1), "group"])
     return ("<p>Eq. 9: contribution = mean Pearson r (V, C, E; validation set) with all features ÷ the same after "
             "retraining without the group; above 1 the group helps. Green: above 1, orange: below 1 "
             "(colour saturates at ±5 %).</p>" + full
             + table(header, rows)
-            + f"<p>{above} of {len(summary)} groups contribute above 1 (paper: all); for {unclear} of them the "
-              f"seeds disagree on the side of 1 (the range crosses it), so their sign is within the seeds' noise. "
-              f"Top three here: {', '.join(map(esc, top))}; paper: {', '.join(PAPER_CONTRIBUTION_TOP3)} "
+            + f"<p>{above} of {len(summary)} groups contribute above 1 (paper: all). "
+              + (f"For {len(unclear)} of the {len(summary)} ({', '.join(map(esc, unclear))}) the seeds disagree on the "
+                 "side of 1 (the range crosses it), so their sign is within the seeds' noise. " if unclear
+                 else "Every group's range over the seeds lies on one side of 1. ")
+            + f"Top three here: {', '.join(map(esc, top))}; paper: {', '.join(PAPER_CONTRIBUTION_TOP3)} "
               f"({agree} of 3 shared)." + (_test_ranking(summary) if has_test else "") + "</p>"
             + image(context.get("contribution_figure"), "model2: individual contribution of input features (Fig 6)", "760px"))
 
@@ -555,7 +592,7 @@ def section_timing(context: dict) -> str:
                      td(f"{row['ratio']:.2g}×" if pd.notna(row["ratio"]) else "–", cls="num"),
                      td(esc(row["note"]) if pd.notna(row["note"]) else "", cls="note")])
     return ("<p>Tuning and training: wall time from the Snakemake benchmark files; prediction: measured in the "
-            "timing rule (best of 20 repeats; how the networks were run is in each row's note). The paper ran on an "
+            "timing rule (the best of several repeats; each row's note says how many, and how the networks were run). The paper ran on an "
             "NVIDIA A40 GPU; this run on " + esc(context["versions"].get("compute", "?")) +
             ". Colour saturates at 100 % (2× slower).</p>" + table(header, rows))
 

@@ -93,6 +93,11 @@ def code_provenance(repository: Path = Path(__file__).resolve().parents[2]) -> s
     return f"{text}, commit {commit}" + (" with uncommitted changes" if changed else "")
 
 
+def utc_timestamp() -> str:
+    """Now, to the second, in UTC: when a file that outlives its run was written."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def largest_errors(summary: pd.DataFrame, split: str = "val", n: int = 3) -> dict[str, dict]:
     """Per target, the ``n`` electrodes of ``split`` the ensemble mean misses most and the RMSE without
     them: a few alloy-type electrodes of 1000-2500 mAh/g carry the capacity RMSE."""
@@ -104,6 +109,14 @@ def largest_errors(summary: pd.DataFrame, split: str = "val", n: int = 3) -> dic
         result[target] = {"rmse_without": float(np.sqrt((rest ** 2).mean())) if len(rest) else None,
                           "electrodes": rows.loc[worst, ["battery_id", "true", "mean"]].to_dict("records")}
     return result
+
+
+def screen_table(path: str | Path) -> pd.DataFrame:
+    """A screen's CSV with its verdict columns as booleans: a table without rows (no Na electrode in
+    the test split) reads them as text, and a mask of text selects columns instead of rows."""
+    table = pd.read_csv(path)
+    verdicts = [name for name in table.columns if name.endswith("_pass") or name == "trained_on"]
+    return table.astype({name: bool for name in verdicts})
 
 
 def collect(input, params) -> dict:
@@ -128,9 +141,10 @@ def collect(input, params) -> dict:
         "errors": {m: _png(p) for m, p in _by_model(_many(input, "errors"), models).items()},
     }
     optional = {
-        "na_screening": pd.read_csv, "na_all": pd.read_csv, "k_table": pd.read_csv, "timing": pd.read_csv,
+        "na_screening": screen_table, "na_all": screen_table, "k_table": pd.read_csv, "timing": pd.read_csv,
         "contribution": pd.read_csv, "contribution_seeds": pd.read_csv,
         "na_metrics": _json, "k_summary": _json, "fig7": _png, "contribution_figure": _png,
+        "peer_parity": _png, "peer_errors": _png,
     }
     for name, reader in optional.items():
         path = get(name)

@@ -12,13 +12,16 @@ from threadpoolctl import threadpool_limits
 
 from electrode_ml import __version__
 from electrode_ml.errors import InputError
+from electrode_ml.fileio import temporary_pattern
 
 QUIET_LOGGERS = ("ax", "botorch", "mp_api", "urllib3", "matplotlib", "pymatgen", "filelock")
 
 
 def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
     """Log to the rule's log file and to stderr; third-party chatter only from WARNING up."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    terminal = logging.StreamHandler(sys.stderr)
+    terminal.addFilter(lambda record: not getattr(record, "log_file_only", False))
+    handlers: list[logging.Handler] = [terminal]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="w"))
@@ -40,6 +43,7 @@ def run_step(smk: Any, step: Callable[..., Any]) -> None:
     log = logging.getLogger(f"electrode_ml.{smk.rule}")
     # which library ran: a second checkout sharing one environment would otherwise go unnoticed
     log.info("rule %s, electrode-ml %s from %s", smk.rule, __version__, Path(__file__).resolve().parent)
+    remove_temporaries(smk.output, log)
     started = time.perf_counter()
     try:
         # the job's threads for scikit-learn's OpenMP and numpy's BLAS too: Snakemake sets OMP_NUM_THREADS
@@ -47,11 +51,25 @@ def run_step(smk: Any, step: Callable[..., Any]) -> None:
         with threadpool_limits(limits=max(int(smk.threads), 1)):
             step(smk.input, smk.output, smk.params, smk.threads, wildcards=smk.wildcards)
     except InputError as error:
-        log.error("%s", error)
+        # one line on the terminal: the log file gets the timestamped record, stderr the message
+        log.error("%s", error, extra={"log_file_only": True})
         print(f"electrode-ml: error: {error}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C: no traceback from wherever the step was, and the log says so
+        log.error("rule %s interrupted after %.1f s", smk.rule, time.perf_counter() - started)
+        sys.exit(130)
     except Exception:
         # the handlers write to stderr as well, so Python's own print of it would be a second copy
         log.exception("rule %s failed after %.1f s", smk.rule, time.perf_counter() - started)
         sys.exit(1)
     log.info("rule %s done in %.1f s", smk.rule, time.perf_counter() - started)
+
+
+def remove_temporaries(outputs, log: logging.Logger) -> None:
+    """Delete what a killed earlier attempt left of the job's outputs: a SIGKILL (or a cluster's time
+    limit) skips :func:`fileio.atomic_path`'s cleanup, and Snakemake removes the outputs, not these."""
+    for output in outputs:
+        path = Path(output)
+        for leftover in path.parent.glob(temporary_pattern(path)) if path.parent.is_dir() else ():
+            leftover.unlink(missing_ok=True)
+            log.info("removed %s, left by an earlier attempt that was killed", leftover)

@@ -23,8 +23,9 @@ from electrode_ml.devices import job_device
 from electrode_ml.errors import InputError
 from electrode_ml.evaluation import evaluate_on_split
 from electrode_ml.models import KNOWN_MODELS, base_model, voltage_tree_settings
-from electrode_ml.fileio import read_json, write_csv
+from electrode_ml.fileio import file_sha256, read_json, write_csv, write_json
 from electrode_ml.model import NetworkParams
+from electrode_ml.report_inputs import code_provenance, utc_timestamp
 from electrode_ml.runner import setup_logging
 from electrode_ml.split import make_split
 from electrode_ml.steps import seed_trainer
@@ -110,7 +111,12 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as error:
         raise SystemExit(f"error: {error}") from None
     out = args.results / "analysis" / f"split_spread_{args.model}.csv"
-    write_csv(table, out)
+    write_csv(table.assign(networks=args.networks), out)
+    # what a reader needs to reproduce the table: the CSV alone cannot tell 1 network from 10, or the config
+    write_json({"model": args.model, "networks": args.networks, "split_seeds": seeds, "threads": args.threads,
+                "config": str(args.config), "config_sha256": file_sha256(args.config),
+                "network_params": network_params.as_dict(), "code": code_provenance(), "generated": utc_timestamp()},
+               out.with_suffix(".json"))
     summary = spread_summary(table)
     print(f"\n{args.model}: ensemble MAE of {args.networks} networks over {len(seeds)} random splits (seeds {seeds})")
     print(summary.to_string(index=False, float_format=lambda value: f"{value:.4g}"))

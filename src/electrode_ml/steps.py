@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from electrode_ml.devices import describe_device, job_device
+from electrode_ml.errors import InputError
 from electrode_ml.fileio import atomic_path, file_sha256, read_json, write_csv, write_json, write_parquet
 from electrode_ml.model import NetworkParams, TrainSettings, predict, train_network
 from electrode_ml.tables import frame_matrices, seed_predictions
@@ -226,7 +227,8 @@ def ensemble_step(input, output, params, threads, **_):
         from electrode_ml.features import applicability
 
         flags = applicability(joblib.load(input.transformers), pd.read_parquet(input.electrodes))
-    summary, metrics = evaluate_model(per_seed, frames, physics=physics, trees=trees, flags=flags)
+    summary, metrics = evaluate_model(per_seed, frames, physics=physics, trees=trees, flags=flags,
+                                      compare_seeds=params.get("group_seeds"))
     # Each panel says where its values come from (the summary's source column, the trees' blend).
     _write_ensemble(output, params.model, summary, metrics, voltage_trees=trees is not None and trees.blends)
 
@@ -289,8 +291,9 @@ def _load_ensembles(input, params, device: str = "cpu") -> dict:
         ensemble_ = TrainedEnsemble.load(results, model, device=device)
         expected = len(checkpoints.get(base_model(model), []))
         if len(ensemble_.networks) != expected:
-            raise ValueError(f"{model}: {len(ensemble_.networks)} networks under {results}/train/"
-                             f"{base_model(model)}, but the workflow lists {expected} seeds; remove stale seed folders")
+            raise InputError(f"{model}: {len(ensemble_.networks)} networks under {results}/train/"
+                             f"{base_model(model)}, but the workflow lists {expected} seeds; remove the seed folders "
+                             "of an earlier run with more seeds (train.n_seeds, train.first_seed)")
         ensembles[model] = ensemble_
     return ensembles
 

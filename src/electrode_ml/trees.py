@@ -124,14 +124,19 @@ class VoltageTrees:
             return np.full(capacity.shape, self.weight)
         return np.where(capacity > self.weight_bounds[1], self.high_capacity_weight, self.weight)
 
-    def blend_voltages(self, network_voltage: np.ndarray, tree_voltage: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+    def blend_voltages(self, network_voltage: np.ndarray, tree_voltage: np.ndarray, capacity: np.ndarray,
+                       each_alone: bool = False) -> np.ndarray:
         """Networks' voltages (n_networks, n_rows) blended with the trees' (n_rows): the mean moves each
         row's share of the way to the trees', from its physics capacity (NaN where it does not hold).
         Each network keeps its offset from the networks' mean times their share below the bound
         (1 - ``weight``), so the spread, hence the CI and the calibrated interval's scale, is that of
         the even blend everywhere: the trees bring no spread of their own to say how much surer a
         higher share makes a row (measured: scaled by the higher share instead, the energy interval
-        covered 83 % of the test electrodes above the bound, against 94 % so)."""
+        covered 83 % of the test electrodes above the bound, against 94 % so). ``each_alone``: each
+        network blended with the trees by itself, as one network and the trees would predict (the
+        best single seed's score); the two agree below the bound."""
+        if each_alone:
+            return blend_voltage(network_voltage, tree_voltage, self.shares(capacity))
         mean = network_voltage.mean(axis=0)
         return blend_voltage(mean, tree_voltage, self.shares(capacity)) + (1.0 - self.weight) * (network_voltage - mean)
 
@@ -200,9 +205,10 @@ def voltage_mae(voltage: pd.DataFrame, frames: dict[str, pd.DataFrame]) -> dict[
 
 
 def blend_seeds(per_seed: list[pd.DataFrame], trees: VoltageTrees, tree_voltage: pd.DataFrame,
-                physics: pd.DataFrame) -> list[pd.DataFrame]:
+                physics: pd.DataFrame, each_alone: bool = False) -> list[pd.DataFrame]:
     """Every seed's table blended with the trees' voltage (the frame :func:`fit_voltage_trees` returns);
-    ``physics`` is the physics model's table (battery_id and its values, NaN where it does not hold)."""
+    ``physics`` is the physics model's table (battery_id and its values, NaN where it does not hold),
+    ``each_alone`` as in :meth:`VoltageTrees.blend_voltages`."""
     if not trees.blends:
         return per_seed
     ids = per_seed[0]["battery_id"]
@@ -210,7 +216,7 @@ def blend_seeds(per_seed: list[pd.DataFrame], trees: VoltageTrees, tree_voltage:
                                 for frame in per_seed])
     blended_voltage = trees.blend_voltages(
         network_voltage, tree_voltage.set_index("battery_id").loc[ids, "average_voltage"].to_numpy(),
-        physics.set_index("battery_id").loc[ids, "capacity_grav"].to_numpy())
+        physics.set_index("battery_id").loc[ids, "capacity_grav"].to_numpy(), each_alone)
     blended = []
     for frame, voltage in zip(per_seed, blended_voltage):
         by_id = pd.Series(voltage, index=ids.to_numpy())

@@ -57,7 +57,7 @@ rule timing:
     params:
         code=CODE_VERSION["timing"],
         models=MODELS,
-        tune=config["tune"],
+        tune=tune_settings(config["tune"]),
         train=config["train"],
         repeats=20,
     threads: 1

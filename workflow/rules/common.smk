@@ -12,7 +12,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [LIBRARY, os.environ.g
 
 from electrode_ml.code_version import libraries_version, script_code_version
 from electrode_ml.config import (check_gpu_requests, check_snapshot, contribution_seeds, gpu_per_job, group_seeds,
-                                 model_feature_settings, model_train_settings, seeds, snapshot_input,
+                                 model_feature_settings, model_train_settings, seeds, snapshot_input, tune_settings,
                                  validate_config)
 from electrode_ml.errors import InputError
 from electrode_ml.models import (FEATURE_SETS, KNOWN_MODELS, PHYSICS_BASES, base_model, is_physics_model,

@@ -79,6 +79,8 @@ rule ensemble:
     params:
         code=CODE_VERSION["ensemble"],
         model=lambda wildcards: wildcards.model,
+        # the grouped evaluation's networks: the random split's ensemble of the same seeds, to set it against
+        group_seeds=group_seeds(config),
     threads: 1
     conda:
         "../../envs/electrode-ml.yaml"

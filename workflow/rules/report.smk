@@ -19,6 +19,8 @@ rule report:
         timing=rules.timing.output.timing,
         # Beyond the paper: the peer baseline, the framework-grouped split, the physics summaries.
         peer=rules.peer_gbm.output.metrics,
+        peer_parity=rules.peer_gbm.output.parity,
+        peer_errors=rules.peer_gbm.output.errors,
         group=expand(rules.group_evaluation.output.metrics, model=GROUP_MODELS),
         physics=expand(rules.physics.output.summary, model=PHYSICS_MODELS),
         contribution=rules.feature_contribution.output.summary if CONTRIBUTION_MODEL in BASE_MODELS else [],

@@ -20,7 +20,7 @@ rule tune:
         # Saved after every trial. Deliberately not an output: Snakemake deletes the outputs of
         # an interrupted job, and this file is what lets the rerun resume instead of start over.
         state=lambda wildcards: f"{RESULTS}/tune/{wildcards.model}/ax_state.json",
-        tune=config["tune"],
+        tune=tune_settings(config["tune"]),
         train=lambda wildcards: model_train_settings(config["train"], wildcards.model),
     threads: 1
     priority: LONG_JOB_PRIORITY
