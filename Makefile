@@ -59,9 +59,11 @@ dag: venv
 	command -v dot >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then s=; else s=sudo; fi; \
 		$$s apt-get update -qq && $$s apt-get install -y -qq --no-install-recommends graphviz; }
 	mkdir -p docs
-	$(SNAKEMAKE) --rulegraph > docs/.rulegraph.dot
-	dot -Tsvg docs/.rulegraph.dot > docs/rulegraph.svg
-	rm -f docs/.rulegraph.dot
+	# through temporary files: a failed or killed step leaves the committed SVG as it was
+	trap 'rm -f docs/.rulegraph.dot docs/.rulegraph.svg.tmp' EXIT; \
+		$(SNAKEMAKE) --rulegraph > docs/.rulegraph.dot && \
+		dot -Tsvg docs/.rulegraph.dot > docs/.rulegraph.svg.tmp && \
+		mv docs/.rulegraph.svg.tmp docs/rulegraph.svg
 
 clean:
 	rm -rf results .snakemake

@@ -362,6 +362,17 @@ def test_a_failed_write_leaves_the_earlier_output_and_rejects_as_they_were(tmp_p
         with pytest.raises(InputError, match="out.csv: cannot write .No space left"):
             cli.write_outputs(predictions.assign(average_voltage_mean=4.0), new_rejects, str(output))
         assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+    monkeypatch.undo()
+    # the rename refused (a file of another user in a sticky folder): the earlier rejects stay too
+    from electrode_ml import fileio
+
+    replace = fileio.os.replace
+    monkeypatch.setattr(fileio.os, "replace", lambda source, target: (
+        (_ for _ in ()).throw(PermissionError(errno.EPERM, "Operation not permitted", source, None, target))
+        if Path(target) == output else replace(source, target)))
+    with pytest.raises(InputError, match="out.csv: cannot write .Operation not permitted"):
+        cli.write_outputs(predictions, rejects.iloc[:0], str(output))
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
 
 
 def test_rejects_count_rows_and_a_clean_rerun_removes_them(tiny_run, candidates, tmp_path, capsys):

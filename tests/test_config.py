@@ -416,6 +416,17 @@ def test_a_snapshot_folder_or_a_missing_snapshot_stops_a_real_run_before_any_job
         assert "Select jobs to execute" not in output and not (tmp_path / "results").exists()
 
 
+def test_unlocking_or_linting_needs_no_snapshot(tmp_path, config):
+    """After a crash, `snakemake --unlock` was refused while the data mount was gone: no job needs it."""
+    config["results"] = str(tmp_path / "results")
+    config["data"].update(source="snapshot", snapshot=str(tmp_path / "absent.csv"))
+    for flag, words in (("--unlock", "Unlocked working directory"), ("--lint", "good condition")):
+        run, output = real_run(config, tmp_path, flag)
+        assert run.returncode == 0 and words in output, output[-2000:]
+    run, output = real_run(config, tmp_path, "-n")  # a dry run plans the data job: still refused
+    assert run.returncode != 0 and "absent.csv not found" in output
+
+
 def test_a_download_run_needs_no_snapshot(config, monkeypatch):
     from electrode_ml.config import snapshot_input
 

@@ -53,3 +53,19 @@ def test_every_make_target_the_docs_name_is_in_the_makefile():
     missing = {target: doc for target, doc in named.items()
                if target not in exact and not target.startswith(prefixes)}
     assert not missing, f"make targets named in the docs but not in the Makefile: {missing}"
+
+
+def test_the_rule_graph_in_the_docs_is_the_workflows():
+    """docs/rulegraph.svg, shown in the README as what `make dag` draws, had lost two of the edges a
+    rule added since (the train jobs into the feature contribution)."""
+    import subprocess
+    import sys
+
+    dot = subprocess.run([sys.executable, "-m", "snakemake", "--rulegraph", "--workflow-profile", "profiles/default"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300, check=True).stdout
+    labels = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', dot, flags=re.M))
+    edges = {(labels[a], labels[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", dot, flags=re.M)}
+    svg = (REPO / "docs" / "rulegraph.svg").read_text()
+    drawn_labels = dict(re.findall(r'<title>(\d+)</title>\n<path[^\n]*\n<text[^>]*>(\w+)</text>', svg))
+    drawn = {(drawn_labels[a], drawn_labels[b]) for a, b in re.findall(r"<title>(\d+)&#45;&gt;(\d+)</title>", svg)}
+    assert len(edges) > 40 and drawn == edges, "run `make dag`: " + str(edges ^ drawn)

@@ -85,7 +85,7 @@ def test_a_dft_voltage_left_to_the_networks_keeps_the_stoichiometric_capacity():
     assert values[3, 1] == pytest.approx(235.3, abs=0.1) and np.isnan(values[2:, 2]).all()
 
 
-def test_framework_is_derived_when_not_given():
+def test_a_row_needs_no_framework_column():
     rows = pd.DataFrame({"formula_charge": ["Li0.12FeBO3"], "formula_discharge": ["Li0.88FeBO3"], "working_ion": ["Li"]})
     assert baseline_reasons(rows)[0] == ""
 

@@ -418,6 +418,10 @@ def test_beyond_section_sets_the_group_split_against_the_random_one(beyond_conte
     fifty.pop("compare_seeds")
     page = report.section_beyond({**beyond_context, "metrics": {**beyond_context["metrics"], "model2": fifty}})
     assert "2.00×" in page and "its whole ensemble, of more networks" in page
+    # more grouped networks than the run trained (evaluation.group_seeds over train.n_seeds): no subset
+    grouped = {"model2": {**beyond_context["group"]["model2"], "n_seeds": 10}}
+    page = report.section_beyond({**beyond_context, "group": grouped})
+    assert "its whole ensemble, of other numbers of networks" in page
 
 
 def test_beyond_section_reports_physics_and_exact_formulas(beyond_context):

@@ -45,7 +45,7 @@ def validate_candidates(frame: pd.DataFrame, needed: list[str], where: str, skip
     The ``needed`` columns must be there; those of ``known`` that are there too are checked as
     strictly though the model does not read them (a space group of 231 says the file is not what
     its writer thinks), except that they may be blank (unknown); MP's voltage pairs (``adj_pairs``)
-    make the ion counts exact (:func:`exact_ion_counts`); any other column is ignored. A working
+    make the ion counts exact (:func:`candidates_with_exact_counts`); any other column is ignored. A working
     ion outside ``ions`` (the run's training ions, where given) is a bad row."""
     require_columns(frame, needed, where)
     lines = source_lines(frame)
@@ -61,7 +61,7 @@ def validate_candidates(frame: pd.DataFrame, needed: list[str], where: str, skip
                        "config data.ions)", idx) for idx in typed.index[untrained]]
     unreadable = unreadable_rows(bad)
     if "adj_pairs" in frame.columns:
-        typed = exact_ion_counts(typed, frame["adj_pairs"], unreadable)
+        typed = candidates_with_exact_counts(typed, frame["adj_pairs"], unreadable)
     bad = located(bad + not_insertions(typed, unreadable), lines)
     if bad and not skip_bad:
         raise refusal(bad, where, hint=SKIP_BAD_HINT)
@@ -84,7 +84,7 @@ def rejects_table(bad: list[BadRow]) -> pd.DataFrame:
     return rejects
 
 
-def exact_ion_counts(candidates: pd.DataFrame, pairs: pd.Series, unreadable: set[int]) -> pd.DataFrame:
+def candidates_with_exact_counts(candidates: pd.DataFrame, pairs: pd.Series, unreadable: set[int]) -> pd.DataFrame:
     """``candidates`` with their ion counts made exact from MP's voltage pairs (``pairs``, the file's
     ``adj_pairs`` column, as the snapshot and a download have it), as the workflow makes its
     electrodes' (``data.exact_formulas``, :func:`electrode_ml.data.exact_end_formulas`); ``unreadable``

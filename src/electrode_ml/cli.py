@@ -148,9 +148,9 @@ def write_outputs(predictions: pd.DataFrame, rejects: pd.DataFrame, output: str)
                     renames.enter_context(atomic_path(target)).write_bytes(encoded(table, target))
                 except OSError as error:
                     raise InputError(f"{target}: cannot write ({error.strerror or error})") from None
-            if rejects.empty and _holds(stale, Path.exists):  # an earlier run's rejects would read as this run's
-                stale.unlink()
-                removed = True
+        if rejects.empty and _holds(stale, Path.exists):  # an earlier run's rejects would read as this run's
+            stale.unlink()
+            removed = True
     except OSError as error:  # a rename refused: the error names the temporary file, then the target
         raise InputError(f"{error.filename2 or error.filename or output}: cannot write ({error.strerror or error})") from None
     if not rejects.empty:

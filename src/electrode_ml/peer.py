@@ -72,9 +72,11 @@ def magpie_features(electrodes: pd.DataFrame) -> pd.DataFrame:
 
 def one_hot(values: pd.Series, vocabulary, prefix: str) -> pd.DataFrame:
     """``{prefix}_{name}`` columns of 0/1 in the vocabulary's order; a value outside it is all zeros."""
+    columns = [f"{prefix}_{name}" for name in vocabulary]
+    if values.empty:  # scikit-learn refuses to fit on no rows
+        return pd.DataFrame(0.0, index=values.index, columns=columns)
     encoder = OneHotEncoder(categories=[list(vocabulary)], handle_unknown="ignore", sparse_output=False)
-    encoded = encoder.fit_transform(values.astype(str).to_frame(prefix))
-    return pd.DataFrame(encoded, columns=[f"{prefix}_{name}" for name in vocabulary], index=values.index)
+    return pd.DataFrame(encoder.fit_transform(values.astype(str).to_frame(prefix)), columns=columns, index=values.index)
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:

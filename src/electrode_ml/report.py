@@ -414,6 +414,17 @@ def _same_seeds(random: dict | None, grouped: dict) -> dict | None:
     return None
 
 
+def _random_column_text(context: dict, grouped: dict, models: list[str], n_seeds) -> str:
+    """What the random split's column is an ensemble of, against the grouped split's networks."""
+    randoms = [context["metrics"].get(model) or {} for model in models]
+    if all(_same_seeds(random, grouped[model]) for random, model in zip(randoms, models)):
+        return (f"The random split's column is the ensemble of the same {esc(n_seeds)} seeds, so that the ratio "
+                "does not count a larger ensemble's gain. ")
+    more = all(random.get("n_seeds", 0) > grouped[model].get("n_seeds", 0) for random, model in zip(randoms, models))
+    return ("The random split's column is its whole ensemble, of " + ("more" if more else "other numbers of")
+            + " networks: part of the ratio is the ensembles' difference in size. ")
+
+
 def _group_rows(model: str, random: dict | None, grouped: dict) -> list[list[str]]:
     """One row per target: the random split's test MAE of the grouped evaluation's seeds (the whole
     ensemble where the run scored no such subset), the grouped split's, and their ratio."""
@@ -446,11 +457,7 @@ def beyond_group_split(context: dict) -> str:
     text = ("<p>The paper's split is random over electrodes, so polymorphs of one host and the same host with "
             "another working ion sit on both sides of it. The same pipeline (same hyperparameters, "
             f"{esc(n_seeds)} networks) ran again on a split that keeps every host framework on one side. "
-            + (f"The random split's column is the ensemble of the same {esc(n_seeds)} seeds, so that the ratio "
-               "does not count a larger ensemble's gain. " if all(_same_seeds(context["metrics"].get(model), grouped[model])
-                                                                   for model in models)
-               else "The random split's column is its whole ensemble, of more networks: part of the ratio is the "
-                    "larger ensemble's gain. ") +
+            + _random_column_text(context, grouped, models, n_seeds) +
             "Ratio = group / random test MAE: how much of the random-split accuracy comes from near-copies in the "
             "training set (orange, saturates at 2×); the two test splits hold other electrodes, so it also carries "
             "their difference. Split sizes of the group split under each name.</p>")

@@ -18,11 +18,16 @@ from electrode_ml.errors import InputError
 from electrode_ml.models import (FEATURE_SETS, KNOWN_MODELS, PHYSICS_BASES, base_model, is_physics_model,
                                  uses_voltage_trees, variants_of, voltage_tree_settings)
 
+NO_JOB_FLAGS = {"--unlock", "--lint", "--cleanup-metadata", "--cm", "--list-rules", "--list", "-l",
+                "--list-target-rules", "--lt", "--cleanup-shadow"}
+
 try:
     validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
     SNAPSHOT = snapshot_input(config)
     if workflow.is_main_process:  # a job submitted to a cluster node never reads the snapshot
-        if SNAPSHOT:
+        # Snakemake tells a Snakefile nothing of its mode: these flags run no job, and the snapshot's
+        # mount may be gone when a user unlocks after a crash
+        if SNAPSHOT and not NO_JOB_FLAGS & set(sys.argv):
             check_snapshot(SNAPSHOT)
         check_gpu_requests(config, workflow.resource_settings.overwrite_resources)
 except InputError as error:

@@ -33,7 +33,8 @@ rule report:
     params:
         code=CODE_VERSION["report"],
         models=MODELS,
-        config=config,
+        # as the jobs read it: a setting no job reads (tune.patience of full-recipe trials) reruns nothing
+        config={**config, "tune": tune_settings(config["tune"])},
     threads: 1
     conda:
         "../../envs/electrode-ml.yaml"
