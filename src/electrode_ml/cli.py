@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 
 from electrode_ml.errors import InputError
 from electrode_ml.models import KNOWN_MODELS
-from electrode_ml.runner import setup_logging
 from electrode_ml.schema import CRITERIA, DEFAULT_NA_THRESHOLDS, PLAUSIBLE_VOLTAGE_TEXT, UNITS, WORKING_IONS
 
 if TYPE_CHECKING:
@@ -249,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from electrode_ml.runner import setup_logging  # here: runner's imports reach pandas, which --help need not load
+
     setup_logging()
     # pymatgen orders a formula's elements by electronegativity and warns, three lines a time, that
     # a noble gas has none; the candidate is flagged for its unseen element anyway
