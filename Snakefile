@@ -21,13 +21,17 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/report.smk"
 
 
-# Light rules run where snakemake runs; on a cluster only the network training is submitted.
+# Light rules run where snakemake runs; on a cluster only the networks' jobs are submitted, so none
+# asks a GPU partition for a job without a GPU (many sites refuse it). The two CPU-only fits take
+# about 1 min (peer_gbm) and 20 s (voltage_trees) on one core.
 localrules:
     all,
     data,
     split,
     features,
     physics,
+    voltage_trees,
+    peer_gbm,
     ensemble,
     screen_na,
     screen_k,
