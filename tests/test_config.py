@@ -461,6 +461,31 @@ def test_gpus_asked_for_jobs_that_train_on_the_cpu_are_refused(config):
         check_gpu_requests(config, {}, environ={"ELECTRODE_ML_GPU_PER_JOB": "false"})
 
 
+def test_a_gres_gpu_counts_as_a_gpu_and_cuda_jobs_sent_without_one_are_refused(config):
+    """The README's form for gres clusters asks its GPU by gres (gpu: 0), which the check read as none; and
+    train.device: cuda with ELECTRODE_ML_GPU_PER_JOB=0 sent every network job to a node without a GPU."""
+    from snakemake.resources import Resource
+
+    by_gres = {"train": {"gpu": Resource("gpu", 0), "gres": Resource("gres", "gpu:a100:1")}}
+    config["train"]["device"] = "cpu"
+    with pytest.raises(InputError, match=r"^config key train.device: cpu, but .* GPU for every train job"):
+        check_gpu_requests(config, by_gres, environ={})
+    check_gpu_requests(config, {"train": {"gpu": 0, "gres": "tmpfs:10G"}}, environ={})
+
+    none = {"train": {"gpu": Resource("gpu", 0), "mem_mb": 4000}, "tune": {"gpu": 0, "gres": ""},
+            "data": {"gpu": 0}}
+    config["train"]["device"] = "cuda"
+    with pytest.raises(InputError, match=r"^config key train.device: cuda, but the profile's set-resources asks no "
+                                         r"GPU for the train, tune jobs, which would fail on nodes without one; unset "
+                                         r"ELECTRODE_ML_GPU_PER_JOB"):
+        check_gpu_requests(config, none, environ={"ELECTRODE_ML_GPU_PER_JOB": "0"}, remote=True)
+    check_gpu_requests(config, none, environ={}, remote=False)  # one host: its jobs see its GPUs
+    check_gpu_requests(config, {"train": {"mem_mb": 4000}}, environ={}, remote=True)  # the rule's own gpu=1
+    check_gpu_requests(config, {**none, "train": by_gres["train"], "tune": {"gres": "gpu:1"}}, environ={}, remote=True)
+    config["train"]["device"] = "auto"  # a CPU cluster: auto trains there on the CPU
+    check_gpu_requests(config, none, environ={}, remote=True)
+
+
 @pytest.mark.skipif(torch_sees_a_gpu(), reason="the check passes where torch sees a GPU")
 def test_cuda_without_a_gpu_stops_a_real_run_before_any_job(tmp_path, config):
     """train.device: cuda on a CPU-only host ran data, split and features, then failed in the first tuning job."""

@@ -671,6 +671,18 @@ def test_jobs_of_one_slurm_allocation_with_several_gpus_take_one_each(monkeypatc
         assert {first, second} == {"cuda:0", "cuda:1"}
 
 
+def test_the_default_lock_folder_is_the_hosts_not_a_users_tmpdir(tmp_path):
+    """It followed $TMPDIR, which is each user's or each job's own on some hosts: two runs took one GPU."""
+    code = "from electrode_ml.devices import LOCK_DIR; print(LOCK_DIR)"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    env.pop("ELECTRODE_ML_GPU_LOCK_DIR", None)
+    shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "/tmp/electrode-ml-gpu-locks"
+    env["ELECTRODE_ML_GPU_LOCK_DIR"] = str(tmp_path)
+    shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == str(tmp_path / "electrode-ml-gpu-locks")
+
+
 def test_the_lock_folder_serves_every_user_of_the_host(tmp_path):
     """Another user's job must be able to lock the same GPU: a folder like /tmp and readable lock files
     (created 0755 and by umask before: a second user's job failed with PermissionError)."""

@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from electrode_ml import peer, steps
 from electrode_ml.data import validate_electrodes
-from electrode_ml.fileio import write_parquet
+from electrode_ml.fileio import file_sha256, write_parquet
 from electrode_ml.schema import CRYSTAL_SYSTEMS, TARGETS, WORKING_IONS
 from electrode_ml.split import make_split
 
@@ -51,7 +51,7 @@ def step_run(electrodes, split, tmp_path_factory):
                              parity=root / "parity.png", errors=root / "error_histograms.png")
     rounds = yaml.safe_load((REPO / "config.yaml").read_text())["peer_gbm"]["max_iter"]  # the shipped budget
     # both cores: the tests run one at a time, and the shipped budget takes over a minute on one
-    steps.peer_gbm_step(input, output, SimpleNamespace(seed=0, max_iter=rounds), threads=2)
+    steps.peer_gbm_step(input, output, SimpleNamespace(seed=0, max_iter=rounds, code="peer-code"), threads=2)
     return output
 
 
@@ -97,8 +97,10 @@ def test_step_writes_the_ensemble_format(step_run, split):
     assert (summary["pi_low"] < summary["mean"]).all() and (summary["pi_high"] > summary["mean"]).all()
     metrics = json.loads(step_run.metrics.read_text())
     assert set(metrics) == {"n_seeds", "ensemble_mean", "best_single_seed", "train_mean_baseline", "coverage",
-                            "prediction_interval"}
+                            "prediction_interval", "provenance"}
     assert metrics["n_seeds"] == 1
+    assert metrics["provenance"] == {"code": "peer-code",
+                                     "electrodes_sha256": file_sha256(step_run.predictions.parent / "electrodes.parquet")}
     assert set(metrics["coverage"]) == {"pi"}  # no CI of a mean of one model (its "CI" covered 0 %)
     assert step_run.parity.stat().st_size > 0 and step_run.errors.stat().st_size > 0
 

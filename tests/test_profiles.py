@@ -69,6 +69,36 @@ def test_the_slurm_profile_gives_every_network_rule_a_gpu(tmp_path):
                 assert int(job["runtime"]) > 30 and int(job["mem_mb"]) > 2000, (rule, job)
 
 
+def test_the_gpu_check_knows_the_network_rules():
+    from electrode_ml.config import NETWORK_RULES
+
+    assert set(NETWORK_RULES) == network_rules()
+
+
+def test_cuda_on_a_cluster_whose_jobs_ask_no_gpu_is_one_line_before_any_submission(tmp_path):
+    """train.device: cuda with ELECTRODE_ML_GPU_PER_JOB=0 submitted every network job to a node without a GPU,
+    where each failed. Snakemake names the executor only once it runs, so the check sits in onstart."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["train"]["device"] = "cuda"
+    config["results"] = str(tmp_path / "results")
+    config["data"]["snapshot"] = str((REPO / config["data"]["snapshot"]).resolve())
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SBATCH_")}
+    env.update(CUDA_VISIBLE_DEVICES="", ELECTRODE_ML_GPU_PER_JOB="0", PATH=f"{tmp_path}:{env['PATH']}")
+    sbatch = tmp_path / "sbatch"  # records a submission, should one happen
+    sbatch.write_text(f"#!/bin/sh\ntouch {tmp_path / 'submitted'}\nexit 1\n")
+    sbatch.chmod(0o755)
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--workflow-profile", "profiles/slurm",
+                          "--configfile", str(tmp_path / "config.yaml")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert run.stderr.strip().splitlines()[-1] == (
+        "electrode-ml: error: config key train.device: cuda, but the profile's set-resources asks no GPU for the "
+        "feature_contribution, group_evaluation, timing, train, tune jobs, which would fail on nodes without one; "
+        "unset ELECTRODE_ML_GPU_PER_JOB (or export it as 1), or set train.device: auto or cpu")
+    assert not (tmp_path / "submitted").exists() and not (tmp_path / "results").exists()
+
+
 SETTINGS = ("executor", "jobs", "keep_going", "latency_wait", "rerun_incomplete", "show_failed_logs",
             "max_checksum_file_size", "rerun_triggers", "default_resources", "set_resources", "set_threads")
 

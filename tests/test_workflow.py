@@ -17,9 +17,12 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
+from electrode_ml.code_version import libraries_version
 from electrode_ml.features import applicability
+from electrode_ml.fileio import file_sha256
 from electrode_ml.schema import TARGETS
 from electrode_ml.trees import tree_voltage as tree_voltage_of
 
@@ -87,7 +90,7 @@ def test_tune_outputs(tiny_run):
 
 
 def test_train_outputs_per_seed(tiny_run):
-    _, results, _ = tiny_run
+    config, results, _ = tiny_run
     for model in ("model1", "model2", "model1_redox"):
         for seed in range(3):
             folder = results / "train" / model / f"seed_{seed}"
@@ -98,6 +101,9 @@ def test_train_outputs_per_seed(tiny_run):
             assert np.isfinite(predictions[list(TARGETS)].to_numpy()).all()
             # the archive's entries are not named after the random temporary file the job wrote it as
             assert {name.split("/")[0] for name in zipfile.ZipFile(folder / "model.pt").namelist()} == {"archive"}
+            settings = torch.load(folder / "model.pt", weights_only=False)["train_settings"]
+            assert (settings["seed"], settings["epochs"], settings["device"]) == (seed, 30, "cpu")
+            assert settings["matmul"] in ("torch", "onednn") and settings["precision"] == config["train"]["precision"]
             assert (results / "logs" / "train" / model / f"seed_{seed}.log").exists()
             assert (results / "benchmarks" / "train" / model / f"seed_{seed}.tsv").exists()
 
@@ -120,6 +126,9 @@ def test_ensemble_is_well_formed_and_beats_the_mean(tiny_run):
         assert (summary["ci_low"] <= summary["mean"]).all() and (summary["mean"] <= summary["ci_high"]).all()
         assert (summary["pi_low"] <= summary["ci_low"]).all() and (summary["ci_high"] <= summary["pi_high"]).all()
         metrics = json.loads((results / "ensemble" / model / "metrics.json").read_text())
+        # traceable once copied out of the run: the electrodes it scored and the code (with library versions)
+        assert metrics["provenance"]["electrodes_sha256"] == file_sha256(results / "data" / "electrodes.parquet")
+        assert metrics["provenance"]["code"].endswith(f"-{libraries_version()}")
         for target in TARGETS:
             ours = metrics["ensemble_mean"]["val"][target]["mae"]
             baseline = metrics["train_mean_baseline"]["val"][target]["mae"]

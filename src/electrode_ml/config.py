@@ -273,22 +273,44 @@ def gpu_per_job(config: dict, environ=os.environ, torch_version: str | None = No
     return int(device == "cuda" or (device == "auto" and cuda_visible(environ) and torch_has_cuda(torch_version)))
 
 
-def check_gpu_requests(config: dict, set_resources: dict, environ=os.environ) -> None:
-    """Refuse GPUs a profile asks for jobs that will not use them, and a profile switch it would misread.
+# The rules whose jobs run networks and declare ``gpu=GPU_PER_JOB`` (tests/test_profiles.py holds this
+# list to the rule files).
+NETWORK_RULES = ("feature_contribution", "group_evaluation", "timing", "train", "tune")
+
+
+def check_gpu_requests(config: dict, set_resources: dict, environ=os.environ, remote: bool = False) -> None:
+    """Refuse GPUs a profile asks for jobs that will not use them, and none for jobs that need one.
 
     profiles/slurm reads ``ELECTRODE_ML_GPU_PER_JOB`` before the config exists, so only this check sees
-    both: ``train.device: cpu`` there still held a GPU per network job, and ``=false`` meant 1.
+    both: ``train.device: cpu`` there still held a GPU per network job, ``=false`` meant 1, and
+    ``train.device: cuda`` with ``=0`` sent every network job to a node without a GPU, to fail there one
+    by one. A GPU is asked by ``gpu`` or by a ``gres`` naming one (the README's form for gres clusters).
+    ``remote``: the jobs run elsewhere (a cluster), so a job without a GPU of its own has none.
     """
     switch = environ.get("ELECTRODE_ML_GPU_PER_JOB")
     if switch is not None and switch not in ("0", "1"):
         raise InputError(f"environment variable ELECTRODE_ML_GPU_PER_JOB={switch!r}: write 0 (no GPU per job) or 1")
-    if config["train"]["device"] != "cpu":
-        return
-    asking = sorted(rule for rule, resources in set_resources.items() if _gpus(resources.get("gpu")) > 0)
-    if asking:
-        raise InputError(f"config key train.device: cpu, but the profile's set-resources asks a GPU for every "
-                         f"{', '.join(asking)} job; export ELECTRODE_ML_GPU_PER_JOB=0 for profiles/slurm "
-                         "(or set their gpu to 0)")
+    device = config["train"]["device"]
+    if device == "cpu":
+        asking = sorted(rule for rule, resources in set_resources.items() if _asks_gpu(resources))
+        if asking:
+            raise InputError(f"config key train.device: cpu, but the profile's set-resources asks a GPU for every "
+                             f"{', '.join(asking)} job; export ELECTRODE_ML_GPU_PER_JOB=0 for profiles/slurm "
+                             "(or set their gpu to 0)")
+    elif device == "cuda" and remote:
+        without = sorted(rule for rule, resources in set_resources.items()
+                         if rule in NETWORK_RULES and ({"gpu", "gres"} & set(resources)) and not _asks_gpu(resources))
+        if without:
+            raise InputError(f"config key train.device: cuda, but the profile's set-resources asks no GPU for the "
+                             f"{', '.join(without)} jobs, which would fail on nodes without one; unset "
+                             "ELECTRODE_ML_GPU_PER_JOB (or export it as 1), or set train.device: auto or cpu")
+
+
+def _asks_gpu(resources: dict) -> bool:
+    """Whether one rule's --set-resources ask a GPU: ``gpu`` above 0, or a ``gres`` such as "gpu:a100:1"."""
+    gres = getattr(resources.get("gres"), "value", resources.get("gres"))
+    return _gpus(resources.get("gpu")) > 0 or (
+        isinstance(gres, str) and any(item.split(":")[0].strip() == "gpu" for item in gres.split(",")))
 
 
 def _gpus(resource) -> float:

@@ -17,7 +17,6 @@ import logging
 import os
 import platform
 import re
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +28,9 @@ from electrode_ml.errors import InputError
 
 log = logging.getLogger(__name__)
 
-LOCK_DIR = Path(os.environ.get("ELECTRODE_ML_GPU_LOCK_DIR", tempfile.gettempdir())) / "electrode-ml-gpu-locks"
+# /tmp, not $TMPDIR: a TMPDIR of each user's or each job's own (pam_tmpdir, HPC modules) would give every
+# run its own locks, and two runs on one host would both take the first GPU.
+LOCK_DIR = Path(os.environ.get("ELECTRODE_ML_GPU_LOCK_DIR", "/tmp")) / "electrode-ml-gpu-locks"
 
 
 def resolve_device(preference: str = "auto") -> str:

@@ -7,7 +7,7 @@ from a rule script or directly from a test.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
@@ -205,8 +205,10 @@ def train_step(input, output, params, threads, wildcards=None, **_):
         predictions = seed_predictions(frames, lambda x: predict(network, x, device), seed)
     log.info("seed %d: best epoch %d of %d, %.1f s", seed, network.best_epoch, len(network.history), network.seconds)
     # through a handle: torch names the archive's entries after a path, here the random temporary one
-    # the features' hash lets `electrode-ml predict` refuse networks beside another run's featuriser
-    checkpoint = {**network.to_checkpoint(), "features_sha256": file_sha256(input.train)}
+    # the features' hash lets `electrode-ml predict` refuse networks beside another run's featuriser; the
+    # settings say how the network was trained once the checkpoint is copied out of the run
+    checkpoint = {**network.to_checkpoint(), "features_sha256": file_sha256(input.train),
+                  "train_settings": {**asdict(settings), "matmul": settings.matmul_library()}}
     with atomic_path(output.model) as tmp, open(tmp, "wb") as handle:
         torch.save(checkpoint, handle)
     write_csv(network.history, output.history)
@@ -217,20 +219,18 @@ def ensemble_step(input, output, params, threads, **_):
     import joblib
 
     from electrode_ml.ensemble import evaluate_model
+    from electrode_ml.features import applicability
 
     per_seed = [pd.read_parquet(path) for path in input.predictions]
     frames = {split: pd.read_parquet(input[split]) for split in ("train", "val", "test")}
     physics = pd.read_parquet(input.physics) if input.get("physics") else None
     trees = joblib.load(input.trees) if input.get("trees") else None
-    flags = None
-    if input.get("transformers"):
-        from electrode_ml.features import applicability
-
-        flags = applicability(joblib.load(input.transformers), pd.read_parquet(input.electrodes))
+    flags = applicability(joblib.load(input.transformers), pd.read_parquet(input.electrodes))
     summary, metrics = evaluate_model(per_seed, frames, physics=physics, trees=trees, flags=flags,
                                       compare_seeds=params.get("group_seeds"))
     # Each panel says where its values come from (the summary's source column, the trees' blend).
-    _write_ensemble(output, params.model, summary, metrics, voltage_trees=trees is not None and trees.blends)
+    _write_ensemble(output, params.model, summary, {**metrics, "provenance": _provenance(input, params)},
+                    voltage_trees=trees is not None and trees.blends)
 
 
 def peer_gbm_step(input, output, params, threads, **_):
@@ -247,7 +247,14 @@ def peer_gbm_step(input, output, params, threads, **_):
     predictions = peer.fit_predict_gbm(frames["train"], frames, seed, max_iter)
     spread = peer.fit_predict_spread(frames["train"], frames, seed, max_iter)
     summary, metrics = peer.summarise(frames, predictions, seed, spread)
-    _write_ensemble(output, peer.MODEL, summary, metrics, learned="gradient-boosted trees on Magpie features")
+    _write_ensemble(output, peer.MODEL, summary, {**metrics, "provenance": _provenance(input, params)},
+                    learned="gradient-boosted trees on Magpie features")
+
+
+def _provenance(input, params) -> dict:
+    """What a metrics file was computed from, so that it can be traced once copied out of the run: the
+    code fingerprint (with the numerical libraries' versions, code_version.py) and the electrodes' bytes."""
+    return {"code": params.code, "electrodes_sha256": file_sha256(input.electrodes)}
 
 
 def _write_ensemble(output, model: str, summary: pd.DataFrame, metrics: dict, **sources) -> None:

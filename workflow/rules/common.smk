@@ -70,6 +70,13 @@ CODE_VERSION = {script.stem: f"{script_code_version(script)}-{LIBRARIES_VERSION}
 
 
 onstart:
+    # Snakemake names the executor to a Snakefile only once it runs (workflow.local_exec is True while
+    # the Snakefile is read): a cluster's network jobs given no GPU are refused here, before submission.
+    if not workflow.local_exec:
+        try:
+            check_gpu_requests(config, workflow.resource_settings.overwrite_resources, remote=True)
+        except InputError as error:
+            sys.exit(f"electrode-ml: error: {error}")
     # train.device: cuda where torch sees no GPU: one line before the first job, not a failure of the
     # first tuning once data, split and features have run. Only where the network jobs run here: a login
     # node has no GPU, its cluster jobs do (and Snakemake runs no onstart for a dry run).
