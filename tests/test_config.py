@@ -451,7 +451,7 @@ def test_gpus_asked_for_jobs_that_train_on_the_cpu_are_refused(config):
     asked = {"train": {"gpu": Resource("gpu", 1), "mem_mb": Resource("mem_mb", 4000)},
              "tune": {"gpu": Resource("gpu", 1)}, "data": {"mem_mb": Resource("mem_mb", 100)}}
     config["train"]["device"] = "cpu"
-    with pytest.raises(InputError, match=r"^config key train.device: cpu, but the profile's set-resources asks a "
+    with pytest.raises(InputError, match=r"^config key train.device: cpu, but set-resources asks a "
                                          r"GPU for every train, tune job; export ELECTRODE_ML_GPU_PER_JOB=0"):
         check_gpu_requests(config, asked, environ={})
     check_gpu_requests(config, {"train": {"gpu": Resource("gpu", 0)}, "tune": {"gpu": 0}}, environ={})
@@ -463,25 +463,32 @@ def test_gpus_asked_for_jobs_that_train_on_the_cpu_are_refused(config):
 
 def test_a_gres_gpu_counts_as_a_gpu_and_cuda_jobs_sent_without_one_are_refused(config):
     """The README's form for gres clusters asks its GPU by gres (gpu: 0), which the check read as none; and
-    train.device: cuda with ELECTRODE_ML_GPU_PER_JOB=0 sent every network job to a node without a GPU."""
-    from snakemake.resources import Resource
+    train.device: cuda with ELECTRODE_ML_GPU_PER_JOB=0 sent every network job to a node without a GPU.
+    Snakemake keeps set-resources text as an expression of the job, whose value the check cannot ask for."""
+    from snakemake.cli import parse_set_resources
 
-    by_gres = {"train": {"gpu": Resource("gpu", 0), "gres": Resource("gres", "gpu:a100:1")}}
+    def resources(*settings: str) -> dict:
+        return parse_set_resources(list(settings))
+
+    by_gres = resources("train:gpu=0", "train:gres=gpu:a100:1", "tune:gres=\"gpu:1\"")
     config["train"]["device"] = "cpu"
-    with pytest.raises(InputError, match=r"^config key train.device: cpu, but .* GPU for every train job"):
+    with pytest.raises(InputError, match=r"^config key train.device: cpu, but set-resources asks a GPU for every "
+                                         r"train, tune job; export ELECTRODE_ML_GPU_PER_JOB=0"):
         check_gpu_requests(config, by_gres, environ={})
-    check_gpu_requests(config, {"train": {"gpu": 0, "gres": "tmpfs:10G"}}, environ={})
+    check_gpu_requests(config, resources("train:gres=tmpfs:10G", "tune:gres=", "data:gpu=0"), environ={})
+    check_gpu_requests(config, resources("train:gpu=1 if attempt > 1 else 0"), environ={})  # the job decides
 
-    none = {"train": {"gpu": Resource("gpu", 0), "mem_mb": 4000}, "tune": {"gpu": 0, "gres": ""},
-            "data": {"gpu": 0}}
+    none = resources("train:gpu=0", "train:mem_mb=4000", "tune:gpu=0", "tune:gres=", "data:gpu=0")
     config["train"]["device"] = "cuda"
-    with pytest.raises(InputError, match=r"^config key train.device: cuda, but the profile's set-resources asks no "
-                                         r"GPU for the train, tune jobs, which would fail on nodes without one; unset "
+    with pytest.raises(InputError, match=r"^config key train.device: cuda, but set-resources asks no GPU for the "
+                                         r"train, tune jobs, which would fail on nodes without one; unset "
                                          r"ELECTRODE_ML_GPU_PER_JOB"):
         check_gpu_requests(config, none, environ={"ELECTRODE_ML_GPU_PER_JOB": "0"}, remote=True)
     check_gpu_requests(config, none, environ={}, remote=False)  # one host: its jobs see its GPUs
-    check_gpu_requests(config, {"train": {"mem_mb": 4000}}, environ={}, remote=True)  # the rule's own gpu=1
-    check_gpu_requests(config, {**none, "train": by_gres["train"], "tune": {"gres": "gpu:1"}}, environ={}, remote=True)
+    # the rules' own gpu=1 where set-resources give none, a gres naming a GPU, a count the job decides
+    check_gpu_requests(config, resources("train:mem_mb=4000", "tune:gres=", "timing:gres=gpu:1",
+                                         "group_evaluation:gpu=0", "group_evaluation:gres=gpu",
+                                         "feature_contribution:gpu=attempt - 1"), environ={}, remote=True)
     config["train"]["device"] = "auto"  # a CPU cluster: auto trains there on the CPU
     check_gpu_requests(config, none, environ={}, remote=True)
 

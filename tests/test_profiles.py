@@ -75,6 +75,25 @@ def test_the_gpu_check_knows_the_network_rules():
     assert set(NETWORK_RULES) == network_rules()
 
 
+def test_a_gres_gpu_for_cpu_training_is_one_line_from_a_dry_run(tmp_path):
+    """The README's gres form for clusters: Snakemake keeps the text as an expression of the job, and the
+    check's asking for its value ended every call, a dry run or --unlock too, in a ValueError traceback."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["train"]["device"] = "cpu"
+    config["results"] = str(tmp_path / "results")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SBATCH_")}
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--workflow-profile", "profiles/slurm",
+                          "--configfile", str(tmp_path / "config.yaml"),
+                          "--set-resources", "train:gpu=0", "train:gres=gpu:a100:1", "tune:gres="],
+                         cwd=REPO, env={**env, "ELECTRODE_ML_GPU_PER_JOB": "0"}, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert run.stderr.strip().splitlines()[-1:] == [
+        "electrode-ml: error: config key train.device: cpu, but set-resources asks a GPU for every train job; "
+        "export ELECTRODE_ML_GPU_PER_JOB=0 for profiles/slurm (or take the GPU out of their gpu and gres)"]
+
+
 def test_cuda_on_a_cluster_whose_jobs_ask_no_gpu_is_one_line_before_any_submission(tmp_path):
     """train.device: cuda with ELECTRODE_ML_GPU_PER_JOB=0 submitted every network job to a node without a GPU,
     where each failed. Snakemake names the executor only once it runs, so the check sits in onstart."""
@@ -93,9 +112,10 @@ def test_cuda_on_a_cluster_whose_jobs_ask_no_gpu_is_one_line_before_any_submissi
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 1, run.stderr[-3000:]
     assert run.stderr.strip().splitlines()[-1] == (
-        "electrode-ml: error: config key train.device: cuda, but the profile's set-resources asks no GPU for the "
+        "electrode-ml: error: config key train.device: cuda, but set-resources asks no GPU for the "
         "feature_contribution, group_evaluation, timing, train, tune jobs, which would fail on nodes without one; "
-        "unset ELECTRODE_ML_GPU_PER_JOB (or export it as 1), or set train.device: auto or cpu")
+        "unset ELECTRODE_ML_GPU_PER_JOB (or export it as 1) for profiles/slurm, give them a gpu or gres, "
+        "or set train.device: auto or cpu")
     assert not (tmp_path / "submitted").exists() and not (tmp_path / "results").exists()
 
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from electrode_ml.code_version import libraries_version
+from electrode_ml.code_version import libraries_version, script_code_version
 from electrode_ml.features import applicability
 from electrode_ml.fileio import file_sha256
 from electrode_ml.schema import TARGETS
@@ -128,7 +128,8 @@ def test_ensemble_is_well_formed_and_beats_the_mean(tiny_run):
         metrics = json.loads((results / "ensemble" / model / "metrics.json").read_text())
         # traceable once copied out of the run: the electrodes it scored and the code (with library versions)
         assert metrics["provenance"]["electrodes_sha256"] == file_sha256(results / "data" / "electrodes.parquet")
-        assert metrics["provenance"]["code"].endswith(f"-{libraries_version()}")
+        script = REPO / "workflow" / "scripts" / "ensemble.py"
+        assert metrics["provenance"]["code"] == f"{script_code_version(script)}-{libraries_version()}"
         for target in TARGETS:
             ours = metrics["ensemble_mean"]["val"][target]["mae"]
             baseline = metrics["train_mean_baseline"]["val"][target]["mae"]
@@ -235,6 +236,9 @@ def test_group_evaluation_runs_in_its_own_folder(tiny_run):
             assert metrics[model]["n_seeds"] == 2
             assert set(metrics[model]["ensemble_mean"]) == {"train", "val", "test"}
             assert "pi" in metrics[model]["coverage"]
+            assert metrics[model]["provenance"] == {
+                "code": f"{script_code_version(REPO / 'workflow' / 'scripts' / 'group_evaluation.py')}-{libraries_version()}",
+                "electrodes_sha256": file_sha256(results / "data" / "electrodes.parquet")}
         # the learned voltage of model1_phys blends trees fitted on the grouped split too
         assert ("voltage_trees" in metrics.get("model1_phys", {})) == (base == "model1_redox")
         predictions = pd.read_parquet(results / "group" / base / "predictions.parquet")

@@ -3,6 +3,7 @@ those a schema cannot express."""
 
 from __future__ import annotations
 
+import ast
 import glob
 import math
 import os
@@ -284,7 +285,8 @@ def check_gpu_requests(config: dict, set_resources: dict, environ=os.environ, re
     profiles/slurm reads ``ELECTRODE_ML_GPU_PER_JOB`` before the config exists, so only this check sees
     both: ``train.device: cpu`` there still held a GPU per network job, ``=false`` meant 1, and
     ``train.device: cuda`` with ``=0`` sent every network job to a node without a GPU, to fail there one
-    by one. A GPU is asked by ``gpu`` or by a ``gres`` naming one (the README's form for gres clusters).
+    by one. A GPU is asked by ``gpu`` or by a ``gres`` naming one (the README's form for gres clusters);
+    a setting that depends on the job (an expression of ``attempt``) is left to the job.
     ``remote``: the jobs run elsewhere (a cluster), so a job without a GPU of its own has none.
     """
     switch = environ.get("ELECTRODE_ML_GPU_PER_JOB")
@@ -292,31 +294,53 @@ def check_gpu_requests(config: dict, set_resources: dict, environ=os.environ, re
         raise InputError(f"environment variable ELECTRODE_ML_GPU_PER_JOB={switch!r}: write 0 (no GPU per job) or 1")
     device = config["train"]["device"]
     if device == "cpu":
-        asking = sorted(rule for rule, resources in set_resources.items() if _asks_gpu(resources))
+        asking = sorted(rule for rule, resources in set_resources.items() if _asks_gpu(resources, own_gpu=False) is True)
         if asking:
-            raise InputError(f"config key train.device: cpu, but the profile's set-resources asks a GPU for every "
+            raise InputError(f"config key train.device: cpu, but set-resources asks a GPU for every "
                              f"{', '.join(asking)} job; export ELECTRODE_ML_GPU_PER_JOB=0 for profiles/slurm "
-                             "(or set their gpu to 0)")
+                             "(or take the GPU out of their gpu and gres)")
     elif device == "cuda" and remote:
         without = sorted(rule for rule, resources in set_resources.items()
-                         if rule in NETWORK_RULES and ({"gpu", "gres"} & set(resources)) and not _asks_gpu(resources))
+                         if rule in NETWORK_RULES and _asks_gpu(resources, own_gpu=True) is False)
         if without:
-            raise InputError(f"config key train.device: cuda, but the profile's set-resources asks no GPU for the "
+            raise InputError(f"config key train.device: cuda, but set-resources asks no GPU for the "
                              f"{', '.join(without)} jobs, which would fail on nodes without one; unset "
-                             "ELECTRODE_ML_GPU_PER_JOB (or export it as 1), or set train.device: auto or cpu")
+                             "ELECTRODE_ML_GPU_PER_JOB (or export it as 1) for profiles/slurm, give them a gpu or "
+                             "gres, or set train.device: auto or cpu")
 
 
-def _asks_gpu(resources: dict) -> bool:
-    """Whether one rule's --set-resources ask a GPU: ``gpu`` above 0, or a ``gres`` such as "gpu:a100:1"."""
-    gres = getattr(resources.get("gres"), "value", resources.get("gres"))
-    return _gpus(resources.get("gpu")) > 0 or (
-        isinstance(gres, str) and any(item.split(":")[0].strip() == "gpu" for item in gres.split(",")))
+def _asks_gpu(resources: dict, own_gpu: bool) -> bool | None:
+    """Whether a rule's jobs ask a GPU, by ``gpu`` above 0 or a ``gres`` such as "gpu:a100:1"; where its
+    set-resources give no ``gpu``, the rule's own (``own_gpu``) holds. None: it depends on the job."""
+    gpu = _setting(resources["gpu"]) if "gpu" in resources else own_gpu
+    gres = _setting(resources["gres"]) if "gres" in resources else None
+    if _UNKNOWN in (gpu, gres):
+        return None
+    by_gres = isinstance(gres, str) and any(item.split(":")[0].strip() == "gpu" for item in gres.split(","))
+    return by_gres or gpu is True or (isinstance(gpu, (int, float)) and not isinstance(gpu, bool) and gpu > 0)
 
 
-def _gpus(resource) -> float:
-    """A --set-resources gpu count (Snakemake's Resource, or a number); 0 for an expression it evaluates per job."""
-    value = getattr(resource, "value", resource)
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+_UNKNOWN = object()
+
+
+def _setting(resource):
+    """One set-resources value as written. Snakemake keeps a profile's or a command line's text as a
+    Python expression it evaluates per job (asking its value before raises), and takes text that is no
+    Python, such as gpu:a100:1, as a string: read alike here, and an expression of the job is unknown."""
+    if not hasattr(resource, "is_evaluable"):
+        return resource  # a plain number or string (the profile's `?` values, tests)
+    if not resource.is_evaluable():
+        return resource.value
+    text = str(resource.raw)
+    try:
+        return ast.literal_eval(text)
+    except SyntaxError:
+        return text
+    except ValueError:  # no literal: a bare word is Snakemake's string too (NameError), else the job decides
+        try:
+            return text if isinstance(ast.parse(text.strip(), mode="eval").body, ast.Name) else _UNKNOWN
+        except SyntaxError:
+            return text
 
 
 def resolve_source(source: str, environ=os.environ) -> str:

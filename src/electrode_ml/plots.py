@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from electrode_ml.fileio import atomic_path  # noqa: E402
+from electrode_ml.metrics import regression_metrics  # noqa: E402
 from electrode_ml.physics import BASIS  # noqa: E402
 from electrode_ml.schema import TARGETS, UNITS  # noqa: E402
 
@@ -104,7 +105,7 @@ def parity_figure(summary: pd.DataFrame, title: str, splits=("train", "val"), le
         part = summary[summary["target"] == target]
         for split in splits:
             points = part[part["split"] == split]
-            r = np.corrcoef(points["true"], points["mean"])[0, 1] if len(points) > 1 else float("nan")
+            r = regression_metrics(points["true"], points["mean"])["r"]
             color, name = SPLIT_STYLE[split]
             axis.scatter(points["true"], points["mean"], s=8, alpha=0.5, color=color, label=f"{name} (r = {r:.3f})")
         low = min(part["true"].min(), part["mean"].min())

@@ -434,6 +434,7 @@ def group_evaluation_step(input, output, params, threads, wildcards=None, **_):
     for model, (summary, metrics) in results.items():
         log.info("group split, %s: test MAE %s", model,
                  {target: round(values["mae"], 4) for target, values in metrics["ensemble_mean"]["test"].items()})
-    write_json({model: metrics for model, (_, metrics) in results.items()}, output.metrics)
+    provenance = _provenance(input, params)
+    write_json({model: {**metrics, "provenance": provenance} for model, (_, metrics) in results.items()}, output.metrics)
     write_parquet(pd.concat([summary.assign(model=model) for model, (summary, _) in results.items()],
                             ignore_index=True), output.predictions)
