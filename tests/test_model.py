@@ -4,6 +4,7 @@ import re
 import stat
 import subprocess
 import sys
+import threading
 import time
 import types
 from dataclasses import replace
@@ -16,7 +17,7 @@ from electrode_ml import cpu_matmul, devices
 from electrode_ml.devices import claim_gpu, job_device, resolve_device
 from electrode_ml.errors import InputError
 from electrode_ml.model import MLP, NetworkParams, TrainedNetwork, TrainSettings, predict, train_network
-from electrode_ml.predict import OneDNNNetworks, StackedEnsemble, relu_
+from electrode_ml.predict import OneDNNNetworks, StackedEnsemble, relu_, stream_workers
 from electrode_ml.training_kernels import FlatRMSprop, ReLUDropout, TrainingStep
 
 PARAMS = NetworkParams(32, 16, 8, 0.1, 0.1, 0.1, 1e-3)
@@ -385,6 +386,40 @@ def test_onednn_passes_of_any_size_give_the_same_numbers(data, monkeypatch):
     np.testing.assert_allclose(predictions[0][1], predict(networks[1], data[2]), rtol=1e-5, atol=1e-4)
     empty = ensemble.predict_scaled(torch.zeros(0, data[2].shape[1]))
     assert empty.shape == (3, 0, 3)
+
+
+def test_onednn_streams_give_the_same_numbers_and_leave_the_thread_counts(data, monkeypatch):
+    """On T threads the passes run as T streams of one thread each (as many as there are passes,
+    with T shared out over them): the same predictions as one stream (bit for bit on the AMD host
+    measured), every network once and in order, and neither the caller's thread count nor the one
+    a new thread takes up is changed by the workers' own."""
+    networks = [train_network(*data, PARAMS, TrainSettings(epochs=2, seed=seed, log_every=0)) for seed in range(5)]
+    monkeypatch.setattr(OneDNNNetworks, "PASS_NETWORKS", 1)
+    ensemble = StackedEnsemble(networks, matmul="onednn")
+    stream_workers.cache_clear()
+    caller_threads = torch.get_num_threads()
+    predictions = {}
+    try:
+        for threads in (1, 2, 3, 8):
+            torch.set_num_threads(threads)
+            streams = ensemble.onednn.streams()
+            assert len(streams) == min(threads, 5) and [p for s in streams for p in s] == ensemble.onednn.passes
+            predictions[threads] = ensemble.predict(data[2])
+            assert torch.get_num_threads() == threads
+            fresh = []
+            thread = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+            thread.start()
+            thread.join()
+            assert fresh == [threads]
+        assert stream_workers(2, 1).submit(torch.get_num_threads).result() == 1
+        assert stream_workers(5, 1).submit(torch.get_num_threads).result() == 1
+        assert stream_workers(2, 3).submit(torch.get_num_threads).result() == 3
+        assert torch.get_num_threads() == 8
+    finally:
+        torch.set_num_threads(caller_threads)
+    for threads in (2, 3, 8):
+        np.testing.assert_allclose(predictions[threads], predictions[1], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(predictions[1][4], predict(networks[4], data[2]), rtol=1e-5, atol=1e-4)
 
 
 def test_the_products_library_follows_the_cpu_maker(data, monkeypatch, tmp_path):
