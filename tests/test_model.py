@@ -17,7 +17,8 @@ from electrode_ml import cpu_matmul, devices
 from electrode_ml.devices import claim_gpu, job_device, resolve_device
 from electrode_ml.errors import InputError
 from electrode_ml.model import MLP, NetworkParams, TrainedNetwork, TrainSettings, predict, train_network
-from electrode_ml.predict import OneDNNNetworks, StackedEnsemble, relu_, stream_workers
+from electrode_ml.predict import (OneDNNNetworks, StackedEnsemble, consecutive_shares, in_streams, relu_,
+                                  stream_workers)
 from electrode_ml.training_kernels import FlatRMSprop, ReLUDropout, TrainingStep
 
 PARAMS = NetworkParams(32, 16, 8, 0.1, 0.1, 0.1, 1e-3)
@@ -388,22 +389,47 @@ def test_onednn_passes_of_any_size_give_the_same_numbers(data, monkeypatch):
     assert empty.shape == (3, 0, 3)
 
 
-def test_onednn_streams_give_the_same_numbers_and_leave_the_thread_counts(data, monkeypatch):
-    """On T threads the passes run as T streams of one thread each (as many as there are passes,
-    with T shared out over them): the same predictions as one stream (bit for bit on the AMD host
-    measured), every network once and in order, and neither the caller's thread count nor the one
-    a new thread takes up is changed by the workers' own."""
+def test_consecutive_shares_cover_every_item_once_in_order():
+    assert consecutive_shares(list(range(5)), 2) == [[0, 1], [2, 3, 4]]
+    assert consecutive_shares(range(50), 2) == [range(0, 25), range(25, 50)]
+    assert [len(share) for share in consecutive_shares(range(10), 3)] == [3, 3, 4]
+    assert consecutive_shares(range(3), 1) == [range(0, 3)]
+
+
+def test_in_streams_runs_every_share_once_and_raises_a_streams_error():
+    caller_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        in_streams(range(7), lambda share: seen.append((list(share), threading.current_thread().name)))
+        assert sorted(share for share, _ in seen) == [[0, 1, 2], [3, 4, 5, 6]]
+        assert all(name.startswith("electrode-ml-networks") for _, name in seen)
+
+        def fail_on_the_second(share):
+            if 6 in share:
+                raise ValueError("second share")
+
+        with pytest.raises(ValueError, match="second share"):
+            in_streams(range(7), fail_on_the_second)
+    finally:
+        torch.set_num_threads(caller_threads)
+
+
+@pytest.mark.parametrize("matmul", ["torch", "onednn"])
+def test_prediction_streams_give_the_same_numbers_and_leave_the_thread_counts(data, monkeypatch, matmul):
+    """On T threads the networks run as T streams (as many as there are passes for oneDNN, each
+    network for the stacked path, with T shared out over them): the same predictions as one
+    stream (bit for bit on the AMD host measured), each network's its own, and neither the
+    caller's thread count nor the one a new thread takes up is changed by the workers' own."""
     networks = [train_network(*data, PARAMS, TrainSettings(epochs=2, seed=seed, log_every=0)) for seed in range(5)]
     monkeypatch.setattr(OneDNNNetworks, "PASS_NETWORKS", 1)
-    ensemble = StackedEnsemble(networks, matmul="onednn")
+    ensemble = StackedEnsemble(networks, matmul=matmul)
     stream_workers.cache_clear()
     caller_threads = torch.get_num_threads()
     predictions = {}
     try:
         for threads in (1, 2, 3, 8):
             torch.set_num_threads(threads)
-            streams = ensemble.onednn.streams()
-            assert len(streams) == min(threads, 5) and [p for s in streams for p in s] == ensemble.onednn.passes
             predictions[threads] = ensemble.predict(data[2])
             assert torch.get_num_threads() == threads
             fresh = []
@@ -411,15 +437,16 @@ def test_onednn_streams_give_the_same_numbers_and_leave_the_thread_counts(data, 
             thread.start()
             thread.join()
             assert fresh == [threads]
+        assert stream_workers.cache_info().currsize == 3  # 2, 3 and 5 streams
         assert stream_workers(2, 1).submit(torch.get_num_threads).result() == 1
-        assert stream_workers(5, 1).submit(torch.get_num_threads).result() == 1
         assert stream_workers(2, 3).submit(torch.get_num_threads).result() == 3
         assert torch.get_num_threads() == 8
     finally:
         torch.set_num_threads(caller_threads)
     for threads in (2, 3, 8):
         np.testing.assert_allclose(predictions[threads], predictions[1], rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(predictions[1][4], predict(networks[4], data[2]), rtol=1e-5, atol=1e-4)
+    for index, network in enumerate(networks):
+        np.testing.assert_allclose(predictions[8][index], predict(network, data[2]), rtol=1e-5, atol=1e-4)
 
 
 def test_the_products_library_follows_the_cpu_maker(data, monkeypatch, tmp_path):

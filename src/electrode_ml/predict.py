@@ -8,6 +8,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import joblib
 import numpy as np
@@ -63,6 +64,35 @@ def stream_workers(count: int, threads_each: int) -> ThreadPoolExecutor:
     return workers
 
 
+def consecutive_shares(items: Sequence, count: int) -> list[Sequence]:
+    """``items`` cut into ``count`` consecutive shares of sizes differing by at most one."""
+    bounds = [len(items) * share // count for share in range(count + 1)]
+    return [items[low:high] for low, high in zip(bounds, bounds[1:])]
+
+
+def in_streams(items: Sequence, run: Callable[[Sequence], None]) -> None:
+    """``run`` on consecutive shares of ``items``, one share per thread of the caller (at most one
+    per item), each on a worker thread of its own with the caller's threads shared out among them.
+
+    For many small products: a layer of one network at 388 rows is 0.13 ms of work on 2 threads,
+    and the fork and join of each product split over both cost more than the other stream's wait.
+    The operators release the GIL, so the streams overlap. An error in a stream is raised here.
+
+    ``run`` should do all the work from its inputs on, the caller's thread none: after an operator
+    parallel over the caller's threads, OpenMP keeps them spinning for some milliseconds, on the
+    cores the streams need (a conversion and a concatenation of the input, 0.1 MB, before the
+    streams took bfloat16 prediction from 9.4 to 16.6 ms).
+    """
+    threads = torch.get_num_threads()
+    count = max(1, min(threads, len(items)))
+    shares = consecutive_shares(items, count)
+    if count == 1:
+        run(shares[0])
+        return
+    for _ in stream_workers(count, threads // count).map(run, shares):
+        pass
+
+
 class OneDNNNetworks:
     """Float32 networks through oneDNN's linear layer, for CPUs where torch's products are slow.
 
@@ -70,13 +100,10 @@ class OneDNNNetworks:
     product's output. The first layers of ``PASS_NETWORKS`` networks are one product (they read the
     same input); the later layers go network by network.
 
-    On more than one thread the passes are shared out into one stream per thread (per pass, where
-    there are more threads than passes, the threads shared out too), each run by a worker thread,
-    instead of every product split over all threads: a layer of one network at 388 rows is 0.13 ms
-    of work on 2 threads, and the fork and join of each product cost more than the other stream's
-    wait. The operators release the GIL, so the streams overlap. Measured with this release's
-    networks (2 threads, 388 rows, median of 50): model1 20.1 -> 17.3 ms, model2 21.2 -> 18.8 ms,
-    the same predictions bit for bit (docs/timings.md, "Prediction").
+    The passes go in one stream per thread (:func:`in_streams`), each writing its networks'
+    outputs into their place: with this release's networks (2 threads, 388 rows, median of 50)
+    model1 took 17.3 instead of 20.1 ms and model2 18.8 instead of 21.2 ms, the same predictions
+    bit for bit (docs/timings.md, "Prediction").
     """
 
     # five networks a pass, so that 50 share out evenly over 2 threads: ten a pass in one stream
@@ -91,45 +118,38 @@ class OneDNNNetworks:
             return network.state_dict[f"{layer}.bias"].float().contiguous()
 
         first, later = linear_names[0], linear_names[1:]
-        self.passes = []  # per pass: first layers (packed weight, bias), later layers per network
+        self.n_networks, self.n_outputs = len(networks), weight(networks[0], linear_names[-1]).shape[0]
+        # per pass: its first network's index, the first layers (packed weight, bias), the later
+        # layers per network
+        self.passes = []
         for start in range(0, len(networks), self.PASS_NETWORKS):
             group = networks[start:start + self.PASS_NETWORKS]
             per_network = [[(cpu_matmul.pack(weight(n, layer)), bias(n, layer)) for layer in later] for n in group]
-            self.passes.append(((cpu_matmul.pack(torch.cat([weight(n, first) for n in group])),
-                                 torch.cat([bias(n, first) for n in group])), per_network))
-
-    def streams(self) -> list[list]:
-        """The passes in consecutive shares, one per thread of the caller (and no empty share)."""
-        count = max(1, min(torch.get_num_threads(), len(self.passes)))
-        bounds = [len(self.passes) * share // count for share in range(count + 1)]
-        return [self.passes[low:high] for low, high in zip(bounds, bounds[1:])]
+            self.passes.append((start, (cpu_matmul.pack(torch.cat([weight(n, first) for n in group])),
+                                        torch.cat([bias(n, first) for n in group])), per_network))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(rows, inputs) -> (networks, rows, 3), standardised."""
-        streams = self.streams()
-        if len(streams) == 1:
-            return torch.stack(self._forward(x, streams[0]))
-        workers = stream_workers(len(streams), torch.get_num_threads() // len(streams))
-        outputs = workers.map(lambda passes: self._forward(x, passes), streams)
-        return torch.stack([output for stream in outputs for output in stream])
+        outputs = torch.empty(self.n_networks, x.shape[0], self.n_outputs)
+        in_streams(self.passes, lambda passes: self._forward(x, passes, outputs))
+        return outputs
 
     @staticmethod
-    def _forward(x: torch.Tensor, passes: list) -> list[torch.Tensor]:
-        """Each network's (rows, 3) outputs, pass after pass."""
-        outputs = []
-        for (first_weight, first_bias), networks in passes:
+    def _forward(x: torch.Tensor, passes: list, outputs: torch.Tensor) -> None:
+        """The networks of ``passes``, pass after pass, each one's (rows, 3) written into ``outputs``."""
+        x = x.float()
+        for start, (first_weight, first_bias), networks in passes:
             first = cpu_matmul.linear(x, first_weight, first_bias, relu=True)
             units = first.shape[1] // len(networks)
             for index, layers in enumerate(networks):
                 hidden = first[:, index * units:(index + 1) * units]
                 for depth, (weight, bias) in enumerate(layers):
                     hidden = cpu_matmul.linear(hidden, weight, bias, relu=depth < len(layers) - 1)
-                outputs.append(hidden)
+                outputs[start + index].copy_(hidden)
             # freed before the next pass allocates its own, so that glibc hands the same, already
             # touched memory back: kept until then, model1's 50 networks took about 1750 page
             # faults a call and 10 % longer
             del first, hidden
-        return outputs
 
 
 class StackedEnsemble:
@@ -211,25 +231,38 @@ class StackedEnsemble:
         a fresh activation per pass is a fresh mmap whose pages fault in on first touch. Against
         rows x units activations allocated afresh in passes of 128 rows, this took model1's 50
         networks 21.2 instead of 36.7 ms and model2's 18.4 instead of 20.6 ms (388 rows, float32,
-        2 threads; docs/timings.md, "Prediction").
+        2 threads; docs/timings.md, "Prediction"). The networks go in one stream per thread
+        (:func:`in_streams`), each with activations of its own: bfloat16 on an AMD EPYC (2
+        threads) took 9.2 instead of 12.5 ms (model1) and 9.8 instead of 12.5 ms (model2).
         """
-        x = x.to(self.device, self.dtype)
         if self.onednn:
             return self.onednn(x)
-        rows_per_pass = max(1, self.CPU_PASS_BYTES // (self.widest * x.element_size()))
-        if x.device.type == "cpu" and x.shape[0] > rows_per_pass:
+        on_cpu = torch.device(self.device).type == "cpu"
+        rows_per_pass = max(1, self.CPU_PASS_BYTES // (self.widest * self.dtype.itemsize))
+        if on_cpu and x.shape[0] > rows_per_pass:
             return torch.cat([self.predict_scaled(x[start:start + rows_per_pass])
                               for start in range(0, x.shape[0], rows_per_pass)], dim=1)
-        inputs = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1).T
-        per_pass = len(self)
-        if x.device.type == "cpu":
-            per_pass = min(per_pass, max(1, self.CPU_PASS_BYTES // max(1, x.shape[0] * self.widest * x.element_size())))
-        activations = [x.new_empty(per_pass, weight.shape[1], x.shape[0]) for weight in self.weights[:-1]]
-        outputs = x.new_empty(len(self), self.weights[-1].shape[1], x.shape[0])
-        for first in range(0, len(self), per_pass):
-            last = min(first + per_pass, len(self))
-            self._forward(inputs, first, last, [a[:last - first] for a in activations] + [outputs[first:last]])
+        outputs = torch.empty(len(self), self.n_outputs, x.shape[0], dtype=self.dtype, device=self.device)
+        if on_cpu:
+            in_streams(range(len(self)), lambda networks: self._networks(x, networks, outputs))
+        else:
+            self._networks(x, range(len(self)), outputs)
         return outputs.transpose(1, 2)
+
+    def _networks(self, x: torch.Tensor, networks: range, outputs: torch.Tensor) -> None:
+        """``networks`` on ``x``, written into their rows of ``outputs`` (networks, 3, rows); on the
+        CPU in passes whose widest activation is about ``CPU_PASS_BYTES``, every pass writing into
+        the same activations."""
+        x = x.to(self.device, self.dtype)
+        rows = x.shape[0]
+        inputs = torch.cat([x, torch.ones(rows, 1, dtype=x.dtype, device=x.device)], dim=1).T
+        per_pass = len(networks)
+        if x.device.type == "cpu":
+            per_pass = min(per_pass, max(1, self.CPU_PASS_BYTES // max(1, rows * self.widest * x.element_size())))
+        activations = [x.new_empty(per_pass, weight.shape[1], rows) for weight in self.weights[:-1]]
+        for first in range(networks.start, networks.stop, per_pass):
+            last = min(first + per_pass, networks.stop)
+            self._forward(inputs, first, last, [a[:last - first] for a in activations] + [outputs[first:last]])
 
     def _forward(self, inputs: torch.Tensor, first: int, last: int, activations: list[torch.Tensor]) -> None:
         """Networks ``first .. last - 1`` on ``inputs`` (inputs + 1, rows), each layer's output
