@@ -281,11 +281,13 @@ class StackedEnsemble:
         near 100 MB: 200,000 candidates through 50 networks of width 512 otherwise peak at 5 GB.
         """
         rows = max(1, max_elements // (len(self) * self.widest))
-        parts = [self.predict_scaled(torch.tensor(x[start:start + rows], dtype=torch.float32)).cpu().double()
+        # numpy converts on this thread alone, and the outputs wait for the end: a parallel torch
+        # operator between the parts would leave OpenMP spinning on the cores (in_streams)
+        parts = [self.predict_scaled(torch.from_numpy(np.array(x[start:start + rows], dtype=np.float32)))
                  for start in range(0, len(x), rows)]
         if not parts:
             return np.zeros((len(self), 0, self.n_outputs))
-        scaled = torch.cat(parts, dim=1)
+        scaled = torch.cat([part.cpu().double() for part in parts], dim=1)
         return (scaled * self.target_std + self.target_mean).numpy()
 
 
