@@ -23,10 +23,10 @@ from electrode_ml.config import load_config, seeds
 from electrode_ml.data import prepare_electrodes, read_electrode_csv
 from electrode_ml.errors import InputError
 from electrode_ml.features import fit_feature_sets
-from electrode_ml.fileio import read_json, write_json
+from electrode_ml.fileio import read_json, utc_timestamp, write_json
 from electrode_ml.model import PAPER_PARAMS, NetworkParams, TrainedNetwork, TrainSettings, native_bfloat16, train_network
 from electrode_ml.predict import StackedEnsemble
-from electrode_ml.report_inputs import code_provenance, utc_timestamp
+from electrode_ml.report_inputs import code_provenance
 from electrode_ml.runner import setup_logging
 from electrode_ml.schema import TARGETS, UNITS
 from electrode_ml.split import make_split

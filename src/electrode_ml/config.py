@@ -337,10 +337,7 @@ def _setting(resource):
     except SyntaxError:
         return text
     except ValueError:  # no literal: a bare word is Snakemake's string too (NameError), else the job decides
-        try:
-            return text if isinstance(ast.parse(text.strip(), mode="eval").body, ast.Name) else _UNKNOWN
-        except SyntaxError:
-            return text
+        return text if isinstance(ast.parse(text.strip(), mode="eval").body, ast.Name) else _UNKNOWN
 
 
 def resolve_source(source: str, environ=os.environ) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import glob
 import hashlib
 import json
@@ -13,6 +14,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
+
+
+def utc_timestamp() -> str:
+    """Now, to the second, in UTC: when a file that outlives its run was written."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 @contextmanager

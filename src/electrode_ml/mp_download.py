@@ -32,13 +32,13 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
 
 import pandas as pd
 
 from electrode_ml.errors import InputError
+from electrode_ml.fileio import utc_timestamp
 from electrode_ml.mp_documents import (DROP_EXAMPLES, DROP_REASONS, ENERGY_FIELDS, MALFORMED, OUTSIDE_WINDOW,
                                        THERMO_TYPE, as_dict, battery_id, electrode_rows, electrode_table,
                                        end_member_properties, gga_energies, material_id)
@@ -197,7 +197,7 @@ def download_electrodes(
         provenance = {"endpoint": base, "database_version": mpr.db_version or "unknown (no heartbeat answer)",
                       "mp_api_version": _version("mp-api"),
                       "emmet_core_version": _version("emmet-core"),
-                      "downloaded_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                      "downloaded_at": utc_timestamp()}
 
     table = electrode_table(electrodes, end_members, dropped)
     provenance["download_dropped"] = {

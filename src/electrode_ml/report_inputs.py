@@ -93,11 +93,6 @@ def code_provenance(repository: Path = Path(__file__).resolve().parents[2]) -> s
     return f"{text}, commit {commit}" + (" with uncommitted changes" if changed else "")
 
 
-def utc_timestamp() -> str:
-    """Now, to the second, in UTC: when a file that outlives its run was written."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def largest_errors(summary: pd.DataFrame, split: str = "val", n: int = 3) -> dict[str, dict]:
     """Per target, the ``n`` electrodes of ``split`` the ensemble mean misses most and the RMSE without
     them: a few alloy-type electrodes of 1000-2500 mAh/g carry the capacity RMSE."""

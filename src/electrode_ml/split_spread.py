@@ -23,9 +23,9 @@ from electrode_ml.devices import job_device
 from electrode_ml.errors import InputError
 from electrode_ml.evaluation import evaluate_on_split
 from electrode_ml.models import KNOWN_MODELS, base_model, voltage_tree_settings
-from electrode_ml.fileio import file_sha256, read_json, write_csv, write_json
+from electrode_ml.fileio import file_sha256, read_json, utc_timestamp, write_csv, write_json
 from electrode_ml.model import NetworkParams
-from electrode_ml.report_inputs import code_provenance, utc_timestamp
+from electrode_ml.report_inputs import code_provenance
 from electrode_ml.runner import setup_logging
 from electrode_ml.split import make_split
 from electrode_ml.steps import seed_trainer
