@@ -416,14 +416,21 @@ def test_in_streams_runs_every_share_once_and_raises_a_streams_error():
 
 
 @pytest.mark.parametrize("matmul", ["torch", "onednn"])
-def test_prediction_streams_give_the_same_numbers_and_leave_the_thread_counts(data, monkeypatch, matmul):
-    """On T threads the networks run as T streams (as many as there are passes for oneDNN, each
-    network for the stacked path, with T shared out over them): the same predictions as one
-    stream (bit for bit on the AMD host measured), each network's its own, and neither the
+@pytest.mark.parametrize("pass_bytes", [None, 16 * 33 * 4])
+def test_prediction_streams_give_the_same_numbers_and_leave_the_thread_counts(data, monkeypatch, matmul, pass_bytes):
+    """On T threads the networks run as T streams (at most one per oneDNN pass or per network of
+    the stacked path, T shared out over them): the same predictions as one stream (bit for bit
+    on the AMD host measured), each network's its own, every output written (they start as NaN),
+    also where a stream's share takes several passes and the rows go in parts (``pass_bytes``:
+    16 rows of one network a pass) and for no rows, with the caller's grad mode, and neither the
     caller's thread count nor the one a new thread takes up is changed by the workers' own."""
     networks = [train_network(*data, PARAMS, TrainSettings(epochs=2, seed=seed, log_every=0)) for seed in range(5)]
     monkeypatch.setattr(OneDNNNetworks, "PASS_NETWORKS", 1)
+    if pass_bytes:
+        monkeypatch.setattr(StackedEnsemble, "CPU_PASS_BYTES", pass_bytes)
     ensemble = StackedEnsemble(networks, matmul=matmul)
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *size, **kwargs: empty(*size, **kwargs).fill_(float("nan")))
     stream_workers.cache_clear()
     caller_threads = torch.get_num_threads()
     predictions = {}
@@ -431,22 +438,26 @@ def test_prediction_streams_give_the_same_numbers_and_leave_the_thread_counts(da
         for threads in (1, 2, 3, 8):
             torch.set_num_threads(threads)
             predictions[threads] = ensemble.predict(data[2])
+            assert ensemble.predict(data[2][:0]).shape == (5, 0, 3)
             assert torch.get_num_threads() == threads
             fresh = []
             thread = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
             thread.start()
             thread.join()
             assert fresh == [threads]
+        traced = torch.tensor(data[2], requires_grad=True)
+        np.testing.assert_array_equal(ensemble.predict_scaled(traced).numpy(),
+                                      ensemble.predict_scaled(traced.detach()).numpy())
         assert stream_workers.cache_info().currsize == 3  # 2, 3 and 5 streams
         assert stream_workers(2, 1).submit(torch.get_num_threads).result() == 1
         assert stream_workers(2, 3).submit(torch.get_num_threads).result() == 3
         assert torch.get_num_threads() == 8
     finally:
         torch.set_num_threads(caller_threads)
-    for threads in (2, 3, 8):
-        np.testing.assert_allclose(predictions[threads], predictions[1], rtol=1e-6, atol=1e-6)
-    for index, network in enumerate(networks):
-        np.testing.assert_allclose(predictions[8][index], predict(network, data[2]), rtol=1e-5, atol=1e-4)
+    for threads, members in predictions.items():
+        np.testing.assert_allclose(members, predictions[1], rtol=1e-6, atol=1e-6)
+        for index, network in enumerate(networks):
+            np.testing.assert_allclose(members[index], predict(network, data[2]), rtol=1e-5, atol=1e-4)
 
 
 def test_the_products_library_follows_the_cpu_maker(data, monkeypatch, tmp_path):

@@ -4,6 +4,7 @@ all evaluated together (StackedEnsemble; OneDNNNetworks on x86 CPUs not made by 
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -64,6 +65,10 @@ def stream_workers(count: int, threads_each: int) -> ThreadPoolExecutor:
     return workers
 
 
+# a forked child inherits the pools without their threads, and would wait on them for ever
+os.register_at_fork(after_in_child=stream_workers.cache_clear)
+
+
 def consecutive_shares(items: Sequence, count: int) -> list[Sequence]:
     """``items`` cut into ``count`` consecutive shares of sizes differing by at most one."""
     bounds = [len(items) * share // count for share in range(count + 1)]
@@ -81,7 +86,8 @@ def in_streams(items: Sequence, run: Callable[[Sequence], None]) -> None:
     ``run`` should do all the work from its inputs on, the caller's thread none: after an operator
     parallel over the caller's threads, OpenMP keeps them spinning for some milliseconds, on the
     cores the streams need (a conversion and a concatenation of the input, 0.1 MB, before the
-    streams took bfloat16 prediction from 9.4 to 16.6 ms).
+    streams took bfloat16 prediction from 9.4 to 16.6 ms). The workers take the caller's grad mode
+    (torch keeps it per thread).
     """
     threads = torch.get_num_threads()
     count = max(1, min(threads, len(items)))
@@ -89,7 +95,13 @@ def in_streams(items: Sequence, run: Callable[[Sequence], None]) -> None:
     if count == 1:
         run(shares[0])
         return
-    for _ in stream_workers(count, threads // count).map(run, shares):
+    grad = torch.is_grad_enabled()
+
+    def run_with_grad_mode(share):
+        with torch.set_grad_enabled(grad):
+            run(share)
+
+    for _ in stream_workers(count, threads // count).map(run_with_grad_mode, shares):
         pass
 
 
@@ -130,7 +142,7 @@ class OneDNNNetworks:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(rows, inputs) -> (networks, rows, 3), standardised."""
-        outputs = torch.empty(self.n_networks, x.shape[0], self.n_outputs)
+        outputs = torch.empty(self.n_networks, x.shape[0], self.n_outputs, dtype=torch.float32)
         in_streams(self.passes, lambda passes: self._forward(x, passes, outputs))
         return outputs
 
@@ -178,7 +190,7 @@ class StackedEnsemble:
     :class:`OneDNNNetworks` instead; docs/timings.md, "Prediction", has both paths' times.
     """
 
-    # one pass's widest activation on the CPU, in bytes: small enough to stay in cache between
+    # one pass's widest activation on the CPU (each stream's), in bytes: small enough to stay in cache between
     # layers, large enough for efficient matmuls (see predict_scaled)
     CPU_PASS_BYTES = 8_000_000
 
@@ -232,8 +244,9 @@ class StackedEnsemble:
         rows x units activations allocated afresh in passes of 128 rows, this took model1's 50
         networks 21.2 instead of 36.7 ms and model2's 18.4 instead of 20.6 ms (388 rows, float32,
         2 threads; docs/timings.md, "Prediction"). The networks go in one stream per thread
-        (:func:`in_streams`), each with activations of its own: bfloat16 on an AMD EPYC (2
-        threads) took 9.2 instead of 12.5 ms (model1) and 9.8 instead of 12.5 ms (model2).
+        (:func:`in_streams`), each with activations of its own (so the cache holds one set per
+        stream): bfloat16 on an AMD EPYC (2 threads) took 9.4 instead of 12.5 ms (model1) and 9.9
+        instead of 12.5 ms (model2).
         """
         if self.onednn:
             return self.onednn(x)

@@ -97,8 +97,8 @@ def timing_table(model: str, tune_s: float | None, train_s: Iterable[float], pre
     n = prediction["n_networks"]
     best_of = lambda stage: f"best of {prediction[stage + '_repeats']}" if stage + "_repeats" in prediction else ""  # noqa: E731
     layout = {"torch": "stacked, one batched product per layer",
-              "onednn": "oneDNN's fused linear, first layers five networks at a time, a stream per thread",
-              }[prediction.get("matmul", "torch")]
+              "onednn": "oneDNN's fused linear, first layers five networks at a time",
+              }[prediction.get("matmul", "torch")] + ", the networks in one stream per thread"
     rows = [
         ("Bayesian optimisation (total)", "s", tune_s, paper.get("tune_s"), tune_note),
         ("Training, one network (mean over seeds)", "s", float(np.mean(train_s)) if train_s else None,
