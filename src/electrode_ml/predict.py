@@ -27,6 +27,9 @@ from electrode_ml.physics import PhysicsBaseline, combine
 from electrode_ml.schema import TARGETS
 from electrode_ml.trees import CAPACITY, VoltageTrees
 
+# candidates featurised and scored this many at a time, to bound the memory of a long list
+CHUNK_ROWS = 20_000
+
 
 def relu_(hidden: torch.Tensor) -> torch.Tensor:
     """In-place ReLU; for bfloat16 as a clamp of the bits read as int16.
@@ -413,7 +416,7 @@ class TrainedEnsemble:
         reads the formulas and the ion, and model2_phys the DFT energies, which it reads too)."""
         return ["battery_id", *featurizer_inputs(self.featurizer)]
 
-    def features(self, electrodes: pd.DataFrame, chunk_rows: int = 20000) -> np.ndarray:
+    def features(self, electrodes: pd.DataFrame, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
         """The networks' inputs, featurised ``chunk_rows`` at a time: the transform's float64 and
         pandas intermediates of 200,000 candidates at once took `predict`'s peak from 757 to 1417 MB."""
         if electrodes.empty:
@@ -437,7 +440,7 @@ class TrainedEnsemble:
         return [" ".join(dict.fromkeys(field for column in np.flatnonzero(~row) for field in owners[column]))
                 for row in usable]
 
-    def predict_members(self, electrodes: pd.DataFrame, chunk_rows: int = 20000,
+    def predict_members(self, electrodes: pd.DataFrame, chunk_rows: int = CHUNK_ROWS,
                         features: np.ndarray | None = None) -> MemberPredictions:
         """Every network's predictions, computed in chunks to bound memory (see MemberPredictions);
         ``features``, :meth:`features` of the same rows where the caller has them already."""
