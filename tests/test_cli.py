@@ -16,6 +16,7 @@ import pytest
 
 from electrode_ml.candidates import candidate_columns, passes
 from electrode_ml.cli import main
+from electrode_ml.errors import InputError
 from electrode_ml.schema import TARGETS
 
 pytestmark = pytest.mark.e2e
@@ -146,6 +147,49 @@ def test_chunked_prediction_keeps_every_row_its_values_and_physics_note(tiny_run
     assert chunked.physics_notes.tolist() == whole.physics_notes.tolist()
     assert [bool(note) for note in whole.physics_notes] == [False, False, False, True, False]
     assert not whole.held[3].any() and whole.held[[0, 1, 2, 4]].all()
+
+
+def test_overflow_check_names_the_fields_of_each_row(tiny_run):
+    from electrode_ml.predict import TrainedEnsemble
+
+    _, results, _ = tiny_run
+    rows = pd.read_parquet(results / "data" / "electrodes.parquet").head(5)[candidate_columns("model2")]
+    rows = rows.reset_index(drop=True)
+    rows.loc[3, "charge_band_gap"] = 3.4e38
+    rows.loc[4, ["charge_band_gap", "discharge_band_gap"]] = 3.4e38
+    ensemble = TrainedEnsemble.load(results, "model2")
+    features = ensemble.features(rows)
+    assert features.dtype == np.float32 and features.shape == (5, len(ensemble.featurizer.get_feature_names_out()))
+    assert ensemble.unusable_features(features) == ["", "", "", "charge_band_gap", "charge_band_gap discharge_band_gap"]
+    features[0, 0] = np.nan
+    assert ensemble.unusable_features(features)[0] != ""
+    assert ensemble.features(rows.head(0)).shape == (0, features.shape[1])
+
+
+def test_scoring_chunk_by_chunk_gives_the_whole_file_at_once(tiny_run, tmp_path, monkeypatch):
+    from electrode_ml import candidates as scoring
+    from electrode_ml.data import read_electrode_csv
+
+    _, results, _ = tiny_run
+    rows = pd.read_parquet(results / "data" / "electrodes.parquet").head(7)[candidate_columns("model2")]
+    rows = rows.reset_index(drop=True)
+    rows.loc[[3, 6], "charge_band_gap"] = 3.4e38  # in the second and the last chunk of two rows
+    path = tmp_path / "candidates.csv"
+    rows.to_csv(path, index=False)
+    frame = read_electrode_csv(path)
+    whole, whole_rejects = scoring.score(frame, str(path), "model2", results, skip_bad=True)
+    monkeypatch.setattr(scoring, "CHUNK_ROWS", 2)
+    chunked, chunked_rejects = scoring.score(frame, str(path), "model2", results, skip_bad=True)
+    assert chunked["battery_id"].tolist() == rows["battery_id"].drop([3, 6]).tolist()
+    pd.testing.assert_frame_equal(chunked, whole)
+    pd.testing.assert_frame_equal(chunked_rejects, whole_rejects)
+    assert chunked_rejects["row"].tolist() == [4, 7]
+    with pytest.raises(InputError, match=f"{rows['battery_id'][3]}.*charge_band_gap"):
+        scoring.score(frame, str(path), "model2", results, skip_bad=False)
+    rows.loc[:, "charge_band_gap"] = 3.4e38
+    rows.to_csv(path, index=False)
+    nothing, rejects = scoring.score(read_electrode_csv(path), str(path), "model2", results, skip_bad=True)
+    assert nothing.empty and list(nothing.columns) == list(whole.columns) and len(rejects) == len(rows)
 
 
 def test_bad_row_is_one_line_and_nothing_is_written(tiny_run, candidates, tmp_path):
@@ -323,11 +367,32 @@ def test_implausible_values_name_the_targets_no_electrode_can_have():
     assert implausible_values(predictions.assign(average_voltage_mean=7.5), (-1.0, 8.0))[0] == ""
 
 
+@pytest.mark.parametrize("suffix", ["", ".gz", ".bz2", ".xz"])
+def test_compressed_output_is_the_csv_and_the_same_bytes_every_time(tmp_path, suffix):
+    """The table goes to the file a block of rows at a time; gzip stores neither the temporary
+    file's name nor a time, so one table gives one file."""
+    import bz2
+    import lzma
+
+    from electrode_ml.cli import write_outputs
+
+    table = pd.DataFrame({"battery_id": [f"mp-{index}" for index in range(5000)], "average_voltage_mean": 3.25})
+    no_rejects = pd.DataFrame(columns=["row", "line", "battery_id", "field", "reason"])
+    written = []
+    for name in ("first.csv", "second.csv"):
+        write_outputs(table, no_rejects, str(tmp_path / (name + suffix)))
+        written.append((tmp_path / (name + suffix)).read_bytes())
+    assert written[0] == written[1]
+    unpack = {"": bytes, ".gz": gzip.decompress, ".bz2": bz2.decompress, ".xz": lzma.decompress}[suffix]
+    assert unpack(written[0]).decode() == table.to_csv(index=False)
+    if suffix == ".gz":
+        assert written[0][3] == 0 and written[0][4:8] == bytes(4)  # no name or other field; mtime 0
+
+
 def test_output_and_its_rejects_are_written_both_or_neither(tmp_path):
     """A 251-character OUTPUT is legal, its rejects file's name is not: OUTPUT was written, the
     rejects failed, and the table read as every row scored."""
     from electrode_ml.cli import write_outputs
-    from electrode_ml.errors import InputError
 
     output = tmp_path / ("a" * 247 + ".csv")
     predictions = pd.DataFrame({"battery_id": ["a"], "average_voltage_mean": [3.0]})
@@ -352,12 +417,14 @@ def test_a_failed_write_leaves_the_earlier_output_and_rejects_as_they_were(tmp_p
     before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
     assert set(before) == {"out.csv", "out.rejects.csv"}
 
-    def disk_full_on_output(table, target):
+    write_table = cli.write_table
+
+    def disk_full_on_output(table, handle, target):
+        write_table(table, handle, target)
         if target == output:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return table.to_csv(index=False).encode()
 
-    monkeypatch.setattr(cli, "encoded", disk_full_on_output)
+    monkeypatch.setattr(cli, "write_table", disk_full_on_output)
     for new_rejects in (rejects.assign(battery_id="c"), rejects.iloc[:0]):  # with rejects, and without (stale removal)
         with pytest.raises(InputError, match="out.csv: cannot write .No space left"):
             cli.write_outputs(predictions.assign(average_voltage_mean=4.0), new_rejects, str(output))

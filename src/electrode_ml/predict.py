@@ -416,14 +416,13 @@ class TrainedEnsemble:
         reads the formulas and the ion, and model2_phys the DFT energies, which it reads too)."""
         return ["battery_id", *featurizer_inputs(self.featurizer)]
 
-    def features(self, electrodes: pd.DataFrame, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
-        """The networks' inputs, featurised ``chunk_rows`` at a time: the transform's float64 and
-        pandas intermediates of 200,000 candidates at once took `predict`'s peak from 757 to 1417 MB."""
-        if electrodes.empty:
-            return np.asarray(self.featurizer.transform(electrodes), dtype=np.float32)
+    def features(self, electrodes: pd.DataFrame) -> np.ndarray:
+        """The networks' inputs. The transform's float64 and pandas intermediates are several times
+        the result's size, so callers pass a chunk of rows at a time (:data:`CHUNK_ROWS`)."""
+        if electrodes.empty:  # some scalers refuse to transform no rows
+            return np.empty((0, len(self.featurizer.get_feature_names_out())), dtype=np.float32)
         with np.errstate(over="ignore"):  # an overflow is found by unusable_features, not printed
-            return np.concatenate([np.asarray(self.featurizer.transform(electrodes.iloc[start:start + chunk_rows]),
-                                              dtype=np.float32) for start in range(0, len(electrodes), chunk_rows)])
+            return np.asarray(self.featurizer.transform(electrodes), dtype=np.float32)
 
     def unusable_features(self, features: np.ndarray) -> list[str]:
         """Per row, the input fields whose features lie beyond :data:`MAX_SCALED_FEATURE` (or are not
@@ -436,9 +435,12 @@ class TrainedEnsemble:
             block, _, column = name.partition("__")
             read = blocks.get(block, [name])
             owners.append([column] if column in read else read)  # a scaled field is its own feature
-        usable = np.isfinite(features) & (np.abs(features) <= MAX_SCALED_FEATURE)
-        return [" ".join(dict.fromkeys(field for column in np.flatnonzero(~row) for field in owners[column]))
-                for row in usable]
+        unusable = ~np.isfinite(features) | (np.abs(features) > MAX_SCALED_FEATURE)
+        fields = [""] * len(features)
+        for row in np.flatnonzero(unusable.any(axis=1)):
+            fields[row] = " ".join(dict.fromkeys(field for column in np.flatnonzero(unusable[row])
+                                                 for field in owners[column]))
+        return fields
 
     def predict_members(self, electrodes: pd.DataFrame, chunk_rows: int = CHUNK_ROWS,
                         features: np.ndarray | None = None) -> MemberPredictions:
