@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from electrode_ml import cpu_matmul, devices
+from electrode_ml import predict as prediction
 from electrode_ml.devices import claim_gpu, job_device, resolve_device
 from electrode_ml.errors import InputError
 from electrode_ml.model import MLP, NetworkParams, TrainedNetwork, TrainSettings, predict, train_network
@@ -415,6 +416,43 @@ def test_in_streams_runs_every_share_once_and_raises_a_streams_error():
         torch.set_num_threads(caller_threads)
 
 
+def test_stream_workers_are_one_pool_per_shape_and_a_forked_child_starts_its_own():
+    """Callers racing to the first pool get the same one; a forked child, whose copy of the pool
+    has no threads, builds its own instead of waiting on it for ever."""
+    prediction._pools.clear()
+    start = threading.Barrier(4)
+    pools = []
+
+    def first_call():
+        start.wait()
+        pools.append(stream_workers(2, 1))
+
+    callers = [threading.Thread(target=first_call) for _ in range(4)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert len(pools) == 4 and len({id(pool) for pool in pools}) == 1 and list(prediction._pools) == [(2, 1)]
+
+    def child():
+        seen = []
+        in_streams(range(4), lambda share: seen.append(threading.current_thread().name))
+        os._exit(0 if len(seen) == 2 and len(prediction._pools) == 1 else 1)
+
+    caller_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        in_streams(range(4), lambda share: None)  # the parent's pool exists before the fork
+        forked = multiprocessing.get_context("fork").Process(target=child)
+        forked.start()
+        forked.join(timeout=60)
+        if forked.is_alive():
+            forked.kill()
+        assert forked.exitcode == 0
+    finally:
+        torch.set_num_threads(caller_threads)
+
+
 @pytest.mark.parametrize("matmul", ["torch", "onednn"])
 @pytest.mark.parametrize("pass_bytes", [None, 16 * 33 * 4])
 def test_prediction_streams_give_the_same_numbers_and_leave_the_thread_counts(data, monkeypatch, matmul, pass_bytes):
@@ -431,7 +469,7 @@ def test_prediction_streams_give_the_same_numbers_and_leave_the_thread_counts(da
     ensemble = StackedEnsemble(networks, matmul=matmul)
     empty = torch.empty
     monkeypatch.setattr(torch, "empty", lambda *size, **kwargs: empty(*size, **kwargs).fill_(float("nan")))
-    stream_workers.cache_clear()
+    prediction._pools.clear()
     caller_threads = torch.get_num_threads()
     predictions = {}
     try:
@@ -448,7 +486,7 @@ def test_prediction_streams_give_the_same_numbers_and_leave_the_thread_counts(da
         traced = torch.tensor(data[2], requires_grad=True)
         np.testing.assert_array_equal(ensemble.predict_scaled(traced).numpy(),
                                       ensemble.predict_scaled(traced.detach()).numpy())
-        assert stream_workers.cache_info().currsize == 3  # 2, 3 and 5 streams
+        assert set(prediction._pools) == {(2, 1), (3, 1), (5, 1)}  # 2, 3 and 5 streams of one thread
         assert stream_workers(2, 1).submit(torch.get_num_threads).result() == 1
         assert stream_workers(2, 3).submit(torch.get_num_threads).result() == 3
         assert torch.get_num_threads() == 8

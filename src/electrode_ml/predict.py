@@ -3,7 +3,6 @@ all evaluated together (StackedEnsemble; OneDNNNetworks on x86 CPUs not made by 
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -44,17 +43,28 @@ def relu_(hidden: torch.Tensor) -> torch.Tensor:
     return hidden.relu_()
 
 
-@functools.cache
-def stream_workers(count: int, threads_each: int) -> ThreadPoolExecutor:
-    """``count`` threads that each run torch's operators on ``threads_each`` threads of their own.
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
 
-    torch's thread count is OpenMP's, kept per thread, but a thread takes up torch's process-wide
-    count on its first query or parallel operator, and ``torch.set_num_threads`` sets that count
-    too. So each worker queries first, then sets its own; the caller's is set back once every
-    worker has (the barrier holds each until all have).
-    """
+
+def stream_workers(count: int, threads_each: int) -> ThreadPoolExecutor:
+    """``count`` threads that each run torch's operators on ``threads_each`` threads of their own,
+    started once per shape of pool. The lock makes two first calls at once build one pool (two
+    would leave one idle for good), and keeps each setup's moment below from overlapping another."""
+    with _pools_lock:
+        if (count, threads_each) not in _pools:
+            _pools[count, threads_each] = _started_workers(count, threads_each)
+        return _pools[count, threads_each]
+
+
+def _started_workers(count: int, threads_each: int) -> ThreadPoolExecutor:
+    """torch's thread count is OpenMP's, kept per thread, but a thread takes up torch's
+    process-wide count on its first query or parallel operator, and ``torch.set_num_threads`` sets
+    that count too. So each worker queries first, then sets its own; the caller's is set back once
+    every worker has (the barrier holds each until all have; its timeout turns a worker that never
+    came into an error instead of a hang)."""
     caller_threads = torch.get_num_threads()
-    ready = threading.Barrier(count)
+    ready = threading.Barrier(count, timeout=60)
 
     def take_threads():
         torch.get_num_threads()
@@ -62,14 +72,23 @@ def stream_workers(count: int, threads_each: int) -> ThreadPoolExecutor:
         ready.wait()
 
     workers = ThreadPoolExecutor(count, thread_name_prefix="electrode-ml-networks")
-    for started in [workers.submit(take_threads) for _ in range(count)]:
-        started.result()
-    torch.set_num_threads(caller_threads)
+    try:
+        for started in [workers.submit(take_threads) for _ in range(count)]:
+            started.result()
+    finally:
+        torch.set_num_threads(caller_threads)
     return workers
 
 
-# a forked child inherits the pools without their threads, and would wait on them for ever
-os.register_at_fork(after_in_child=stream_workers.cache_clear)
+def _forget_pools() -> None:
+    """In a forked child: the pools' threads were not copied, so a task given them would wait for
+    ever, and the lock may have been held by a thread of the parent."""
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
 
 
 def consecutive_shares(items: Sequence, count: int) -> list[Sequence]:
