@@ -212,3 +212,9 @@ def test_insertion_problem_names_the_field_and_why():
     assert field == "formula_discharge" and "LiFePO4 is not the charged formula's FePO4" in why
     field, why = insertion_problem("Li1", "Li2", "Li")
     assert field == "formula_charge" and "no framework besides the working ion" in why
+    # amounts written apart by less than pymatgen's tolerance are one host; more apart, two
+    assert insertion_problem("Li0FePO4", "Li1FePO3.9999999999", "Li") is None
+    field, why = insertion_problem("Li0FePO4", "Li1FePO3.99", "Li")
+    assert field == "formula_discharge" and "host Fe1P1O3.99 is not the charged formula's FePO4" in why
+    field, why = insertion_problem("Li2Fe2P2O8", "Li1.5Fe2P2O8", "Li")  # per framework unit, as written
+    assert field == "formula_discharge" and "(0.75 against 1)" in why
