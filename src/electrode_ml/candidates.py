@@ -115,8 +115,8 @@ def score(frame: pd.DataFrame, where: str, model: str, results: Path, skip_bad: 
     candidates, rejects = validate_candidates(frame, ensemble.input_columns, where, skip_bad,
                                               known=candidate_columns(model), ions=training_ions(ensemble.featurizer))
     lines, parts, overflowing = source_lines(frame), [], []
-    # chunk by chunk, so that no more than one chunk's features are held (200,000 candidates'
-    # took the peak from 757 to 921 MB)
+    # chunk by chunk, so that one chunk's features are held at a time: every candidate's at once,
+    # with the overflow check's comparisons, took 200,000 candidates' peak from 797 to 1025 MB
     for start in range(0, len(candidates), CHUNK_ROWS):
         chunk = candidates.iloc[start:start + CHUNK_ROWS]
         features = ensemble.features(chunk)

@@ -118,7 +118,7 @@ def check_output(output: str, input_path: str) -> None:
 
 def write_table(table: pd.DataFrame, handle: BinaryIO, output: Path) -> None:
     """The CSV to a binary ``handle``, compressed as OUTPUT's suffix says, a block of rows at a time:
-    200,000 candidates' table as one string and then its bytes took `predict`'s peak from 800 to
+    200,000 candidates' table as one string and then its bytes took `predict`'s peak from 797 to
     870 MB. ``handle`` stays open."""
     compressor = COMPRESSORS.get(output.suffix.lower())
     packed = compressor(handle) if compressor else handle
