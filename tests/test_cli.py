@@ -166,7 +166,7 @@ def test_overflow_check_names_the_fields_of_each_row(tiny_run):
     assert ensemble.features(rows.head(0)).shape == (0, features.shape[1])
 
 
-def test_scoring_chunk_by_chunk_gives_the_whole_file_at_once(tiny_run, tmp_path, monkeypatch):
+def test_scoring_chunk_by_chunk_gives_the_whole_file_at_once(tiny_run, tmp_path, monkeypatch, caplog):
     from electrode_ml import candidates as scoring
     from electrode_ml.data import read_electrode_csv
 
@@ -179,13 +179,21 @@ def test_scoring_chunk_by_chunk_gives_the_whole_file_at_once(tiny_run, tmp_path,
     frame = read_electrode_csv(path)
     whole, whole_rejects = scoring.score(frame, str(path), "model2", results, skip_bad=True)
     monkeypatch.setattr(scoring, "CHUNK_ROWS", 2)
-    chunked, chunked_rejects = scoring.score(frame, str(path), "model2", results, skip_bad=True)
+    with caplog.at_level("INFO", logger="electrode_ml.cli"):
+        chunked, chunked_rejects = scoring.score(frame, str(path), "model2", results, skip_bad=True)
+    assert [line for line in caplog.messages if "candidates checked" in line] == [
+        f"{done} of 7 candidates checked and scored" for done in (2, 4, 6, 7)]  # a line per chunk of 2
     assert chunked["battery_id"].tolist() == rows["battery_id"].drop([3, 6]).tolist()
     pd.testing.assert_frame_equal(chunked, whole)
     pd.testing.assert_frame_equal(chunked_rejects, whole_rejects)
     assert chunked_rejects["row"].tolist() == [4, 7]
-    with pytest.raises(InputError, match=f"{rows['battery_id'][3]}.*charge_band_gap"):
+    caplog.clear()
+    with pytest.raises(InputError, match=f"{rows['battery_id'][3]}.*charge_band_gap"), \
+            caplog.at_level("INFO", logger="electrode_ml.cli"):
         scoring.score(frame, str(path), "model2", results, skip_bad=False)
+    # once a row is refused, the rest are only checked
+    assert [line for line in caplog.messages if "candidates checked" in line] == [
+        "2 of 7 candidates checked and scored", *(f"{done} of 7 candidates checked" for done in (4, 6, 7))]
     rows.loc[:, "charge_band_gap"] = 3.4e38
     rows.to_csv(path, index=False)
     nothing, rejects = scoring.score(read_electrode_csv(path), str(path), "model2", results, skip_bad=True)

@@ -122,13 +122,16 @@ def score(frame: pd.DataFrame, where: str, model: str, results: Path, skip_bad: 
         features = ensemble.features(chunk)
         unusable = overflowing_rows(ensemble, chunk, features, lines)
         overflowing += unusable
-        if overflowing and not skip_bad:
-            continue  # refused below, once every chunk is checked
-        if unusable:
-            usable = ~chunk.index.isin([row.row for row in unusable])
-            chunk, features = chunk[usable], features[usable]
-        if len(chunk):
-            parts.append(scored(ensemble, chunk, features))
+        refused = bool(overflowing) and not skip_bad  # below, once every chunk is checked
+        if not refused:
+            if unusable:
+                usable = ~chunk.index.isin([row.row for row in unusable])
+                chunk, features = chunk[usable], features[usable]
+            if len(chunk):
+                parts.append(scored(ensemble, chunk, features))
+        if len(candidates) > CHUNK_ROWS:  # a long list: a line per chunk, so that a wait shows its end
+            log.info("%d of %d candidates checked%s", min(start + CHUNK_ROWS, len(candidates)), len(candidates),
+                     "" if refused else " and scored")
     if overflowing:
         if not skip_bad:
             raise refusal(overflowing, where, hint=SKIP_BAD_HINT)
