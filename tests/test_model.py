@@ -453,6 +453,32 @@ def test_stream_workers_are_one_pool_per_shape_and_a_forked_child_starts_its_own
         torch.set_num_threads(caller_threads)
 
 
+def test_a_pool_whose_setup_fails_raises_its_error_and_ends(monkeypatch):
+    """One worker failing to take its threads: its error at once, not the others' broken barrier
+    a minute later, and no worker left waiting."""
+    prediction._pools.clear()
+    set_num_threads, entered = torch.set_num_threads, []
+
+    def fail_in_the_first_worker(threads):
+        if threading.current_thread().name.startswith("electrode-ml-networks"):
+            entered.append(threading.current_thread())
+            if len(entered) == 1:
+                raise RuntimeError("no threads for this worker")
+        set_num_threads(threads)
+
+    caller_threads = torch.get_num_threads()
+    monkeypatch.setattr(torch, "set_num_threads", fail_in_the_first_worker)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="no threads for this worker"):
+        stream_workers(3, 1)
+    monkeypatch.undo()
+    assert time.monotonic() - started < 30 and prediction._pools == {}
+    assert torch.get_num_threads() == caller_threads
+    for worker in entered:
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+
+
 @pytest.mark.parametrize("matmul", ["torch", "onednn"])
 @pytest.mark.parametrize("pass_bytes", [None, 16 * 33 * 4])
 def test_prediction_streams_give_the_same_numbers_and_leave_the_thread_counts(data, monkeypatch, matmul, pass_bytes):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import bz2
-import gzip
 import io
 import logging
 import lzma
@@ -17,6 +16,7 @@ import os
 import stat
 import sys
 import warnings
+import zlib
 from contextlib import ExitStack
 from importlib.metadata import version
 from pathlib import Path
@@ -42,11 +42,12 @@ OUTPUT_COLUMNS = ("Output per candidate: for each target (average_voltage, capac
                   f"{PLAUSIBLE_VOLTAGE_TEXT}, capacity below 0).")
 
 
-# OUTPUT suffixes (in any case) written compressed, as the input side reads them back; the
-# stream stores no file name (gzip would store the temporary file's) and, for gzip, no time, so
-# that one table gives the same bytes. Formats pandas would also infer from a name are refused.
-COMPRESSORS = {".gz": lambda handle: gzip.GzipFile(filename="", fileobj=handle, mode="wb", mtime=0),
-               ".bz2": lambda handle: bz2.BZ2File(handle, "wb"), ".xz": lambda handle: lzma.LZMAFile(handle, "wb")}
+# OUTPUT suffixes (in any case) written compressed, as the input side reads them back. The
+# compressors are those of the one-shot functions (gzip.compress(data, mtime=0) is zlib's with
+# wbits 31: no file name, no time), fed a block at a time, so one table gives the same bytes as
+# those functions would. Formats pandas would also infer from a name are refused.
+COMPRESSORS = {".gz": lambda: zlib.compressobj(9, zlib.DEFLATED, 31), ".bz2": bz2.BZ2Compressor,
+               ".xz": lzma.LZMACompressor}
 REFUSED_SUFFIXES = (".zst", ".zip", ".tar")
 
 
@@ -116,18 +117,33 @@ def check_output(output: str, input_path: str) -> None:
                          "otherwise")
 
 
+class _Compressing(io.RawIOBase):
+    """A write-only stream compressing into ``handle``. Unlike GzipFile, its flush leaves the
+    compressor alone: a flush there ends a deflate block, and the bytes were no longer gzip.compress's."""
+
+    def __init__(self, handle: BinaryIO, compressor):
+        self.handle, self.compressor = handle, compressor
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.handle.write(self.compressor.compress(data))
+        return len(data)
+
+
 def write_table(table: pd.DataFrame, handle: BinaryIO, output: Path) -> None:
     """The CSV to a binary ``handle``, compressed as OUTPUT's suffix says, a block of rows at a time:
     200,000 candidates' table as one string and then its bytes took `predict`'s peak from 797 to
     870 MB. ``handle`` stays open."""
-    compressor = COMPRESSORS.get(output.suffix.lower())
-    packed = compressor(handle) if compressor else handle
-    text = io.TextIOWrapper(packed, encoding="utf-8", newline="")
+    new_compressor = COMPRESSORS.get(output.suffix.lower())
+    compressor = new_compressor() if new_compressor else None
+    text = io.TextIOWrapper(_Compressing(handle, compressor) if compressor else handle, encoding="utf-8", newline="")
     table.to_csv(text, index=False)
     text.flush()
     text.detach()
     if compressor:
-        packed.close()  # writes the compressed stream's end; a file object passed in is left open
+        handle.write(compressor.flush())
 
 
 def encoded(table: pd.DataFrame, output: Path) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -62,7 +62,7 @@ def _started_workers(count: int, threads_each: int) -> ThreadPoolExecutor:
     process-wide count on its first query or parallel operator, and ``torch.set_num_threads`` sets
     that count too. So each worker queries first, then sets its own; the caller's is set back once
     every worker has (the barrier holds each until all have; its timeout turns a worker that never
-    came into an error instead of a hang)."""
+    came into an error instead of a hang). A worker's error is raised here and the pool ended."""
     caller_threads = torch.get_num_threads()
     ready = threading.Barrier(count, timeout=60)
 
@@ -72,9 +72,14 @@ def _started_workers(count: int, threads_each: int) -> ThreadPoolExecutor:
         ready.wait()
 
     workers = ThreadPoolExecutor(count, thread_name_prefix="electrode-ml-networks")
+    started = [workers.submit(take_threads) for _ in range(count)]
     try:
-        for started in [workers.submit(take_threads) for _ in range(count)]:
-            started.result()
+        done, _ = wait(started, return_when=FIRST_EXCEPTION)
+        errors = [future.exception() for future in done if future.exception()]
+        if errors:  # the first, before the workers waiting at the barrier are freed to end
+            ready.abort()
+            workers.shutdown(wait=False, cancel_futures=True)
+            raise errors[0]
     finally:
         torch.set_num_threads(caller_threads)
     return workers
