@@ -14,8 +14,8 @@ the snapshot's rows is mp_documents.py's.
 mp_api pages by the number of documents it asked for, not the number it got, stops at the first empty
 page, and pages by ``_skip``/``_limit`` with no sort order: a server serving shorter pages than asked, or
 pages that overlap (one document twice, another never), would drop documents without a word. So every
-query's distinct documents (by battery id for electrodes, material id for summary documents, material id
-and thermo type for thermo documents) are counted
+query's distinct documents (by battery id and thermo type for electrodes, material id for summary
+documents, material id and thermo type for thermo documents) are counted
 against the server's own count of them (one more small request each); on a mismatch the query is re-run
 like one whose body failed, and repeats of one document are dropped.
 
@@ -27,7 +27,6 @@ data_report.json.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -153,7 +152,9 @@ def download_electrodes(
                     electrode_rester.search(working_ion=ion, fields=list(ELECTRODE_FIELDS),
                                             chunk_size=PAGE_SIZE),
                     electrode_rester.count({"working_ion": ion}),
-                    key=functools.partial(battery_id, ion=ion),
+                    # one structure group built from two kinds of energies is two documents under
+                    # one battery id; electrode_rows drops the one of the other energies
+                    key=lambda doc, ion=ion: f"{battery_id(doc, ion)} {doc.get('thermo_type')}",
                 ),
             )
             rows = electrode_rows(docs, ion, dropped)
