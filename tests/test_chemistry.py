@@ -218,3 +218,21 @@ def test_insertion_problem_names_the_field_and_why():
     assert field == "formula_discharge" and "host Fe1P1O3.99 is not the charged formula's FePO4" in why
     field, why = insertion_problem("Li2Fe2P2O8", "Li1.5Fe2P2O8", "Li")  # per framework unit, as written
     assert field == "formula_discharge" and "(0.75 against 1)" in why
+
+
+def test_ends_written_as_several_framework_units_are_rewritten_per_one():
+    """As pymatgen reduces (the greatest common divisor of whole amounts, none for fractional ones),
+    without its cost; every snapshot electrode is written per one unit."""
+    from pymatgen.core import Composition
+
+    from electrode_ml.chemistry import one_framework_unit
+
+    assert one_framework_unit("Li0Fe2P2O8", "Li2Fe2P2O8", "Li") == ("Li0Fe1P1O4", "Li1Fe1P1O4")
+    assert one_framework_unit("Li3Fe4(PO4)4", "Li4Fe4P4O16", "Li") == ("Li0.75Fe1P1O4", "Li1Fe1P1O4")
+    assert one_framework_unit("Mg0Mo6S8", "Mg2Mo6S8", "Mg") == ("Mg0Mo3S4", "Mg1Mo3S4")  # the Chevrel phase
+    for charged, discharged in [("Li0FePO4", "Li1FePO4"), ("Li0.5Fe0.5Mn0.5PO4", "Li1Fe0.5Mn0.5PO4"),
+                                ("Li0Fe2P2O7.5", "Li2Fe2P2O7.5"), ("Li0Ti3Mn5O16", "Li10Ti3Mn5O16")]:
+        assert one_framework_unit(charged, discharged, "Li") is None
+        framework = Composition(discharged).as_dict()
+        framework.pop("Li")
+        assert Composition(framework).get_reduced_composition_and_factor()[1] == 1

@@ -17,6 +17,7 @@ import pytest
 from electrode_ml.candidates import candidate_columns, passes
 from electrode_ml.cli import main
 from electrode_ml.errors import InputError
+from electrode_ml.fileio import read_json
 from electrode_ml.schema import TARGETS
 
 pytestmark = pytest.mark.e2e
@@ -487,6 +488,9 @@ def test_an_output_over_the_input_on_a_folder_or_of_an_unread_kind_is_refused_be
     # a suffix pandas would compress by, in a format the input side does not read (or not at all)
     code, text = predict_in_process(capsys, candidates, tmp_path / "out.csv.zst", results)
     assert_one_line_refusal(code, text, tmp_path / "out.csv.zst", ".zst is not written; name OUTPUT .csv, or .csv.gz")
+    for archive, named in (("out.tar.gz", ".tar.gz"), ("out.TAR.XZ", ".TAR.XZ"), ("out.tgz", ".tgz")):  # was a gzipped CSV
+        code, text = predict_in_process(capsys, candidates, tmp_path / archive, results)
+        assert_one_line_refusal(code, text, tmp_path / archive, f"{named} is not written")
 
 
 @pytest.mark.parametrize("option", [["--ion", "na"], ["--ion", "Xx"], ["--energy", "nan"], ["--voltage=-1"],
@@ -701,6 +705,47 @@ def test_voltage_pairs_make_the_ion_counts_exact(tiny_run, snapshot_text, tmp_pa
     np.testing.assert_allclose(table["capacity_grav_mean"], truth, rtol=1e-6)
 
 
+def test_voltage_pairs_that_cannot_make_the_counts_exact_are_bad_rows(snapshot_text):
+    """Damaged pairs left MP's rounded counts in place without a word: a cut text scored a physics
+    capacity of 39 mAh/g where MP has 360, inside an interval 1e-7 mAh/g wide."""
+    from electrode_ml.candidates import validate_candidates
+
+    columns = candidate_columns("model1")
+    rows = snapshot_text[snapshot_text["num_steps"].astype(int) == 2].head(7).reset_index(drop=True)
+    rows = rows[[*columns, "num_steps", "adj_pairs"]].copy()
+    rows.loc[0, "adj_pairs"] = rows.loc[0, "adj_pairs"][:len(rows.loc[0, "adj_pairs"]) * 2 // 3]
+    rows.loc[1, "adj_pairs"] = "formula_dis='".join(rows.loc[1, "adj_pairs"].rsplit("formula_discharge='", 1))
+    rows.loc[2, "num_steps"] = "3"
+    donor = rows["formula_discharge"].map(lambda formula: formula.split("Li", 1)[-1]) != rows.loc[3, "formula_discharge"]
+    rows.loc[3, "adj_pairs"] = rows["adj_pairs"][donor & (rows.index > 3)].iloc[0]  # another electrode's pairs
+    rows.loc[4, "adj_pairs"] = "garbage"
+    rows.loc[5, ["adj_pairs", "num_steps"]] = ""  # no pairs: the formulas as written
+    good, rejects = validate_candidates(rows, columns, "candidates", skip_bad=True)
+    assert good.index.tolist() == [5, 6]
+    assert rejects["row"].tolist() == [1, 2, 3, 4, 5]
+    assert rejects["field"].tolist() == ["adj_pairs", "adj_pairs", "num_steps", "adj_pairs", "adj_pairs"]
+    reasons = rejects["reason"].tolist()
+    assert reasons[0].startswith("cut short or damaged") and "formula_discharge" in reasons[1]
+    assert reasons[2] == "3 steps, but adj_pairs holds 2 voltage pair(s), one per step"
+    assert reasons[3].startswith("its voltage pairs describe the host ") and reasons[4].startswith("no voltage pair")
+    with pytest.raises(InputError, match=r"candidates: battery_id='.*' \(row 1\), field 'adj_pairs': cut short"):
+        validate_candidates(rows, columns, "candidates", skip_bad=False)
+
+
+def test_a_candidate_written_as_several_framework_units_scores_as_one(tiny_run, tmp_path, capsys):
+    """The redox features count atoms per unit as written: model1_phys gave olivine 3.307, 3.336 and
+    3.384 V written per 1, 2 and 4 units."""
+    _, results, _ = tiny_run
+    rows = pd.DataFrame({"battery_id": ["x1", "x2", "x4"], "formula_charge": ["Li0FePO4", "Li0Fe2P2O8", "Li0Fe4P4O16"],
+                         "formula_discharge": ["Li1FePO4", "Li2Fe2P2O8", "Li4Fe4(PO4)4"], "working_ion": "Li",
+                         "charge_crystal_system": "Orthorhombic", "discharge_crystal_system": "Orthorhombic"})
+    table, text = predict_rows(capsys, rows, tmp_path, results, "model1_phys")
+    values = table.drop(columns="battery_id")
+    assert (values.iloc[1:] == values.iloc[0]).all(axis=None), values
+    assert "2 candidate(s) written as several framework units rewritten per one" in text
+    assert "(x2: Li0Fe2P2O8 -> Li2Fe2P2O8 as Li0Fe1P1O4 -> Li1Fe1P1O4)" in text
+
+
 def test_zero_ion_count_is_legal_and_scored(tiny_run, candidates, tmp_path, capsys):
     _, results, _ = tiny_run
     rows = pd.read_csv(candidates, dtype=str, keep_default_na=False)
@@ -789,7 +834,7 @@ def test_model1_phys_without_its_voltage_trees_is_one_line(tiny_run, candidates,
     """A results folder from before the trees (networks and physics, no trees) is refused, not half-used."""
     _, results, _ = tiny_run
     partial = tmp_path / "results"
-    for folder in ("features/model1_redox", "train/model1_redox"):
+    for folder in ("features/model1_redox", "train/model1_redox", "ensemble/model1_phys"):
         (partial / folder).parent.mkdir(parents=True, exist_ok=True)
         (partial / folder).symlink_to(results / folder)
     (partial / "physics" / "model1_phys").mkdir(parents=True)
@@ -923,6 +968,28 @@ def test_a_damaged_results_folder_is_one_line(tiny_run, candidates, tmp_path, ca
     code, text = predict_in_process(capsys, candidates, out, copy)
     assert_one_line_refusal(code, text, out, f"{copy}: the trained model1 cannot be loaded (",
                             "rerun the workflow to rebuild it")
+
+
+def test_the_networks_scored_are_the_seeds_the_ensemble_was_evaluated_on(tiny_run, candidates, tmp_path, capsys):
+    """Every seed_* folder was loaded: with networks gone the calibrated intervals narrowed to the few
+    left's spread, and a folder an earlier run with more seeds left joined the ensemble."""
+    _, results, _ = tiny_run
+    seeds = read_json(results / "ensemble" / "model1" / "metrics.json")["seeds"]
+    assert seeds == sorted(int(path.name.split("_")[1]) for path in (results / "train" / "model1").glob("seed_*"))
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    reference, out = tmp_path / "reference.csv", tmp_path / "out.csv"
+    assert predict_in_process(capsys, candidates, reference, copy)[0] == 0
+    # a leftover: another run's network (here a copy of one of this run's, which would count twice)
+    shutil.copytree(copy / "train" / "model1" / f"seed_{seeds[0]}", copy / "train" / "model1" / f"seed_{max(seeds) + 1}")
+    code, text = predict_in_process(capsys, candidates, out, copy)
+    assert code == 0, text
+    assert out.read_bytes() == reference.read_bytes()
+    out.unlink()
+    shutil.rmtree(copy / "train" / "model1" / f"seed_{seeds[1]}")
+    code, text = predict_in_process(capsys, candidates, out, copy)
+    assert_one_line_refusal(code, text, out, f"1 of the {len(seeds)} networks the model1 ensemble was evaluated on "
+                            f"are missing (seed_{seeds[1]})", "rerun the workflow")
 
 
 def test_paths_the_system_refuses_and_an_interrupt_are_one_line(tiny_run, candidates, tmp_path, capsys, monkeypatch):

@@ -64,6 +64,8 @@ BAD_VALUES = [
     ("num_steps", "99", "steps, but adj_pairs holds"),      # one voltage pair per step
     ("adj_pairs", "garbage", "no voltage pair"),            # would have left MP's rounded ion counts
     ("adj_pairs", "", "no voltage pair"),
+    ("adj_pairs", "[InsertionVoltagePairDoc(formula_charge='FePO4', formula_disch", "cut short"),  # the counts
+    ("adj_pairs", "[InsertionVoltagePairDoc(formula_charge='FePO4', formula_discharge='LiFePO4', av", "cut short"),
     ("id_charge", "", "missing value"),                     # the row could not be traced back to MP
     ("battery_formula", " ", "missing value"),
     ("charge_energy_per_atom", "1e39", "beyond the range of 32-bit floats"),  # inf to the networks
@@ -94,7 +96,11 @@ def test_drop_mode_counts_bad_rows(small_raw, field, value, words):
 
 def test_a_missing_id_is_refused(small_raw):
     small_raw.loc[3, "battery_id"] = "nan"
-    with pytest.raises(InputError, match=r"battery_id='nan' \(row 4\), field 'battery_id': empty id"):
+    with pytest.raises(InputError, match=r"battery_id='nan' \(row 4\), field 'battery_id': no id: 'nan' is how "
+                                         "tables write a missing value"):
+        validate(small_raw)
+    small_raw.loc[3, "battery_id"] = " "
+    with pytest.raises(InputError, match=r"battery_id=' ' \(row 4\), field 'battery_id': empty id"):
         validate(small_raw)
 
 

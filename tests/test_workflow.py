@@ -285,22 +285,6 @@ def test_split_spread_reproduces_the_run_on_its_own_split(tiny_run, capsys):
     assert provenance["code"].startswith("electrode-ml ") and provenance["generated"].endswith("+00:00")
 
 
-def test_seed_folders_of_an_earlier_larger_run_are_named_in_one_line(tiny_run):
-    """train.n_seeds lowered after a run: the jobs that load every network under train/ found more than
-    the workflow lists, a ValueError traceback; now one line saying what to remove."""
-    import types
-
-    from electrode_ml.errors import InputError
-    from electrode_ml.steps import _load_ensembles
-
-    config, results, _ = tiny_run
-    listed = sorted((results / "train" / "model1").glob("seed_*/model.pt"))[:-1]  # a run of one seed fewer
-    job = types.SimpleNamespace(electrodes=str(results / "data" / "electrodes.parquet"), checkpoints=listed)
-    with pytest.raises(InputError, match=rf"model1: {len(listed) + 1} networks under .*train/model1, but the "
-                                         rf"workflow lists {len(listed)} seeds; remove the seed folders"):
-        _load_ensembles(job, types.SimpleNamespace(models=["model1"]))
-
-
 def test_same_seed_gives_identical_predictions(tiny_run, tmp_path):
     config, results, _ = tiny_run
     rerun_results = tmp_path / "results"

@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from electrode_ml.data import (SPACE_GROUP_FIELDS, BadRow, coerce_types, find_bad_rows, located, not_insertions,
-                               present, refusal, repair_counts, require_columns, source_lines, unreadable_rows,
-                               with_exact_ion_counts)
+from electrode_ml.chemistry import one_framework_unit
+from electrode_ml.data import (END_FORMULAS, SPACE_GROUP_FIELDS, BadRow, coerce_types, find_bad_rows, located,
+                               not_insertions, pair_problem, present, refusal, repair_counts, require_columns,
+                               source_lines, unreadable_rows, with_exact_ion_counts)
 from electrode_ml.ensemble import outside_training as rows_outside_training
 from electrode_ml.errors import InputError
 from electrode_ml.features import training_ions
@@ -50,7 +51,10 @@ def validate_candidates(frame: pd.DataFrame, needed: list[str], where: str, skip
     require_columns(frame, needed, where)
     lines = source_lines(frame)
     frame = frame.reset_index(drop=True)
-    unread = [name for name in present(frame, known) if name not in needed]
+    pairs = frame["adj_pairs"].fillna("").astype(str) if "adj_pairs" in frame.columns else None
+    # num_steps is read only to check the voltage pairs against
+    unread = [name for name in present(frame, [*known, *(["num_steps"] if pairs is not None else [])])
+              if name not in needed]
     typed, bad = coerce_types(frame[[*needed, *unread]])
     bad = [row for row in bad if not (row.field in unread and row.reason == "missing value")]
     bad += find_bad_rows(typed)
@@ -60,16 +64,38 @@ def validate_candidates(frame: pd.DataFrame, needed: list[str], where: str, skip
                        f"the run trained on no {typed['working_ion'][idx]} electrode (its ions: {', '.join(ions)}; "
                        "config data.ions)", idx) for idx in typed.index[untrained]]
     unreadable = unreadable_rows(bad)
-    if "adj_pairs" in frame.columns:
-        typed = candidates_with_exact_counts(typed, frame["adj_pairs"], unreadable)
+    if pairs is not None:
+        typed, pair_problems = candidates_with_exact_counts(typed, pairs, unreadable)
+        bad += pair_problems
+        unreadable |= {row.row for row in pair_problems}
     bad = located(bad + not_insertions(typed, unreadable), lines)
     if bad and not skip_bad:
         raise refusal(bad, where, hint=SKIP_BAD_HINT)
-    good = typed.drop(index=sorted({row.row for row in bad}))
+    good = per_one_framework_unit(typed.drop(index=sorted({row.row for row in bad})))
     for name in present(good, SPACE_GROUP_FIELDS):
         if name in needed:  # an unread one may hold blanks: it stays float
             good[name] = good[name].astype("int64")
     return good, rejects_table(bad)
+
+
+def per_one_framework_unit(candidates: pd.DataFrame) -> pd.DataFrame:
+    """``candidates`` with the ends written as several framework units rewritten per one, as every
+    training electrode is written (:func:`electrode_ml.chemistry.one_framework_unit`)."""
+    rewritten = {}
+    for row in candidates[[*END_FORMULAS, "working_ion"]].itertuples():
+        ends = one_framework_unit(row.formula_charge, row.formula_discharge, row.working_ion)
+        if ends:
+            rewritten[row.Index] = ends
+    if not rewritten:
+        return candidates
+    first = next(iter(rewritten))
+    log.info("%d candidate(s) written as several framework units rewritten per one, as the training electrodes "
+             "are (%s: %s -> %s as %s -> %s)", len(rewritten), candidates["battery_id"][first],
+             *candidates.loc[first, END_FORMULAS], *rewritten[first])
+    candidates = candidates.copy()
+    candidates.loc[list(rewritten), END_FORMULAS] = pd.DataFrame(list(rewritten.values()), index=list(rewritten),
+                                                                 columns=END_FORMULAS)
+    return candidates
 
 
 SKIP_BAD_HINT = "; --skip-bad scores the rest"
@@ -84,20 +110,38 @@ def rejects_table(bad: list[BadRow]) -> pd.DataFrame:
     return rejects
 
 
-def candidates_with_exact_counts(candidates: pd.DataFrame, pairs: pd.Series, unreadable: set[int]) -> pd.DataFrame:
+def candidates_with_exact_counts(candidates: pd.DataFrame, pairs: pd.Series, unreadable: set[int]
+                                 ) -> tuple[pd.DataFrame, list[BadRow]]:
     """``candidates`` with their ion counts made exact from MP's voltage pairs (``pairs``, the file's
-    ``adj_pairs`` column, as the snapshot and a download have it), as the workflow makes its
-    electrodes' (``data.exact_formulas``, :func:`electrode_ml.data.exact_end_formulas`); ``unreadable``
-    rows (a bad formula or ion) are left as they are.
+    ``adj_pairs`` column as text, as the snapshot and a download have it), as the workflow makes its
+    electrodes' (``data.exact_formulas``, :func:`electrode_ml.data.exact_end_formulas`), and the rows
+    whose pairs cannot: damaged or cut short, not one per step of ``num_steps`` (where given), or of
+    another host than the formulas. Rows without pairs and ``unreadable`` rows (a bad formula or ion)
+    are left as they are.
 
     MP writes the end members' ion count rounded or cut to two decimals (Li1.33CuO2 for Li4/3CuO2,
-    Li1Mn3V5O16 for Li10Mn3V5O16), and a physics model's capacity follows the count it reads.
+    Li1Mn3V5O16 for Li10Mn3V5O16), and a physics model's capacity follows the count it reads; pairs
+    that could not make it exact left it so without a word (a cut text: 39 mAh/g where MP has 360).
     """
-    exact, repairs = with_exact_ion_counts(candidates.assign(adj_pairs=pairs.fillna("")), unreadable)
+    ids = candidates["battery_id"].astype(str)
+    steps = candidates["num_steps"] if "num_steps" in candidates else pd.Series(np.nan, index=candidates.index)
+    given = candidates.index[pairs.str.strip() != ""]
+    bad = [BadRow(ids[idx], *problem, idx) for idx in given.difference(sorted(unreadable))
+           if (problem := pair_problem(pairs[idx], steps[idx]))]
+    skipped = unreadable | {row.row for row in bad} | set(candidates.index.difference(given))
+    exact, repairs = with_exact_ion_counts(candidates.assign(adj_pairs=pairs), skipped)
+    for idx, host, *kinds in repairs[["pairs_host", *END_FORMULAS]].itertuples():
+        if not host:
+            bad.append(BadRow(ids[idx], "adj_pairs", f"its voltage pairs describe no one host framework of "
+                                                     f"{candidates['working_ion'][idx]} (steps of two hosts, or a "
+                                                     "formula pymatgen cannot read)", idx))
+        elif "other host" in kinds:
+            bad.append(BadRow(ids[idx], "adj_pairs", f"its voltage pairs describe the host {host}, not the "
+                                                     "formulas' (the pairs of another electrode?)", idx))
     counts = repair_counts(repairs)
     if counts:
         log.info("ion counts made exact from the voltage pairs (adj_pairs): %s", counts)
-    return exact.drop(columns="adj_pairs")
+    return exact.drop(columns="adj_pairs"), bad
 
 
 def score(frame: pd.DataFrame, where: str, model: str, results: Path, skip_bad: bool,

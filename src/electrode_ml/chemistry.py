@@ -124,6 +124,33 @@ def framework_units(formula: str, working_ion: str) -> tuple[float, Composition,
     return ion, framework, units
 
 
+def one_framework_unit(formula_charge: str, formula_discharge: str, working_ion: str) -> tuple[str, str] | None:
+    """Both ends rewritten per one reduced framework unit where they are written as several of them
+    (``Li0Fe2P2O8 -> Li2Fe2P2O8`` as ``Li0Fe1P1O4 -> Li1Fe1P1O4``), else None; the ends must share
+    one framework (:func:`insertion_problem`).
+
+    Every snapshot electrode is written per one unit, and the redox features count the atoms per
+    unit (``log_framework_atoms``): model1_phys's voltage of olivine came out 3.307, 3.336 and 3.384 V
+    written per 1, 2 and 4 units. The unit is pymatgen's: the greatest common divisor of whole
+    amounts, none for fractional ones (``get_reduced_composition_and_factor``), taken without its
+    reduction's cost.
+    """
+    _, amounts = _ion_and_framework(formula_discharge, working_ion)
+    whole = [round(amount) for amount in amounts.values()]
+    if any(abs(amount - count) >= Composition.amount_tolerance for amount, count in zip(amounts.values(), whole)):
+        return None
+    units = math.gcd(*whole)
+    if units <= 1:
+        return None
+
+    def per_unit(formula: str) -> str:
+        ion, framework = _ion_and_framework(formula, working_ion)
+        return f"{working_ion}{ion / units:.10g}" + "".join(f"{element}{amount / units:.10g}"
+                                                            for element, amount in framework.items())
+
+    return per_unit(formula_charge), per_unit(formula_discharge)
+
+
 def insertion_problem(formula_charge: str, formula_discharge: str, working_ion: str) -> tuple[str, str] | None:
     """(the field at fault, why) when two parsable formulas are no insertion electrode of this ion.
 

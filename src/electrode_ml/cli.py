@@ -48,7 +48,16 @@ OUTPUT_COLUMNS = ("Output per candidate: for each target (average_voltage, capac
 # those functions would. Formats pandas would also infer from a name are refused.
 COMPRESSORS = {".gz": lambda: zlib.compressobj(9, zlib.DEFLATED, 31), ".bz2": bz2.BZ2Compressor,
                ".xz": lzma.LZMACompressor}
-REFUSED_SUFFIXES = (".zst", ".zip", ".tar")
+REFUSED_SUFFIXES = (".zst", ".zip", ".tar", ".tgz", ".tbz2", ".txz")
+
+
+def refused_suffix(output: Path) -> str | None:
+    """OUTPUT's suffix where it names what is not written (another compressor, an archive; a
+    compressed archive too: `.tar.gz` became a gzipped CSV), else None."""
+    suffix = output.suffix.lower()
+    if suffix in COMPRESSORS and Path(output.stem).suffix.lower() == ".tar":
+        return output.suffixes[-2] + output.suffix
+    return output.suffix if suffix in REFUSED_SUFFIXES else None
 
 
 def rejects_path(output: Path) -> Path:
@@ -104,8 +113,8 @@ def check_output(output: str, input_path: str) -> None:
     path = Path(output)
     if path.is_dir() or output.endswith(("/", os.sep)):  # Path drops the slash: newdir/ became a file newdir
         raise InputError(f"{output}: a folder; OUTPUT must be a CSV file path")
-    if path.suffix.lower() in REFUSED_SUFFIXES:
-        raise InputError(f"{output}: {path.suffix} is not written; name OUTPUT .csv, or .csv.gz, .csv.bz2 or .csv.xz "
+    if refused := refused_suffix(path):
+        raise InputError(f"{output}: {refused} is not written; name OUTPUT .csv, or .csv.gz, .csv.bz2 or .csv.xz "
                          "to compress it")
     if is_special_file(path):
         return  # its rejects go to stderr (write_outputs)

@@ -43,6 +43,9 @@ IDENTIFIER_FIELDS = ("battery_formula", "id_charge", "id_discharge")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 PAIR_FORMULA = re.compile(r"formula_(?:dis)?charge='([^']+)'")
 PAIR_START = "formula_charge='"  # one per voltage pair
+PAIR_END_START = "formula_discharge='"
+# how an end member's ion count was off where the voltage pairs made it exact
+REPAIRS = ("rounded", "truncated")
 
 
 @dataclass(frozen=True)
@@ -283,7 +286,8 @@ def find_bad_rows(frame: pd.DataFrame) -> list[BadRow]:
         for idx in frame.index[frame[name].astype(str).str.strip().str.lower().isin(MISSING_TEXT)]:
             bad.append(BadRow(ids[idx], name, "missing value", idx))
     for idx in frame.index[ids.str.strip().str.lower().isin(MISSING_TEXT)]:
-        bad.append(BadRow(ids[idx], "battery_id", "empty id", idx))
+        bad.append(BadRow(ids[idx], "battery_id", "empty id" if not ids[idx].strip() else
+                          f"no id: {ids[idx].strip()!r} is how tables write a missing value", idx))
     # which copy of a duplicated id is right is unknown, so every copy is bad; `mp-1 ` is `mp-1`
     duplicated = ids.str.strip().duplicated(keep=False) & ids.str.strip().ne("")
     for idx in frame.index[duplicated]:
@@ -294,16 +298,27 @@ def find_bad_rows(frame: pd.DataFrame) -> list[BadRow]:
 def step_problems(frame: pd.DataFrame, ids: pd.Series) -> list[BadRow]:
     """Rows whose voltage pairs (``adj_pairs``, one per step) are unreadable or disagree with
     ``num_steps``: every row of the snapshot and of a download holds one pair per step."""
-    bad = []
-    pairs = frame["adj_pairs"].astype(str).str.count(PAIR_START)
-    for idx in frame.index[pairs == 0]:
-        bad.append(BadRow(ids[idx], "adj_pairs", "no voltage pair in it (MP's InsertionVoltagePairDoc(..., "
-                                                 "formula_charge='...', formula_discharge='...', ...) text)", idx))
-    steps = frame["num_steps"]
-    for idx in frame.index[(pairs > 0) & steps.notna() & (steps != pairs)]:
-        bad.append(BadRow(ids[idx], "num_steps", f"{steps[idx]:g} steps, but adj_pairs holds "
-                                                 f"{pairs[idx]} voltage pair(s), one per step", idx))
-    return bad
+    problems = ((idx, pair_problem(str(pairs), steps))
+                for idx, pairs, steps in zip(frame.index, frame["adj_pairs"], frame["num_steps"]))
+    return [BadRow(ids[idx], *problem, idx) for idx, problem in problems if problem]
+
+
+def pair_problem(pairs: str, steps: float | None = None) -> tuple[str, str] | None:
+    """(the field at fault, why) when one row's voltage pairs (MP's ``adj_pairs`` text) are no
+    whole list of pairs or, where ``steps`` is known, not one pair per step."""
+    count = pairs.count(PAIR_START)
+    if count == 0:
+        return "adj_pairs", ("no voltage pair in it (MP's InsertionVoltagePairDoc(..., formula_charge='...', "
+                             "formula_discharge='...', ...) text)")
+    # a text cut short still held a pair or two: the ion counts would have come from those
+    if pairs.count(PAIR_END_START) != count:
+        return "adj_pairs", (f"cut short or damaged: {count} formula_charge but {pairs.count(PAIR_END_START)} "
+                             "formula_discharge (MP's text names both in every voltage pair)")
+    if not pairs.rstrip().endswith(")]"):
+        return "adj_pairs", "cut short or damaged: it does not end in ')]' (MP's text is a whole list of voltage pairs)"
+    if steps is not None and not pd.isna(steps) and steps != count:
+        return "num_steps", f"{steps:g} steps, but adj_pairs holds {count} voltage pair(s), one per step"
+    return None
 
 
 def not_insertions(electrodes: pd.DataFrame, unreadable: set[int]) -> list[BadRow]:
@@ -425,10 +440,12 @@ def exact_end_formulas(electrodes: pd.DataFrame) -> tuple[pd.DataFrame, dict[str
 
 def repaired_end_formulas(electrodes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`exact_end_formulas`, and per row and end member how its count was off ('rounded',
-    'truncated', '' where kept as written), so that counts can be taken over the rows kept."""
+    'truncated'; 'other host' where the pairs describe another framework; '' otherwise, kept as
+    written), so that counts can be taken over the rows kept, and the pairs' one framework
+    (``pairs_host``; '' where they describe none)."""
     electrodes = electrodes.copy()
     exact = [exact_ion_counts(pairs, ion) for pairs, ion in zip(electrodes["adj_pairs"], electrodes["working_ion"])]
-    repairs = pd.DataFrame(index=electrodes.index)
+    repairs = pd.DataFrame({"pairs_host": [pairs[2] if pairs else "" for pairs in exact]}, index=electrodes.index)
     for end, name in enumerate(END_FORMULAS):
         repaired = [_exact_end_formula(formula, ion, pairs, end)
                     for formula, ion, pairs in zip(electrodes[name], electrodes["working_ion"], exact)]
@@ -439,7 +456,8 @@ def repaired_end_formulas(electrodes: pd.DataFrame) -> tuple[pd.DataFrame, pd.Da
 
 def repair_counts(repairs: pd.DataFrame) -> dict[str, int]:
     """How many end-member counts :func:`repaired_end_formulas` made exact, by end and kind."""
-    counts = Counter(f"{name}: ion count {kind}" for name in END_FORMULAS for kind in repairs[name] if kind)
+    counts = Counter(f"{name}: ion count {kind}" for name in END_FORMULAS for kind in repairs[name]
+                     if kind in REPAIRS)
     return dict(sorted(counts.items()))
 
 
@@ -455,8 +473,8 @@ def with_exact_ion_counts(electrodes: pd.DataFrame, unreadable: set[int]) -> tup
 
 def _exact_end_formula(formula: str, ion: str, pairs: tuple[float, float, str] | None, end: int) -> tuple[str, str]:
     """One end member's formula with the pairs' exact ion count (``end`` 0 charged, 1 discharged) where
-    MP's writing explains the difference, and how the count was off: 'rounded', 'truncated', or ''
-    where the formula is kept as written."""
+    MP's writing explains the difference, and how the count was off: 'rounded', 'truncated', or, where
+    the formula is kept as written, 'other host' (the pairs describe another framework) or ''."""
     written = re.fullmatch(rf"{ion}(\d+(?:\.\d*)?)(.+)", formula)
     if written is None or pairs is None:
         return formula, ""
@@ -464,8 +482,10 @@ def _exact_end_formula(formula: str, ion: str, pairs: tuple[float, float, str] |
         per_unit, framework = per_framework_unit(formula, ion)
     except InputError:  # no framework besides the ion: left for the checks to refuse
         return formula, ""
+    if framework.reduced_formula != pairs[2]:
+        return formula, "other host"
     given, true = float(written[1]), pairs[end]
-    if (framework.reduced_formula != pairs[2] or written[1] != emmet_ion_count(true)
+    if (written[1] != emmet_ion_count(true)
             or not math.isclose(per_unit, given) or abs(given - true) <= 1e-9 * max(1.0, true)):
         return formula, ""
     kind = "rounded" if abs(given - true) <= 0.005 + 1e-9 else "truncated"

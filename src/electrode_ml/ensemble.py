@@ -87,6 +87,8 @@ def ensemble_metrics(stacked: pd.DataFrame, truth: pd.DataFrame, summary: pd.Dat
     networks where they are not that (a blend with trees), ``stacked`` otherwise."""
     metrics = {
         "n_seeds": int(stacked["seed"].nunique()),
+        # which networks the intervals were calibrated on: `electrode-ml predict` loads these and no others
+        "seeds": sorted(int(seed) for seed in stacked["seed"].unique()),
         "ensemble_mean": metrics_by_split(summary),
         "best_single_seed": best_single_seed(stacked if singles is None else singles, truth),
         "train_mean_baseline": baseline_metrics(summary),

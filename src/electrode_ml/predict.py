@@ -392,6 +392,30 @@ def check_consistent(results: Path, base: str, featurizer, checkpoints: list[dic
                              f"under {results} did (its code or its data changed since): rerun the workflow")
 
 
+def evaluated_checkpoints(train_dir: Path, metrics: dict, model: str) -> list[Path]:
+    """The checkpoints of the seeds ``model``'s ensemble was evaluated and calibrated on (its
+    metrics.json's ``seeds``), and no others.
+
+    Every ``seed_*`` folder, as before, scored with 2 networks of 50 once 48 folders were gone (a
+    calibrated voltage interval 0.056 V wide where the 50 gave 1.3 V, exit code 0), and took in a
+    folder left by an earlier run with more seeds."""
+    seeds = metrics.get("seeds")
+    if seeds is None:  # an earlier release's metrics: every folder, if there are as many as it evaluated
+        found = sorted(train_dir.glob("seed_*/model.pt"))
+        if len(found) != metrics["n_seeds"]:
+            raise InputError(f"{train_dir}: {len(found)} trained networks, but the {model} ensemble was evaluated "
+                             f"on {metrics['n_seeds']} (its metrics.json): rerun the workflow")
+        return found
+    # in the folders' sorted order, as before: the order the ensemble's means are summed in
+    paths = sorted(train_dir / f"seed_{seed}" / "model.pt" for seed in seeds)
+    missing = [path.parent.name for path in paths if not path.exists()]
+    if missing:
+        raise InputError(f"{train_dir}: {len(missing)} of the {len(seeds)} networks the {model} ensemble was "
+                         f"evaluated on are missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}):"
+                         " rerun the workflow to train them again")
+    return paths
+
+
 @dataclass
 class TrainedEnsemble:
     """What a workflow run leaves for later use: featuriser + networks of one model."""
@@ -410,10 +434,16 @@ class TrainedEnsemble:
         results = Path(results)
         base = base_model(model)
         transformer_path = results / "features" / base / "transformers.joblib"
-        checkpoints = sorted((results / "train" / base).glob("seed_*/model.pt"))
-        if not transformer_path.exists() or not checkpoints:
+        train_dir = results / "train" / base
+        if not transformer_path.exists() or not any(train_dir.glob("seed_*/model.pt")):
             raise InputError(f"no trained {model} under {results} (run the workflow first, "
                              f"or pass --results pointing at its output folder)")
+        metrics_path = results / "ensemble" / model / "metrics.json"
+        if not metrics_path.exists():  # no calibration: the calibrated interval promised would be missing
+            raise InputError(f"no evaluated ensemble of {model} at {metrics_path}: the workflow calibrates the "
+                             f"intervals of the models in config `models` (add {model} there and rerun)")
+        metrics = read_json(metrics_path)
+        checkpoints = evaluated_checkpoints(train_dir, metrics, model)
         loaded = [torch.load(path, map_location="cpu", weights_only=False) for path in checkpoints]
         featurizer = joblib.load(transformer_path)
         check_consistent(results, base, featurizer, loaded)
@@ -427,12 +457,8 @@ class TrainedEnsemble:
             if not getattr(trees, "models", None):
                 raise InputError(f"voltage trees of {model} at {trees_path} are an earlier release's single "
                                  f"model (rerun the workflow to fit them again)")
-        metrics_path = results / "ensemble" / model / "metrics.json"
-        if not metrics_path.exists():  # no calibration: the calibrated interval promised would be missing
-            raise InputError(f"no evaluated ensemble of {model} at {metrics_path}: the workflow calibrates the "
-                             f"intervals of the models in config `models` (add {model} there and rerun)")
-        intervals = read_json(metrics_path)["prediction_interval"]
-        return cls(model, featurizer, StackedEnsemble(networks, device=device, dtype=dtype), intervals, physics, trees)
+        return cls(model, featurizer, StackedEnsemble(networks, device=device, dtype=dtype),
+                   metrics["prediction_interval"], physics, trees)
 
     @property
     def input_columns(self) -> list[str]:

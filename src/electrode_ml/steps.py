@@ -14,7 +14,6 @@ import pandas as pd
 import torch
 
 from electrode_ml.devices import describe_device, job_device
-from electrode_ml.errors import InputError
 from electrode_ml.fileio import atomic_path, file_sha256, read_json, write_csv, write_json, write_parquet
 from electrode_ml.model import NetworkParams, TrainSettings, predict, train_network
 from electrode_ml.tables import frame_matrices, seed_predictions
@@ -283,26 +282,13 @@ def _by_model(paths, model_of) -> dict[str, list[str]]:
 
 
 def _load_ensembles(input, params, device: str = "cpu") -> dict:
-    """predict.TrainedEnsemble per model (physics models reuse their base model's networks).
-
-    The rule lists the checkpoints of the configured seeds as inputs; the count loaded must match,
-    so that a stale seed folder from an earlier, larger run cannot slip into the ensemble.
-    """
-    from electrode_ml.models import base_model
+    """predict.TrainedEnsemble per model (physics models reuse their base model's networks): the
+    seeds each ensemble was evaluated on (metrics.json), which the rule lists as inputs; a seed folder
+    an earlier run with more seeds left stays out."""
     from electrode_ml.predict import TrainedEnsemble
 
     results = Path(input.electrodes).parents[1]  # {results}/data/electrodes.parquet
-    checkpoints = _by_model(input.checkpoints, lambda path: path.parents[1].name)
-    ensembles = {}
-    for model in params.models:
-        ensemble_ = TrainedEnsemble.load(results, model, device=device)
-        expected = len(checkpoints.get(base_model(model), []))
-        if len(ensemble_.networks) != expected:
-            raise InputError(f"{model}: {len(ensemble_.networks)} networks under {results}/train/"
-                             f"{base_model(model)}, but the workflow lists {expected} seeds; remove the seed folders "
-                             "of an earlier run with more seeds (train.n_seeds, train.first_seed)")
-        ensembles[model] = ensemble_
-    return ensembles
+    return {model: TrainedEnsemble.load(results, model, device=device) for model in params.models}
 
 
 def screen_na_step(input, output, params, threads, wildcards=None, **_):
