@@ -711,7 +711,7 @@ def test_voltage_pairs_that_cannot_make_the_counts_exact_are_bad_rows(snapshot_t
     from electrode_ml.candidates import validate_candidates
 
     columns = candidate_columns("model1")
-    rows = snapshot_text[snapshot_text["num_steps"].astype(int) == 2].head(7).reset_index(drop=True)
+    rows = snapshot_text[snapshot_text["num_steps"].astype(int) == 2].head(8).reset_index(drop=True)
     rows = rows[[*columns, "num_steps", "adj_pairs"]].copy()
     rows.loc[0, "adj_pairs"] = rows.loc[0, "adj_pairs"][:len(rows.loc[0, "adj_pairs"]) * 2 // 3]
     rows.loc[1, "adj_pairs"] = "formula_dis='".join(rows.loc[1, "adj_pairs"].rsplit("formula_discharge='", 1))
@@ -720,14 +720,18 @@ def test_voltage_pairs_that_cannot_make_the_counts_exact_are_bad_rows(snapshot_t
     rows.loc[3, "adj_pairs"] = rows["adj_pairs"][donor & (rows.index > 3)].iloc[0]  # another electrode's pairs
     rows.loc[4, "adj_pairs"] = "garbage"
     rows.loc[5, ["adj_pairs", "num_steps"]] = ""  # no pairs: the formulas as written
+    last = rows.loc[6, "adj_pairs"].rindex("formula_discharge='")
+    rows.loc[6, "adj_pairs"] = rows.loc[6, "adj_pairs"][:last] + "formula_discharge='Li" + rows.loc[6, "adj_pairs"][
+        rows.loc[6, "adj_pairs"].index("'", last + 20):]  # a step whose formula is the ion alone: no host
     good, rejects = validate_candidates(rows, columns, "candidates", skip_bad=True)
-    assert good.index.tolist() == [5, 6]
-    assert rejects["row"].tolist() == [1, 2, 3, 4, 5]
-    assert rejects["field"].tolist() == ["adj_pairs", "adj_pairs", "num_steps", "adj_pairs", "adj_pairs"]
+    assert good.index.tolist() == [5, 7]
+    assert rejects["row"].tolist() == [1, 2, 3, 4, 5, 7]
+    assert rejects["field"].tolist() == ["adj_pairs", "adj_pairs", "num_steps", "adj_pairs", "adj_pairs", "adj_pairs"]
     reasons = rejects["reason"].tolist()
     assert reasons[0].startswith("cut short or damaged") and "formula_discharge" in reasons[1]
     assert reasons[2] == "3 steps, but adj_pairs holds 2 voltage pair(s), one per step"
     assert reasons[3].startswith("its voltage pairs describe the host ") and reasons[4].startswith("no voltage pair")
+    assert reasons[5].startswith("its voltage pairs do not describe one host framework of Li")
     with pytest.raises(InputError, match=r"candidates: battery_id='.*' \(row 1\), field 'adj_pairs': cut short"):
         validate_candidates(rows, columns, "candidates", skip_bad=False)
 

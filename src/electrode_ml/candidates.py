@@ -132,7 +132,7 @@ def candidates_with_exact_counts(candidates: pd.DataFrame, pairs: pd.Series, unr
     exact, repairs = with_exact_ion_counts(candidates.assign(adj_pairs=pairs), skipped)
     for idx, host, *kinds in repairs[["pairs_host", *END_FORMULAS]].itertuples():
         if not host:
-            bad.append(BadRow(ids[idx], "adj_pairs", f"its voltage pairs describe no one host framework of "
+            bad.append(BadRow(ids[idx], "adj_pairs", "its voltage pairs do not describe one host framework of "
                                                      f"{candidates['working_ion'][idx]} (steps of two hosts, or a "
                                                      "formula pymatgen cannot read)", idx))
         elif "other host" in kinds:
