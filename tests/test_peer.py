@@ -96,9 +96,9 @@ def test_step_writes_the_ensemble_format(step_run, split):
     assert (summary["ci_low"] == summary["mean"]).all() and (summary["ci_high"] == summary["mean"]).all()
     assert (summary["pi_low"] < summary["mean"]).all() and (summary["pi_high"] > summary["mean"]).all()
     metrics = json.loads(step_run.metrics.read_text())
-    assert set(metrics) == {"n_seeds", "ensemble_mean", "best_single_seed", "train_mean_baseline", "coverage",
-                            "prediction_interval", "provenance"}
-    assert metrics["n_seeds"] == 1
+    assert set(metrics) == {"n_seeds", "seeds", "ensemble_mean", "best_single_seed", "train_mean_baseline",
+                            "coverage", "prediction_interval", "provenance"}
+    assert metrics["n_seeds"] == 1 and len(metrics["seeds"]) == 1
     assert metrics["provenance"] == {"code": "peer-code",
                                      "electrodes_sha256": file_sha256(step_run.predictions.parent / "electrodes.parquet")}
     assert set(metrics["coverage"]) == {"pi"}  # no CI of a mean of one model (its "CI" covered 0 %)
