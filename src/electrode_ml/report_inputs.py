@@ -95,7 +95,7 @@ def code_provenance(repository: Path = Path(__file__).resolve().parents[2]) -> s
 
 def largest_errors(summary: pd.DataFrame, split: str = "val", n: int = 3) -> dict[str, dict]:
     """Per target, the ``n`` electrodes of ``split`` the ensemble mean misses most and the RMSE without
-    them: a few alloy-type electrodes of 1000-2500 mAh/g carry the capacity RMSE."""
+    them: a few large misses carry most of the capacity RMSE (model2: three, 58 % of its squared error)."""
     result = {}
     for target, rows in summary[summary["split"] == split].groupby("target", sort=False):
         error = (rows["mean"] - rows["true"]).abs()
