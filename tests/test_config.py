@@ -486,9 +486,15 @@ def test_a_gres_gpu_counts_as_a_gpu_and_cuda_jobs_sent_without_one_are_refused(c
         check_gpu_requests(config, none, environ={"ELECTRODE_ML_GPU_PER_JOB": "0"}, remote=True)
     check_gpu_requests(config, none, environ={}, remote=False)  # one host: its jobs see its GPUs
     # the rules' own gpu=1 where set-resources give none, a gres naming a GPU, a count the job decides
-    check_gpu_requests(config, resources("train:mem_mb=4000", "tune:gres=", "timing:gres=gpu:1",
-                                         "group_evaluation:gpu=0", "group_evaluation:gres=gpu",
-                                         "feature_contribution:gpu=attempt - 1"), environ={}, remote=True)
+    asked = resources("train:mem_mb=4000", "tune:gres=", "timing:gres=gpu:1", "group_evaluation:gpu=0",
+                      "group_evaluation:gres=gpu", "feature_contribution:gpu=attempt - 1")
+    check_gpu_requests(config, asked, environ={}, remote=True, torch_version="2.13.0")
+    # a CPU-only torch that the cluster's jobs would run: each of them waited for a GPU node and failed there
+    with pytest.raises(InputError, match=r"^config key train.device: cuda, but this environment's torch "
+                                         r"\(2.13.0\+cpu\) is no CUDA build, and every network job would run it"):
+        check_gpu_requests(config, asked, environ={}, remote=True, torch_version="2.13.0+cpu")
+    # a conda deployment: the jobs run that environment's torch, not this one
+    check_gpu_requests(config, asked, environ={}, remote=True, torch_version="2.13.0+cpu", jobs_share_this_torch=False)
     config["train"]["device"] = "auto"  # a CPU cluster: auto trains there on the CPU
     check_gpu_requests(config, none, environ={}, remote=True)
 

@@ -831,10 +831,28 @@ def test_the_lock_folder_serves_every_user_of_the_host(tmp_path):
     finally:
         os.umask(previous)
     assert stat.S_IMODE(lock_dir.stat().st_mode) == 0o1777
-    assert stat.S_IMODE((lock_dir / "gpu-GPU-a.lock").stat().st_mode) == 0o644
+    assert stat.S_IMODE((lock_dir / "gpu-GPU-a.lock").stat().st_mode) == 0o666  # NFS locks need write access
     (lock_dir / "gpu-GPU-a.lock").chmod(0o444)  # a lock file this user may only read serves as well
     with claim_gpu(["GPU-a"], lock_dir=lock_dir, wait_s=0) as index:
         assert index == 0
+
+
+def test_a_lock_folder_whose_locks_fail_is_one_line(tmp_path, monkeypatch):
+    """On NFS flock is emulated with fcntl locks, and a descriptor the system cannot lock raised
+    EBADF out of claim_gpu: a traceback in every CUDA job."""
+    import errno
+
+    from electrode_ml import devices
+
+    def refuse(descriptor, operation):
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    monkeypatch.setattr(devices.fcntl, "flock", refuse)
+    with pytest.raises(InputError, match=r"locks: cannot lock gpu-GPU-a.lock \(Bad file descriptor\); .*"
+                                         r"ELECTRODE_ML_GPU_LOCK_DIR") as refused:
+        with claim_gpu(["GPU-a"], lock_dir=tmp_path / "locks", wait_s=0):
+            pass
+    assert "\n" not in str(refused.value)
 
 
 def test_stacked_ensemble_in_bfloat16_stays_close_to_float32(data):

@@ -253,17 +253,21 @@ def cuda_visible(environ=os.environ) -> bool:
     return bool(glob.glob(os.path.join(os.sep, "dev", "nvidia[0-9]*")))
 
 
+def installed_torch() -> str | None:
+    """The installed torch's version, read without importing it; None where there is none."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def torch_has_cuda(torch_version: str | None = None) -> bool:
     """Whether the installed torch is a CUDA build, read from its version without importing it: PyTorch's
     CPU wheels (what `make venv` installs from a local wheel or TORCH_INDEX) end in ``+cpu``."""
-    from importlib import metadata
-
-    if torch_version is None:
-        try:
-            torch_version = metadata.version("torch")
-        except metadata.PackageNotFoundError:
-            return False
-    return not torch_version.endswith("+cpu")
+    torch_version = torch_version or installed_torch()
+    return torch_version is not None and not torch_version.endswith("+cpu")
 
 
 def gpu_per_job(config: dict, environ=os.environ, torch_version: str | None = None) -> int:
@@ -279,7 +283,8 @@ def gpu_per_job(config: dict, environ=os.environ, torch_version: str | None = No
 NETWORK_RULES = ("feature_contribution", "group_evaluation", "timing", "train", "tune")
 
 
-def check_gpu_requests(config: dict, set_resources: dict, environ=os.environ, remote: bool = False) -> None:
+def check_gpu_requests(config: dict, set_resources: dict, environ=os.environ, remote: bool = False,
+                       torch_version: str | None = None, jobs_share_this_torch: bool = True) -> None:
     """Refuse GPUs a profile asks for jobs that will not use them, and none for jobs that need one.
 
     profiles/slurm reads ``ELECTRODE_ML_GPU_PER_JOB`` before the config exists, so only this check sees
@@ -287,7 +292,10 @@ def check_gpu_requests(config: dict, set_resources: dict, environ=os.environ, re
     ``train.device: cuda`` with ``=0`` sent every network job to a node without a GPU, to fail there one
     by one. A GPU is asked by ``gpu`` or by a ``gres`` naming one (the README's form for gres clusters);
     a setting that depends on the job (an expression of ``attempt``) is left to the job.
-    ``remote``: the jobs run elsewhere (a cluster), so a job without a GPU of its own has none.
+    ``remote``: the jobs run elsewhere (a cluster), so a job without a GPU of its own has none; there,
+    ``train.device: cuda`` with a CPU-only torch (``torch_version``, this environment's, which the jobs
+    run unless ``jobs_share_this_torch`` is false: a conda deployment) is refused too, since every
+    network job would wait for a GPU node and fail on it.
     """
     switch = environ.get("ELECTRODE_ML_GPU_PER_JOB")
     if switch is not None and switch not in ("0", "1"):
@@ -307,6 +315,12 @@ def check_gpu_requests(config: dict, set_resources: dict, environ=os.environ, re
                              f"{', '.join(without)} jobs, which would fail on nodes without one; unset "
                              "ELECTRODE_ML_GPU_PER_JOB (or export it as 1) for profiles/slurm, give them a gpu or "
                              "gres, or set train.device: auto or cpu")
+        version = torch_version or installed_torch()
+        if jobs_share_this_torch and not torch_has_cuda(version):
+            raise InputError(f"config key train.device: cuda, but this environment's torch ({version or 'none'}) is "
+                             "no CUDA build, and every network job would run it on its GPU node, and fail: install "
+                             "a CUDA build of torch 2.13.0 (make venv TORCH_INDEX=<PyTorch's CUDA index>) or set "
+                             "train.device: auto or cpu")
 
 
 def _asks_gpu(resources: dict, own_gpu: bool) -> bool | None:

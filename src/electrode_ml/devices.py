@@ -111,26 +111,36 @@ def _try_claim(gpu_ids: list[str], lock_dir: Path) -> tuple[int, int] | None:
         except BlockingIOError:
             os.close(descriptor)
             continue
+        except OSError as error:  # EBADF: NFS emulates flock with fcntl locks, which need write access
+            os.close(descriptor)
+            raise InputError(f"{lock_dir}: cannot lock gpu-{gpu_id}.lock ({error.strerror}); a network file system "
+                             "(NFS) locks only files open for writing: point ELECTRODE_ML_GPU_LOCK_DIR at a folder on "
+                             "a local disk that every run on the host sees") from None
         return index, descriptor
     return None
 
 
 def _open_lock(path: Path) -> int:
-    """A read-only descriptor of the lock file, created if missing.
+    """A descriptor of the lock file, created if missing, open for writing where it may be.
 
-    flock needs no write access, so another user's lock file (0644) serves too; and the file is
-    never opened with O_CREAT once it exists: Linux's protected_regular refuses that for another
-    user's file in a world-writable sticky folder.
+    Over NFS flock is emulated with fcntl locks, and an exclusive one needs a descriptor open for
+    writing (flock(2)): a read-only one made every CUDA job fail there with EBADF. So lock files are
+    created writable by every user (0666; nothing is ever written to them), and one that this user
+    may only read (another user's, of an earlier release: 0644) is opened read-only, which serves on
+    a local file system. The file is never opened with O_CREAT once it exists: Linux's
+    protected_regular refuses that for another user's file in a world-writable sticky folder.
     """
     try:
+        return os.open(path, os.O_RDWR)
+    except PermissionError:
         return os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         pass
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
     except FileExistsError:  # another job created it in between
-        return os.open(path, os.O_RDONLY)
-    os.fchmod(descriptor, 0o644)  # readable by other users' jobs whatever this process's umask
+        return _open_lock(path)
+    os.fchmod(descriptor, 0o666)  # open to other users' jobs whatever this process's umask
     return descriptor
 
 

@@ -74,7 +74,9 @@ onstart:
     # the Snakefile is read): a cluster's network jobs given no GPU are refused here, before submission.
     if not workflow.local_exec:
         try:
-            check_gpu_requests(config, workflow.resource_settings.overwrite_resources, remote=True)
+            # under a conda deployment the jobs run the environment's own torch, not this one
+            check_gpu_requests(config, workflow.resource_settings.overwrite_resources, remote=True,
+                               jobs_share_this_torch=not workflow.deployment_settings.deployment_method)
         except InputError as error:
             sys.exit(f"electrode-ml: error: {error}")
     # train.device: cuda where torch sees no GPU: one line before the first job, not a failure of the
