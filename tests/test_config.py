@@ -568,6 +568,15 @@ def test_a_job_books_a_gpu_only_where_its_torch_can_use_one(device, visible, ver
     assert gpu_per_job(config, {"CUDA_VISIBLE_DEVICES": visible}, torch_version=version) == gpus
 
 
+@pytest.mark.parametrize("devices, gpus", [([], 0), (["/dev/nvidia0"], 1), (["/dev/dxg"], 1)])  # dxg: WSL2's GPUs
+def test_a_gpu_is_seen_by_its_device_files_where_cuda_visible_devices_is_unset(monkeypatch, devices, gpus):
+    from electrode_ml import config as settings
+
+    monkeypatch.setattr(settings.glob, "glob", lambda pattern: [path for path in devices if "nvidia" in path])
+    monkeypatch.setattr(settings.os.path, "exists", lambda path: path in devices)
+    assert settings.gpu_per_job({"train": {"device": "auto"}}, {}, torch_version="2.13.0") == gpus
+
+
 def test_the_ions_are_a_set_and_the_tunings_patience_counts_only_for_its_own_trials(config):
     """Both are recorded as the rules' params text: [Y, Li] for [Li, Y] reran every job, and a patience
     the tuning never read (tune.epochs null) reran 166 of 175."""

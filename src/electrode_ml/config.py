@@ -246,11 +246,14 @@ def model_feature_settings(features: dict, model: str) -> dict:
 
 
 def cuda_visible(environ=os.environ) -> bool:
-    """Whether this host shows an NVIDIA GPU, checked without importing torch in the scheduler."""
+    """Whether this host shows an NVIDIA GPU, checked without importing torch in the scheduler. WSL2
+    shows its GPUs as /dev/dxg and no /dev/nvidia*: there `auto` booked no GPU, and jobs beyond the
+    GPUs waited for one holding a core each instead of `--resources gpu=K` holding them back."""
     visible = environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return visible.strip() not in ("", "-1")
-    return bool(glob.glob(os.path.join(os.sep, "dev", "nvidia[0-9]*")))
+    devices = os.path.join(os.sep, "dev")
+    return bool(glob.glob(os.path.join(devices, "nvidia[0-9]*"))) or os.path.exists(os.path.join(devices, "dxg"))
 
 
 def installed_torch() -> str | None:
