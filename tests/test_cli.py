@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -994,6 +995,14 @@ def test_the_networks_scored_are_the_seeds_the_ensemble_was_evaluated_on(tiny_ru
     code, text = predict_in_process(capsys, candidates, out, copy)
     assert_one_line_refusal(code, text, out, f"1 of the {len(seeds)} networks the model1 ensemble was evaluated on "
                             f"are missing (seed_{seeds[1]})", "rerun the workflow")
+    # a hand-edited list
+    metrics_path = copy / "ensemble" / "model1" / "metrics.json"
+    metrics = read_json(metrics_path)
+    for wrong in ("0,1,2", [], [0, "1"], [0.5], [True]):
+        metrics["seeds"] = wrong
+        metrics_path.write_text(json.dumps(metrics))
+        code, text = predict_in_process(capsys, candidates, out, copy)
+        assert_one_line_refusal(code, text, out, f"{metrics_path}: 'seeds' should list the evaluated seeds as whole numbers")
 
 
 def test_paths_the_system_refuses_and_an_interrupt_are_one_line(tiny_run, candidates, tmp_path, capsys, monkeypatch):
@@ -1045,3 +1054,37 @@ def test_an_output_name_too_long_for_its_rejects_file_is_still_accepted(tmp_path
 
     output = tmp_path / ("x" * 247 + ".csv")
     check_output(str(output), str(tmp_path / "in.csv"))  # no error: no rejects file can be in the way
+
+
+def test_screen_of_one_ion_checks_and_rejects_only_that_ions_rows(tiny_run, candidates, tmp_path, capsys):
+    """--ion filtered after scoring every row: a malformed Li row stopped a screen of the Na
+    candidates, and --skip-bad listed rejects of ions never asked for."""
+    _, results, _ = tiny_run
+    rows = pd.read_csv(candidates, dtype=str)
+    ions = rows["working_ion"].value_counts()
+    wanted, other = ions.index[0], ions.index[1]
+    broken = rows.index[rows["working_ion"] == other][0]
+    rows.loc[broken, "formula_discharge"] = "not a formula"
+    rows.loc[rows.index[rows["working_ion"] == wanted][0], "working_ion"] = "Xe"  # no known ion: still checked
+    rows.to_csv(candidates, index=False)
+    out = tmp_path / "out.csv"
+    args = ["screen", str(candidates), "-o", str(out), "--model", "model1", "--results", str(results)]
+    capsys.readouterr()
+    assert main([*args, "--ion", wanted, "--skip-bad"]) == 0
+    logged = capsys.readouterr().err
+    written = pd.read_csv(out)
+    assert len(written) == ions[wanted] - 1 and set(written["working_ion"]) == {wanted}
+    rejects = pd.read_csv(tmp_path / "out.rejects.csv")
+    assert list(rejects["field"]) == ["working_ion"]  # the Xe row; not the other ion's broken formula
+    assert f"{len(rows) - ions[wanted]} of {len(rows)} candidate(s) are of other working ions than {wanted}" in logged
+    out.unlink()
+    (tmp_path / "out.rejects.csv").unlink()
+    rows.loc[rows["working_ion"] == "Xe", "working_ion"] = wanted
+    rows.to_csv(candidates, index=False)
+    assert main([*args, "--ion", wanted]) == 0  # the other ion's broken row is not this screen's
+    assert len(pd.read_csv(out)) == ions[wanted]
+    assert main([*args]) == 2  # screening every ion checks it
+    absent = next(ion for ion in ("Rb", "Cs", "Y", "Al") if ion not in set(rows["working_ion"]))
+    capsys.readouterr()
+    assert main([*args, "--ion", absent]) == 0
+    assert pd.read_csv(out).empty and f"no candidate of working ion {absent} to screen" in capsys.readouterr().err

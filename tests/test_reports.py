@@ -207,6 +207,15 @@ def test_k_substitution_goes_through_the_trained_featuriser(report_run):
         np.testing.assert_allclose(table["model2_phys_average_voltage_k_mean"], table["model2_average_voltage_k_mean"],
                                    rtol=1e-6)
     assert (results / "screening" / "fig7.png").read_bytes()[:4] == b"\x89PNG"
+    # the learned capacities checked against the exact ones, in the summary and on the page
+    summary = json.loads((results / "screening" / "k_substitution.json").read_text())
+    page = (results / "report" / "index.html").read_text()
+    assert "C error vs stoichiometry, Li / K (mAh/g)" in page
+    for model in config["models"]:
+        error = (table[f"{model}_capacity_grav_k_mean"] - table["stoich_capacity_k"]).abs().mean()
+        assert summary[model]["capacity_mae_k_vs_stoichiometry"] == pytest.approx(error)
+        if model.endswith("_phys"):  # capacity from stoichiometry on both sides
+            assert error < 1e-4 and summary[model]["n_capacity_k_above_li"] == 0
 
 
 @pytest.mark.e2e
@@ -517,3 +526,37 @@ def test_a_test_split_without_na_electrodes_still_gets_its_report(tmp_path):
                "filter": "V > 2.0 V", "test": {"model1": {"all": none}}, "all_na": {"model1": {"all": none}}}
     page = report.section_na({"na_screening": test, "na_all": test, "na_metrics": metrics, "models": ["model1"]})
     assert "0 Na electrodes in the test split" in page and "0 of the 0 DFT picks" in page
+
+
+def test_a_screen_of_dft_values_is_not_shaded_against_the_paper():
+    """model2_phys's Na screen recomputes MP's numbers from the DFT inputs it reads: its precision
+    and recall of 1.00 were coloured green against the paper's 0.90 as if it were a prediction."""
+    dft = {"average_voltage": [3.1, 1.5], "capacity_grav": [120.0, 90.0], "energy_grav": [372.0, 135.0]}
+    test = pd.DataFrame({"battery_id": ["mp-1_Na", "mp-2_Na"], "framework_formula": ["FePO4", "CoO2"],
+                         "formula_charge": ["FePO4", "CoO2"], "formula_discharge": ["NaFePO4", "NaCoO2"],
+                         "working_ion": "Na", "split": "test", "split_role": "held out", "trained_on": False, "dft_pass": [True, False]})
+    for target, values in dft.items():
+        test[f"dft_{target}"] = values
+        test[f"model2_phys_{target}_mean"] = np.asarray(values) * (1 + 1e-9)
+        test[f"model2_{target}_mean"] = np.asarray(values) * 1.05
+        for model in ("model2", "model2_phys"):
+            for stat, factor in (("ci_low", 0.99), ("ci_high", 1.01), ("pi_low", 0.9), ("pi_high", 1.1), ("std", 0.01)):
+                test[f"{model}_{target}_{stat}"] = test[f"{model}_{target}_mean"] * factor
+    for model in ("model2", "model2_phys"):
+        test[f"{model}_pass"], test[f"{model}_outcome"] = [True, False], ["TP", "TN"]
+    assert report.screens_dft_values(test, "model2_phys") and not report.screens_dft_values(test, "model2")
+    assert not report.screens_dft_values(test.iloc[:0], "model2_phys")
+    score = {"picks": 1, "tp": 1, "fp": 0, "fn": 0, "precision": 1.0, "recall": 1.0, "reference_picks": 1}
+    metrics = {"thresholds": {"voltage": 2.0, "capacity": 100.0, "energy": 200.0},
+               "paper": {"dft_picks": 9, "model2": {"picks": 10, "precision": 0.9, "recall": 1.0}},
+               "filter": "V ≥ 2 V", "test": {"model2": {"all": score}, "model2_phys": {"all": score}}}
+    page = report.section_na({"na_screening": test, "na_all": test, "na_metrics": metrics,
+                              "models": ["model2", "model2_phys"]})
+    table5 = page.split("<h3>Table 5")[1].split("</table>")[0]
+    rows = table5.split("<tr")
+    model2_row = next(row for row in rows if "<b>model2</b>" in row)
+    physics_row = next(row for row in rows if "<b>model2_phys</b>" in row)
+    assert "background" in model2_row and "background" not in physics_row
+    assert "DFT by construction" in physics_row and "DFT by construction" not in model2_row
+    glance = report._glance_applications({"na_metrics": metrics, "na_screening": test, "models": ["model2", "model2_phys"]})
+    assert glance.count("DFT by construction") == 1 and "model2_phys: 1 picks" in glance

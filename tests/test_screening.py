@@ -10,6 +10,7 @@ from pymatgen.core import Composition
 
 from electrode_ml import screening
 from electrode_ml.errors import InputError
+from electrode_ml.chemistry import stoichiometric_capacity
 from electrode_ml.schema import TARGETS
 
 THRESHOLDS = {"voltage": 2.0, "capacity": 100, "energy": 200}
@@ -123,6 +124,11 @@ def test_table5_and_table6_name_the_errors(hand_case):
     assert "2.32 [2.32, 2.33]" not in table6 and "2.32 [1.82, 2.82]" in table6
     assert "**1.84**" in table6  # the DFT voltage that keeps VO2 out is marked
     assert "fail (FN)" in table6 and "pass (FP)" in table6
+    # another ion's screen says so (it said Na whatever the ion)
+    assert "working ion = Na" in table5 and f"Candidates: {len(table)} Na electrodes" in table5
+    k_table = table.assign(working_ion="K")
+    assert f"Candidates: {len(table)} K electrodes" in screening.table5_markdown(k_table, models, THRESHOLDS, metrics, ion="K")
+    assert "working ion = K" in screening.table6_markdown(k_table, models, THRESHOLDS, ion="K")
 
 
 def test_missing_prediction_is_refused(hand_case):
@@ -192,6 +198,9 @@ def test_k_substitution_table_and_the_featuriser(small_raw):
         return pd.DataFrame({"battery_id": frame["battery_id"].to_numpy(),
                              **{f"{t}_{s}": energy for t in TARGETS for s in ("mean", "ci_low", "ci_high")}})
 
+    def capacity_of(charge, discharge):
+        return stoichiometric_capacity(charge, discharge, "K")
+
     table = screening.k_substitution(electrodes, split, {"fake": fake_predict})
     n_li = int((electrodes["working_ion"] == "Li").sum())
     assert len(table) == n_li
@@ -208,6 +217,16 @@ def test_k_substitution_table_and_the_featuriser(small_raw):
     doubled = screening.k_substitution(electrodes, split, {"fake": fake_predict}, substituted_predictors={
         "fake": lambda frame: fake_predict(frame).assign(energy_grav_mean=7.0)})
     assert (doubled["fake_energy_grav_k_mean"] == 7).all() and (doubled["fake_energy_grav_li_mean"] == 110).all()
+    # the learned capacities against the exact ones: a heavier twin cannot hold more charge per gram
+    assert summary["fake"]["n_capacity_k_above_li"] == 0
+    assert summary["fake"]["capacity_mae_li_vs_stoichiometry"] == pytest.approx((110 - table["stoich_capacity_li"]).abs().mean())
+    exact = screening.k_substitution(electrodes, split, {"fake": fake_predict}, substituted_predictors={
+        "fake": lambda frame: fake_predict(frame).assign(capacity_grav_mean=lambda wide: [
+            capacity_of(charge, discharge) for charge, discharge in zip(frame["formula_charge"], frame["formula_discharge"])])})
+    heavier = screening.k_summary(exact, ["fake"])["fake"]
+    assert heavier["capacity_mae_k_vs_stoichiometry"] < 1e-9 and heavier["capacity_median_error_k_vs_stoichiometry"] == 0
+    above = screening.k_summary(doubled.assign(fake_capacity_grav_k_mean=1e4), ["fake"])["fake"]
+    assert above["n_capacity_k_above_li"] == n_li and above["capacity_median_error_k_vs_stoichiometry"] > 0
     figure = screening.k_substitution_figure(table, ["fake"])
     assert len(figure.axes) == 1
     assert figure.axes[0].get_xlabel() == "Predicted specific energy, Li electrode (Wh/kg)"  # no sources: no claim

@@ -392,13 +392,43 @@ def test_failing_objective_is_recorded_then_resumed(tmp_path):
 
     with pytest.raises(ValueError, match="finite"):
         tune(tmp_path, lambda p: float("nan"), trials=3)
-    assert [r["status"] for r in read_rows(tmp_path / "trials.csv")] == ["COMPLETED", "FAILED", "FAILED"]
+    assert [r["status"] for r in read_rows(tmp_path / "trials.csv")] == ["COMPLETED", "FAILED", "ABANDONED"]
 
     objective = Counting()
     tune(tmp_path, objective, trials=3)
     assert len(objective.calls) == 2
     statuses = [r["status"] for r in read_rows(tmp_path / "trials.csv")]
-    assert statuses.count("COMPLETED") == 3 and statuses.count("FAILED") == 2
+    assert statuses.count("COMPLETED") == 3 and statuses.count("FAILED") == 1 and statuses.count("ABANDONED") == 1
+
+
+@pytest.mark.parametrize("failure", ["raises", "nan"])
+def test_a_point_that_always_fails_is_not_suggested_for_ever(tmp_path, failure):
+    """Ax suggests a FAILED point again, and once BoTorch proposes (after the centre and 4 Sobol
+    points) the same seed and data proposed it on every rerun: each rerun failed the job at it.
+    A non-finite score is abandoned at once; an exception, which may be transient, on its second time."""
+    calls, bad = [], {}
+
+    def objective(params):
+        calls.append(params)
+        if len(calls) == 6:  # the first point BoTorch proposes
+            bad.update(params)
+        if params == bad:
+            if failure == "raises":
+                raise RuntimeError("out of memory")
+            return float("nan")
+        return quadratic(params)
+
+    failures = 2 if failure == "raises" else 1
+    for _ in range(failures):
+        with pytest.raises((RuntimeError, ValueError)):
+            tune(tmp_path, objective, trials=8)
+    rows = read_rows(tmp_path / "trials.csv")
+    assert [r["status"] for r in rows[5:]] == ["FAILED"] * (failures - 1) + ["ABANDONED"]
+    assert all(params_of(row) == bad for row in rows[5:])  # a failure that may be transient gets a second try
+    tune(tmp_path, objective, trials=8)
+    rows = read_rows(tmp_path / "trials.csv")
+    assert [r["status"] for r in rows].count("COMPLETED") == 8
+    assert [params_of(row) for row in rows].count(bad) == failures and calls.count(bad) == failures
 
 
 def test_search_space_validation():

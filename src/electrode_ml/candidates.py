@@ -260,10 +260,24 @@ def passes(predictions: pd.DataFrame, thresholds: dict[str, float], column: str 
     return screen_passes(predictions, thresholds, {name: f"{target}_{column}" for name, target in CRITERIA.items()})
 
 
-def report_screen(screened: pd.DataFrame, shown: int = 10) -> None:
+def of_ion(frame: pd.DataFrame, ion: str) -> pd.DataFrame:
+    """The rows of ``frame`` that may be of working ion ``ion``, before any check.
+
+    Rows of another known ion are left out unchecked: one malformed Li row stopped a screen of the
+    Na candidates, and --skip-bad listed Li rejects. A value that is no known ion stays, for the
+    checks to name it."""
+    if "working_ion" not in frame:
+        return frame
+    other = frame["working_ion"].isin([known for known in WORKING_IONS if known != ion])
+    if other.any():
+        log.info("%d of %d candidate(s) are of other working ions than %s (--ion): left out", other.sum(), len(frame), ion)
+    return frame[~other]
+
+
+def report_screen(screened: pd.DataFrame, shown: int = 10, ion: str | None = None) -> None:
     """How many candidates pass, and which of those the training data cannot vouch for."""
     if screened.empty:
-        log.warning("no candidate to screen")
+        log.warning("no candidate of working ion %s to screen", ion) if ion else log.warning("no candidate to screen")
         return
     passing = screened["passes"].astype(bool)
     log.info("%d of %d candidate(s) pass the filter", passing.sum(), len(screened))

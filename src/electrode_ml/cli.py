@@ -301,16 +301,17 @@ def main(argv: list[str] | None = None) -> int:
         from electrode_ml import candidates  # the scoring stack: see the module docstring
 
         frame, where = read_candidates(args.input)
+        screened_ion = args.ion if args.command == "screen" else None
+        if screened_ion:
+            frame = candidates.of_ion(frame, screened_ion)
         predictions, rejects = candidates.score(frame, where, args.model, args.results, args.skip_bad,
                                                 args.precision)
         if args.command == "screen":
-            if args.ion:
-                predictions = predictions[predictions["working_ion"] == args.ion]
             thresholds = {name: getattr(args, name) for name in CRITERIA}
             predictions = predictions.assign(
                 passes=candidates.passes(predictions, thresholds),
                 passes_at_pi_low=candidates.passes(predictions, thresholds, column="pi_low"))
-            candidates.report_screen(predictions)
+            candidates.report_screen(predictions, ion=screened_ion)
         write_outputs(predictions, rejects, args.output)
     except InputError as error:
         print(f"electrode-ml: error: {error}", file=sys.stderr)

@@ -392,7 +392,7 @@ def check_consistent(results: Path, base: str, featurizer, checkpoints: list[dic
                              f"under {results} did (its code or its data changed since): rerun the workflow")
 
 
-def evaluated_checkpoints(train_dir: Path, metrics: dict, model: str) -> list[Path]:
+def evaluated_checkpoints(train_dir: Path, metrics: dict, metrics_path: Path, model: str) -> list[Path]:
     """The checkpoints of the seeds ``model``'s ensemble was evaluated and calibrated on (its
     metrics.json's ``seeds``), and no others.
 
@@ -406,6 +406,10 @@ def evaluated_checkpoints(train_dir: Path, metrics: dict, model: str) -> list[Pa
             raise InputError(f"{train_dir}: {len(found)} trained networks, but the {model} ensemble was evaluated "
                              f"on {metrics['n_seeds']} (its metrics.json): rerun the workflow")
         return found
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in seeds)):
+        raise InputError(f"{metrics_path}: 'seeds' should list the "
+                         f"evaluated seeds as whole numbers, not {seeds!r:.60}: rerun the workflow's ensemble step")
     # in the folders' sorted order, as before: the order the ensemble's means are summed in
     paths = sorted(train_dir / f"seed_{seed}" / "model.pt" for seed in seeds)
     missing = [path.parent.name for path in paths if not path.exists()]
@@ -443,7 +447,7 @@ class TrainedEnsemble:
             raise InputError(f"no evaluated ensemble of {model} at {metrics_path}: the workflow calibrates the "
                              f"intervals of the models in config `models` (add {model} there and rerun)")
         metrics = read_json(metrics_path)
-        checkpoints = evaluated_checkpoints(train_dir, metrics, model)
+        checkpoints = evaluated_checkpoints(train_dir, metrics, metrics_path, model)
         loaded = [torch.load(path, map_location="cpu", weights_only=False) for path in checkpoints]
         featurizer = joblib.load(transformer_path)
         check_consistent(results, base, featurizer, loaded)

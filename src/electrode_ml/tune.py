@@ -217,7 +217,11 @@ def run_tuning(
             except Exception as exc:
                 seconds = time.perf_counter() - start
                 experiment.trials[index].update_run_metadata({"seconds": seconds})
-                client.mark_trial_failed(index, failed_reason=f"{type(exc).__name__}: {exc}"[:500])
+                reason = f"{type(exc).__name__}: {exc}"[:500]
+                if _failed_before(experiment, index):  # twice: no transient error; never suggest it again
+                    experiment.trials[index].mark_abandoned(reason=f"failed twice; {reason}")
+                else:  # may be transient (memory, a device): a rerun may suggest the point again
+                    client.mark_trial_failed(index, failed_reason=reason)
                 _save(client, state_path, trials_csv, trials)
                 log.error("trial %d/%d (#%d) failed after %.1f s: %s", done + 1, trials, index, seconds, exc)
                 raise
@@ -230,7 +234,9 @@ def run_tuning(
                 score = math.nan
             if not math.isfinite(score):
                 experiment.trials[index].update_run_metadata({"seconds": seconds})
-                client.mark_trial_failed(index, failed_reason=f"objective returned {returned!r}, not a finite score")
+                # Abandoned, not failed: Ax suggests a failed point again, and once BoTorch proposes
+                # (after the Sobol points, from the same seed and data) it proposed this one on every rerun.
+                experiment.trials[index].mark_abandoned(reason=f"objective returned {returned!r}, not a finite score")
                 _save(client, state_path, trials_csv, trials)
                 raise ValueError(
                     f"tuning {name}: objective returned {returned!r} for trial {index} {params}; "
@@ -455,6 +461,15 @@ def _abandon_interrupted(client: Any) -> int:
             trial.mark_abandoned(reason="interrupted: the tuning process ended before the trial completed")
             n += 1
     return n
+
+
+def _failed_before(experiment: Any, index: int) -> bool:
+    """Whether an earlier trial at trial ``index``'s point failed."""
+    from ax.core.trial_status import TrialStatus
+
+    signatures = {arm.signature for arm in experiment.trials[index].arms}
+    return any(trial.status == TrialStatus.FAILED and signatures & {arm.signature for arm in trial.arms}
+               for trial in experiment.trials.values() if trial.index != index)
 
 
 def _n_completed(client: Any) -> int:
