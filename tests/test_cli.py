@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -724,10 +725,17 @@ def test_voltage_pairs_that_cannot_make_the_counts_exact_are_bad_rows(snapshot_t
     last = rows.loc[6, "adj_pairs"].rindex("formula_discharge='")
     rows.loc[6, "adj_pairs"] = rows.loc[6, "adj_pairs"][:last] + "formula_discharge='Li" + rows.loc[6, "adj_pairs"][
         rows.loc[6, "adj_pairs"].index("'", last + 20):]  # a step whose formula is the ion alone: no host
+    ion_last = rows.loc[[3]].assign(battery_id="ion-last")  # the same host written FePO4Li, not Li1FePO4
+    for end in ("formula_charge", "formula_discharge"):
+        count, host = re.fullmatch(r"Li(\d*(?:\.\d*)?)(.+)", ion_last[end].iloc[0]).groups()
+        ion_last[end] = f"{host}Li{count}"
+    rows = pd.concat([rows, ion_last], ignore_index=True)
     good, rejects = validate_candidates(rows, columns, "candidates", skip_bad=True)
     assert good.index.tolist() == [5, 7]
-    assert rejects["row"].tolist() == [1, 2, 3, 4, 5, 7]
-    assert rejects["field"].tolist() == ["adj_pairs", "adj_pairs", "num_steps", "adj_pairs", "adj_pairs", "adj_pairs"]
+    assert rejects["row"].tolist() == [1, 2, 3, 4, 5, 7, 9]
+    assert rejects["field"].tolist() == ["adj_pairs", "adj_pairs", "num_steps", "adj_pairs", "adj_pairs", "adj_pairs",
+                                         "adj_pairs"]
+    assert rejects["reason"].iloc[-1] == rejects["reason"].iloc[3]  # the host check reads any writing
     reasons = rejects["reason"].tolist()
     assert reasons[0].startswith("cut short or damaged") and "formula_discharge" in reasons[1]
     assert reasons[2] == "3 steps, but adj_pairs holds 2 voltage pair(s), one per step"

@@ -475,15 +475,17 @@ def _exact_end_formula(formula: str, ion: str, pairs: tuple[float, float, str] |
     """One end member's formula with the pairs' exact ion count (``end`` 0 charged, 1 discharged) where
     MP's writing explains the difference, and how the count was off: 'rounded', 'truncated', or, where
     the formula is kept as written, 'other host' (the pairs describe another framework) or ''."""
-    written = re.fullmatch(rf"{ion}(\d+(?:\.\d*)?)(.+)", formula)
-    if written is None or pairs is None:
+    if pairs is None:
         return formula, ""
     try:
         per_unit, framework = per_framework_unit(formula, ion)
     except InputError:  # no framework besides the ion: left for the checks to refuse
         return formula, ""
-    if framework.reduced_formula != pairs[2]:
+    if framework.reduced_formula != pairs[2]:  # however the formula is written (FePO4Li too)
         return formula, "other host"
+    written = re.fullmatch(rf"{ion}(\d+(?:\.\d*)?)(.+)", formula)
+    if written is None:  # not MP's writing: no rounding of MP's to undo
+        return formula, ""
     given, true = float(written[1]), pairs[end]
     if (written[1] != emmet_ion_count(true)
             or not math.isclose(per_unit, given) or abs(given - true) <= 1e-9 * max(1.0, true)):
