@@ -375,3 +375,22 @@ def test_predicting_200k_candidates_stays_within_memory(tiny_run, tmp_path, caps
     assert len(table) == BIG_ROWS and table["battery_id"].is_unique
     assert np.isfinite(table[[f"{target}_mean" for target in TARGETS]].to_numpy()).all()
     assert 100 < peak_mb < RSS_BOUND_MB, f"peak RSS {peak_mb:.0f} MB"  # torch alone is over 100 MB: the poll saw the child
+
+
+def test_logging_follows_stderr_when_the_host_swaps_it(monkeypatch):
+    """A handler holding the stderr of the set-up printed 'Logging error ... I/O operation on closed
+    file' for every record once a host (pytest's capture, a notebook) had closed and swapped it."""
+    import io
+    import logging
+
+    from electrode_ml.runner import setup_logging
+
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    setup_logging()
+    logging.getLogger("electrode_ml.test").info("to the first")
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("electrode_ml.test").info("to the second")
+    assert second.getvalue().endswith("INFO electrode_ml.test: to the second\n")
+    assert "Logging error" not in second.getvalue()

@@ -17,9 +17,26 @@ from electrode_ml.fileio import temporary_pattern
 QUIET_LOGGERS = ("ax", "botorch", "mp_api", "urllib3", "matplotlib", "pymatgen", "filelock")
 
 
+class CurrentStderrHandler(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is when a record comes: a host that swaps
+    stderr after the set-up (pytest's capture, a notebook) left one holding a closed stream, and
+    every later record printed "Logging error ... I/O operation on closed file"."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _ignored) -> None:
+        pass
+
+
 def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
     """Log to the rule's log file and to stderr; third-party chatter only from WARNING up."""
-    terminal = logging.StreamHandler(sys.stderr)
+    terminal = CurrentStderrHandler()
     terminal.addFilter(lambda record: not getattr(record, "log_file_only", False))
     handlers: list[logging.Handler] = [terminal]
     if log_file:
