@@ -9,7 +9,8 @@ The stand-in is a ThreadingHTTPServer on 127.0.0.1 that the real mp_api MPRester
   adds no filter),
 - ``GET /materials/thermo/?material_ids=mp-1,mp-2&thermo_types=GGA_GGA%2BU&_limit=..&_fields=..``,
 
-with the API's ``{"data": [...], "meta": {"total_doc": ..}}`` envelope, serving documents rebuilt from
+with the API's ``{"data": [...], "meta": {"total_doc": ..}}`` envelope (and, as the API, 400 to a query
+parameter the route does not declare), serving documents rebuilt from
 real snapshot rows (MP's reduced formulas from the merged file, the adj_pairs parsed back into dicts;
 the snapshot's energies as the GGA_GGA+U thermo documents, and shifted ones, as MP's r2SCAN mixing
 scheme would give, in the summary and the GGA_GGA+U_R2SCAN thermo documents).
@@ -206,6 +207,16 @@ ROUTES = {
     "/materials/thermo/": "thermo",
 }
 
+# The query parameters each route declares; like the real API (FastAPI), the stand-in answers 400 to
+# any other, so that a parameter the client invents, or one the API does not have, fails here too.
+PAGING = {"_limit", "_skip", "_fields", "_all_fields"}
+DECLARED = {
+    "heartbeat": set(),
+    "insertion_electrodes": {"working_ion", "battery_ids", *PAGING},
+    "summary": {"material_ids", *PAGING},
+    "thermo": {"material_ids", "thermo_types", *PAGING},
+}
+
 
 class FakeMP:
     """A tiny Materials Project API: heartbeat, insertion_electrodes, summary and thermo, with fault
@@ -264,6 +275,8 @@ class FakeMP:
                                   "fault": fault, "time": time.monotonic()})
         if route is None:
             return self._send(handler, 404, {"detail": "Not Found"})
+        if undeclared := sorted(set(params) - DECLARED[route]):
+            return self._send(handler, 400, {"detail": f"Unknown query parameter(s): {', '.join(undeclared)}"})
         if fault == "reset":  # close with RST, no answer
             handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             handler.close_connection = True
@@ -416,6 +429,9 @@ def test_download_matches_snapshot_rows(server, expected, snapshot_rows):
     assert row["adj_pairs"].startswith("[InsertionVoltagePairDoc(max_delta_volume=")
     assert re.fullmatch(r"mp-\d+", row["id_charge"]) and re.fullmatch(r"mp-\d+", row["id_discharge"])
 
+    # Only parameters the API declares (the stand-in answers 400 to others, as the API does)
+    assert all(set(hit["params"]) <= DECLARED[hit["route"]] for hit in server.requests)
+
     # The client paged (PAGE_SIZE = 2), asked only for its fields, and queried end members in chunks.
     electrode_hits = server.hits("insertion_electrodes")
     assert {hit["params"]["working_ion"] for hit in electrode_hits} == set(IONS)
@@ -433,6 +449,11 @@ def test_download_matches_snapshot_rows(server, expected, snapshot_rows):
     assert {idx for hit in thermo_hits for idx in hit["params"]["material_ids"].split(",")} == needed
     assert "energy_per_atom" not in summary_hits[0]["params"]["_fields"].split(",")
     assert all(hit["key"] == FAKE_KEY for hit in electrode_hits + summary_hits + thermo_hits)
+    import requests  # the stand-in itself: another parameter is refused
+
+    refused = requests.get(f"{server.url.rstrip('/')}/materials/summary/?material_ids=mp-1&formula=Fe",
+                           headers={"x-api-key": FAKE_KEY}, timeout=5)
+    assert refused.status_code == 400 and "formula" in refused.json()["detail"]
 
 
 def test_download_and_snapshot_load_alike(server):
