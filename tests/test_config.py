@@ -187,6 +187,14 @@ def test_a_bad_config_is_one_line_from_a_dry_run(tmp_path, config, edit, message
     (lambda config: config.update(results="~/runs"), "config key results: '~/runs' would be taken as written"),
     (lambda config: config.update(results="runs_{name}"), "config key results: 'runs_{name}' would be taken as written"),
     (lambda config: config.update(results=str(REPO / "README.md" / "runs")), f"config key results: {REPO / 'README.md'} is a file"),
+    # the snapshot's path as the results' (a wildcard was Snakemake's WildcardError; ~ just 'not found')
+    (lambda config: config["data"].update(snapshot="data_{x}.csv"),
+     "config key data.snapshot: 'data_{x}.csv' would be taken as written"),
+    (lambda config: config["data"].update(snapshot="~/snapshot.csv"),
+     "config key data.snapshot: '~/snapshot.csv' would be taken as written"),
+    (lambda config: config.update(results="  "), "config key results: '  ' begins or ends with white space"),
+    (lambda config: config.update(results="runs\0x"), "config key results: 'runs\\x00x' holds a NUL character"),
+    (lambda config: config.update(results="r" * 300 + "/runs"), "config key results: " + "r" * 80 + "...: File name too long"),
 ])
 def test_values_that_failed_only_inside_a_job_are_refused_up_front(config, edit, message):
     edit(config)
@@ -600,3 +608,38 @@ def test_the_schema_names_the_models_and_ions_the_library_knows():
     assert properties["data"]["properties"]["ions"]["items"]["enum"] == list(WORKING_IONS)
     huber = properties["train"]["properties"]["huber_delta"]["patternProperties"]
     assert list(huber) == [f"^({'|'.join(FEATURE_SETS)})$"]
+
+
+def test_a_snapshot_path_the_system_refuses_is_one_line(tmp_path):
+    from electrode_ml.config import check_snapshot
+
+    with pytest.raises(InputError, match=r"^config key data.snapshot: a{80}\.\.\.: File name too long$"):
+        check_snapshot("a" * 300 + ".csv")
+
+
+@pytest.mark.parametrize("key, value", [(("train", "n_seeds"), 100000), (("tune", "trials"), 10**30),
+                                        (("train", "epochs"), 10**30), (("tune", "units"), [32, 10**9]),
+                                        (("evaluation", "group_seeds"), 5000)])
+def test_counts_past_any_use_are_refused_before_the_dag_fills_the_memory(config, key, value):
+    """train.n_seeds: 100000 ended a dry run in a MemoryError after 151 s; 10^7 took 23 GB."""
+    config[key[0]][key[1]] = value
+    with pytest.raises(InputError, match=rf"^config key {key[0]}\.{key[1]}(\.1)?: .* is greater than the maximum of"):
+        check_schema(config)
+
+
+def test_a_null_nested_in_the_command_line_gets_the_hint(config):
+    """`--config 'train={patience: null}'` passes the null as text: "'null' is not of type 'integer',
+    'null'" read as a contradiction."""
+    config["train"]["patience"] = "null"
+    with pytest.raises(InputError, match=r"nested in --config, which passes nested values as text; in a --configfile "
+                                         r"write null\)$"):
+        check_schema(config)
+
+
+def test_a_config_file_that_is_no_text_is_one_line(tmp_path):
+    from electrode_ml.config import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"results: \xff\xfe\n")
+    with pytest.raises(InputError, match=rf"^{re.escape(str(path))} is not UTF-8 text \(byte 9\)$"):
+        load_config(path)

@@ -1,5 +1,7 @@
 import gzip
 import json
+import logging
+import re
 
 import numpy as np
 import pandas as pd
@@ -273,11 +275,32 @@ def test_a_late_non_utf8_byte_is_placed_in_the_file(tmp_path):
         read_electrode_csv(path)
 
 
-def test_another_delimiter_is_named(tmp_path, small_raw):
-    path = tmp_path / "semicolons.csv"
-    small_raw[["battery_id", "formula_charge", "formula_discharge", "working_ion"]].to_csv(path, index=False, sep=";")
-    with pytest.raises(InputError, match="the header is one column holding ';': separate columns with commas"):
-        validate(read_electrode_csv(path), where=str(path))
+@pytest.mark.parametrize("separator", [";", "\t", "|"])
+def test_another_delimiter_is_named(tmp_path, small_raw, separator):
+    """The commas inside adj_pairs made pandas' field count the message ("Expected 28 fields in line
+    3, saw 56"), which names no separator."""
+    path = tmp_path / "other.csv"
+    small_raw.to_csv(path, index=False, sep=separator)
+    with pytest.raises(InputError, match=f"^{path}: the header separates its columns with {re.escape(repr(separator))}, "
+                                         "not commas"):
+        read_electrode_csv(path)
+
+
+def test_a_file_whose_last_line_has_no_end_is_named(tmp_path, small_raw, caplog):
+    """A copy cut inside its last value read that value short (0.81109743 as 0.) without a word."""
+    text = small_raw.to_csv(index=False)
+    path = tmp_path / "cut.csv"
+    path.write_text(text[:-5])
+    last = small_raw["battery_id"].iloc[-1]
+    with caplog.at_level(logging.WARNING, logger="electrode_ml.data"):
+        assert len(read_electrode_csv(path)) == len(small_raw)
+    assert f"the last line has no line end; if the file was cut short, its last row (battery_id {last!r}, line " \
+        in caplog.text
+    caplog.clear()
+    path.write_text(text)
+    with caplog.at_level(logging.WARNING, logger="electrode_ml.data"):
+        read_electrode_csv(path)
+    assert "no line end" not in caplog.text
 
 
 @pytest.mark.parametrize("hint", ["sep=,\n", "sep=;\r\n"])

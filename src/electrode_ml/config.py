@@ -9,6 +9,7 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import Callable
 
 import yaml
 from jsonschema import Draft202012Validator, validators
@@ -32,6 +33,8 @@ def load_config(path: Path) -> dict:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise InputError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path} is not UTF-8 text (byte {error.start})") from None
     try:
         validate_config(config)
     except InputError as error:
@@ -122,7 +125,7 @@ def _hint(error) -> str:
         as_yaml = yaml.safe_load(text)
     except yaml.YAMLError:
         as_yaml = None
-    kinds = {"integer": int, "number": (int, float), "boolean": bool}
+    kinds = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
     if any(isinstance(as_yaml, kinds[kind]) and (kind == "boolean") == isinstance(as_yaml, bool)
            for kind in wanted if kind in kinds):
         return (" (text: quoted, or nested in --config, which passes nested values as text; in a --configfile "
@@ -145,13 +148,11 @@ def check_config(config: dict) -> None:
     for key, value in _leaves(config):
         if isinstance(value, float) and not math.isfinite(value):
             raise InputError(f"config key {key}: {value} is not a finite number")
-    text = str(config["results"])
-    if re.search(r"[{}]|^~|\$", text):
-        raise InputError(f"config key results: {text!r} would be taken as written (no ~ or $ expansion; braces "
-                         "are Snakemake wildcards); write the folder's path itself")
-    results = Path(text)
+    check_path_text("results", str(config["results"]))
+    check_path_text("data.snapshot", str(config["data"]["snapshot"]))
+    results = Path(str(config["results"]))
     for folder in (results, *results.parents):
-        if folder.exists() and not folder.is_dir():
+        if _checked(lambda: folder.exists() and not folder.is_dir(), "results", folder):
             raise InputError(f"config key results: {folder} is a file; name a folder (new or existing)")
     train = config["train"]
     last_seed = train["first_seed"] + max(train["n_seeds"], config["analysis"]["contribution_seeds"],
@@ -183,6 +184,27 @@ def check_config(config: dict) -> None:
         low, high = config[section][name]
         if not low < high:
             raise InputError(f"config key {key}: lower bound {low} is not below upper bound {high}")
+
+
+def check_path_text(key: str, text: str) -> None:
+    """Refuse a path that would not be the one meant: Snakemake takes it as written."""
+    if re.search(r"[{}]|^~|\$", text):
+        raise InputError(f"config key {key}: {text!r} would be taken as written (no ~ or $ expansion; braces "
+                         "are Snakemake wildcards); write the path itself")
+    if text != text.strip():
+        raise InputError(f"config key {key}: {text!r} begins or ends with white space, which would be part of "
+                         "the name; remove it")
+    if "\0" in text:
+        raise InputError(f"config key {key}: {text!r} holds a NUL character, which no path can")
+
+
+def _checked(look: Callable[[], bool], key: str, path: Path) -> bool:
+    """``look()``, a question about ``path`` the system may refuse (a name too long), as one line."""
+    try:
+        return look()
+    except OSError as error:
+        raise InputError(f"config key {key}: {str(path)[:80]}{'...' if len(str(path)) > 80 else ''}: "
+                         f"{error.strerror or error}") from None
 
 
 def _leaves(config, path: str = ""):
@@ -375,8 +397,8 @@ def check_snapshot(snapshot: str) -> None:
     """Refuse a snapshot path that is a folder or no file, before any job: Snakemake takes a folder as
     an input, and the data job would only fail once the run had started."""
     path = Path(snapshot)  # relative to Snakemake's working directory
-    if path.is_dir():
+    if _checked(path.is_dir, "data.snapshot", path):
         inside = ", ".join(sorted(csv.name for csv in path.glob("*.csv"))) or "no CSV files"
         raise InputError(f"config key data.snapshot: {path} is a folder; name the snapshot's CSV file in it ({inside})")
-    if not path.is_file():
+    if not _checked(path.is_file, "data.snapshot", path):
         raise InputError(f"config key data.snapshot: {path} not found")

@@ -124,6 +124,11 @@ def parse_electrode_csv(data: bytes, where: str) -> pd.DataFrame:
     if excel_hint:  # Excel writes it on request; read as the header it put every value one column off
         raise InputError(f"{where}: line 1 is Excel's separator hint ({excel_hint.group(0).strip().decode(errors='replace')}"
                          "), not the header; delete that line")
+    first_line = data.split(b"\n", 1)[0]
+    other = next((mark for mark in ";\t|" if b"," not in first_line and mark.encode() in first_line), None)
+    if other:  # else the commas inside adj_pairs made pandas' complaint about field counts the message
+        raise InputError(f"{where}: the header separates its columns with {other!r}, not commas; write the file "
+                         "as comma-separated values")
     try:
         frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, encoding="utf-8")
     except UnicodeDecodeError:
@@ -145,6 +150,10 @@ def parse_electrode_csv(data: bytes, where: str) -> pd.DataFrame:
     # else pandas and the csv module split some line differently: errors number the rows instead
     if lines is not None and len(lines) == len(frame):
         frame.index = pd.Index(lines, name="line")
+    if not data.endswith(b"\n"):  # a copy cut inside its last value reads as a shorter value, silently
+        log.warning("%s: the last line has no line end; if the file was cut short, its last row (%s) is "
+                    "incomplete", where, f"battery_id {frame.iloc[-1].get('battery_id', '?')!r}"
+                    + (f", line {frame.index[-1]}" if frame.index.name == "line" else ""))
     return frame
 
 
@@ -201,10 +210,7 @@ def _first_non_utf8(data: bytes) -> str:
 def require_columns(frame: pd.DataFrame, columns, where: str) -> None:
     missing = [name for name in columns if name not in frame.columns]
     if missing:
-        # a file of another delimiter reads as one column whose name holds every header
-        other = next((mark for mark in ";\t|" if len(frame.columns) == 1 and mark in str(frame.columns[0])), None)
-        hint = f" (the header is one column holding {other!r}: separate columns with commas)" if other else ""
-        raise InputError(f"{where}: missing column(s) {', '.join(missing)}{hint}")
+        raise InputError(f"{where}: missing column(s) {', '.join(missing)}")
 
 
 def coerce_types(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[BadRow]]:
