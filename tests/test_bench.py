@@ -29,6 +29,11 @@ def test_bench_writes_its_figures(tmp_path, snapshot_path, capsys, monkeypatch):
     # them; oneDNN's peak beside torch's
     assert cpu_matmul.onednn_available()
     assert figures["matmul_peak_gflops_onednn"] > 0 and 0 < figures["train_fraction_of_onednn_peak"]
+    # the goal's fraction is against the peak of the library that trained
+    trained_peak = figures["matmul_peak_gflops_onednn" if figures["train_matmul"] == "onednn" else "matmul_peak_gflops"]
+    assert figures["train_fraction_of_peak"] == pytest.approx(figures["train_gflops"] / trained_peak, abs=2e-3)
+    assert figures["train_fraction_of_torch_mm_peak"] == pytest.approx(
+        figures["train_gflops"] / figures["matmul_peak_gflops"], abs=2e-3)
     by_library = figures["ensemble_predict_val_ms_by_matmul"]
     assert set(by_library) == {"torch", "onednn"} and min(by_library.values()) > 0
     assert figures["ensemble_predict_matmul"] == cpu_matmul.float32_library()
