@@ -277,7 +277,7 @@ def of_ion(frame: pd.DataFrame, ion: str) -> pd.DataFrame:
 def report_screen(screened: pd.DataFrame, shown: int = 10, ion: str | None = None) -> None:
     """How many candidates pass, and which of those the training data cannot vouch for."""
     if screened.empty:
-        log.warning("no candidate of working ion %s to screen", ion) if ion else log.warning("no candidate to screen")
+        log.warning("no candidate%s to screen", f" of working ion {ion}" if ion else "")
         return
     passing = screened["passes"].astype(bool)
     log.info("%d of %d candidate(s) pass the filter", passing.sum(), len(screened))

@@ -153,9 +153,9 @@ def _glance_applications(context: dict) -> str:
     items = []
     na = context.get("na_metrics")
     if na:
+        screened = context.get("na_screening")
         for model in context["models"]:
             score = na["test"].get(model, {}).get("all")
-            screened = context.get("na_screening")
             if score:
                 items.append(f"<li>Na screen, {esc(model)}: {score['picks']} picks for {score['reference_picks']} DFT picks, "
                              f"precision {fmt(score['precision'])}, recall {fmt(score['recall'])} "

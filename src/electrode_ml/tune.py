@@ -131,9 +131,10 @@ def run_tuning(
     """Minimise ``objective`` over ``space`` with Ax until ``trials`` trials have completed.
 
     ``objective(params)`` gets a dict with the seven parameters (``int`` units, ``float`` rest)
-    and returns the validation loss to minimise; it must be finite. If the objective raises,
-    or returns NaN/inf, the trial is recorded as FAILED (state and CSV are written) and the
-    error propagates.
+    and returns the validation loss to minimise; it must be finite. If the objective returns
+    NaN/inf, the trial is recorded as ABANDONED (Ax never suggests its point again); if it raises,
+    as FAILED, which a rerun may retry, and as ABANDONED when the same point failed before. State
+    and CSV are written either way and the error propagates.
 
     Resume: when ``state_path`` exists it is loaded and tuning continues until ``trials``
     trials are COMPLETED in total (completed trials are never re-run). A trial that was in
