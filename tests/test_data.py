@@ -71,6 +71,7 @@ BAD_VALUES = [
     ("id_charge", "", "missing value"),                     # the row could not be traced back to MP
     ("battery_formula", " ", "missing value"),
     ("charge_energy_per_atom", "1e39", "beyond the range of 32-bit floats"),  # inf to the networks
+    ("charge_energy_per_atom", "-1e39", "beyond the range of 32-bit floats"),  # -inf too
 ]
 
 

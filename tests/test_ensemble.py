@@ -264,3 +264,10 @@ def test_the_grouped_evaluations_seeds_are_also_scored_alone_on_the_random_split
     # no grouped evaluation, or every seed in it: nothing to add
     assert "compare_seeds" not in evaluate_model(per_seed, frames)[1]
     assert "compare_seeds" not in evaluate_model(per_seed, frames, compare_seeds=list(range(5)))[1]
+
+
+def test_the_papers_ci_uses_the_normal_quantile():
+    """The CI constant was only ever compared with itself: 2.0 in its place passed every test."""
+    from scipy.stats import norm
+
+    assert Z_95 == pytest.approx(norm.ppf(0.975), abs=1e-12)

@@ -231,6 +231,39 @@ def test_a_candidate_of_an_ion_the_run_never_trained_on_is_a_bad_row(electrodes,
     assert list(rejects["field"]) == ["working_ion"] and rejects["row"].tolist() == [3]
 
 
+def test_an_ion_seen_only_outside_training_is_no_training_ion(electrodes, split):
+    """The networks learned only the ions of the training rows: an ion in validation alone is untrained."""
+    from electrode_ml.features import training_ions
+
+    lithium_and_sodium = electrodes[electrodes["working_ion"].isin(["Li", "Na"])]
+    sodium_held_out = pd.DataFrame({"battery_id": lithium_and_sodium["battery_id"],
+                                    "split": np.where(lithium_and_sodium["working_ion"] == "Na", "val",
+                                                      np.where(np.arange(len(lithium_and_sodium)) % 10, "train", "test"))})
+    featurizer = fit_feature_sets(lithium_and_sodium, sodium_held_out, "model1", space_groups=False)[0]
+    assert training_ions(featurizer) == ("Li",)
+
+
+def test_candidate_checks_cover_swapped_ends_and_the_columns_the_model_does_not_read(electrodes, split):
+    """Both were caught only by the end-to-end tests: swapped ends (a negative capacity to the
+    networks), and a known column the model does not read holding text (kept, it would be wrong)."""
+    from electrode_ml.candidates import candidate_columns, validate_candidates
+    from electrode_ml.features import featurizer_inputs, training_ions
+
+    featurizer = fit_feature_sets(electrodes, split, "model1", space_groups=False)[0]
+    needed = ["battery_id", *featurizer_inputs(featurizer)]
+    known = candidate_columns("model1")
+    rows = electrodes[electrodes["working_ion"] == "Li"].head(4)[[*needed, "discharge_space_group_number"]].astype(str)
+    rows = rows.reset_index(drop=True)
+    rows.loc[0, ["formula_charge", "formula_discharge"]] = ["Li1FePO4", "Li0FePO4"]
+    rows.loc[1, "discharge_space_group_number"] = "twelve"
+    rows.loc[2, "discharge_space_group_number"] = ""  # unread and blank: no problem
+    good, rejects = validate_candidates(rows, needed, "candidates.csv", skip_bad=True, known=known,
+                                        ions=training_ions(featurizer))
+    assert good.index.tolist() == [2, 3]
+    assert rejects["field"].tolist() == ["formula_discharge", "discharge_space_group_number"]
+    assert "holds no more Li" in rejects["reason"][0] and "not a number" in rejects["reason"][1]
+
+
 def test_predict_refuses_networks_and_a_featuriser_that_do_not_belong_together(electrodes, split, tmp_path):
     """The workflow reruns what a change makes stale; `electrode-ml predict` reading a results folder did not."""
     import hashlib

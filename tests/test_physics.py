@@ -188,6 +188,8 @@ def test_the_plausible_voltage_widens_to_the_training_voltages():
     values = physics.transform(high)
     assert values[0, 0] == pytest.approx(7.5) and np.isnan(values[1, 0]) and values[1, 1] == pytest.approx(273.8, abs=0.1)
     assert _fitted_on_licoo2().plausible_voltage == (-1.0, 7.0)  # inside -1..7 V: the paper's window
+    low = PhysicsBaseline(uses_voltage=True).fit(_licoo2([-1.5, 3.0], charge_energy=CHARGE_ENERGY))
+    assert low.plausible_voltage == (pytest.approx(-1.5), 7.0)  # and below -1 V
 
 
 def test_physics_fitted_before_the_training_range_was_recorded_keeps_every_capacity():

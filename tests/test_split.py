@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from electrode_ml.data import read_electrode_csv, validate_electrodes
@@ -93,6 +94,31 @@ def test_a_validation_split_too_small_to_calibrate_the_intervals_is_refused(elec
                                          r"prediction intervals are calibrated on it and need at least 19$"):
         make_split(few, method=method, fractions=(0.81, 0.09, 0.10), seed=42)
     assert (make_split(few, method=method, fractions=(0.6, 0.2, 0.2), seed=42)["split"] == "val").sum() >= 19
+
+
+def test_the_validation_floor_is_19_rows_exactly(electrodes):
+    """18 validation rows give every calibrated interval an infinite width; 19 a finite one."""
+    from electrode_ml.split import MIN_VALIDATION_ROWS
+
+    assert MIN_VALIDATION_ROWS == 19
+    rows = electrodes.head(100)
+    for n_val, refused in ((18, True), (19, False)):
+        fractions = ((100 - n_val - 10) / 100, n_val / 100, 0.1)
+        if refused:
+            with pytest.raises(InputError, match=r"leave 18 of the 100 electrodes in the val split"):
+                make_split(rows, method="random", fractions=fractions, seed=0)
+        else:
+            assert (make_split(rows, method="random", fractions=fractions, seed=0)["split"] == "val").sum() == 19
+
+
+def test_a_group_that_fills_a_split_exactly_starts_the_next():
+    """Groups of one electrode must reproduce the random split's sizes: 8 / 1 / 1 of 10."""
+    from electrode_ml.split import group_split
+
+    ids = pd.Series([f"mp-{n}_Li" for n in range(10)])
+    for seed in range(5):
+        split = group_split(ids, ids, (0.8, 0.1, 0.1), seed)
+        assert split["split"].value_counts().to_dict() == {"train": 8, "val": 1, "test": 1}
 
 
 def test_the_smallest_validation_split_allowed_gives_finite_intervals():

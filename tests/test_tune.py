@@ -128,11 +128,13 @@ def test_choose_trial_takes_the_cheapest_within_the_tolerance():
     assert choose_trial([trial(0, -1.00, 512), trial(1, -0.97, 64)], tolerance=0.05, cost=width)["trial"] == 1
     # equal cost: the lower score
     assert choose_trial([trial(0, 0.100, 64), trial(1, 0.101, 64)], tolerance=0.05, cost=width)["trial"] == 0
+    assert choose_trial([trial(0, 0.101, 64), trial(1, 0.100, 64)], tolerance=0.05, cost=width)["trial"] == 1
 
 
 def test_choose_trial_refuses_a_bad_tolerance_and_no_trials():
-    with pytest.raises(ValueError, match="tolerance"):
-        choose_trial([trial(0, 0.1, 64)], tolerance=1.5, cost=width)
+    for tolerance in (1.0, 1.5, -0.01):
+        with pytest.raises(ValueError, match="tolerance"):
+            choose_trial([trial(0, 0.1, 64)], tolerance=tolerance, cost=width)
     with pytest.raises(RuntimeError, match="no completed trial"):
         choose_trial([], tolerance=0.0)
 
