@@ -643,3 +643,17 @@ def test_a_config_file_that_is_no_text_is_one_line(tmp_path):
     path.write_bytes(b"results: \xff\xfe\n")
     with pytest.raises(InputError, match=rf"^{re.escape(str(path))} is not UTF-8 text \(byte 9\)$"):
         load_config(path)
+
+
+def test_a_partial_config_given_to_a_tool_says_why_it_is_refused(tmp_path):
+    """A --configfile for Snakemake is merged over config.yaml; the tools read a whole configuration."""
+    from electrode_ml.config import load_config
+
+    path = tmp_path / "override.yaml"
+    path.write_text("train:\n  n_seeds: 3\n")
+    with pytest.raises(InputError, match=r"is a required property \(this reads a whole configuration, such as a "
+                                         r"run's config.yaml, not a partial one to merge over it\)$"):
+        load_config(path)
+    whole = tmp_path / "config.yaml"
+    whole.write_text((REPO / "config.yaml").read_text())
+    assert load_config(whole)["train"]["n_seeds"] == 50

@@ -38,7 +38,10 @@ def load_config(path: Path) -> dict:
     try:
         validate_config(config)
     except InputError as error:
-        raise InputError(f"{path}: {error}") from None
+        # a file written for Snakemake's --configfile, which merges it over config.yaml; this does not
+        partial = str(error).startswith("config top level: ") and "is a required property" in str(error)
+        raise InputError(f"{path}: {error}" + (" (this reads a whole configuration, such as a run's config.yaml, "
+                                               "not a partial one to merge over it)" if partial else "")) from None
     return config
 
 
