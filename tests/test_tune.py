@@ -78,7 +78,7 @@ def test_run_writes_state_csv_and_returns_lowest_observed(tmp_path, caplog):
     assert [params_of(r) for r in rows] == objective.calls
     assert [float(r["score"]) for r in rows] == [quadratic(p) for p in objective.calls]
     # No temporary files left behind by the atomic writes.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "trials.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.scores.json", "trials.csv"]
 
     assert set(best) == {*PARAM_NAMES, "score", "trial", "lowest_score"}
     lowest = min(rows, key=lambda r: float(r["score"]))
@@ -186,13 +186,52 @@ def test_resume_after_the_process_dies_mid_trial(tmp_path):
     assert best["score"] == min(float(r["score"]) for r in completed)
 
 
+@pytest.mark.parametrize("recorded_for", ["this tuning", "another tuning"])
+def test_a_kill_while_the_state_is_saved_after_a_trial_keeps_that_trial(tmp_path, monkeypatch, recorded_for):
+    """The finished trial stayed RUNNING in the state the kill left, and the resume abandoned it and
+    trained another point: its score is now recorded apart before the save and completes it, when
+    it was recorded for this very tuning and point."""
+    from electrode_ml import tune as tuning
+
+    uninterrupted = tmp_path / "uninterrupted"
+    uninterrupted.mkdir()
+    tune(uninterrupted, quadratic, trials=4)
+    saves, save = [], tuning._save
+
+    def killed_on_the_fifth(*args, **kwargs):  # the save after the second trial completes
+        saves.append(1)
+        if len(saves) == 5:
+            raise SystemExit("killed")
+        save(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "_save", killed_on_the_fifth)
+    with pytest.raises(SystemExit):
+        tune(tmp_path, quadratic, trials=4)
+    assert [r["status"] for r in read_rows(tmp_path / "trials.csv")] == ["COMPLETED", "RUNNING"]
+    if recorded_for == "another tuning":
+        path = tuning.scores_path(tmp_path / "state.json")
+        recorded = json.loads(path.read_text())
+        recorded["1"]["key"] = "another tuning"
+        path.write_text(json.dumps(recorded))
+    monkeypatch.setattr(tuning, "_save", save)
+    objective = Counting()
+    tune(tmp_path, objective, trials=4)
+    resumed, expected = read_rows(tmp_path / "trials.csv"), read_rows(uninterrupted / "trials.csv")
+    if recorded_for == "this tuning":
+        assert len(objective.calls) == 2  # the second trial is not trained again
+        assert [r["status"] for r in resumed] == ["COMPLETED"] * 4
+        assert [(params_of(r), r["score"]) for r in resumed] == [(params_of(r), r["score"]) for r in expected]
+    else:  # as before the record: abandoned, another point trained
+        assert len(objective.calls) == 3 and [r["status"] for r in resumed][1] == "ABANDONED"
+
+
 def test_a_rerun_removes_the_temporary_files_of_a_save_cut_off_by_a_kill(tmp_path):
     """A kill while the state or the table is being saved leaves its temporary sibling (fileio's name, or
     .name.<pid>.<hex>.tmp of the releases that wrote these files with their own code): the next run removes it."""
     from electrode_ml.fileio import atomic_path
 
     left = []
-    for name in ("state.json", "trials.csv"):
+    for name in ("state.json", "trials.csv", "state.scores.json"):
         with atomic_path(tmp_path / name) as tmp:
             left.append(tmp)
         (tmp_path / name).unlink()
@@ -202,7 +241,7 @@ def test_a_rerun_removes_the_temporary_files_of_a_save_cut_off_by_a_kill(tmp_pat
     kept = tmp_path / ".notes.txt.abcd1234.tmp.txt"  # not this job's
     kept.write_text("")
     tune(tmp_path, quadratic, trials=1)
-    assert sorted(path.name for path in tmp_path.iterdir()) == [kept.name, "state.json", "trials.csv"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [kept.name, "state.json", "state.scores.json", "trials.csv"]
 
 
 def test_same_seed_same_suggestions(tmp_path):

@@ -164,7 +164,9 @@ def run_tuning(
     if not isinstance(space, SearchSpace):
         raise TypeError(f"space must be a SearchSpace, got {type(space).__name__}")
     state_path, trials_csv = Path(state_path), Path(trials_csv)
-    for path in (state_path, trials_csv):  # left by a process killed mid-save; this job is their only writer
+    # what a recorded score must match to complete a trial the state still holds RUNNING
+    score_key = json.dumps([name, seed, objective_key, space.lr, space.units, space.dropout])
+    for path in (state_path, trials_csv, scores_path(state_path)):  # left by a process killed mid-save; this job is their only writer
         # fileio.atomic_path's temporary names, and those of releases that wrote these files with their own code
         for pattern in (temporary_pattern(path), f".{glob.escape(path.name)}.*.tmp"):
             for stale in path.parent.glob(pattern):
@@ -187,10 +189,13 @@ def run_tuning(
         if client is None and restart_mismatched:
             client = _resume_set_aside(state_path, space=space, name=name, seed=seed, objective_key=objective_key)
         if client is not None:
+            n_recovered = _complete_recorded(client, state_path, score_key)
             n_abandoned = _abandon_interrupted(client)
             log.info(
-                "resuming %s from %s: %d of %d trials complete%s",
+                "resuming %s from %s: %d of %d trials complete%s%s",
                 name, state_path, _n_completed(client), trials,
+                f" ({n_recovered} finished as the state was being saved, from {scores_path(state_path)})"
+                if n_recovered else "",
                 f", {n_abandoned} interrupted trial(s) abandoned" if n_abandoned else "",
             )
         else:
@@ -244,6 +249,9 @@ def run_tuning(
                     "it must return a finite validation loss"
                 )
 
+            # Recorded apart first: a kill inside the state's save (a 500 KB write) left the trial
+            # RUNNING, and the resume abandoned it and trained another point.
+            _record_score(state_path, score_key, index, params, score, seconds)
             # The exact score goes into the run metadata too: Ax stores observations in its
             # JSON through DataFrame.to_json, which rounds them to 10 decimal places.
             experiment.trials[index].update_run_metadata({"seconds": seconds, "score": score})
@@ -460,6 +468,42 @@ def _abandon_interrupted(client: Any) -> int:
     for trial in list(experiment.trials.values()):
         if trial.status in (TrialStatus.RUNNING, TrialStatus.CANDIDATE, TrialStatus.STAGED):
             trial.mark_abandoned(reason="interrupted: the tuning process ended before the trial completed")
+            n += 1
+    return n
+
+
+def scores_path(state_path: Path) -> Path:
+    """Where each finished trial's score is recorded before the state that holds it is saved."""
+    return state_path.with_name(f"{state_path.stem}.scores{state_path.suffix}")
+
+
+def _record_score(state_path: Path, key: str, index: int, params: dict, score: float, seconds: float) -> None:
+    path = scores_path(state_path)
+    recorded = _recorded_scores(path)
+    recorded[str(index)] = {"key": key, "params": params, "score": score, "seconds": seconds}
+    write_text(json.dumps(recorded), path, fsync=True)
+
+
+def _recorded_scores(path: Path) -> dict:
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: nothing to recover
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def _complete_recorded(client: Any, state_path: Path, key: str) -> int:
+    """Complete the RUNNING trials whose score was recorded for this very tuning and point."""
+    from ax.core.trial_status import TrialStatus
+
+    recorded = _recorded_scores(scores_path(state_path))
+    n = 0
+    for trial in list(_experiment(client).trials.values()):
+        entry = recorded.get(str(trial.index))
+        if (trial.status == TrialStatus.RUNNING and isinstance(entry, dict) and entry.get("key") == key
+                and entry.get("params") == _plain_params(trial.arm.parameters)):
+            trial.update_run_metadata({"seconds": entry["seconds"], "score": entry["score"]})
+            client.complete_trial(trial.index, raw_data={METRIC: entry["score"]})
             n += 1
     return n
 
