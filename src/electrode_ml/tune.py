@@ -139,7 +139,9 @@ def run_tuning(
     Resume: when ``state_path`` exists it is loaded and tuning continues until ``trials``
     trials are COMPLETED in total (completed trials are never re-run). A trial that was in
     flight when the previous process died (RUNNING or CANDIDATE in the saved state) is marked
-    ABANDONED, which makes Ax treat its point as taken, so a new one is generated instead.
+    ABANDONED, which makes Ax treat its point as taken, so a new one is generated instead,
+    unless its score was recorded (``scores_path``) for this tuning and point: the process then
+    died while saving the state after the trial, which is completed from the record.
     The saved state must come from the same ``name``, ``space`` and ``seed``, and, when
     ``objective_key`` is given, from an objective with the same key (the caller's fingerprint
     of what a trial scores: its data and fidelity; the scores of another objective are not
@@ -166,8 +168,9 @@ def run_tuning(
     state_path, trials_csv = Path(state_path), Path(trials_csv)
     # what a recorded score must match to complete a trial the state still holds RUNNING
     score_key = json.dumps([name, seed, objective_key, space.lr, space.units, space.dropout])
-    for path in (state_path, trials_csv, scores_path(state_path)):  # left by a process killed mid-save; this job is their only writer
-        # fileio.atomic_path's temporary names, and those of releases that wrote these files with their own code
+    # left by a process killed mid-save (this job is their only writer): fileio.atomic_path's
+    # temporary names, and those of releases that wrote these files with their own code
+    for path in (state_path, trials_csv, scores_path(state_path)):
         for pattern in (temporary_pattern(path), f".{glob.escape(path.name)}.*.tmp"):
             for stale in path.parent.glob(pattern):
                 stale.unlink(missing_ok=True)
