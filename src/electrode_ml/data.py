@@ -124,8 +124,8 @@ def parse_electrode_csv(data: bytes, where: str) -> pd.DataFrame:
     if excel_hint:  # Excel writes it on request; read as the header it put every value one column off
         raise InputError(f"{where}: line 1 is Excel's separator hint ({excel_hint.group(0).strip().decode(errors='replace')}"
                          "), not the header; delete that line")
-    first_line = data.split(b"\n", 1)[0]
-    other = next((mark for mark in ";\t|" if b"," not in first_line and mark.encode() in first_line), None)
+    header = data.split(b"\n", 1)[0]
+    other = None if b"," in header else next((mark for mark in ";\t|" if mark.encode() in header), None)
     if other:  # else the commas inside adj_pairs made pandas' complaint about field counts the message
         raise InputError(f"{where}: the header separates its columns with {other!r}, not commas; write the file "
                          "as comma-separated values")

@@ -408,8 +408,8 @@ def evaluated_checkpoints(train_dir: Path, metrics: dict, metrics_path: Path, mo
         return found
     if (not isinstance(seeds, list) or not seeds
             or not all(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in seeds)):
-        raise InputError(f"{metrics_path}: 'seeds' should list the "
-                         f"evaluated seeds as whole numbers, not {seeds!r:.60}: rerun the workflow's ensemble step")
+        raise InputError(f"{metrics_path}: 'seeds' should list the evaluated seeds as whole numbers, not "
+                         f"{seeds!r:.60}: rerun the workflow's ensemble step")
     # in the folders' sorted order, as before: the order the ensemble's means are summed in
     paths = sorted(train_dir / f"seed_{seed}" / "model.pt" for seed in seeds)
     missing = [path.parent.name for path in paths if not path.exists()]
