@@ -149,3 +149,37 @@ def test_a_split_with_the_heavier_tail_is_clipped_no_more_than_one_percent():
 def test_a_share_is_never_printed_as_0_or_100_percent_when_it_is_neither(share, text):
     """One network row among 4300 physics rows printed "physics: 100.0 % of rows"."""
     assert plots.percent(share) == text
+
+
+def test_a_heavy_tail_does_not_squeeze_the_bulk_into_a_few_bins():
+    """Capacity's few misses of 400-700 mAh/g stretched the range to +-266 mAh/g: 86-99 % of the
+    errors fell into three of the 40 bins."""
+    summary = synthetic_summary(n=388)
+    val = summary.index[(summary["split"] == "val") & (summary["target"] == "capacity_grav")]
+    summary.loc[val[:8], "mean"] += 60 * SPREAD["capacity_grav"]  # 2 % of validation far off
+    capacity = plots.error_histogram_figure(summary, "m").axes[1]
+    errors = summary[summary["target"] == "capacity_grav"].assign(error=lambda f: f["mean"] - f["true"])
+    iqr = max(float(np.subtract(*np.percentile(part, [75, 25]))) for _, part in errors.groupby("split")["error"])
+    half = capacity.get_xlim()[1]
+    assert half == pytest.approx(plots.HISTOGRAM_IQRS * iqr)
+    uncapped = max(float(np.percentile(part.abs(), 99)) for _, part in errors.groupby("split")["error"])
+    assert half < 0.5 * uncapped
+    heights = sorted((patch.get_height() for patch in capacity.patches), reverse=True)
+    assert sum(heights[:6]) < 0.5 * sum(heights)  # the bulk spreads over many bins
+    n_val = int(legend_texts(capacity)[2].rsplit("; ", 1)[1].split()[0])
+    assert n_val >= 8
+    plt.close("all")
+
+
+def test_the_percentile_leaves_at_most_one_percent_of_388_rows_undrawn():
+    """An interpolated 99th percentile of 388 errors lies between the 384th and 385th: 4 rows, 1.03 %."""
+    errors = pd.Series(np.random.default_rng(3).normal(0, 1, 388))
+    errors.iloc[:3] = 4.0  # past 5 IQR of a standard normal (6.7) they would be cut by the cap instead
+    half = plots.histogram_half_width([errors])
+    assert (errors.abs() > half).sum() <= 3
+    assert half == errors.abs().sort_values().iloc[384]
+
+
+@pytest.mark.parametrize("value, text", [(4.0, "4.00"), (13.1, "13.1"), (266.0, "266"), (0.06183, "0.0618")])
+def test_legend_values_keep_three_digits(value, text):
+    assert plots.three_digits(value) == text

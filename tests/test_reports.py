@@ -560,3 +560,28 @@ def test_a_screen_of_dft_values_is_not_shaded_against_the_paper():
     assert "DFT by construction" in physics_row and "DFT by construction" not in model2_row
     glance = report._glance_applications({"na_metrics": metrics, "na_screening": test, "models": ["model2", "model2_phys"]})
     assert glance.count("DFT by construction") == 1 and "model2_phys: 1 picks" in glance
+
+
+def test_a_target_exact_by_physics_shows_no_error_and_no_coverage_to_read(beyond_context):
+    """model2_phys's test row read "0.000 -100 %" and a calibrated coverage shaded green, for
+    values and intervals of round-off (the run's PIs were 2e-8 V wide)."""
+    metrics = _metrics(0.05, pi=0.946, coverage_by_source={
+        t: {"physics": {"rows": 10, "pi": 0.946}} for t in TARGETS})
+    for split in metrics["ensemble_mean"].values():
+        split["capacity_grav"]["mae"] = 2e-8
+    page = report.section_beyond({**beyond_context, "metrics": {"model2_phys": metrics}})
+    row = re.search(r"<tr><td><b>model2_phys</b>.*?</tr>", page, re.S).group(0)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+    assert cells[2] == "<b>exact</b> (physics)"
+    assert cells[1].startswith("0.050 ")  # a learned target keeps its number
+    assert cells[5] == "0.2 % (round-off width)" and cells[8] == "94.6 % (round-off width)"
+    assert cells[7] == "94.6 %"  # the voltage's, learned: shaded as before
+    assert "rgba" not in re.search(r"<td[^>]*>94\.6 % \(round-off width\)</td>", row).group(0)
+    assert "Capacity: exact (physics) on all 10" in page
+    assert "Voltage: physics 94.6 % of 10" in page
+
+
+@pytest.mark.parametrize("value, text", [(0.41, "0.41"), (0.2, "0.2"), (13.38, "13.38"), (0.902, "0.902"), (None, "–")])
+def test_the_papers_figures_keep_the_digits_it_printed(value, text):
+    """Table 3 printed the paper's 0.41 V as 0.410, a digit the paper does not give."""
+    assert report.as_printed(value) == text

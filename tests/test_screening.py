@@ -268,6 +268,18 @@ def test_the_k_figure_says_how_often_the_ci_hides_behind_the_marker():
     plt.close("all")
 
 
+def test_the_k_figure_gives_each_panel_its_own_share_of_hidden_error_bars():
+    """Pooled over the panels, the run's figure said 86 % where model1's panel hid 53 %."""
+    table = k_table(0.01)
+    for side in ("li", "k"):  # a second model whose intervals are wide
+        table[f"w_energy_grav_{side}_mean"] = table[f"m_energy_grav_{side}_mean"]
+        table[f"w_energy_grav_{side}_ci_low"] = table[f"m_energy_grav_{side}_mean"] - 200.0
+        table[f"w_energy_grav_{side}_ci_high"] = table[f"m_energy_grav_{side}_mean"] + 200.0
+    figure = screening.k_substitution_figure(table, ["m", "w"])
+    assert figure._suptitle.get_text().endswith("within the marker for 100 % (a), 0 % (b) of the points")
+    plt.close("all")
+
+
 def test_a_substitution_that_brings_a_negative_energy_nearer_zero_counts_as_lower():
     """The mass effect shrinks a negative-voltage electrode's energy too: -50 -> -40 Wh/kg is lower."""
     before = pd.Series([-50.0, 300.0, 200.0, -10.0])

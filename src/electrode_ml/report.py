@@ -71,6 +71,11 @@ SECTIONS = (
 EXACT = 1e-6
 
 
+def as_printed(value: float | None) -> str:
+    """A paper figure with the digits the paper gave (0.41, not 0.410)."""
+    return "–" if value is None else f"{value:g}"
+
+
 def exact(value: float | None) -> bool:
     return value is not None and np.isfinite(value) and abs(value) < EXACT
 
@@ -128,7 +133,7 @@ def section_glance(context: dict) -> str:
                     cells.append(td("–"))
                     continue
                 digits = DIGITS[target]
-                paper_text = fmt(record["paper_mc"], digits) if record["paper_mc"] is not None else "–"
+                paper_text = as_printed(record["paper_mc"])
                 if exact(record["ours_mc"]):
                     cells.append(td(f"<b>exact</b> (physics) / {paper_text}", cls="num"))
                     continue
@@ -223,18 +228,18 @@ def section_accuracy(context: dict) -> str:
             digits = DIGITS[record["target"]]
             label = f"{record['metric'].upper()} – {TARGET_NAMES[record['target']]} [{UNITS[record['target']]}]"
             if exact(record["ours_mc"]):  # the physics reproducing MP's computation: no win, no seed to pick
-                rows.append([td(label), td("<b>exact</b> (physics)", cls="num"), td(fmt(record["paper_mc"], digits), cls="num paper"),
-                             td("–", cls="num"), td(fmt(record["paper_best"], digits), cls="num paper"), td("", cls="num"),
+                rows.append([td(label), td("<b>exact</b> (physics)", cls="num"), td(as_printed(record["paper_mc"]), cls="num paper"),
+                             td("–", cls="num"), td(as_printed(record["paper_best"]), cls="num paper"), td("", cls="num"),
                              td("exact", cls="num"), td(fmt(record["baseline"], digits), cls="num muted")])
                 continue
             rows.append([
                 td(label),
                 td(f"<b>{fmt(record['ours_mc'], digits)}</b> {delta(record['ours_mc'], record['paper_mc'])}",
                    shade(record["ours_mc"], record["paper_mc"]), "num"),
-                td(fmt(record["paper_mc"], digits), cls="num paper"),
+                td(as_printed(record["paper_mc"]), cls="num paper"),
                 td(f"{fmt(record['ours_best'], digits)} <span class='delta'>seed {record['best_seed']}</span> "
                    f"{delta(record['ours_best'], record['paper_best'])}", shade(record["ours_best"], record["paper_best"]), "num"),
-                td(fmt(record["paper_best"], digits), cls="num paper"),
+                td(as_printed(record["paper_best"]), cls="num paper"),
                 td(fmt(record["ours_r"], 3) if record["metric"] == "mae" else "", cls="num"),
                 td(fmt(record["ours_mc_test"], digits), cls="num"),
                 td(fmt(record["baseline"], digits), cls="num muted"),
@@ -327,21 +332,32 @@ def _test_split_row(model: str, metrics: dict) -> list[str]:
     cells = [td(f"<b>{esc(model)}</b>")]
     for target in TARGETS:
         mae, goal = mae_on_test(metrics, target), goals.get(target)
-        cells.append(td(f"{fmt(mae, DIGITS[target])} {delta(mae, goal)}", shade(mae, goal), "num"))
+        text = "<b>exact</b> (physics)" if exact(mae) else f"{fmt(mae, DIGITS[target])} {delta(mae, goal)}"
+        cells.append(td(text, shade(mae, goal), "num"))
     for kind in ("ci", "pi"):
         if kind == "ci" and model == PEER:  # one model, no spread: its "CI" is the point itself
             cells += [td("– (one model)", cls="num muted") for _ in TARGETS]
             continue
-        cells += [td(percent(coverage_on_test(metrics, kind, t)),
-                     coverage_shade(coverage_on_test(metrics, kind, t)) if kind == "pi" else "", "num")
-                  for t in TARGETS]
+        for target in TARGETS:
+            coverage = coverage_on_test(metrics, kind, target)
+            if exact(mae_on_test(metrics, target)):
+                # an interval as wide as the round-off: what it "covers" is how the CSV rounded MP's numbers
+                cells.append(td(f"{percent(coverage)} (round-off width)", cls="num muted"))
+            else:
+                cells.append(td(percent(coverage), coverage_shade(coverage) if kind == "pi" else "", "num"))
     return cells
 
 
-def _coverage_by_source(model: str, by_source: dict) -> str:
-    """One line: per target, the PI coverage of the rows physics predicts and of those left to the networks."""
+def _coverage_by_source(model: str, metrics: dict) -> str:
+    """One line: per target, the PI coverage of the rows physics predicts and of those left to the
+    networks; a target exact on every test row has no coverage worth reading."""
+    by_source = metrics["coverage_by_source"]
     parts = []
     for target in TARGETS:
+        if exact(mae_on_test(metrics, target)):
+            rows = sum(int(entry.get("rows", 0)) for entry in by_source.get(target, {}).values())
+            parts.append(f"{TARGET_NAMES[target]}: exact (physics) on all {fmt(rows)}")
+            continue
         sources = sorted(by_source.get(target, {}).items(), key=lambda item: item[0] != "physics")
         text = ", ".join(f"{esc(source)} {percent(entry.get('pi'))} of {fmt(int(entry.get('rows', 0)))}"
                          for source, entry in sources)
@@ -387,7 +403,7 @@ def beyond_test_split(context: dict) -> str:
         return intro + '<p class="missing">No ensemble metrics.</p>'
     header = (["Model"] + [f"MAE {TARGET_NAMES[t]} ({UNITS[t]})" for t in TARGETS]
               + [f"CI coverage {TARGET_NAMES[t]}" for t in TARGETS] + [f"PI coverage {TARGET_NAMES[t]}" for t in TARGETS])
-    sources = [_coverage_by_source(model, metrics["coverage_by_source"]) for model, metrics in models
+    sources = [_coverage_by_source(model, metrics) for model, metrics in models
                if metrics.get("coverage_by_source")]
     by_source = ("<p class='legend'>Test PI coverage by source (physics value or network), with the rows of each:</p>"
                  f"<ul class='legend'>{''.join(sources)}</ul>" if sources else "")
@@ -604,7 +620,10 @@ def section_timing(context: dict) -> str:
     return ("<p>Tuning and training: wall time from the Snakemake benchmark files; prediction: measured in the "
             "timing rule (the best of several repeats; each row's note says how many, and how the networks were run). The paper ran on an "
             "NVIDIA A40 GPU; this run on " + esc(context["versions"].get("compute", "?")) +
-            ". Colour saturates at 100 % (2× slower).</p>" + table(header, rows))
+            ". Colour saturates at 100 % (2× slower). The paper's prediction times are its Table 4's and "
+            "abstract's (72.9 / 75.7 ms, one network on the 388 validation electrodes, mean of 50); its text "
+            "gives 7.29 / 7.57 ms for \"a single prediction\", ten times less: against those the prediction "
+            "ratios would be ten times higher.</p>" + table(header, rows))
 
 
 def bounds_by_target(thresholds: dict) -> dict[str, float | None]:
