@@ -10,7 +10,9 @@ These features state it, by rules of thumb a chemist would apply, without DFT:
   working ion its own charge), stepping an oxo-anion former down (S +6 -> +4, as in sulfites)
   where the oxygen could not balance it;
 * the charge left over is spread over the other (redox-capable) cations one oxidation step at a
-  time, always the step with the lowest ionisation energy first: the charged material's states;
+  time: first the early transition metals and tin up to their group state (Ti +4, Nb +5, Mo +6 ...:
+  in a solid their d0 states are stable, and their couples lie below the late metals'), then
+  always the step with the lowest ionisation energy: the charged material's states;
 * the discharged material's states follow the same way from its smaller leftover charge, so the
   steps the working ion's electrons undo are the most expensive ones: the redox couple.
 
@@ -32,17 +34,27 @@ from electrode_ml.chemistry import parse_formula
 from electrode_ml.schema import ION_CHARGE
 
 HALIDES = {"F": -1, "Cl": -1, "Br": -1, "I": -1}
+# Halogens that form oxo-anions (IO3, BrO3, ClO4) where there is oxygen for them.
+HALATE_FORMERS = {"Cl": 7, "Br": 5, "I": 5}
 # Anions of oxygen-free frameworks (sulfides, nitrides, phosphides, hydrides ...).
 OXYGEN_FREE_ANIONS = {"S": -2, "Se": -2, "Te": -2, "N": -3, "P": -3, "As": -3, "C": -4, "Si": -4, "B": -3}
-# Oxo-anion formers with oxygen (PO4, SO4, SiO4, BO3, CO3, NO3, AsO4, SeO4, GeO4), and the lower
-# state each steps down to when the oxygen cannot balance the higher one (SO3, SeO3, NO2, PO3, AsO3).
-OXO_FORMERS = {"P": 5, "S": 6, "Si": 4, "B": 3, "C": 4, "N": 5, "As": 5, "Se": 6, "Ge": 4, "Te": 6}
-OXO_LOWER = {"S": 4, "Se": 4, "Te": 4, "N": 3, "P": 3, "As": 3}
+# Oxo-anion formers with oxygen (PO4, SO4, SiO4, BO3, CO3, NO3, AsO4, SeO4, GeO4, IO3), and the
+# lower states each steps down to, in turn, when the oxygen cannot balance the higher one (SO3, P2S6,
+# PO3, C2O4), ending at its own anion (S2- in an oxysulfide, N3- in an oxynitride, Cl- in an oxychloride).
+OXO_FORMERS = {"P": 5, "S": 6, "Si": 4, "B": 3, "C": 4, "N": 5, "As": 5, "Se": 6, "Ge": 4, "Te": 6,
+               **HALATE_FORMERS}
+OXO_LOWER = {"S": (4, -2), "Se": (4, -2), "Te": (4, -2), "N": (3, -3), "P": (4, 3, -3), "As": (3, -3),
+             "C": (3,), **{symbol: (-1,) for symbol in HALATE_FORMERS}}
 # Without oxygen these still form complex anions with a chalcogen or a halide (PS4, SiS4, PF6, BF4).
 COMPLEX_FORMERS = {"P", "As", "Si", "Ge", "B"}
 SPECTATORS = {"Li": 1, "Na": 1, "K": 1, "Rb": 1, "Cs": 1, "Be": 2, "Mg": 2, "Ca": 2, "Sr": 2, "Ba": 2,
-              "Zn": 2, "Cd": 2, "Al": 3, "Ga": 3, "In": 3, "Sc": 3, "Y": 3, "La": 3, "Zr": 4, "Hf": 4,
+              "Zn": 2, "Cd": 2, "Al": 3, "Ga": 3, "In": 3, "Sc": 3, "Y": 3, "La": 3,
               **{symbol: 3 for symbol in ("Nd", "Gd", "Dy", "Ho", "Er", "Tm", "Lu", "Pm")}}
+# Redox cations oxidised to their group state before any other cation takes a step: ordered by
+# gas-phase ionisation energies, Ti +4 or Mo +6 cost more than Fe +3 or Ni +3, and FeTiO3 came out
+# Fe3+ Ti3+, NiWO4 Ni3+ W5+, where a solid holds Fe2+ Ti4+ and Ni2+ W6+. Zr and Hf are fixed at +4
+# so, and carry the electrons only in a host of no other redox cation (HfSe2).
+EARLY_METALS = {"Ti": 4, "Zr": 4, "Hf": 4, "Nb": 5, "Ta": 5, "Mo": 6, "W": 6, "Sn": 4}
 # Redox-capable cations with a column of their own; any other lands in the "other" columns.
 REDOX_ELEMENTS = ("Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Nb", "Mo", "W", "Ru", "Ag", "Sn", "Sb",
                   "Bi", "Pb", "Ce", "Ta", "Re", "Tl", "Ge", "Te", "Pr", "Sm", "Eu", "Tb", "Yb", "U")
@@ -109,15 +121,21 @@ def mean_step_cost(symbol: str, first: int, stop: int) -> float:
 
 
 def oxidise(redox_cations: dict[str, float], charge: float) -> dict[str, float]:
-    """Spread ``charge`` over the cations (symbol -> atoms), cheapest ionisation step first.
+    """Spread ``charge`` over the cations (symbol -> atoms): the :data:`EARLY_METALS` up to their
+    group state, then the cheapest ionisation step first.
 
     Returns each element's mean oxidation state. A charge beyond what the tabulated steps cover
     keeps going at :data:`UNTABULATED_EV`, so the states always add up to the charge.
     """
     states = dict.fromkeys(redox_cations, 0.0)
     remaining = max(charge, 0.0)
+
+    def order(name: str) -> tuple:
+        # an early metal below its group state first, then the cheapest step
+        return (states[name] >= EARLY_METALS.get(name, 0) - 1e-9, step_cost(name, states[name]), name)
+
     while remaining > 1e-9 and redox_cations:
-        symbol = min(redox_cations, key=lambda name: (step_cost(name, states[name]), name))
+        symbol = min(redox_cations, key=order)
         if step_cost(symbol, states[symbol]) >= UNTABULATED_EV:
             # past every tabulated step (absurd charges): the rest evenly, not one step at a time
             total = sum(redox_cations.values())
@@ -143,9 +161,9 @@ def charge_balance(amounts: dict[str, float], working_ion: str,
 
 
 def oxo_former_states(amounts: dict[str, float], working_ion: str) -> dict[str, int]:
-    """Each oxo/complex-anion former's state: its group state, stepped down where the oxygen
-    leaves the redox cations with less than +1 on average (or, without redox cations, the fixed
-    ones unbalanced).
+    """Each oxo/complex-anion former's state: its group state, stepped down the rungs of
+    :data:`OXO_LOWER` while the oxygen leaves the redox cations with less than +1 on average (or,
+    without redox cations, the fixed ones unbalanced).
 
     An electrode's two ends share one framework, so :func:`electrode_features` decides these once,
     on the discharged end (the one the +1 floor binds): decided per end, PS3 stepped P +5 -> +3
@@ -155,8 +173,10 @@ def oxo_former_states(amounts: dict[str, float], working_ion: str) -> dict[str, 
     states = {symbol: OXO_FORMERS[symbol] for symbol in formers}
     needed = sum(redox.values())  # at least +1 per redox cation, or exact balance without any
     for symbol in sorted(formers, key=lambda name: -formers[name]):
-        if symbol in OXO_LOWER and anion - fixed - _former_charge(formers, states) < needed:
-            states[symbol] = OXO_LOWER[symbol]
+        for lower in OXO_LOWER.get(symbol, ()):
+            if anion - fixed - _former_charge(formers, states) >= needed:
+                break
+            states[symbol] = lower
     return states
 
 
@@ -167,9 +187,19 @@ def _classify(amounts: dict[str, float], working_ion: str
     has_halide = any(symbol in HALIDES for symbol in amounts)
     has_chalcogen = any(symbol in ("S", "Se", "Te") for symbol in amounts)
     anion, fixed, formers, redox = 0.0, 0.0, {}, {}
+    amounts = dict(amounts)
+    if not has_oxygen and "C" in amounts and "N" in amounts:  # cyanide, CN- (Prussian blue analogues)
+        cyanide = min(amounts["C"], amounts["N"])
+        anion += cyanide
+        amounts = {symbol: amount - cyanide if symbol in ("C", "N") else amount for symbol, amount in amounts.items()}
+        amounts = {symbol: amount for symbol, amount in amounts.items() if amount > 1e-9}
+    halogens = sum(amount for symbol, amount in amounts.items() if symbol in HALATE_FORMERS)
+    halates = has_oxygen and amounts.get("O", 0.0) >= 3 * halogens  # oxygen enough for IO3, ClO3
     for symbol, amount in amounts.items():
         if symbol == "O":
             anion += 2 * amount
+        elif symbol in HALATE_FORMERS and halates:
+            formers[symbol] = amount
         elif symbol in HALIDES:
             anion += -HALIDES[symbol] * amount
         elif symbol == working_ion:
@@ -229,9 +259,14 @@ def electrode_features(formula_charge: str, formula_discharge: str, working_ion:
 
     oxygen = discharged.get("O", 0.0)
     formers = sum(amount for symbol, amount in discharged.items() if symbol in OXO_FORMERS)
+    # Where the rules do not fit (charge_unbalanced) a state can reach +30 and a couple 3000 eV: kept
+    # as they were, those few rows set the features' standardised scale for every other.
+    def state(value: float) -> float:
+        return min(value, float(MAX_STATE))
+
     scalars = {
-        "redox_state_charged": mean_over_redox(states_charged),
-        "redox_state_discharged": mean_over_redox(states_discharged),
+        "redox_state_charged": state(mean_over_redox(states_charged)),
+        "redox_state_discharged": state(mean_over_redox(states_discharged)),
         "electrons_per_redox_cation": gained * z / n_redox if n_redox else 0.0,
         "redox_cations_per_framework_atom": n_redox * per_framework_atom,
         "ions_gained_per_framework_atom": gained * per_framework_atom,
@@ -241,9 +276,9 @@ def electrode_features(formula_charge: str, formula_discharge: str, working_ion:
         "no_redox_cation": float(n_redox == 0),
         "charge_unbalanced": float(left_discharged < -1e-9 or (n_redox == 0 and abs(left_charged) > 1e-6)
                                    or any(state > _max_state(symbol) + 1e-6 for symbol, state in states_charged.items())),
-        "couple_ionisation_energy": electron_weighted(couple_cost),
-        "couple_state_from": electron_weighted(lambda symbol: states_charged[symbol]),
-        "couple_state_to": electron_weighted(lambda symbol: states_discharged[symbol]),
+        "couple_ionisation_energy": min(UNTABULATED_EV, electron_weighted(couple_cost)),
+        "couple_state_from": state(electron_weighted(lambda symbol: states_charged[symbol])),
+        "couple_state_to": state(electron_weighted(lambda symbol: states_discharged[symbol])),
         "redox_electronegativity": mean_over_redox({symbol: _electronegativity(symbol) for symbol in redox}),
         "oxo_formers_per_oxygen": formers / oxygen if oxygen > 0 else 0.0,
     }
