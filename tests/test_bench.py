@@ -129,3 +129,25 @@ def test_the_training_flop_count_is_the_dense_layers_by_hand():
 
     params = NetworkParams(5, 6, 7, 0.0, 0.0, 0.0, 1e-3)
     assert bench.training_flops(n_train=10, n_val=4, n_inputs=4, params=params, epochs=3) == 3 * (10 * (226 + 226 + 186) + 4 * 226)
+
+
+def test_the_timed_ensemble_is_the_one_the_run_evaluated_and_a_missing_network_is_refused(tmp_path):
+    """The benchmark timed the networks it found, silently fewer than the ensemble's."""
+    import numpy as np
+    import torch
+
+    from electrode_ml.errors import InputError
+    from electrode_ml.fileio import write_json
+    from electrode_ml.model import NetworkParams, TrainSettings, train_network
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 4)), rng.normal(size=(40, 3))
+    network = train_network(x, y, x, y, NetworkParams(8, 8, 8, 0.0, 0.0, 0.0, 1e-3), TrainSettings(epochs=1, log_every=0))
+    for seed in (0, 2):
+        (tmp_path / "train" / "model1" / f"seed_{seed}").mkdir(parents=True)
+        torch.save(network.to_checkpoint(), tmp_path / "train" / "model1" / f"seed_{seed}" / "model.pt")
+    write_json({"n_seeds": 2, "seeds": [0, 2]}, tmp_path / "ensemble" / "model1" / "metrics.json")
+    assert len(bench.load_ensemble(tmp_path, "model1", [0, 1])) == 2  # the evaluated seeds, not the config's
+    write_json({"n_seeds": 3, "seeds": [0, 1, 2]}, tmp_path / "ensemble" / "model1" / "metrics.json")
+    with pytest.raises(InputError, match="1 of the 3 networks the model1 ensemble was evaluated on are missing"):
+        bench.load_ensemble(tmp_path, "model1", [0, 1, 2])

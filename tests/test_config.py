@@ -205,14 +205,14 @@ def test_values_that_failed_only_inside_a_job_are_refused_up_front(config, edit,
 def test_a_null_huber_delta_is_the_unlisted_model_s_mse(config):
     """Snakemake merges a --configfile into config.yaml, so `huber_delta: {}` left model1_redox's delta in place."""
     from electrode_ml.config import model_train_settings
-    from electrode_ml.steps import train_settings
+    from electrode_ml.model import TrainSettings
 
     config["train"]["huber_delta"]["model1_redox"] = None
     check_schema(config)
     settings = model_train_settings(config["train"], "model1_redox")
     unlisted = model_train_settings({**config["train"], "huber_delta": {}}, "model1_redox")
     assert settings == unlisted and "n_seeds" not in settings and "first_seed" not in settings
-    assert train_settings(settings, 0, "cpu", "model1_redox").huber_delta is None
+    assert TrainSettings.from_config(settings, 0, "cpu", "model1_redox").huber_delta is None
 
 
 def integer_paths(schema: dict, value, path: tuple = ()):
@@ -290,26 +290,26 @@ def test_the_config_and_the_docs_spell_no_number_yaml_reads_as_text():
 
 
 def test_default_config_keeps_the_papers_mse_for_its_models_and_huber_for_model1_redox(config):
-    from electrode_ml.steps import train_settings
+    from electrode_ml.model import TrainSettings
 
-    settings = {model: train_settings(config["train"], 0, "cpu", model) for model in ("model1", "model2", "model1_redox")}
+    settings = {model: TrainSettings.from_config(config["train"], 0, "cpu", model) for model in ("model1", "model2", "model1_redox")}
     assert settings["model1"].huber_delta is None and settings["model2"].huber_delta is None
     assert settings["model1_redox"].huber_delta == config["train"]["huber_delta"]["model1_redox"] > 0
     del config["train"]["huber_delta"]
     validate(config, SCHEMA)  # a config without it: the schema's default
-    assert train_settings(config["train"], 0, "cpu", "model1_redox").huber_delta is None
+    assert TrainSettings.from_config(config["train"], 0, "cpu", "model1_redox").huber_delta is None
 
 
 def test_precision_reaches_the_training_and_defaults_to_float32(config):
-    from electrode_ml.steps import train_settings
+    from electrode_ml.model import TrainSettings
 
     assert config["train"]["precision"] == "float32"
     config["train"]["precision"] = "bfloat16"
     validate(config, SCHEMA)
-    assert train_settings(config["train"], 0, "cpu", "model2").precision == "bfloat16"
+    assert TrainSettings.from_config(config["train"], 0, "cpu", "model2").precision == "bfloat16"
     del config["train"]["precision"]
     validate(config, SCHEMA)  # a config without it: the schema's default
-    assert train_settings(config["train"], 0, "cpu", "model2").precision == "float32"
+    assert TrainSettings.from_config(config["train"], 0, "cpu", "model2").precision == "float32"
 
 
 def test_a_config_from_before_the_peer_budget_gets_the_default(config):

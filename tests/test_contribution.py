@@ -13,7 +13,8 @@ from electrode_ml.errors import InputError
 from electrode_ml.fileio import write_json, write_parquet
 from electrode_ml.model import NetworkParams
 from electrode_ml.schema import TARGETS
-from electrode_ml.steps import seed_trainer, train_step
+from electrode_ml.model import seed_trainer
+from electrode_ml.steps import train_step
 
 MODEL2_COLUMNS = [
     "formula_charge__pca0", "formula_discharge__pca0",
@@ -165,3 +166,26 @@ def test_predictions_of_other_feature_tables_are_refused():
     foreign = pd.DataFrame({"battery_id": ["elsewhere-0"], "split": ["val"], **{target: [1.0] for target in TARGETS}})
     with pytest.raises(InputError, match="lack train electrode 'train-0'"):
         contribution.run_contribution(frames, linear_trainer, seeds=[0], trained={0: foreign})
+
+
+def test_a_group_constant_on_the_training_split_is_left_out_not_ranked(caplog):
+    """On one-ion data the ion type is 10 constant columns: its "contribution" of 0.918 was the two
+    trainings' noise, ranked and counted among the groups below 1."""
+    frames = synthetic_frames()
+    ion_columns = contribution.group_columns(frames["train"].columns, "ion type")
+    for frame in frames.values():
+        frame[ion_columns] = 0
+        frame["working_ion__working_ion_Li"] = 1
+    per_seed = contribution.run_contribution(frames, linear_trainer, seeds=[0])
+    assert "ion type" not in set(per_seed["group"])
+    assert len(per_seed) == len(contribution.FEATURE_GROUPS)  # the full network and every other group
+    assert "left out 'ion type', whose columns are constant on the training split" in caplog.text
+
+
+def test_the_report_does_not_test_the_side_of_1_with_one_seed():
+    from electrode_ml import report
+
+    per_seed = contribution.run_contribution(synthetic_frames(), linear_trainer, seeds=[0])
+    page = report.section_contribution({"contribution": contribution.summarise(per_seed)})
+    assert "Contribution (1 seed)" in page and "mean ± sd of 1 seeds" not in page
+    assert "With one seed there is no spread" in page and "lies on one side of 1" not in page

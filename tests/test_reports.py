@@ -336,7 +336,12 @@ def test_the_glance_counts_the_paper_models_apart_and_exact_physics_not_at_all()
     page = report.section_glance(context)
     # model2: V and E MAE and RMSE beat 0.20 / 38.81 and 0.32 / 61.21; capacity 14.0 and 28.0 do not
     assert "reproduced, match or beat it in <b>4 of 6</b>" in page
-    assert "physics models beyond it" not in page  # every model2_phys cell is exact physics
+    assert "models beyond it" not in page  # every model2_phys cell is exact physics
+    # a run of the models beyond the paper alone has no "0 of 0" for the paper's
+    alone = report.section_glance({**context, "models": ["model1_phys"],
+                                   "metrics": {"model1_phys": context["metrics"]["model2"]}})
+    assert "0 of 0" not in alone and "reproduced" not in alone
+    assert "The models beyond it, in <b>4 of 6</b> of the validation error figures" in alone
     assert page.count("<b>exact</b> (physics)") == 6 and "-100%" not in page
     # the per-model tables say so too, with no best seed picked among round-offs
     accuracy = report.section_accuracy({**context, "parity": {}, "errors": {},
@@ -585,3 +590,19 @@ def test_a_target_exact_by_physics_shows_no_error_and_no_coverage_to_read(beyond
 def test_the_papers_figures_keep_the_digits_it_printed(value, text):
     """Table 3 printed the paper's 0.41 V as 0.410, a digit the paper does not give."""
     assert report.as_printed(value) == text
+
+
+def test_a_screen_the_data_could_not_make_is_one_line_not_empty_tables():
+    """With no Na test electrode the page said "every model agrees with DFT on every test Na
+    electrode" and "0 picks for 0 DFT picks"; with no K training electrode, K twins scored by
+    untrained weights."""
+    na = {"skipped": "no Na electrode in the test split", "test": {}, "all_na": {}, "thresholds": {}, "filter": "",
+          "paper": {}}
+    k = {"skipped": "no K electrode in the training split: the models never learned K", "n": 0}
+    context = {"models": ["model1"], "na_metrics": na, "na_screening": pd.DataFrame(), "k_summary": k,
+               "k_table": pd.DataFrame()}
+    assert report.section_na(context) == "<p>Not computed on this run's data: no Na electrode in the test split.</p>"
+    assert "the models never learned K" in report.section_k(context) and "<table" not in report.section_k(context)
+    glance = report._glance_applications(context)
+    assert "Na screen: not computed (no Na electrode in the test split)" in glance
+    assert "Li → K: not computed (no K electrode in the training split" in glance and "picks" not in glance

@@ -285,3 +285,51 @@ def test_a_substitution_that_brings_a_negative_energy_nearer_zero_counts_as_lowe
     before = pd.Series([-50.0, 300.0, 200.0, -10.0])
     after = pd.Series([-40.0, 250.0, 220.0, -30.0])
     assert screening.lower_as_substituted(before, after) == 0.5
+
+
+def ion_table(rows: list[tuple[str, str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Electrodes (LiFePO4-like, one per row) and their split from (battery_id, working_ion, split)."""
+    electrodes = pd.DataFrame({
+        "battery_id": [row[0] for row in rows], "working_ion": [row[1] for row in rows],
+        "framework_formula": "FePO4", "formula_charge": [f"{row[1]}0FePO4" for row in rows],
+        "formula_discharge": [f"{row[1]}1FePO4" for row in rows],
+        "average_voltage": 3.4, "capacity_grav": 170.0, "energy_grav": 578.0})
+    split = pd.DataFrame({"battery_id": [row[0] for row in rows], "split": [row[2] for row in rows]})
+    return electrodes, split
+
+
+@pytest.mark.parametrize("rows, reason", [
+    ([("a", "Li", "train"), ("b", "Li", "test"), ("c", "Na", "train"), ("d", "Na", "test")], None),
+    ([("a", "Li", "train"), ("b", "Li", "test"), ("c", "Na", "train"), ("d", "Na", "val")],
+     "no Na electrode in the test split"),
+    ([("a", "Li", "train"), ("b", "Li", "test"), ("c", "Na", "val"), ("d", "Na", "test")],
+     "no Na electrode in the training split: the models never learned Na"),
+])
+def test_a_screen_says_why_this_data_cannot_make_it(rows, reason):
+    """With no Na test electrode the run reported "0 picks for 0 DFT picks" and "every model agrees
+    with DFT"; with no K training electrode the K twins were scored by weights never trained."""
+    electrodes, split = ion_table(rows)
+    assert screening.unscreenable(electrodes, split, tested="Na", trained="Na") == reason
+
+
+def test_the_screens_write_a_reason_not_vacuous_results(tmp_path):
+    from types import SimpleNamespace
+
+    from electrode_ml.fileio import read_json, write_parquet
+    from electrode_ml.steps import screen_k_step, screen_na_step
+
+    electrodes, split = ion_table([("a", "Li", "train"), ("b", "Li", "test"), ("c", "Mg", "test")])
+    inputs = SimpleNamespace(electrodes=tmp_path / "electrodes.parquet", split=tmp_path / "split.parquet",
+                             predictions=[])
+    write_parquet(electrodes, inputs.electrodes)
+    write_parquet(split, inputs.split)
+    output = SimpleNamespace(table=tmp_path / "k.csv", summary=tmp_path / "k.json", figure=tmp_path / "fig7.png")
+    # returns before loading any ensemble: none exists here
+    screen_k_step(inputs, output, SimpleNamespace(models=["model1"]), threads=1)
+    assert read_json(output.summary) == {
+        "skipped": "no K electrode in the training split: the models never learned K", "n": 0}
+    assert output.figure.read_bytes()[:4] == b"\x89PNG" and len(pd.read_csv(output.table)) == 0
+    output = SimpleNamespace(**{name: tmp_path / name for name in ("screening", "all", "table5", "table6", "metrics")})
+    screen_na_step(inputs, output, SimpleNamespace(models=[], thresholds={"voltage": 3.0}), threads=1)
+    assert read_json(output.metrics)["skipped"] == "no Na electrode in the test split"
+    assert output.table5.read_text() == output.table6.read_text() == "Not computed: no Na electrode in the test split.\n"

@@ -127,3 +127,30 @@ def test_the_smallest_validation_split_allowed_gives_finite_intervals():
 
     assert conformal_quantile(np.arange(MIN_VALIDATION_ROWS), 0.95) < float("inf")
     assert conformal_quantile(np.arange(MIN_VALIDATION_ROWS - 1), 0.95) == float("inf")
+
+
+def test_the_split_rule_refuses_a_grouped_evaluation_the_data_cannot_hold(tmp_path):
+    """The grouped evaluation draws its own split after the tunings; a data set too small for it
+    failed there, after 30 tuning trials, in a message that blamed split.fractions alone."""
+    from types import SimpleNamespace
+
+    from electrode_ml.fileio import write_parquet
+    from electrode_ml.steps import split_step
+
+    electrodes = pd.DataFrame({"battery_id": [f"b{i}" for i in range(220)],
+                               "framework_formula": [f"F{i // 15}" for i in range(220)]})  # 15 per framework
+    write_parquet(electrodes, tmp_path / "electrodes.parquet")
+    settings = {"method": "random", "fractions": [0.81, 0.0902, 0.0998], "seed": 42}
+
+    def run(group_seeds: int):
+        output = SimpleNamespace(split=tmp_path / f"split_{group_seeds}.parquet")
+        split_step(SimpleNamespace(electrodes=tmp_path / "electrodes.parquet"), output,
+                   SimpleNamespace(split=settings, group_seeds=group_seeds), threads=1)
+        return output.split
+
+    assert pd.read_parquet(run(0))["split"].value_counts()["val"] == 20  # the random split holds
+    with pytest.raises(InputError, match=r"leave 15 of the 220 electrodes in the val split \(group split\).*; "
+                                         r"that split is the grouped evaluation's \(evaluation.group_seeds: 10\): "
+                                         r"set evaluation.group_seeds: 0 to leave it out"):
+        run(10)
+    assert not (tmp_path / "split_10.parquet").exists()

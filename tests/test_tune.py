@@ -483,7 +483,7 @@ def test_search_space_validation():
 
 
 def test_a_trial_trains_the_training_recipe_or_the_short_one():
-    from electrode_ml.steps import trial_settings, tuning_note
+    from electrode_ml.tune import trial_settings, tuning_note
 
     train = {"device": "cpu", "epochs": 500, "batch_size": 128, "patience": 100, "lr_scale": 0.5,
              "huber_delta": {"model1_redox": 0.3}, "precision": "float32"}
@@ -505,7 +505,7 @@ def test_trials_in_bfloat16_on_onednn_or_on_a_gpu_do_not_resume_a_float32_torch_
     than torch's (a tuning resumed on another kind of CPU), is part of it; float32 on torch's
     products leaves it as it was before either setting existed, so those tunings still resume."""
     from electrode_ml import cpu_matmul
-    from electrode_ml.steps import trial_fidelity, trial_settings
+    from electrode_ml.tune import trial_fidelity, trial_settings
 
     monkeypatch.setattr(cpu_matmul, "float32_library", lambda: "torch")
 

@@ -25,7 +25,7 @@ from electrode_ml.errors import InputError
 from electrode_ml.features import fit_feature_sets
 from electrode_ml.fileio import read_json, utc_timestamp, write_json
 from electrode_ml.model import PAPER_PARAMS, NetworkParams, TrainedNetwork, TrainSettings, native_bfloat16, train_network
-from electrode_ml.predict import StackedEnsemble
+from electrode_ml.predict import StackedEnsemble, evaluated_checkpoints
 from electrode_ml.report_inputs import code_provenance
 from electrode_ml.runner import setup_logging
 from electrode_ml.schema import TARGETS, UNITS
@@ -82,10 +82,17 @@ def mixed_precision_figures(mixed: TrainedNetwork | None, flops: float, bf16_pea
 
 
 def load_ensemble(results: Path, model: str, run_seeds: list[int]) -> list[TrainedNetwork]:
-    """The run's trained networks of ``run_seeds``: not every ``seed_*`` folder, since one left by
-    an earlier run with more seeds may hold another tuning's widths."""
-    paths = [results / "train" / model / f"seed_{seed}" / "model.pt" for seed in run_seeds]
-    return [TrainedNetwork.from_checkpoint(torch.load(p, weights_only=False)) for p in paths if p.exists()]
+    """The run's trained networks: those its ensemble was evaluated on, as ``electrode-ml predict``
+    loads them (a missing one is refused, not timed without); before the ensemble step has run,
+    those of ``run_seeds`` that exist. Not every ``seed_*`` folder: one left by an earlier run with
+    more seeds may hold another tuning's widths."""
+    metrics_path = results / "ensemble" / model / "metrics.json"
+    train_dir = results / "train" / model
+    if metrics_path.exists():
+        paths = evaluated_checkpoints(train_dir, read_json(metrics_path), metrics_path, model)
+    else:
+        paths = [path for seed in run_seeds if (path := train_dir / f"seed_{seed}" / "model.pt").exists()]
+    return [TrainedNetwork.from_checkpoint(torch.load(path, weights_only=False)) for path in paths]
 
 
 def time_prediction(ensemble: StackedEnsemble, x: np.ndarray, repeats: int = 50) -> float:

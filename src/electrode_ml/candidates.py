@@ -114,7 +114,7 @@ def candidates_with_exact_counts(candidates: pd.DataFrame, pairs: pd.Series, unr
                                  ) -> tuple[pd.DataFrame, list[BadRow]]:
     """``candidates`` with their ion counts made exact from MP's voltage pairs (``pairs``, the file's
     ``adj_pairs`` column as text, as the snapshot and a download have it), as the workflow makes its
-    electrodes' (``data.exact_formulas``, :func:`electrode_ml.data.exact_end_formulas`), and the rows
+    electrodes' (``data.exact_formulas``, :func:`electrode_ml.data.with_exact_ion_counts`), and the rows
     whose pairs cannot: damaged or cut short, not one per step of ``num_steps`` (where given), or of
     another host than the formulas. Rows without pairs and ``unreadable`` rows (a bad formula or ion)
     are left as they are.

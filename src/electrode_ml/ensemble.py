@@ -173,7 +173,7 @@ def outside_training_metrics(summary: pd.DataFrame) -> dict:
     many of their DFT values the calibrated interval holds (it cannot widen for what it never saw)."""
     flagged = outside_training(summary)
     error = (summary["mean"] - summary["true"]).abs()
-    inside = (summary["true"] >= summary["pi_low"]) & (summary["true"] <= summary["pi_high"])
+    inside = inside_interval(summary, "pi_low", "pi_high")
     result: dict = {}
     for (split, target), rows in summary[flagged].groupby(["split", "target"], sort=False):
         others = (summary["split"] == split) & (summary["target"] == target) & ~flagged
@@ -278,6 +278,11 @@ def add_prediction_intervals(summary: pd.DataFrame, level: float = 0.95,
     return summary
 
 
+def inside_interval(summary: pd.DataFrame, low: str, high: str) -> pd.Series:
+    """Whether each row's DFT value lies within its interval, ends included."""
+    return (summary["true"] >= summary[low]) & (summary["true"] <= summary[high])
+
+
 def coverage(summary: pd.DataFrame) -> dict:
     """Share of DFT values inside each interval kind, per split and target. One model (the peer
     baseline, n = 1) has no CI of a mean: its "CI" is the point itself, so no CI coverage."""
@@ -285,7 +290,7 @@ def coverage(summary: pd.DataFrame) -> dict:
     kinds = ([("ci", "ci_low", "ci_high")] if has_ci else []) + ([("pi", "pi_low", "pi_high")] if "pi_low" in summary else [])
     result: dict = {}
     for kind, low, high in kinds:
-        inside = (summary["true"] >= summary[low]) & (summary["true"] <= summary[high])
+        inside = inside_interval(summary, low, high)
         result[kind] = {split: {target: float(values.mean()) for target, values in part.groupby(summary["target"])}
                         for split, part in inside.groupby(summary["split"])}
     return result
@@ -294,7 +299,7 @@ def coverage(summary: pd.DataFrame) -> dict:
 def coverage_by_source(summary: pd.DataFrame) -> dict:
     """Test-split coverage of the calibrated interval and row counts, per target and source."""
     test = summary[summary["split"] == "test"]
-    inside = (test["true"] >= test["pi_low"]) & (test["true"] <= test["pi_high"])
+    inside = inside_interval(test, "pi_low", "pi_high")
     return {target: {source: {"rows": int(len(part)), "pi": float(inside[part.index].mean())}
                      for source, part in by_target.groupby("source")}
             for target, by_target in test.groupby("target")}

@@ -11,9 +11,8 @@ and is not what is being measured).
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 
 from electrode_ml.ensemble import evaluate_model
@@ -24,9 +23,11 @@ from electrode_ml.split import make_split
 from electrode_ml.tables import frame_matrices, seed_predictions
 from electrode_ml.trees import fit_voltage_trees
 
+if TYPE_CHECKING:  # the type only: importing the model would import torch
+    from electrode_ml.model import Trainer
+
 log = logging.getLogger(__name__)
 
-Trainer = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int], Callable[[np.ndarray], np.ndarray]]
 
 
 def grouped_evaluation(electrodes: pd.DataFrame, *, base: str, variants: list[str], split_settings: dict,

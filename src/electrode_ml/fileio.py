@@ -83,11 +83,6 @@ def write_json(data: Any, path: str | os.PathLike) -> None:
         tmp.write_text(json.dumps(_strict(data), indent=2, sort_keys=False, allow_nan=False, default=_jsonable) + "\n")
 
 
-def write_bytes(data: bytes, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def write_text(text: str, path: str | os.PathLike, *, fsync: bool = False) -> None:
     with atomic_path(path, fsync=fsync) as tmp:
         tmp.write_text(text)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -79,6 +80,13 @@ class TrainSettings:
     def matmul_library(self) -> str:
         """The library that will multiply the training's matrices: 'torch' or 'onednn'."""
         return cpu_matmul.choose_library(self.matmul, self.device, getattr(torch, self.precision))
+
+    @classmethod
+    def from_config(cls, train: dict, seed: int, device: str, model: str) -> "TrainSettings":
+        """The config's ``train`` section as ``model``'s network of ``seed`` trains (its own Huber delta)."""
+        return cls(epochs=train["epochs"], batch_size=train["batch_size"], patience=train["patience"],
+                   lr_scale=train["lr_scale"], huber_delta=train["huber_delta"].get(model),
+                   precision=train["precision"], seed=seed, device=device)
 
 
 class MLP(nn.Module):
@@ -233,3 +241,18 @@ def predict(network: TrainedNetwork, x: np.ndarray, device: str = "cpu") -> np.n
         # a UserWarning into the feature contribution's run output
         scaled = module(torch.tensor(x, dtype=torch.float32, device=device)).cpu().numpy()
     return scaled * network.target_std + network.target_mean
+
+
+# train(x_train, y_train, x_val, y_val, seed) -> predict(x): how evaluations that train many
+# networks (the grouped split, the feature contribution, the split spread) get each one
+Trainer = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int], Callable[[np.ndarray], np.ndarray]]
+
+
+def seed_trainer(train: dict, network_params: NetworkParams, device: str, model: str) -> Trainer:
+    """A :data:`Trainer` of ``model``'s networks at ``network_params`` and the config's ``train`` recipe."""
+    def trainer(x_train, y_train, x_val, y_val, seed):
+        network = train_network(x_train, y_train, x_val, y_val, network_params,
+                                replace(TrainSettings.from_config(train, seed, device, model), log_every=0))
+        return lambda x: predict(network, x, device)
+
+    return trainer

@@ -123,6 +123,13 @@ def parity_figure(summary: pd.DataFrame, title: str, splits=("train", "val"), le
     return figure
 
 
+def message_figure(message: str) -> plt.Figure:
+    """A figure that says why there is nothing to draw, where a run's data leave a figure empty."""
+    figure = plt.figure(figsize=(8, 2.5))
+    figure.text(0.5, 0.5, message, ha="center", va="center", fontsize=12, wrap=True)
+    return figure
+
+
 def is_exact(part: pd.DataFrame, errors: pd.Series) -> bool:
     """Whether every error is round-off: below EXACT_TOLERANCE of the largest DFT value (at least 1)."""
     if not len(errors):

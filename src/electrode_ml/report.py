@@ -142,12 +142,18 @@ def section_glance(context: dict) -> str:
                 cells.append(td(f'<b>{fmt(record["ours_mc"], digits)}</b> / {paper_text} {delta(record["ours_mc"], record["paper_mc"])}',
                                 shade(record["ours_mc"], record["paper_mc"]), "num"))
             rows.append(cells)
-    headline = (f'The paper\'s two models, reproduced, match or beat it in <b>{wins["paper"][0]} of '
-                f'{wins["paper"][1]}</b> validation error figures (MAE and RMSE of voltage, capacity and energy)')
+    # a clause only for a kind the run has: with models [model1_phys] it read "match or beat it in 0 of 0"
+    clauses = []
+    if wins["paper"][1]:
+        clauses.append(f'the paper\'s models, reproduced, match or beat it in <b>{wins["paper"][0]} of '
+                       f'{wins["paper"][1]}</b> validation error figures (MAE and RMSE of voltage, capacity and energy)')
     if wins["beyond"][1]:
-        headline += (f'; the physics models beyond it, in <b>{wins["beyond"][0]} of {wins["beyond"][1]}</b> of those '
-                     'their networks or trees predict (their exact physics values aside)')
-    parts.insert(0, f'<p class="headline">{headline}.</p>')
+        clauses.append(f'the models beyond it, in <b>{wins["beyond"][0]} of {wins["beyond"][1]}</b> of '
+                       + ('those' if wins["paper"][1] else 'the validation error figures')
+                       + ' their networks or trees predict (their exact physics values aside)')
+    if clauses:
+        headline = "; ".join(clauses)
+        parts.insert(0, f'<p class="headline">{headline[0].upper() + headline[1:]}.</p>')
     parts.append(table(header, rows, "glance"))
     parts.append(legend())
     parts.append(_glance_applications(context))
@@ -157,7 +163,9 @@ def section_glance(context: dict) -> str:
 def _glance_applications(context: dict) -> str:
     items = []
     na = context.get("na_metrics")
-    if na:
+    if na and na.get("skipped"):
+        items.append(f"<li>Na screen: not computed ({esc(na['skipped'])}).</li>")
+    elif na:
         screened = context.get("na_screening")
         for model in context["models"]:
             score = na["test"].get(model, {}).get("all")
@@ -168,7 +176,9 @@ def _glance_applications(context: dict) -> str:
                                 if screened is not None and screens_dft_values(screened, model) else
                                 f"(paper: {na['paper'].get(paper_counterpart(model), {}).get('picks', '–')} picks for 9).</li>"))
     summary = context.get("k_summary")
-    if summary:
+    if summary and summary.get("skipped"):
+        items.append(f"<li>Li → K: not computed ({esc(summary['skipped'])}).</li>")
+    elif summary:
         for model in context["models"]:
             if model in summary:
                 items.append(f"<li>Li → K, {esc(model)}: {fmt(summary[model]['fraction_k_below_li'] * 100 if summary[model]['fraction_k_below_li'] is not None else None, 0)} % "
@@ -557,7 +567,8 @@ def section_contribution(context: dict) -> str:
     per_seed = context.get("contribution_seeds")
     n_seeds = int(summary["n_seeds"].max()) if len(summary) else 0
     has_test = "contribution_test_mean" in summary
-    header = (["Left-out group", "Columns", f"Contribution, mean ± sd of {n_seeds} seeds", "Range over seeds"]
+    header = (["Left-out group", "Columns", f"Contribution, mean ± sd of {n_seeds} seeds" if n_seeds > 1
+               else "Contribution (1 seed)", "Range over seeds"]
               + (["On the test split"] if has_test else []) + ["r without: V", "r without: C", "r without: E"])
     rows = []
     for _, row in summary.iterrows():
@@ -584,7 +595,9 @@ def section_contribution(context: dict) -> str:
             "(colour saturates at ±5 %).</p>" + full
             + table(header, rows)
             + f"<p>{above} of {len(summary)} groups contribute above 1 (paper: all). "
-              + (f"For {len(unclear)} of the {len(summary)} ({', '.join(map(esc, unclear))}) the seeds disagree on the "
+              + ("With one seed there is no spread: no group's side of 1 is tested against the seeds' noise. "
+                 if n_seeds < 2 else
+                 f"For {len(unclear)} of the {len(summary)} ({', '.join(map(esc, unclear))}) the seeds disagree on the "
                  "side of 1 (the range crosses it), so their sign is within the seeds' noise. " if unclear
                  else "Every group's range over the seeds lies on one side of 1. ")
             + f"Top three here: {', '.join(map(esc, top))}; paper: {', '.join(PAPER_CONTRIBUTION_TOP3)} "
@@ -658,6 +671,8 @@ def section_na(context: dict) -> str:
     metrics = context.get("na_metrics")
     if test is None or metrics is None:
         return '<p class="missing">No Na screen.</p>'
+    if metrics.get("skipped"):
+        return f"<p>Not computed on this run's data: {esc(metrics['skipped'])}.</p>"
     models = context["models"]
     bounds = bounds_by_target(metrics["thresholds"])
     paper = metrics["paper"]
@@ -782,6 +797,8 @@ def section_k(context: dict) -> str:
     frame = context.get("k_table")
     if summary is None or frame is None:
         return '<p class="missing">No K substitution.</p>'
+    if summary.get("skipped"):
+        return f"<p>Not computed on this run's data: {esc(summary['skipped'])}.</p>"
     models = context["models"]
     header = ["Model", "Li electrodes", "Mean E, Li (Wh/kg)", "Mean E, K (Wh/kg)", "K predicted lower (|E|)",
               "Median E_K / E_Li", "Mean V, Li → K (V)", "C error vs stoichiometry, Li / K (mAh/g)",

@@ -9,6 +9,7 @@ and recall.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Callable, Mapping
 
 import numpy as np
@@ -18,7 +19,7 @@ from pymatgen.core import Composition
 
 from electrode_ml.chemistry import parse_formula, stoichiometric_capacity
 from electrode_ml.errors import InputError
-from electrode_ml.physics import BASIS
+from electrode_ml.physics import BASIS, PhysicsBaseline
 from electrode_ml.schema import CRITERIA, TARGETS, UNITS
 
 SHORT = {"average_voltage": "V", "capacity_grav": "C", "energy_grav": "E"}
@@ -110,6 +111,19 @@ def screen_table(electrodes: pd.DataFrame, split: pd.DataFrame, predictions: Map
         table[f"{model}_pass"] = passes(table, thresholds, {k: f"{model}_{v}_mean" for k, v in CRITERIA.items()}).to_numpy()
         table[f"{model}_outcome"] = outcome(table["dft_pass"], table[f"{model}_pass"]).to_numpy()
     return table.sort_values(["split", "battery_id"], key=_split_order).reset_index(drop=True)
+
+
+def unscreenable(electrodes: pd.DataFrame, split: pd.DataFrame, tested: str, trained: str) -> str | None:
+    """Why a screen of the test split's ``tested`` electrodes, scored as ``trained`` electrodes, says
+    nothing on this data (None where it can be made): with no test electrode every verdict is vacuous
+    ("0 picks for 0 DFT picks"), and an ion no training electrode holds was never learned (its one-hot
+    weights never moved; ``electrode-ml predict`` refuses such a row)."""
+    ions = electrodes[["battery_id", "working_ion"]].merge(split, on="battery_id", validate="one_to_one")
+    if not ((ions["working_ion"] == tested) & (ions["split"] == "test")).any():
+        return f"no {tested} electrode in the test split"
+    if not ((ions["working_ion"] == trained) & (ions["split"] == "train")).any():
+        return f"no {trained} electrode in the training split: the models never learned {trained}"
+    return None
 
 
 def _split_order(column: pd.Series) -> pd.Series:
@@ -264,6 +278,16 @@ def substitute_ion(electrodes: pd.DataFrame, old: str = "Li", new: str = "K") ->
 
 
 Predictor = Callable[[pd.DataFrame], pd.DataFrame]
+
+
+def substituted_predictor(ensemble) -> Predictor:
+    """How a TrainedEnsemble scores an electrode with its ion substituted. The substituted electrode
+    keeps the original material's DFT inputs (as in the paper), so a thermodynamic voltage
+    (model2_phys's) would mix those energies with the new ion's reference: its voltage comes from
+    the networks instead; capacity from stoichiometry still holds."""
+    if ensemble.physics is not None and ensemble.physics.uses_voltage:
+        return replace(ensemble, physics=PhysicsBaseline(uses_voltage=False)).predict
+    return ensemble.predict
 
 
 def k_substitution(electrodes: pd.DataFrame, split: pd.DataFrame, predictors: Mapping[str, Predictor],

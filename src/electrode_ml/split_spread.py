@@ -28,7 +28,7 @@ from electrode_ml.model import NetworkParams
 from electrode_ml.report_inputs import code_provenance
 from electrode_ml.runner import setup_logging
 from electrode_ml.split import make_split
-from electrode_ml.steps import seed_trainer
+from electrode_ml.model import seed_trainer
 
 log = logging.getLogger("electrode_ml.split_spread")
 

@@ -32,13 +32,15 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from electrode_ml.fileio import atomic_path, file_sha256, temporary_pattern, write_text
+from electrode_ml.model import TrainSettings
 
 log = logging.getLogger("electrode_ml.tune")
 
@@ -636,3 +638,39 @@ def _quiet_ax_warnings() -> Iterator[None]:
 
             warnings.filterwarnings("ignore", category=NumericalWarning)
         yield
+
+
+def trial_settings(tune: dict, train: dict, device: str, model: str) -> TrainSettings:
+    """How one tuning trial trains its network (seed ``tune.seed``).
+
+    ``tune.epochs`` null: the training recipe itself (epochs, batch size, patience, learning-rate
+    scale, loss), so a trial's score is that of the network the ``train`` jobs then train 50 times.
+    A number: a lower-fidelity trial of at most that many epochs at the rate as suggested, on MSE.
+    """
+    settings = replace(TrainSettings.from_config(train, tune["seed"], device, model), log_every=0)
+    if tune["epochs"] is None:
+        return settings
+    return replace(settings, epochs=tune["epochs"], patience=tune["patience"], lr_scale=1.0, huber_delta=None)
+
+
+def trial_fidelity(settings: TrainSettings) -> dict:
+    """What a trial's score depends on besides the data: a saved tuning resumes only if it matches."""
+    fidelity = {field: getattr(settings, field) for field in ("epochs", "batch_size", "patience", "lr_scale",
+                                                               "huber_delta")}
+    if settings.precision != TrainSettings.precision:
+        # only off the default: tunings saved before the setting existed still resume
+        fidelity["precision"] = settings.precision
+    if settings.matmul_library() != "torch":
+        # a tuning stopped on one kind of CPU and resumed on another would mix two libraries' rounding
+        fidelity["matmul"] = settings.matmul_library()
+    if torch.device(settings.device).type != "cpu":
+        # nor may one stopped on a GPU node resume on a CPU node, or the other way round
+        fidelity["device"] = torch.device(settings.device).type
+    return fidelity
+
+
+def tuning_note(tune: dict, train: dict) -> str:
+    """What the tuning's time in the timing table paid for."""
+    if tune["epochs"] is None:
+        return f"{tune['trials']} trials of the training recipe (at most {train['epochs']} epochs)"
+    return f"{tune['trials']} trials of at most {tune['epochs']} epochs"

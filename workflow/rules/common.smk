@@ -10,6 +10,7 @@ LIBRARY = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, LIBRARY)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [LIBRARY, os.environ.get("PYTHONPATH")])))
 
+from electrode_ml import contribution
 from electrode_ml.code_version import libraries_version, script_code_version
 from electrode_ml.config import (check_gpu_requests, check_snapshot, contribution_seeds, gpu_per_job, group_seeds,
                                  model_feature_settings, model_train_settings, seeds, snapshot_input, tune_settings,
@@ -47,8 +48,7 @@ PHYSICS_MODELS = [model for model in MODELS if is_physics_model(model)]
 VOLTAGE_TREE_MODELS = [model for model in MODELS if uses_voltage_trees(model)]
 GROUP_MODELS = BASE_MODELS if config["evaluation"]["group_seeds"] else []
 SEEDS = seeds(config)
-# The feature contribution (Eq. 9) is the paper's analysis of feature set 2's model.
-CONTRIBUTION_MODEL = "model2"
+CONTRIBUTION_MODEL = contribution.MODEL
 # The contribution's full networks that train jobs already train (the model's first seeds).
 CONTRIBUTION_TRAINED_SEEDS = [seed for seed in contribution_seeds(config) if seed in SEEDS]
 # On 2 cores a 12-minute job that lands last runs beside an idle core, and Snakemake picks among

@@ -29,6 +29,7 @@ rule split:
     params:
         code=CODE_VERSION["split"],
         split=config["split"],
+        group_seeds=len(group_seeds(config)),
     threads: 1
     conda:
         "../../envs/electrode-ml.yaml"
