@@ -47,4 +47,10 @@ rule all:
         f"{RESULTS}/ensemble/peer_gbm/metrics.json",
         f"{RESULTS}/figures/peer_gbm/parity.png",
         f"{RESULTS}/report/index.html",
+        # what `electrode-ml predict` loads besides the metrics: named here, a deleted one is made
+        # again (an intermediate file nothing downstream is out of date for is not)
+        rules.screen_k.input.transformers,
+        rules.screen_k.input.checkpoints,
+        rules.screen_k.input.physics,
+        rules.screen_k.input.trees,
     default_target: True

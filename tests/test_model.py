@@ -737,6 +737,47 @@ run_step(types.SimpleNamespace(log=[{str(tmp_path / "tune.log")!r}], rule="tune"
     assert run.stderr.count("Traceback") == 1  # the log handler's copy on stderr, not Python's second one
 
 
+def test_a_job_that_cannot_import_its_step_leaves_the_traceback_in_its_log(tmp_path):
+    """The rule scripts imported their step before run_step opened the log: a broken environment
+    (a bad wheel) failed there, and left the log empty ("Logfile ... not found")."""
+    code = f"""
+import sys, types
+sys.modules["electrode_ml.steps"] = None  # what a failing import of the steps module raises
+from electrode_ml.runner import run_step
+run_step(types.SimpleNamespace(log=[{str(tmp_path / "data.log")!r}], rule="data", input={{}}, output={{}}, threads=1,
+                               params=types.SimpleNamespace(), wildcards={{}}), "data_step")
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr[-2000:]
+    log_text = (tmp_path / "data.log").read_text()
+    assert "rule data failed after" in log_text and "ModuleNotFoundError" in log_text
+
+
+def test_a_job_stopped_by_sigterm_says_so_in_its_log_and_cleans_up(tmp_path):
+    """SIGTERM is what kill, scancel and a cluster's time limit send: the log ended at the last
+    progress line, with nothing said, and a half-written temporary file stayed."""
+    output = tmp_path / "model.pt"
+    code = f"""
+import os, signal, types
+from pathlib import Path
+from electrode_ml.fileio import atomic_path
+from electrode_ml.runner import run_step
+
+def step(input, output, params, threads, **_):
+    with atomic_path(output[0]) as tmp:
+        tmp.write_bytes(b"half a network")
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("not reached")
+
+run_step(types.SimpleNamespace(log=[{str(tmp_path / "train.log")!r}], rule="train", input={{}},
+                               output=[{str(output)!r}], threads=1, params=types.SimpleNamespace(), wildcards={{}}), step)
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 143 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "rule train terminated (SIGTERM) after" in (tmp_path / "train.log").read_text()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["train.log"]
+
+
 def test_a_job_of_one_thread_runs_scikit_learns_openmp_on_one_thread(tmp_path):
     """Snakemake sets OMP_NUM_THREADS for shell rules only: the voltage trees of a `threads: 1` job took
     every core, beside other jobs' networks on them."""

@@ -500,3 +500,17 @@ def test_lint_is_clean():
     run = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+def test_a_deleted_network_is_trained_again(tiny_run, tmp_path):
+    """`predict` refuses an ensemble with a network missing and says to rerun the workflow, which
+    then found nothing to do: Snakemake remakes a missing intermediate file only when a target needs it."""
+    config, results, _ = tiny_run
+    network = results / "train" / "model1" / "seed_1" / "model.pt"
+    aside = tmp_path / "model.pt"
+    network.rename(aside)
+    try:
+        plan = snakemake(config, tmp_path, "-n").stdout
+    finally:
+        aside.rename(network)
+    assert re.search(r"rule train:\n(?:    .*\n)*?    output: [^\n]*train/model1/seed_1/model\.pt", plan)

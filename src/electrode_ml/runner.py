@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -50,11 +52,22 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def run_step(smk: Any, step: Callable[..., Any]) -> None:
+class Terminated(BaseException):
+    """SIGTERM (``kill``, ``scancel``, a cluster's time limit) as an exception: the job's log says
+    why it stopped, and the temporary files' cleanup runs."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
+def run_step(smk: Any, step: str | Callable[..., Any]) -> None:
     """Call ``step(input, output, params, threads)`` for a Snakemake job; bad input ends in one line.
 
-    Any other error is a bug or a broken file: its traceback goes to the job's log as well as to
-    stderr, since the log is where Snakemake (and, on a cluster, the user) looks.
+    ``step`` is a function or the name of one in :mod:`electrode_ml.steps`, imported here once the
+    log is open: imported by the rule's script, a broken environment failed before it and left an
+    empty log. Any other error is a bug or a broken file: its traceback goes to the job's log as
+    well as to stderr, since the log is where Snakemake (and, on a cluster, the user) looks.
     """
     setup_logging(smk.log[0] if smk.log else None)
     log = logging.getLogger(f"electrode_ml.{smk.rule}")
@@ -62,7 +75,10 @@ def run_step(smk: Any, step: Callable[..., Any]) -> None:
     log.info("rule %s, electrode-ml %s from %s", smk.rule, __version__, Path(__file__).resolve().parent)
     remove_temporaries(smk.output, log)
     started = time.perf_counter()
+    signal.signal(signal.SIGTERM, _terminate)
     try:
+        if isinstance(step, str):
+            step = getattr(importlib.import_module("electrode_ml.steps"), step)
         # the job's threads for scikit-learn's OpenMP and numpy's BLAS too: Snakemake sets OMP_NUM_THREADS
         # for shell rules only, and the voltage trees took every core beside the other jobs' networks
         with threadpool_limits(limits=max(int(smk.threads), 1)):
@@ -75,6 +91,9 @@ def run_step(smk: Any, step: Callable[..., Any]) -> None:
     except KeyboardInterrupt:  # Ctrl-C: no traceback from wherever the step was, and the log says so
         log.error("rule %s interrupted after %.1f s", smk.rule, time.perf_counter() - started)
         sys.exit(130)
+    except Terminated:
+        log.error("rule %s terminated (SIGTERM) after %.1f s", smk.rule, time.perf_counter() - started)
+        sys.exit(143)
     except Exception:
         # the handlers write to stderr as well, so Python's own print of it would be a second copy
         log.exception("rule %s failed after %.1f s", smk.rule, time.perf_counter() - started)
