@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from electrode_ml import contribution
+from electrode_ml import contribution, plots
 from electrode_ml.errors import InputError
 from electrode_ml.fileio import write_json, write_parquet
 from electrode_ml.model import NetworkParams
@@ -103,7 +103,7 @@ def test_run_contribution_ranks_the_informative_group_first():
     assert (summary["n_seeds"] == 2).all() and (summary["contribution_min"] <= summary["contribution_max"]).all()
     assert "contribution_test_mean" in summary
 
-    figure = contribution.contribution_figure(summary, per_seed, "synthetic")
+    figure = plots.contribution_figure(summary, per_seed, "synthetic")
     axis = figure.axes[0]
     assert len(axis.patches) == len(contribution.FEATURE_GROUPS)
     # a legend says what bars, whiskers, dots and the line at 1 are

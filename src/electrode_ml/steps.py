@@ -310,7 +310,7 @@ def screen_k_step(input, output, params, threads, wildcards=None, **_):
     write_json(summary, output.summary)
     learned = {model: "networks + trees" if ensemble_.trees is not None and ensemble_.trees.blends
                else "networks" for model, ensemble_ in ensembles.items()}
-    plots.save(screening.k_substitution_figure(table, models, learned=learned), output.figure)
+    plots.save(plots.k_substitution_figure(table, models, learned=learned), output.figure)
 
 
 def feature_contribution_step(input, output, params, threads, wildcards=None, **_):
@@ -329,7 +329,7 @@ def feature_contribution_step(input, output, params, threads, wildcards=None, **
              dict(zip(summary["group"], summary["contribution_mean"].round(4))))
     write_csv(summary, output.summary)
     write_csv(per_seed, output.per_seed)
-    plots.save(contribution.contribution_figure(summary, per_seed, f"{params.model}: feature contribution "
+    plots.save(plots.contribution_figure(summary, per_seed, f"{params.model}: feature contribution "
                                                 f"(Eq. 9, {len(seeds)} seeds, validation set)"), output.figure)
 
 
