@@ -6,8 +6,9 @@ that touched the scripts reran the whole workflow. Each rule passes this fingerp
 instead (both profiles turn the file-time trigger off), so a job reruns when the code it runs
 changes and not otherwise.
 
-What counts: the functions the script imports, the module-level helpers and constants of their
-modules they reach, and every module of the package those import, whole. Comments, docstrings
+What counts: the functions the script imports (or names to ``run_step``, which imports it from
+the steps module), the module-level helpers and constants of their modules they reach, and every
+module of the package those import, whole. Comments, docstrings
 and layout do not count: the fingerprint hashes the syntax tree without them, and comes out the
 same under Python 3.11, 3.12 and 3.13 (measured on this package). A code change that
 leaves the numbers as they were still reruns what depends on it; `snakemake --touch` marks such
@@ -35,6 +36,8 @@ NUMERICAL_LIBRARIES = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "pya
                        "ax-platform", "botorch", "gpytorch", "linear_operator", "matminer", "matplotlib", "joblib")
 
 _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+# Where runner.run_step finds a step given by name.
+STEPS_MODULE = "steps"
 
 
 def script_code_version(script: Path, package_dir: Path = PACKAGE_DIR) -> str:
@@ -43,6 +46,12 @@ def script_code_version(script: Path, package_dir: Path = PACKAGE_DIR) -> str:
     parts: list[ast.AST] = [script_tree]
     modules: set[str] = set()
     for node in ast.walk(script_tree):
+        step = _step_by_name(node)
+        if step:  # run_step(snakemake, "train_step"): the step is imported inside run_step, once the log is open
+            reached, imported = _reached(STEPS_MODULE, (step,), package_dir)
+            parts += reached
+            modules |= imported
+            continue
         if not isinstance(node, (ast.Import, ast.ImportFrom)):
             continue
         names = tuple(alias.name for alias in node.names)
@@ -60,6 +69,15 @@ def script_code_version(script: Path, package_dir: Path = PACKAGE_DIR) -> str:
         digest.update(f"\0{module}\0".encode())
         digest.update(_source(_tree(module, package_dir)).encode())
     return digest.hexdigest()[:16]
+
+
+def _step_by_name(node: ast.AST) -> str | None:
+    """``name`` for a call ``run_step(..., "name")``: runner.run_step imports that function of the
+    steps module itself."""
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "run_step"
+            and len(node.args) > 1 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)):
+        return node.args[1].value
+    return None
 
 
 def library_versions() -> dict[str, str]:
