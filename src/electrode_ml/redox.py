@@ -261,12 +261,12 @@ def electrode_features(formula_charge: str, formula_discharge: str, working_ion:
     formers = sum(amount for symbol, amount in discharged.items() if symbol in OXO_FORMERS)
     # Where the rules do not fit (charge_unbalanced) a state can reach +30 and a couple 3000 eV: kept
     # as they were, those few rows set the features' standardised scale for every other.
-    def state(value: float) -> float:
+    def capped(value: float) -> float:
         return min(value, float(MAX_STATE))
 
     scalars = {
-        "redox_state_charged": state(mean_over_redox(states_charged)),
-        "redox_state_discharged": state(mean_over_redox(states_discharged)),
+        "redox_state_charged": capped(mean_over_redox(states_charged)),
+        "redox_state_discharged": capped(mean_over_redox(states_discharged)),
         "electrons_per_redox_cation": gained * z / n_redox if n_redox else 0.0,
         "redox_cations_per_framework_atom": n_redox * per_framework_atom,
         "ions_gained_per_framework_atom": gained * per_framework_atom,
@@ -277,8 +277,8 @@ def electrode_features(formula_charge: str, formula_discharge: str, working_ion:
         "charge_unbalanced": float(left_discharged < -1e-9 or (n_redox == 0 and abs(left_charged) > 1e-6)
                                    or any(state > _max_state(symbol) + 1e-6 for symbol, state in states_charged.items())),
         "couple_ionisation_energy": min(UNTABULATED_EV, electron_weighted(couple_cost)),
-        "couple_state_from": state(electron_weighted(lambda symbol: states_charged[symbol])),
-        "couple_state_to": state(electron_weighted(lambda symbol: states_discharged[symbol])),
+        "couple_state_from": capped(electron_weighted(lambda symbol: states_charged[symbol])),
+        "couple_state_to": capped(electron_weighted(lambda symbol: states_discharged[symbol])),
         "redox_electronegativity": mean_over_redox({symbol: _electronegativity(symbol) for symbol in redox}),
         "oxo_formers_per_oxygen": formers / oxygen if oxygen > 0 else 0.0,
     }
