@@ -191,3 +191,17 @@ def test_a_formula_the_rules_do_not_fit_keeps_its_features_in_range():
     assert values["couple_ionisation_energy"] <= 200.0
     assert max(values[name] for name in ("redox_state_charged", "redox_state_discharged",
                                           "couple_state_from", "couple_state_to")) <= 8.0
+
+
+@pytest.mark.parametrize("formula, ion, formers", [
+    ("Li1Bi3PbWClO8", "Li", {}),              # an oxychloride: Cl-, not a perchlorate for having oxygen
+    ("Y1V3Se2ClO8", "Y", {"Se": 4}),          # selenite and chloride: the oxo rungs before any anion rung
+    ("Mg1SmMoI4O15", "Mg", {"I": 5}),         # an iodate: as iodide Sm and Mo would be +17
+])
+def test_a_halogen_is_a_halate_only_where_a_halide_cannot_balance(formula, ion, formers):
+    """The oxygen of an oxychloride is the metals': PbBi3WO8Cl and Y1V3Se2ClO8 came out with Cl +7
+    (and the selenium as Se2-), unflagged."""
+    from electrode_ml.redox import oxo_former_states
+    from electrode_ml.chemistry import parse_formula
+
+    assert oxo_former_states(parse_formula(formula).get_el_amt_dict(), ion) == formers

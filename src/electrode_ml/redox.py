@@ -172,11 +172,15 @@ def oxo_former_states(amounts: dict[str, float], working_ion: str) -> dict[str, 
     anion, fixed, formers, redox = _classify(amounts, working_ion)
     states = {symbol: OXO_FORMERS[symbol] for symbol in formers}
     needed = sum(redox.values())  # at least +1 per redox cation, or exact balance without any
-    for symbol in sorted(formers, key=lambda name: -formers[name]):
-        for lower in OXO_LOWER.get(symbol, ()):
-            if anion - fixed - _former_charge(formers, states) >= needed:
-                break
-            states[symbol] = lower
+    # every former's lower oxo-anion states first, and only then a former's own anion: stepped one
+    # former at a time, Y1V3Se2ClO8's selenium went to Se2- before its chlorine moved
+    for anion_rung in (False, True):
+        for symbol in sorted(formers, key=lambda name: -formers[name]):
+            for lower in OXO_LOWER.get(symbol, ()):
+                if anion - fixed - _former_charge(formers, states) >= needed:
+                    return states
+                if (lower < 0) == anion_rung:
+                    states[symbol] = lower
     return states
 
 
@@ -193,13 +197,9 @@ def _classify(amounts: dict[str, float], working_ion: str
         anion += cyanide
         amounts = {symbol: amount - cyanide if symbol in ("C", "N") else amount for symbol, amount in amounts.items()}
         amounts = {symbol: amount for symbol, amount in amounts.items() if amount > 1e-9}
-    halogens = sum(amount for symbol, amount in amounts.items() if symbol in HALATE_FORMERS)
-    halates = has_oxygen and amounts.get("O", 0.0) >= 3 * halogens  # oxygen enough for IO3, ClO3
     for symbol, amount in amounts.items():
         if symbol == "O":
             anion += 2 * amount
-        elif symbol in HALATE_FORMERS and halates:
-            formers[symbol] = amount
         elif symbol in HALIDES:
             anion += -HALIDES[symbol] * amount
         elif symbol == working_ion:
@@ -217,6 +217,15 @@ def _classify(amounts: dict[str, float], working_ion: str
             fixed += SPECTATORS[symbol] * amount
         else:
             redox[symbol] = amount
+    # A halogen is a halate former (IO3-, ClO4-) only where, as a halide, it would leave the redox
+    # cations beyond their highest states (SmMoI4O15: Mo and Sm +17 with iodide), not wherever there
+    # is oxygen enough: an oxychloride's oxygen is the metals' (PbBi3WO8Cl).
+    halogens = {symbol: amount for symbol, amount in amounts.items() if symbol in HALATE_FORMERS}
+    if halogens and redox and has_oxygen and amounts["O"] >= 3 * sum(halogens.values()):
+        left = anion - fixed - _former_charge(formers, {})
+        if left > sum(_max_state(symbol) * amount for symbol, amount in redox.items()) + 1e-6:
+            anion -= sum(halogens.values())
+            formers.update(halogens)
     return anion, fixed, formers, redox
 
 
