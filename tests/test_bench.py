@@ -151,3 +151,14 @@ def test_the_timed_ensemble_is_the_one_the_run_evaluated_and_a_missing_network_i
     write_json({"n_seeds": 3, "seeds": [0, 1, 2]}, tmp_path / "ensemble" / "model1" / "metrics.json")
     with pytest.raises(InputError, match="1 of the 3 networks the model1 ensemble was evaluated on are missing"):
         bench.load_ensemble(tmp_path, "model1", [0, 1, 2])
+
+
+def test_a_missing_network_is_one_line_before_any_training(tmp_path, snapshot_path, monkeypatch):
+    """The refusal came as a traceback, after the three benchmark trainings."""
+    from electrode_ml.fileio import write_json
+
+    write_json({"n_seeds": 2, "seeds": [0, 1]}, tmp_path / "ensemble" / "model1" / "metrics.json")
+    monkeypatch.setattr(bench, "train_network", lambda *args, **kwargs: pytest.fail("trained before refusing"))
+    with pytest.raises(SystemExit, match=r"^error: .*2 of the 2 networks the model1 ensemble was evaluated on "
+                                         r"are missing \(seed_0, seed_1\)"):
+        run_bench(tmp_path, snapshot_path, REPO / "config.yaml")

@@ -96,6 +96,16 @@ def test_a_change_to_the_report_reruns_the_report_alone(shipped, tmp_path):
     assert changed(shipped, versions(tmp_path, "report", new_heading)) == {"report"}
 
 
+def test_a_change_to_the_screening_reruns_the_screens_and_the_report_alone(shipped, tmp_path):
+    """Fig 7 drawn in plots.py made every rule that draws a figure (the ensembles, the peer baseline,
+    the feature contribution) fingerprint screening.py."""
+    def new_threshold(package):
+        text = (package / "screening.py").read_text()
+        (package / "screening.py").write_text(text + "\nEXTRA_THRESHOLD = 1.0\n")
+
+    assert changed(shipped, versions(tmp_path, "screening", new_threshold)) == {"screen_na", "screen_k", "report"}
+
+
 def test_relative_imports_rebindings_guarded_imports_and_whole_module_imports_are_followed(tmp_path):
     """Ways a change could slip past the fingerprint, on a package made for the purpose."""
     modules = {

@@ -159,9 +159,10 @@ def test_a_heavy_tail_does_not_squeeze_the_bulk_into_a_few_bins():
     summary.loc[val[:8], "mean"] += 60 * SPREAD["capacity_grav"]  # 2 % of validation far off
     capacity = plots.error_histogram_figure(summary, "m").axes[1]
     errors = summary[summary["target"] == "capacity_grav"].assign(error=lambda f: f["mean"] - f["true"])
-    iqr = max(float(np.subtract(*np.percentile(part, [75, 25]))) for _, part in errors.groupby("split")["error"])
+    cap = max(abs(part.median()) + plots.HISTOGRAM_IQRS * float(np.subtract(*np.percentile(part, [75, 25])))
+              for _, part in errors.groupby("split")["error"])
     half = capacity.get_xlim()[1]
-    assert half == pytest.approx(plots.HISTOGRAM_IQRS * iqr)
+    assert half == pytest.approx(cap)
     uncapped = max(float(np.percentile(part.abs(), 99)) for _, part in errors.groupby("split")["error"])
     assert half < 0.5 * uncapped
     heights = sorted((patch.get_height() for patch in capacity.patches), reverse=True)
@@ -183,3 +184,15 @@ def test_the_percentile_leaves_at_most_one_percent_of_388_rows_undrawn():
 @pytest.mark.parametrize("value, text", [(4.0, "4.00"), (13.1, "13.1"), (266.0, "266"), (0.06183, "0.0618")])
 def test_legend_values_keep_three_digits(value, text):
     assert plots.three_digits(value) == text
+
+
+def test_the_cap_follows_a_biased_split_and_leaves_a_mixed_target_drawn():
+    """Capped at 5 IQR about 0, a biased split's errors were all undrawn, and a target of round-off
+    physics rows plus a fifth of network rows kept only the round-off."""
+    rng = np.random.default_rng(4)
+    biased = pd.Series(rng.normal(2.0, 0.05, 388))
+    half = plots.histogram_half_width([biased])
+    assert (biased.abs() > half).mean() <= 0.01
+    mixed = pd.Series(np.concatenate([rng.normal(0, 1e-8, 310), rng.normal(0, 0.3, 78)]))
+    half = plots.histogram_half_width([mixed])
+    assert (mixed.abs() > half).sum() <= 4 and half > 0.3

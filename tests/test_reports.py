@@ -578,6 +578,7 @@ def test_a_target_exact_by_physics_shows_no_error_and_no_coverage_to_read(beyond
     row = re.search(r"<tr><td><b>model2_phys</b>.*?</tr>", page, re.S).group(0)
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
     assert cells[2] == "<b>exact</b> (physics)"
+    assert '<td class="num"><b>exact</b> (physics)</td>' in row  # unshaded, as in the glance table
     assert cells[1].startswith("0.050 ")  # a learned target keeps its number
     assert cells[5] == "0.2 % (round-off width)" and cells[8] == "94.6 % (round-off width)"
     assert cells[7] == "94.6 %"  # the voltage's, learned: shaded as before

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from pymatgen.core import Composition
 
-from electrode_ml import plots, screening
+from electrode_ml import screening, screening_figures
 from electrode_ml.errors import InputError
 from electrode_ml.chemistry import stoichiometric_capacity
 from electrode_ml.schema import TARGETS
@@ -227,7 +227,7 @@ def test_k_substitution_table_and_the_featuriser(small_raw):
     assert heavier["capacity_mae_k_vs_stoichiometry"] < 1e-9 and heavier["capacity_median_error_k_vs_stoichiometry"] == 0
     above = screening.k_summary(doubled.assign(fake_capacity_grav_k_mean=1e4), ["fake"])["fake"]
     assert above["n_capacity_k_above_li"] == n_li and above["capacity_median_error_k_vs_stoichiometry"] > 0
-    figure = plots.k_substitution_figure(table, ["fake"])
+    figure = screening_figures.k_substitution_figure(table, ["fake"])
     assert len(figure.axes) == 1
     assert figure.axes[0].get_xlabel() == "Predicted specific energy, Li electrode (Wh/kg)"  # no sources: no claim
 
@@ -241,7 +241,7 @@ def test_k_substitution_table_and_the_featuriser(small_raw):
                                      substituted_predictors={"fake": sourced("network")})
     assert (mixed["fake_average_voltage_li_source"] == "physics").all()
     assert (mixed["fake_average_voltage_k_source"] == "network").all()
-    axis = plots.k_substitution_figure(mixed, ["fake"]).axes[0]
+    axis = screening_figures.k_substitution_figure(mixed, ["fake"]).axes[0]
     assert axis.get_xlabel().endswith("\nLi: V (physics: DFT energies) × C (physics: stoichiometry)")
     assert axis.get_ylabel().endswith("\nK: V (networks) × C (physics: stoichiometry)")
     assert "different sources" in axis.get_title()
@@ -260,10 +260,10 @@ def k_table(ci_half_width: float, n: int = 40) -> pd.DataFrame:
 
 
 def test_the_k_figure_says_how_often_the_ci_hides_behind_the_marker():
-    narrow = plots.k_substitution_figure(k_table(0.01), ["m"])
+    narrow = screening_figures.k_substitution_figure(k_table(0.01), ["m"])
     assert narrow._suptitle.get_text().endswith(
         "95 % CI of the ensemble mean of the K values, within the marker for 100 % of the points")
-    wide = plots.k_substitution_figure(k_table(200.0), ["m"])
+    wide = screening_figures.k_substitution_figure(k_table(200.0), ["m"])
     assert wide._suptitle.get_text().endswith("within the marker for 0 % of the points")
     plt.close("all")
 
@@ -275,7 +275,7 @@ def test_the_k_figure_gives_each_panel_its_own_share_of_hidden_error_bars():
         table[f"w_energy_grav_{side}_mean"] = table[f"m_energy_grav_{side}_mean"]
         table[f"w_energy_grav_{side}_ci_low"] = table[f"m_energy_grav_{side}_mean"] - 200.0
         table[f"w_energy_grav_{side}_ci_high"] = table[f"m_energy_grav_{side}_mean"] + 200.0
-    figure = plots.k_substitution_figure(table, ["m", "w"])
+    figure = screening_figures.k_substitution_figure(table, ["m", "w"])
     assert figure._suptitle.get_text().endswith("within the marker for 100 % (a), 0 % (b) of the points")
     plt.close("all")
 

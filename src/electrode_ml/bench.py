@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
         config = load_config(args.config)
         snapshot = args.snapshot or config["data"]["snapshot"]
         electrodes, _ = prepare_electrodes(read_electrode_csv(snapshot), config["data"], where=snapshot)
+        # the run's networks now, so that a missing one is refused before minutes of training
+        trained = load_ensemble(args.results, args.model, seeds(config))
     except InputError as error:
         raise SystemExit(f"error: {error}") from None
     split = make_split(electrodes, method=config["split"]["method"], fractions=config["split"]["fractions"],
@@ -165,7 +167,6 @@ def main(argv: list[str] | None = None) -> None:
         log.info("the same training with bfloat16 matmuls (train.precision: bfloat16)")
         mixed = train_network(x["train"], y["train"], x["val"], y["val"], params, replace(settings, precision="bfloat16"))
 
-    trained = load_ensemble(args.results, args.model, seeds(config))
     val_features = args.results / "features" / args.model / "val.parquet"
     if len(trained) >= 2 and val_features.exists():
         # the run's own validation features: its configuration may differ from the bench's

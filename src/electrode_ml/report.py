@@ -342,8 +342,10 @@ def _test_split_row(model: str, metrics: dict) -> list[str]:
     cells = [td(f"<b>{esc(model)}</b>")]
     for target in TARGETS:
         mae, goal = mae_on_test(metrics, target), goals.get(target)
-        text = "<b>exact</b> (physics)" if exact(mae) else f"{fmt(mae, DIGITS[target])} {delta(mae, goal)}"
-        cells.append(td(text, shade(mae, goal), "num"))
+        if exact(mae):  # no win to shade: the physics redoing MP's own computation, as in the glance table
+            cells.append(td("<b>exact</b> (physics)", cls="num"))
+        else:
+            cells.append(td(f"{fmt(mae, DIGITS[target])} {delta(mae, goal)}", shade(mae, goal), "num"))
     for kind in ("ci", "pi"):
         if kind == "ci" and model == PEER:  # one model, no spread: its "CI" is the point itself
             cells += [td("– (one model)", cls="num muted") for _ in TARGETS]

@@ -287,7 +287,7 @@ def screen_na_step(input, output, params, threads, wildcards=None, **_):
 
 
 def screen_k_step(input, output, params, threads, wildcards=None, **_):
-    from electrode_ml import plots, screening
+    from electrode_ml import plots, screening, screening_figures
 
     torch.set_num_threads(threads)
     electrodes = pd.read_parquet(input.electrodes)
@@ -310,7 +310,7 @@ def screen_k_step(input, output, params, threads, wildcards=None, **_):
     write_json(summary, output.summary)
     learned = {model: "networks + trees" if ensemble_.trees is not None and ensemble_.trees.blends
                else "networks" for model, ensemble_ in ensembles.items()}
-    plots.save(plots.k_substitution_figure(table, models, learned=learned), output.figure)
+    plots.save(screening_figures.k_substitution_figure(table, models, learned=learned), output.figure)
 
 
 def feature_contribution_step(input, output, params, threads, wildcards=None, **_):
