@@ -34,8 +34,9 @@ SPLIT_STYLE = {"train": ("#7b3294", "train"), "val": ("#1b9e77", "validation"), 
 EXACT_TOLERANCE = 1e-6
 # The histograms draw every split's errors within this percentile of its |error| (a symmetric range)...
 HISTOGRAM_PERCENTILE = 99
-# ...but no wider than this many interquartile ranges of the split's errors, so that a heavy tail does
-# not squeeze the bulk into two bins (5 IQR is 6.7 standard deviations of a normal distribution).
+# ...but no wider than |median| + this many interquartile ranges of a split's errors, so that a heavy
+# tail does not squeeze the bulk into two bins (5 IQR is 6.7 standard deviations of a normal
+# distribution), where that narrower range leaves at most this share of every split undrawn.
 HISTOGRAM_IQRS = 5
 HISTOGRAM_CAP_SHARE = 0.1
 
@@ -164,13 +165,13 @@ def histogram_half_width(errors_by_split: list[pd.Series]) -> float:
 
 def error_histogram_figure(summary: pd.DataFrame, title: str, splits=("train", "val"), learned: str | None = None,
                            voltage_trees: bool = False) -> plt.Figure:
-    """Distribution of predicted - DFT per target and split, on a symmetric range that holds at
-    least HISTOGRAM_PERCENTILE % of each shown split's |errors| (of the pooled ones, the 3483 training
-    errors set the range and clipped 4-6 % of the 388 validation ones, the split the comparison is
-    about), unless that is wider than HISTOGRAM_IQRS interquartile ranges of every split's errors:
-    capacity's few misses of 400-700 mAh/g stretched the range to +-266 mAh/g, and 86-99 % of the
-    errors fell into three bins. The errors beyond the range are not drawn (each split's count is in
-    the legend), and each split's bars have area = its share within the range.
+    """Distribution of predicted - DFT per target and split, on the symmetric range of
+    :func:`histogram_half_width`: each shown split's own percentile (of the pooled errors, the 3483
+    training errors set the range and clipped 4-6 % of the 388 validation ones, the split the
+    comparison is about), capped where a heavy tail would squeeze the rest into a few bins
+    (capacity's few misses of 400-700 mAh/g stretched it to +-266 mAh/g, and 86-99 % of the errors
+    fell into three bins). The errors beyond the range are not drawn (each split's count is in the
+    legend), and each split's bars have area = its share within the range.
     A target whose errors are all round-off gets a text panel instead of a histogram of noise."""
     notes = value_sources(summary, learned, voltage_trees)
     figure, axes = plt.subplots(1, len(TARGETS), figsize=(5 * len(TARGETS), 4.4))
