@@ -929,3 +929,15 @@ def test_to_classic_id_objects_and_new_ids():
     for junk in (None, "", "MP-12", "mp-12x", "not an id", True):
         with pytest.raises(ValueError):
             to_classic_id(junk)
+
+
+def test_the_end_members_download_says_how_far_it_is(server, caplog):
+    """The end members' properties come in batches of ids, the download's long step: it logged
+    nothing between the electrodes and the end."""
+    with caplog.at_level(logging.INFO, logger="electrode_ml.mp_download"):
+        download(server)
+    lines = [record.getMessage() for record in caplog.records if "of" in record.getMessage()
+             and record.getMessage().startswith("end members' properties")]
+    total = int(lines[-1].rsplit(" of ", 1)[1].split()[0])
+    assert len(lines) == -(-total // mp_download.SUMMARY_IDS_PER_QUERY) >= 2
+    assert lines[-1].endswith(f"{total} of {total} materials") and lines[0].split(": ")[1].startswith("3 of ")

@@ -194,6 +194,9 @@ def download_electrodes(
                 ),
             )
             end_members.update(end_member_properties(docs, gga_energies(thermo_docs)))
+            # a line per batch: at about 6000 end members this is the download's long step
+            log.info("end members' properties and %s energies: %d of %d materials",
+                     THERMO_TYPE, min(number * SUMMARY_IDS_PER_QUERY, len(material_ids)), len(material_ids))
         # mp_api leaves db_version empty where the heartbeat was refused (HTTP 403) but the queries were not
         provenance = {"endpoint": base, "database_version": mpr.db_version or "unknown (no heartbeat answer)",
                       "mp_api_version": _version("mp-api"),
