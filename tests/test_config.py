@@ -657,3 +657,23 @@ def test_a_partial_config_given_to_a_tool_says_why_it_is_refused(tmp_path):
     whole = tmp_path / "config.yaml"
     whole.write_text((REPO / "config.yaml").read_text())
     assert load_config(whole)["train"]["n_seeds"] == 50
+
+
+def test_a_key_given_twice_is_refused_not_silently_the_last(tmp_path):
+    """YAML keeps the last of a key given twice: a pasted second `train:` section replaced the first."""
+    from electrode_ml.config import load_config
+
+    twice = tmp_path / "twice.yaml"
+    twice.write_text((REPO / "config.yaml").read_text() + "\ntrain:\n  n_seeds: 3\n")
+    line = len((REPO / "config.yaml").read_text().splitlines()) + 2
+    message = rf"^{re.escape(str(twice))}: key 'train' is given twice \(line {line}\); YAML keeps the last one$"
+    with pytest.raises(InputError, match=message):
+        load_config(twice)
+    # the workflow reads its --configfile so too, before any job
+    partial = tmp_path / "partial.yaml"
+    partial.write_text(f"results: {tmp_path / 'results'}\ntune:\n  trials: 3\n  trials: 30\n")
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(partial), "--cores", "1"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1] == (
+        f"electrode-ml: error: {partial}: key 'trials' is given twice (line 4); YAML keeps the last one")
+    assert not (tmp_path / "results").exists()

@@ -9,7 +9,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import yaml
 from jsonschema import Draft202012Validator, validators
@@ -24,17 +24,40 @@ from electrode_ml.schema import WORKING_IONS
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last, so a
+    second `train:` section (a pasted block) silently replaced the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (line {key_node.start_mark.line + 1}); "
+                    "YAML keeps the last one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content, a key given twice in one mapping refused in one line naming it."""
+    try:
+        return yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)
+    except yaml.constructor.ConstructorError as error:
+        raise InputError(f"{path}: {error.problem}") from None
+    except yaml.YAMLError as error:
+        raise InputError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path} is not UTF-8 text (byte {error.start})") from None
+
+
 def load_config(path: Path) -> dict:
     """A configuration file as the Snakefile sees it: schema-checked, the schema's defaults filled in,
     then ``check_config``; for the tools that read a run's config.yaml outside Snakemake."""
     if not path.is_file():
         raise InputError(f"--config {path} is not a file")
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise InputError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
-    except UnicodeDecodeError as error:
-        raise InputError(f"{path} is not UTF-8 text (byte {error.start})") from None
+    config = read_yaml(path)
     try:
         validate_config(config)
     except InputError as error:

@@ -13,8 +13,8 @@ os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [LIBRARY, os.environ.g
 from electrode_ml import contribution
 from electrode_ml.code_version import libraries_version, script_code_version
 from electrode_ml.config import (check_gpu_requests, check_snapshot, contribution_seeds, gpu_per_job, group_seeds,
-                                 model_feature_settings, model_train_settings, seeds, snapshot_input, tune_settings,
-                                 validate_config)
+                                 model_feature_settings, model_train_settings, read_yaml, seeds, snapshot_input,
+                                 tune_settings, validate_config)
 from electrode_ml.errors import InputError
 from electrode_ml.models import (FEATURE_SETS, KNOWN_MODELS, PHYSICS_BASES, base_model, is_physics_model,
                                  uses_voltage_trees, variants_of, voltage_tree_settings)
@@ -23,6 +23,8 @@ NO_JOB_FLAGS = {"--unlock", "--lint", "--cleanup-metadata", "--cm", "--list-rule
                 "--list-target-rules", "--lt", "--cleanup-shadow"}
 
 try:
+    for path in workflow.configfiles:  # Snakemake's YAML reading keeps the last of a key given twice
+        read_yaml(path)
     validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
     SNAPSHOT = snapshot_input(config)
     if workflow.is_main_process:  # a job submitted to a cluster node never reads the snapshot
