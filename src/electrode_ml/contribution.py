@@ -97,13 +97,13 @@ def run_contribution(frames: Mapping[str, pd.DataFrame], trainer: Trainer, seeds
     trained = dict(trained or {})
     features = [name for name in frames["train"].columns if name != "battery_id" and name not in TARGETS]
     present = [group for group in groups if not _left_out_by_configuration(features, groups[group])]
+    runs = [(group, group_columns(features, group, groups)) for group in present]
     # a group constant on the training split (the ion type of one-ion data) carries nothing to leave
     # out: its "contribution" would be the two trainings' noise, ranked as a finding
-    constant = [group for group in present
-                if (frames["train"][group_columns(features, group, groups)].nunique() <= 1).all()]
-    for group in constant:
+    constant = {group for group, columns in runs if (frames["train"][columns].nunique() <= 1).all()}
+    for group in sorted(constant):
         log.warning("feature contribution: left out %r, whose columns are constant on the training split", group)
-    runs = [(FULL, [])] + [(group, group_columns(features, group, groups)) for group in present if group not in constant]
+    runs = [(FULL, [])] + [(group, columns) for group, columns in runs if group not in constant]
     y = {split: frame[list(TARGETS)].to_numpy(np.float64) for split, frame in frames.items()}
     scored = [split for split in dict.fromkeys((evaluate, "test")) if split in frames]
     rows = []
