@@ -778,6 +778,41 @@ run_step(types.SimpleNamespace(log=[{str(tmp_path / "train.log")!r}], rule="trai
     assert sorted(path.name for path in tmp_path.iterdir()) == ["train.log"]
 
 
+def test_a_job_whose_snakemake_is_killed_stops_too(tmp_path):
+    """`kill -9` on Snakemake (or the OOM killer) left its jobs running: after the README's `--unlock`
+    and rerun, a second copy of each job ran beside the orphan and both wrote the same outputs."""
+    marker, log_file = tmp_path / "started", tmp_path / "tune.log"
+    job = f"""
+import os, time, types
+from pathlib import Path
+from electrode_ml.runner import run_step
+
+def step(input, output, params, threads, **_):
+    Path({str(marker)!r}).write_text(str(os.getpid()))
+    for _ in range(600):
+        time.sleep(0.1)
+    Path({str(tmp_path / "finished")!r}).write_text("the orphan ran to the end")
+
+run_step(types.SimpleNamespace(log=[{str(log_file)!r}], rule="tune", input={{}}, output=[], threads=1,
+                               params=types.SimpleNamespace(), wildcards={{}}), step)
+"""
+    snakemake_stand_in = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {job!r}])"
+    parent = subprocess.Popen([sys.executable, "-c", snakemake_stand_in])
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "the job never started"
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while "terminated (SIGTERM)" not in log_file.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "rule tune terminated (SIGTERM) after" in log_file.read_text()
+    assert not (tmp_path / "finished").exists()
+
+
 def test_a_job_of_one_thread_runs_scikit_learns_openmp_on_one_thread(tmp_path):
     """Snakemake sets OMP_NUM_THREADS for shell rules only: the voltage trees of a `threads: 1` job took
     every core, beside other jobs' networks on them."""

@@ -260,10 +260,14 @@ def test_snakemake_report_has_the_captions(report_run):
     names = archive.namelist()
     assert any(name.endswith("fig7.png") for name in names)
     assert any(name.endswith("feature_contribution.png") for name in names)
+    # the peer baseline's figures and the workflow's own page were left out of it
+    assert sum(name.endswith("parity.png") for name in names) == len(config["models"]) + 1, names
+    assert any(name.endswith("/index.html") for name in names), names
     text = "".join(archive.read(name).decode("utf-8", "replace") for name in names
                    if name.endswith((".html", ".js", ".json")))
     for caption in ("Parity plot of the predicted value against the DFT value", "Distribution of the error",
-                    "Individual contribution of each input feature group", "substitution (paper Fig 7)"):
+                    "Individual contribution of each input feature group", "substitution (paper Fig 7)",
+                    "for the peer baseline", "The workflow's own report"):
         assert caption in text, caption
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -61,6 +63,31 @@ def _terminate(signum, frame) -> None:
     raise Terminated
 
 
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def end_with_parent() -> bool:
+    """Have Linux send this job SIGTERM when the process that started it dies; True where it can.
+
+    ``kill -9`` on Snakemake (or the OOM killer choosing it) left its jobs running: after the
+    documented ``--unlock`` and rerun, a second copy of each ran beside the first, and the two wrote
+    the same outputs (measured: a killed tuning's job went on adding trials to the state the new one
+    had resumed from). With the signal the orphan stops as a ``scancel`` would stop it.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):  # no C library to ask (a static or unusual build)
+        return False
+    if os.getppid() != parent:  # the parent died before the request was made: no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
+
+
 def run_step(smk: Any, step: str | Callable[..., Any]) -> None:
     """Call ``step(input, output, params, threads)`` for a Snakemake job; bad input ends in one line.
 
@@ -77,6 +104,7 @@ def run_step(smk: Any, step: str | Callable[..., Any]) -> None:
     started = time.perf_counter()
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        end_with_parent()
         if isinstance(step, str):
             step = getattr(importlib.import_module("electrode_ml.steps"), step)
         # the job's threads for scikit-learn's OpenMP and numpy's BLAS too: Snakemake sets OMP_NUM_THREADS

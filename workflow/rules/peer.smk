@@ -9,8 +9,9 @@ rule peer_gbm:
     output:
         predictions=f"{RESULTS}/ensemble/peer_gbm/predictions.parquet",
         metrics=f"{RESULTS}/ensemble/peer_gbm/metrics.json",
-        parity=f"{RESULTS}/figures/peer_gbm/parity.png",
-        errors=f"{RESULTS}/figures/peer_gbm/error_histograms.png",
+        parity=report(f"{RESULTS}/figures/peer_gbm/parity.png", caption="../report/peer_parity.rst", category="Accuracy"),
+        errors=report(f"{RESULTS}/figures/peer_gbm/error_histograms.png", caption="../report/peer_errors.rst",
+                      category="Accuracy"),
     log:
         f"{RESULTS}/logs/peer_gbm.log",
     benchmark:

@@ -27,7 +27,7 @@ rule report:
         contribution_seeds=rules.feature_contribution.output.per_seed if CONTRIBUTION_MODEL in BASE_MODELS else [],
         contribution_figure=rules.feature_contribution.output.figure if CONTRIBUTION_MODEL in BASE_MODELS else [],
     output:
-        html=f"{RESULTS}/report/index.html",
+        html=report(f"{RESULTS}/report/index.html", caption="../report/index.rst", category="Report"),
     log:
         f"{RESULTS}/logs/report.log",
     params:
