@@ -265,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"{', '.join(KNOWN_MODELS)} (default model1_phys: needs no DFT)")
         sub.add_argument("--results", type=Path, default=Path("results"), help="the workflow's results folder")
         sub.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
-                         help="network arithmetic; bfloat16 was about 3x faster on a CPU with AMX and moved ensemble "
-                              "means by about 0.002-0.004 V / 0.3-0.4 mAh/g / 0.7-0.9 Wh/kg (make bench measures it)")
+                         help="network arithmetic; bfloat16 was 1.5-4x faster on a CPU with AVX512-BF16 or AMX and moved "
+                              "ensemble means by about 0.002-0.004 V / 0.3-0.4 mAh/g / 0.7-0.9 Wh/kg (make bench measures it)")
         sub.add_argument("--skip-bad", action="store_true",
                          help="write bad rows with their reason beside OUTPUT (out.csv -> out.rejects.csv; with -o -, "
                               "to stderr) and score the rest")
@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     screen = commands.add_parser("screen", help="predict, then apply the paper's thresholds (Table 5; with "
                                                  "--ion Na, its whole filter)",
                                  epilog=OUTPUT_COLUMNS + " screen adds passes and passes_at_pi_low, and names the "
-                                        "passing candidates either flag marks.")
+                                        "passing candidates any of the four flags marks.")
     common(screen)
     screen.add_argument("--ion", choices=WORKING_IONS, metavar="ION",
                         help=f"keep only candidates of this working ion ({', '.join(WORKING_IONS)}; default all; "
