@@ -26,13 +26,14 @@ interval is calibrated on the blended values.
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from electrode_ml.metrics import regression_metrics
 from electrode_ml.schema import TARGETS
@@ -160,9 +161,16 @@ class VoltageTrees:
                 "trees_alone_voltage_mae": voltage_mae(voltage, frames)}
 
 
+@functools.cache
+def _openmp() -> ThreadpoolController:
+    """The OpenMP runtimes loaded (scikit-learn's among them), found once: finding them reads every
+    loaded library, about 1 ms a time, which five times a call added 6 ms to model1_phys's timing."""
+    return ThreadpoolController().select(user_api="openmp")
+
+
 def openmp_threads() -> int:
     """The OpenMP thread count this thread runs with (a job's ``threads``, all cores outside one)."""
-    return max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "openmp"), default=1)
+    return max((pool["num_threads"] for pool in _openmp().info()), default=1)
 
 
 def _one_thread_prediction(model: HistGradientBoostingRegressor, features: np.ndarray) -> np.ndarray:
@@ -173,7 +181,7 @@ def _one_thread_prediction(model: HistGradientBoostingRegressor, features: np.nd
     to score beside one busy core, 30.8 s so (23.7 s idle, from 26.5). The limit is set in the
     thread that predicts, since OpenMP keeps it per thread.
     """
-    with threadpool_limits(limits=1, user_api="openmp"):
+    with _openmp().limit(limits=1):
         return model.predict(features)
 
 
