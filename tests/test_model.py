@@ -1,6 +1,7 @@
 import multiprocessing
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -806,11 +807,18 @@ run_step(types.SimpleNamespace(log=[{str(log_file)!r}], rule="tune", input={{}},
     finally:
         parent.kill()
         parent.wait()
-    deadline = time.monotonic() + 30
-    while "terminated (SIGTERM)" not in log_file.read_text() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert "rule tune terminated (SIGTERM) after" in log_file.read_text()
-    assert not (tmp_path / "finished").exists()
+    job_pid = int(marker.read_text())
+    try:
+        deadline = time.monotonic() + 30
+        while "terminated (SIGTERM)" not in log_file.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "rule tune terminated (SIGTERM) after" in log_file.read_text()
+        assert not (tmp_path / "finished").exists()
+    finally:  # a job the signal missed would run on past the test
+        try:
+            os.kill(job_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def test_a_job_of_one_thread_runs_scikit_learns_openmp_on_one_thread(tmp_path):

@@ -198,3 +198,9 @@ def test_the_workstation_profile_sets_no_key_the_slurm_profile_sets_otherwise():
     assert differing == set()
     # keys only the workstation sets pass into a SLURM run too; cores there only caps a job's threads
     assert set(default) - set(SLURM_PROFILE) == {"cores"}
+
+
+def test_a_workstation_run_goes_on_past_a_failed_job():
+    """One failed train job (a seed killed by the OOM killer) stopped every other independent job of an
+    unattended workstation run; the rerun then had all of them to do."""
+    assert effective_settings("--workflow-profile", "profiles/default")["keep_going"] is True

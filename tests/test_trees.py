@@ -257,28 +257,37 @@ class _RecordingModel:
         self.model, self.seen = model, seen
 
     def predict(self, features):
-        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
         import threading
 
-        self.seen.append((_openmp_effective_n_threads(), threading.current_thread().name))
+        from electrode_ml.trees import openmp_threads
+
+        self.seen.append((openmp_threads(), threading.current_thread().name))
         return self.model.predict(features)
 
 
-@pytest.mark.parametrize("job_threads", [1, 2])
-def test_each_tree_model_predicts_on_one_openmp_thread_side_by_side(job_threads):
+@pytest.mark.parametrize("job_threads, bags, threads_each, pool", [
+    (1, 4, 1, False),  # a workflow job of one thread: the models one after the other
+    (2, 4, 1, True),   # two threads: the models side by side, one thread each
+    (8, 4, 2, True),   # more threads than models: each model its share
+    (2, 1, 2, False),  # one model: all the threads, no pool
+])
+def test_tree_models_predict_side_by_side_on_their_share_of_the_threads(job_threads, bags, threads_each, pool):
     """scikit-learn opens a parallel region per tree: on a busy machine each waited for a descheduled
-    thread (98,900 candidates 49.3 s beside one busy core, 30.8 s so). The models now go side by
-    side, one OpenMP thread each, as many at once as the job has threads."""
+    thread (on 2 cores, 98,900 candidates 49.3 s beside one busy core, 30.8 s with the models side
+    by side). The models now go side by side, the threads shared out among them, and the caller's
+    own limit is left as it was."""
     from threadpoolctl import threadpool_limits
 
+    from electrode_ml.trees import openmp_threads
+
     frames = synthetic_frames()
-    trees, _ = fit_trees(frames, weight=0.5, bags=4)
+    trees, _ = fit_trees(frames, weight=0.5, bags=bags)
     x = frames["test"][trees.feature_names].to_numpy(np.float32)
     expected = np.mean([model.predict(x[:, trees.columns]) for model in trees.models], axis=0)
     seen: list = []
     trees.models = [_RecordingModel(model, seen) for model in trees.models]
     with threadpool_limits(limits=job_threads, user_api="openmp"):
         np.testing.assert_array_equal(trees.predict(x), expected)
-    assert [threads for threads, _ in seen] == [1] * 4
-    on_workers = {name for _, name in seen if name.startswith("electrode-ml-trees")}
-    assert bool(on_workers) == (job_threads > 1)  # a job of one thread starts no pool
+        assert openmp_threads() == job_threads
+    assert [threads for threads, _ in seen] == [threads_each] * bags
+    assert any(name.startswith("electrode-ml-trees") for _, name in seen) == pool

@@ -66,26 +66,29 @@ def _terminate(signum, frame) -> None:
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def end_with_parent() -> bool:
-    """Have Linux send this job SIGTERM when the process that started it dies; True where it can.
+def end_with_parent() -> int | None:
+    """Have Linux send this job SIGTERM when the process that started it dies; that process's pid,
+    None where it cannot (another OS, no C library to ask).
 
     ``kill -9`` on Snakemake (or the OOM killer choosing it) left its jobs running: after the
     documented ``--unlock`` and rerun, a second copy of each ran beside the first, and the two wrote
     the same outputs (measured: a killed tuning's job went on adding trials to the state the new one
-    had resumed from). With the signal the orphan stops as a ``scancel`` would stop it.
+    had resumed from). With the signal the orphan stops as a ``scancel`` would stop it. It covers a
+    job whose parent is Snakemake itself (bash 5.1 and later run the script in the shell's place);
+    a shell that stays between them (an older bash, a shell prefix, a container) dies with neither.
+    The caller checks the pid against ``os.getppid()`` once it can stop cleanly: a parent gone
+    before the request sends nothing.
     """
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-            return False
-    except (OSError, AttributeError):  # no C library to ask (a static or unusual build)
-        return False
-    if os.getppid() != parent:  # the parent died before the request was made: no signal will come
-        os.kill(os.getpid(), signal.SIGTERM)
-    return True
+            return None
+    except (OSError, AttributeError):
+        return None
+    return parent
 
 
 def run_step(smk: Any, step: str | Callable[..., Any]) -> None:
@@ -96,6 +99,8 @@ def run_step(smk: Any, step: str | Callable[..., Any]) -> None:
     empty log. Any other error is a bug or a broken file: its traceback goes to the job's log as
     well as to stderr, since the log is where Snakemake (and, on a cluster, the user) looks.
     """
+    # first: a Snakemake killed before this goes unseen (until here the default SIGTERM action stops the job)
+    parent = end_with_parent()
     setup_logging(smk.log[0] if smk.log else None)
     log = logging.getLogger(f"electrode_ml.{smk.rule}")
     # which library ran: a second checkout sharing one environment would otherwise go unnoticed
@@ -104,7 +109,8 @@ def run_step(smk: Any, step: str | Callable[..., Any]) -> None:
     started = time.perf_counter()
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        end_with_parent()
+        if parent is not None and os.getppid() != parent:
+            raise Terminated  # the parent died before the request: no signal will come
         if isinstance(step, str):
             step = getattr(importlib.import_module("electrode_ml.steps"), step)
         # the job's threads for scikit-learn's OpenMP and numpy's BLAS too: Snakemake sets OMP_NUM_THREADS

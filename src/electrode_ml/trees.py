@@ -114,11 +114,13 @@ class VoltageTrees:
         if len(features) == 0:
             return np.zeros(0)
         features = features[:, self.columns]
-        workers = min(len(self.models), openmp_threads())
+        threads = openmp_threads()
+        workers = min(len(self.models), threads)
         if workers == 1:
-            return np.mean([_one_thread_prediction(model, features) for model in self.models], axis=0)
+            return np.mean([model.predict(features) for model in self.models], axis=0)
+        each = functools.partial(_prediction_on_threads, threads=threads // workers)
         with ThreadPoolExecutor(workers, thread_name_prefix="electrode-ml-trees") as pool:
-            return np.mean(list(pool.map(_one_thread_prediction, self.models, [features] * len(self.models))), axis=0)
+            return np.mean(list(pool.map(each, self.models, [features] * len(self.models))), axis=0)
 
     @property
     def blends(self) -> bool:
@@ -173,15 +175,16 @@ def openmp_threads() -> int:
     return max((pool["num_threads"] for pool in _openmp().info()), default=1)
 
 
-def _one_thread_prediction(model: HistGradientBoostingRegressor, features: np.ndarray) -> np.ndarray:
-    """One tree model's prediction on one OpenMP thread; the models go side by side instead.
+def _prediction_on_threads(model: HistGradientBoostingRegressor, features: np.ndarray, threads: int) -> np.ndarray:
+    """One tree model's prediction on its share of the threads; the models go side by side.
 
     scikit-learn opens a parallel region per tree, 4000 of them per call, and on a busy machine (a
-    login node, a second job) each waited for a descheduled thread: 98,900 candidates took 49.3 s
-    to score beside one busy core, 30.8 s so (23.7 s idle, from 26.5). The limit is set in the
-    thread that predicts, since OpenMP keeps it per thread.
+    login node, a second job) each waited for a descheduled thread: on 2 cores, 98,900 candidates
+    took 49.3 s to score beside one busy core, 30.8 s with the models side by side on one thread each
+    (23.7 s idle, from 26.5). The limit is set in the thread that predicts, since OpenMP keeps it
+    per thread.
     """
-    with _openmp().limit(limits=1):
+    with _openmp().limit(limits=threads):
         return model.predict(features)
 
 
