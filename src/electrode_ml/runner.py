@@ -75,7 +75,8 @@ def end_with_parent() -> int | None:
     the same outputs (measured: a killed tuning's job went on adding trials to the state the new one
     had resumed from). With the signal the orphan stops as a ``scancel`` would stop it. It covers a
     job whose parent is Snakemake itself (bash 5.1 and later run the script in the shell's place);
-    a shell that stays between them (an older bash, a shell prefix, a container) dies with neither.
+    where a shell stays between them (an older bash, a shell prefix, a container), the shell is the
+    parent, and it outlives Snakemake.
     The caller checks the pid against ``os.getppid()`` once it can stop cleanly: a parent gone
     before the request sends nothing.
     """
