@@ -1,6 +1,7 @@
 import multiprocessing
 import os
 import re
+import shlex
 import signal
 import stat
 import subprocess
@@ -9,6 +10,7 @@ import threading
 import time
 import types
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from electrode_ml.errors import InputError
 from electrode_ml.model import MLP, NetworkParams, TrainedNetwork, TrainSettings, predict, train_network
 from electrode_ml.predict import (OneDNNNetworks, StackedEnsemble, consecutive_shares, in_streams, relu_,
                                   stream_workers)
+from electrode_ml.runner import SNAKEMAKE_PID, watch_snakemake
 from electrode_ml.training_kernels import FlatRMSprop, ReLUDropout, TrainingStep
 
 PARAMS = NetworkParams(32, 16, 8, 0.1, 0.1, 0.1, 1e-3)
@@ -779,9 +782,12 @@ run_step(types.SimpleNamespace(log=[{str(tmp_path / "train.log")!r}], rule="trai
     assert sorted(path.name for path in tmp_path.iterdir()) == ["train.log"]
 
 
-def test_a_job_whose_snakemake_is_killed_stops_too(tmp_path):
+@pytest.mark.parametrize("shell_between", [False, True], ids=["job-child-of-snakemake", "shell-between"])
+def test_a_job_whose_snakemake_is_killed_stops_too(tmp_path, shell_between):
     """`kill -9` on Snakemake (or the OOM killer) left its jobs running: after the README's `--unlock`
-    and rerun, a second copy of each job ran beside the orphan and both wrote the same outputs."""
+    and rerun, a second copy of each job ran beside the orphan and both wrote the same outputs. Where
+    a shell stays between them (bash before 5.1, a shell prefix), the shell outlives Snakemake and
+    the parent-death signal never comes: the job watches Snakemake's pid instead."""
     marker, log_file = tmp_path / "started", tmp_path / "tune.log"
     job = f"""
 import os, time, types
@@ -797,28 +803,52 @@ def step(input, output, params, threads, **_):
 run_step(types.SimpleNamespace(log=[{str(log_file)!r}], rule="tune", input={{}}, output=[], threads=1,
                                params=types.SimpleNamespace(), wildcards={{}}), step)
 """
-    snakemake_stand_in = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {job!r}])"
+    command = [sys.executable, "-c", job]
+    if shell_between:  # a second command keeps bash from running the job in its own place
+        command = ["bash", "-c", f"{shlex.join(command)}; true"]
+    snakemake_stand_in = (f"import os, subprocess; os.environ[{SNAKEMAKE_PID!r}] = str(os.getpid()); "
+                          f"subprocess.run({command!r})")
     parent = subprocess.Popen([sys.executable, "-c", snakemake_stand_in])
     try:
         deadline = time.monotonic() + 60
         while not marker.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert marker.exists(), "the job never started"
+        job_pid = int(marker.read_text())
+        job_parent = int(Path(f"/proc/{job_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert (job_parent != parent.pid) == shell_between
     finally:
         parent.kill()
         parent.wait()
-    job_pid = int(marker.read_text())
     try:
         deadline = time.monotonic() + 30
         while "terminated (SIGTERM)" not in log_file.read_text() and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert "rule tune terminated (SIGTERM) after" in log_file.read_text()
+        log = log_file.read_text()
+        assert "rule tune terminated (SIGTERM) after" in log
+        assert (f"between Snakemake (pid {parent.pid}) and this job: watching it" in log) == shell_between
         assert not (tmp_path / "finished").exists()
     finally:  # a job the signal missed would run on past the test
         try:
             os.kill(job_pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_a_job_watches_only_a_snakemake_above_it(monkeypatch):
+    """A pid from the environment that is not an ancestor (a container's, a stale one) names some
+    other process, whose end says nothing about this job."""
+    for value in ("", "not a pid", str(os.getppid())):
+        monkeypatch.setenv(SNAKEMAKE_PID, value)
+        assert watch_snakemake() is None
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        monkeypatch.setenv(SNAKEMAKE_PID, str(stranger.pid))
+        assert watch_snakemake() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+    assert not any(thread.name == "snakemake-watch" for thread in threading.enumerate())
 
 
 def test_a_job_of_one_thread_runs_scikit_learns_openmp_on_one_thread(tmp_path):

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -75,8 +76,8 @@ def end_with_parent() -> int | None:
     the same outputs (measured: a killed tuning's job went on adding trials to the state the new one
     had resumed from). With the signal the orphan stops as a ``scancel`` would stop it. It covers a
     job whose parent is Snakemake itself (bash 5.1 and later run the script in the shell's place);
-    where a shell stays between them (an older bash, a shell prefix, a container), the shell is the
-    parent, and it outlives Snakemake.
+    where a shell stays between them (an older bash, a wrapper), the shell is the parent, it
+    outlives Snakemake, and :func:`watch_snakemake` takes over.
     The caller checks the pid against ``os.getppid()`` once it can stop cleanly: a parent gone
     before the request sends nothing.
     """
@@ -90,6 +91,59 @@ def end_with_parent() -> int | None:
     except (OSError, AttributeError):
         return None
     return parent
+
+
+SNAKEMAKE_PID = "ELECTRODE_ML_SNAKEMAKE_PID"  # set by workflow/rules/common.smk for the jobs it starts
+
+
+def _process_state(pid: int) -> tuple[str, int, str] | None:
+    """(state, parent pid, start time) of a process from ``/proc``; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the command name in brackets may hold spaces
+    return fields[0], int(fields[1]), fields[19]
+
+
+def _is_ancestor(pid: int) -> bool:
+    current = os.getppid()
+    for _ in range(64):
+        if current == pid:
+            return True
+        state = _process_state(current)
+        if state is None or current <= 1:
+            return False
+        current = state[1]
+    return False
+
+
+def watch_snakemake(interval: float = 1.0) -> int | None:
+    """SIGTERM this job when the Snakemake that started it ends, where a process stays between them;
+    Snakemake's pid, or None where there is nothing to watch.
+
+    :func:`end_with_parent` covers a job whose parent is Snakemake. An older bash (RHEL 8's 4.4) or a
+    wrapper stays as the parent, and it outlives a Snakemake killed with ``kill -9``. The pid comes
+    from the environment the Snakefile sets, and is watched only when it is an ancestor of this job
+    (in a container it may name another process). A zombie counts as gone, as does a pid reused by
+    a process started later.
+    """
+    try:
+        pid = int(os.environ.get(SNAKEMAKE_PID, ""))
+    except ValueError:
+        return None
+    if pid == os.getppid() or not _is_ancestor(pid):
+        return None
+    snakemake = _process_state(pid)
+    started = snakemake[2] if snakemake else None  # gone since: the watch ends at once
+
+    def watch() -> None:
+        while (state := _process_state(pid)) is not None and state[0] != "Z" and state[2] == started:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="snakemake-watch", daemon=True).start()
+    return pid
 
 
 def run_step(smk: Any, step: str | Callable[..., Any]) -> None:
@@ -112,6 +166,9 @@ def run_step(smk: Any, step: str | Callable[..., Any]) -> None:
     try:
         if parent is not None and os.getppid() != parent:
             raise Terminated  # the parent died before the request: no signal will come
+        watched = watch_snakemake()
+        if watched is not None:
+            log.info("a process stands between Snakemake (pid %d) and this job: watching it", watched)
         if isinstance(step, str):
             step = getattr(importlib.import_module("electrode_ml.steps"), step)
         # the job's threads for scikit-learn's OpenMP and numpy's BLAS too: Snakemake sets OMP_NUM_THREADS

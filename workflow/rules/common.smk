@@ -18,6 +18,10 @@ from electrode_ml.config import (check_gpu_requests, check_snapshot, contributio
 from electrode_ml.errors import InputError
 from electrode_ml.models import (FEATURE_SETS, KNOWN_MODELS, PHYSICS_BASES, base_model, is_physics_model,
                                  uses_voltage_trees, variants_of, voltage_tree_settings)
+from electrode_ml.runner import SNAKEMAKE_PID
+
+# Whom the jobs watch where a shell stands between them and this process (runner.watch_snakemake)
+os.environ[SNAKEMAKE_PID] = str(os.getpid())
 
 NO_JOB_FLAGS = {"--unlock", "--lint", "--cleanup-metadata", "--cm", "--list-rules", "--list", "-l",
                 "--list-target-rules", "--lt", "--cleanup-shadow"}
