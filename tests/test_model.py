@@ -23,7 +23,7 @@ from electrode_ml.errors import InputError
 from electrode_ml.model import MLP, NetworkParams, TrainedNetwork, TrainSettings, predict, train_network
 from electrode_ml.predict import (OneDNNNetworks, StackedEnsemble, consecutive_shares, in_streams, relu_,
                                   stream_workers)
-from electrode_ml.runner import SNAKEMAKE_PID, watch_snakemake
+from electrode_ml.runner import SNAKEMAKE, Terminated, snakemake_identity, watch_snakemake
 from electrode_ml.training_kernels import FlatRMSprop, ReLUDropout, TrainingStep
 
 PARAMS = NetworkParams(32, 16, 8, 0.1, 0.1, 0.1, 1e-3)
@@ -806,8 +806,8 @@ run_step(types.SimpleNamespace(log=[{str(log_file)!r}], rule="tune", input={{}},
     command = [sys.executable, "-c", job]
     if shell_between:  # a second command keeps bash from running the job in its own place
         command = ["bash", "-c", f"{shlex.join(command)}; true"]
-    snakemake_stand_in = (f"import os, subprocess; os.environ[{SNAKEMAKE_PID!r}] = str(os.getpid()); "
-                          f"subprocess.run({command!r})")
+    snakemake_stand_in = ("import os, subprocess; from electrode_ml.runner import snakemake_identity; "
+                          f"os.environ[{SNAKEMAKE!r}] = snakemake_identity(); subprocess.run({command!r})")
     parent = subprocess.Popen([sys.executable, "-c", snakemake_stand_in])
     try:
         deadline = time.monotonic() + 60
@@ -835,19 +835,53 @@ run_step(types.SimpleNamespace(log=[{str(log_file)!r}], rule="tune", input={{}},
             pass
 
 
-def test_a_job_watches_only_a_snakemake_above_it(monkeypatch):
-    """A pid from the environment that is not an ancestor (a container's, a stale one) names some
-    other process, whose end says nothing about this job."""
-    for value in ("", "not a pid", str(os.getppid())):
-        monkeypatch.setenv(SNAKEMAKE_PID, value)
+def test_a_job_whose_snakemake_was_killed_before_it_started_does_not_run(tmp_path):
+    """A Snakemake killed in a job's first second, before the job asked for the parent-death signal,
+    left it running with no parent to signal it: it finds Snakemake gone and stops before its step."""
+    log_file = tmp_path / "train.log"
+    job = f"""
+import types
+from pathlib import Path
+from electrode_ml.runner import run_step
+
+def step(input, output, params, threads, **_):
+    Path({str(tmp_path / "ran")!r}).write_text("the orphan ran")
+
+run_step(types.SimpleNamespace(log=[{str(log_file)!r}], rule="train", input={{}}, output=[], threads=1,
+                               params=types.SimpleNamespace(), wildcards={{}}), step)
+"""
+    # the stand-in ends while the job's shell still sleeps, as a Snakemake killed then would
+    snakemake_stand_in = ("import os, subprocess; from electrode_ml.runner import snakemake_identity; "
+                          f"os.environ[{SNAKEMAKE!r}] = snakemake_identity(); "
+                          f"subprocess.Popen(['bash', '-c', 'sleep 1; exec \"$0\" -c \"$1\"', {sys.executable!r}, {job!r}])")
+    parent = subprocess.run([sys.executable, "-c", snakemake_stand_in], timeout=60)
+    assert parent.returncode == 0
+    deadline = time.monotonic() + 60
+    while not (log_file.exists() and re.search("terminated|done in", log_file.read_text())) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "rule train terminated (its Snakemake (pid" in log_file.read_text()
+    assert "had ended before it started)" in log_file.read_text()
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_job_watches_only_the_snakemake_that_started_it(monkeypatch):
+    """The environment's Snakemake is watched only where its pid means that process (the same boot and
+    pid namespace) and is an ancestor; one that stands above through its parent alone is the
+    parent-death signal's to cover, and one from another host or container is nothing to compare."""
+    monkeypatch.setenv(SNAKEMAKE, snakemake_identity())
+    assert watch_snakemake() is None  # this process: alive, not an ancestor of itself
+    for value in ("", "not an identity", "12 34 56"):
+        monkeypatch.setenv(SNAKEMAKE, value)
         assert watch_snakemake() is None
-    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        monkeypatch.setenv(SNAKEMAKE_PID, str(stranger.pid))
-        assert watch_snakemake() is None
-    finally:
-        stranger.kill()
-        stranger.wait()
+    stranger = subprocess.run([sys.executable, "-c", "from electrode_ml.runner import snakemake_identity; "
+                               "print(snakemake_identity())"], capture_output=True, text=True, check=True)
+    gone = stranger.stdout.split()
+    assert len(gone) == 4
+    monkeypatch.setenv(SNAKEMAKE, " ".join([*gone[:2], "another-boot", gone[3]]))
+    assert watch_snakemake() is None  # another host's pid says nothing here
+    monkeypatch.setenv(SNAKEMAKE, stranger.stdout)
+    with pytest.raises(Terminated, match=rf"its Snakemake \(pid {gone[0]}\) had ended"):
+        watch_snakemake()
     assert not any(thread.name == "snakemake-watch" for thread in threading.enumerate())
 
 

@@ -56,8 +56,8 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
 
 
 class Terminated(BaseException):
-    """SIGTERM (``kill``, ``scancel``, a cluster's time limit) as an exception: the job's log says
-    why it stopped, and the temporary files' cleanup runs."""
+    """SIGTERM (``kill``, ``scancel``, a cluster's time limit) as an exception, or its Snakemake found
+    gone: the job's log says why it stopped, and the temporary files' cleanup runs."""
 
 
 def _terminate(signum, frame) -> None:
@@ -93,7 +93,7 @@ def end_with_parent() -> int | None:
     return parent
 
 
-SNAKEMAKE_PID = "ELECTRODE_ML_SNAKEMAKE_PID"  # set by workflow/rules/common.smk for the jobs it starts
+SNAKEMAKE = "ELECTRODE_ML_SNAKEMAKE"  # whom the jobs watch: workflow/rules/common.smk sets it
 
 
 def _process_state(pid: int) -> tuple[str, int, str] | None:
@@ -104,6 +104,22 @@ def _process_state(pid: int) -> tuple[str, int, str] | None:
         return None
     fields = stat.rsplit(")", 1)[1].split()  # the command name in brackets may hold spaces
     return fields[0], int(fields[1]), fields[19]
+
+
+def _boot_and_namespace() -> str | None:
+    """This boot of this host and this process's pid namespace: where a pid means the same process."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot} {os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return None
+
+
+def snakemake_identity() -> str:
+    """This process as the jobs it starts find it (the value of ``SNAKEMAKE``): its pid and start
+    time, which a reused pid does not share, and where they hold; empty where ``/proc`` cannot say."""
+    state, where = _process_state(os.getpid()), _boot_and_namespace()
+    return f"{os.getpid()} {state[2]} {where}" if state and where else ""
 
 
 def _is_ancestor(pid: int) -> bool:
@@ -120,25 +136,36 @@ def _is_ancestor(pid: int) -> bool:
 
 def watch_snakemake(interval: float = 1.0) -> int | None:
     """SIGTERM this job when the Snakemake that started it ends, where a process stays between them;
-    Snakemake's pid, or None where there is nothing to watch.
+    Snakemake's pid while it is watched, None where there is nothing to watch. Raises
+    :class:`Terminated` where Snakemake has already ended.
 
     :func:`end_with_parent` covers a job whose parent is Snakemake. An older bash (RHEL 8's 4.4) or a
-    wrapper stays as the parent, and it outlives a Snakemake killed with ``kill -9``. The pid comes
-    from the environment the Snakefile sets, and is watched only when it is an ancestor of this job
-    (in a container it may name another process). A zombie counts as gone, as does a pid reused by
-    a process started later.
+    wrapper stays as the parent, and it outlives a Snakemake killed with ``kill -9``. A Snakemake
+    killed before the job asked for the parent-death signal (the job's first second: Python starting,
+    Snakemake's script preamble) left no parent to signal either. The Snakefile says who it is in the
+    environment; a job on another host or in another pid namespace (a container) has nothing to
+    compare it with, and one run by hand from another process is not watched. A zombie counts as
+    gone, as does a pid reused by a process started later.
     """
     try:
-        pid = int(os.environ.get(SNAKEMAKE_PID, ""))
+        pid_text, started, boot, namespace = os.environ.get(SNAKEMAKE, "").split()
+        pid = int(pid_text)
     except ValueError:
         return None
+    if f"{boot} {namespace}" != _boot_and_namespace():
+        return None
+
+    def alive() -> bool:
+        state = _process_state(pid)
+        return state is not None and state[0] != "Z" and state[2] == started
+
+    if not alive():
+        raise Terminated(f"its Snakemake (pid {pid}) had ended before it started")
     if pid == os.getppid() or not _is_ancestor(pid):
         return None
-    snakemake = _process_state(pid)
-    started = snakemake[2] if snakemake else None  # gone since: the watch ends at once
 
     def watch() -> None:
-        while (state := _process_state(pid)) is not None and state[0] != "Z" and state[2] == started:
+        while alive():
             time.sleep(interval)
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -154,7 +181,7 @@ def run_step(smk: Any, step: str | Callable[..., Any]) -> None:
     empty log. Any other error is a bug or a broken file: its traceback goes to the job's log as
     well as to stderr, since the log is where Snakemake (and, on a cluster, the user) looks.
     """
-    # first: a Snakemake killed before this goes unseen (until here the default SIGTERM action stops the job)
+    # first: a parent that dies before the request sends no signal (until here SIGTERM's default action stops the job)
     parent = end_with_parent()
     setup_logging(smk.log[0] if smk.log else None)
     log = logging.getLogger(f"electrode_ml.{smk.rule}")
@@ -164,8 +191,8 @@ def run_step(smk: Any, step: str | Callable[..., Any]) -> None:
     started = time.perf_counter()
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        if parent is not None and os.getppid() != parent:
-            raise Terminated  # the parent died before the request: no signal will come
+        if parent is not None and os.getppid() != parent:  # it died before the request: no signal will come
+            raise Terminated(f"its parent (pid {parent}) ended as it started")
         watched = watch_snakemake()
         if watched is not None:
             log.info("a process stands between Snakemake (pid %d) and this job: watching it", watched)
@@ -183,8 +210,9 @@ def run_step(smk: Any, step: str | Callable[..., Any]) -> None:
     except KeyboardInterrupt:  # Ctrl-C: no traceback from wherever the step was, and the log says so
         log.error("rule %s interrupted after %.1f s", smk.rule, time.perf_counter() - started)
         sys.exit(130)
-    except Terminated:
-        log.error("rule %s terminated (SIGTERM) after %.1f s", smk.rule, time.perf_counter() - started)
+    except Terminated as reason:
+        log.error("rule %s terminated (%s) after %.1f s", smk.rule, str(reason) or "SIGTERM",
+                  time.perf_counter() - started)
         sys.exit(143)
     except Exception:
         # the handlers write to stderr as well, so Python's own print of it would be a second copy

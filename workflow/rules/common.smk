@@ -18,10 +18,10 @@ from electrode_ml.config import (check_gpu_requests, check_snapshot, contributio
 from electrode_ml.errors import InputError
 from electrode_ml.models import (FEATURE_SETS, KNOWN_MODELS, PHYSICS_BASES, base_model, is_physics_model,
                                  uses_voltage_trees, variants_of, voltage_tree_settings)
-from electrode_ml.runner import SNAKEMAKE_PID
+from electrode_ml.runner import SNAKEMAKE, snakemake_identity
 
-# Whom the jobs watch where a shell stands between them and this process (runner.watch_snakemake)
-os.environ[SNAKEMAKE_PID] = str(os.getpid())
+# Whom the jobs watch, should this process be killed (runner.watch_snakemake)
+os.environ[SNAKEMAKE] = snakemake_identity()
 
 NO_JOB_FLAGS = {"--unlock", "--lint", "--cleanup-metadata", "--cm", "--list-rules", "--list", "-l",
                 "--list-target-rules", "--lt", "--cleanup-shadow"}
