@@ -917,6 +917,32 @@ def test_output_into_a_named_pipe_is_written_through_with_rejects_on_stderr(tiny
         "candidates.csv", "direct.csv", "direct.rejects.csv", "pipe"]
 
 
+def test_dev_stdout_redirected_to_a_file_is_written_through_the_shells_descriptor(tiny_run, candidates, tmp_path,
+                                                                                  capsys):
+    """-o /dev/stdout with stdout redirected to a file (`>> log.csv`): opened again by name, the file
+    was replaced, losing what the shell wrote before and after, and the rejects went beside it."""
+    _, results, _ = tiny_run
+    rows = pd.read_csv(candidates, dtype=str, keep_default_na=False)
+    rows.loc[3, "working_ion"] = "Xe"
+    rows.to_csv(candidates, index=False)
+    direct = tmp_path / "direct.csv"
+    assert predict_in_process(capsys, candidates, direct, results, "--skip-bad")[0] == 0
+    appended = tmp_path / "appended.csv"
+    appended.write_bytes(b"written before\n")
+    for target in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
+        with open(appended, "ab") as stdout:
+            run = subprocess.run([sys.executable, "-m", "electrode_ml.cli", "predict", str(candidates), "-o", target,
+                                  "--model", "model1", "--results", str(results), "--skip-bad"],
+                                 stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300)
+            stdout.write(b"written after\n")
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "rejected line 5 (row 4)" in run.stderr
+    table = direct.read_bytes()
+    assert appended.read_bytes() == b"written before\n" + 3 * (table + b"written after\n")
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "appended.csv", "candidates.csv", "direct.csv", "direct.rejects.csv"]
+
+
 def test_input_from_a_named_pipe_or_a_file_named_dash(tiny_run, candidates, tmp_path, capsys, monkeypatch):
     import os
     import threading
@@ -1029,6 +1055,12 @@ def test_paths_the_system_refuses_and_an_interrupt_are_one_line(tiny_run, candid
     monkeypatch.setattr(scoring, "score", interrupted)
     code, text = predict_in_process(capsys, candidates, out, results)
     assert code == 130 and "interrupted; no output written" in text and not out.exists()
+    # a Ctrl-C in the set-up, while pandas and torch import: a 40-line traceback and no exit status 130
+    from electrode_ml import runner
+
+    monkeypatch.setattr(runner, "setup_logging", interrupted)
+    code, text = predict_in_process(capsys, candidates, out, results)
+    assert code == 130 and text.strip() == "electrode-ml: interrupted; no output written" and not out.exists()
 
 
 
@@ -1073,7 +1105,8 @@ def test_screen_of_one_ion_checks_and_rejects_only_that_ions_rows(tiny_run, cand
     wanted, other = ions.index[0], ions.index[1]
     broken = rows.index[rows["working_ion"] == other][0]
     rows.loc[broken, "formula_discharge"] = "not a formula"
-    rows.loc[rows.index[rows["working_ion"] == wanted][0], "working_ion"] = "Xe"  # no known ion: still checked
+    # no known ion: still checked; after a row of the other ion, which the rejects count too
+    rows.loc[rows.index[(rows["working_ion"] == wanted) & (rows.index > broken)][0], "working_ion"] = "Xe"
     rows.to_csv(candidates, index=False)
     out = tmp_path / "out.csv"
     args = ["screen", str(candidates), "-o", str(out), "--model", "model1", "--results", str(results)]
@@ -1084,6 +1117,8 @@ def test_screen_of_one_ion_checks_and_rejects_only_that_ions_rows(tiny_run, cand
     assert len(written) == ions[wanted] - 1 and set(written["working_ion"]) == {wanted}
     rejects = pd.read_csv(tmp_path / "out.rejects.csv")
     assert list(rejects["field"]) == ["working_ion"]  # the Xe row; not the other ion's broken formula
+    xenon = rows.index[rows["working_ion"] == "Xe"][0]
+    assert list(rejects["row"]) == [xenon + 1] and list(rejects["line"]) == [xenon + 2]  # the file's, under a header
     assert f"{len(rows) - ions[wanted]} of {len(rows)} candidate(s) are of other working ions than {wanted}" in logged
     out.unlink()
     (tmp_path / "out.rejects.csv").unlink()

@@ -130,3 +130,17 @@ def test_relative_imports_rebindings_guarded_imports_and_whole_module_imports_ar
     assert changed(base, fingerprints("helper", b="def helper():\n    return 2\n")) == {"named"}
     assert changed(base, fingerprints("rebound", a=modules["a"].replace("X['k'] = 1", "X['k'] = 2"))) == {"named"}
     assert changed(base, fingerprints("value", d="VALUE = 2\n")) == {"module", "star", "guarded"}
+
+def test_a_change_to_the_job_runner_or_the_atomic_writes_reruns_every_rule(shipped, tmp_path):
+    """Every script runs its step through runner.run_step and writes through fileio.atomic_path: a
+    change there can change any output, so it reruns everything (docs/reliability.md)."""
+    def slower_watch(package):
+        replace_in(package / "runner.py", "def watch_snakemake(interval: float = 1.0)",
+                   "def watch_snakemake(interval: float = 2.0)")
+
+    def other_temporary_name(package):
+        text = (package / "fileio.py").read_text()
+        (package / "fileio.py").write_text(text + "\nEXTRA_SUFFIX = '.partial'\n")
+
+    assert changed(shipped, versions(tmp_path, "runner", slower_watch)) == set(SCRIPTS)
+    assert changed(shipped, versions(tmp_path, "fileio", other_temporary_name)) == set(SCRIPTS)

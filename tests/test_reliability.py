@@ -232,6 +232,8 @@ def test_train_job_killed_midway_reruns_to_identical_results(side_by_side):
     for seed, present in side_by_side["after_kill"].items():
         assert all(present) or not any(present), (seed, present)
     assert not all(all(present) for present in side_by_side["after_kill"].values())
+    # keep-going (profiles/default): the seeds after the killed one trained on, in the same run
+    assert sum(all(present) for present in side_by_side["after_kill"].values()) == 2
     assert side_by_side["strays_after_kill"] == []
     # the rerun (same command) finished the work, and the numbers are the uninterrupted run's
     assert_ok(side_by_side["rerun"], "rerun after a killed train job")

@@ -260,18 +260,25 @@ def passes(predictions: pd.DataFrame, thresholds: dict[str, float], column: str 
     return screen_passes(predictions, thresholds, {name: f"{target}_{column}" for name, target in CRITERIA.items()})
 
 
-def of_ion(frame: pd.DataFrame, ion: str) -> pd.DataFrame:
-    """The rows of ``frame`` that may be of working ion ``ion``, before any check.
+def of_ion(frame: pd.DataFrame, ion: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows of ``frame`` that may be of working ion ``ion``, before any check, and their
+    positions in ``frame`` (for :func:`numbered_in_file`).
 
     Rows of another known ion are left out unchecked: one malformed Li row stopped a screen of the
     Na candidates, and --skip-bad listed Li rejects. A value that is no known ion stays, for the
     checks to name it."""
     if "working_ion" not in frame:
-        return frame
-    other = frame["working_ion"].isin([known for known in WORKING_IONS if known != ion])
+        return frame, np.arange(len(frame))
+    other = frame["working_ion"].isin([known for known in WORKING_IONS if known != ion]).to_numpy()
     if other.any():
         log.info("%d of %d candidate(s) are of other working ions than %s (--ion): left out", other.sum(), len(frame), ion)
-    return frame[~other]
+    return frame[~other], np.flatnonzero(~other)
+
+
+def numbered_in_file(rejects: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
+    """Rejects with ``row`` the n-th electrode of the whole file, not of the rows :func:`of_ion` kept
+    (``positions``): the rejects file numbered the third electrode 2 after an ion filter."""
+    return rejects.assign(row=positions[rejects["row"].to_numpy(dtype=int) - 1] + 1)
 
 
 def report_screen(screened: pd.DataFrame, shown: int = 10, ion: str | None = None) -> None:

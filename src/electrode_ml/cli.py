@@ -13,6 +13,7 @@ import logging
 import lzma
 import math
 import os
+import re
 import stat
 import sys
 import warnings
@@ -81,6 +82,27 @@ def is_stream(path: str) -> bool:
     return path == "-"
 
 
+_DESCRIPTOR_PATH = re.compile(r"/(?:dev|proc/self)/fd/(\d+)")
+
+
+def open_descriptor(output: str) -> int | None:
+    """The open descriptor OUTPUT names (``/dev/stdout``, ``/dev/fd/N``, ``/proc/self/fd/N``), or None.
+
+    Written through the descriptor, as the shell opened it: opened again by name, a regular file
+    behind it (``> out.csv``, ``>> log.csv``) was replaced, losing what the shell had appended, and
+    its rejects went to a file beside it instead of stderr.
+    """
+    match = _DESCRIPTOR_PATH.fullmatch(output)
+    descriptor = {"/dev/stdout": 1, "/dev/stderr": 2}.get(output, int(match.group(1)) if match else None)
+    if descriptor is None:
+        return None
+    try:
+        os.fstat(descriptor)
+    except OSError:  # not open here: the name is written as a path, and the write says why
+        return None
+    return descriptor
+
+
 def is_special_file(path: Path) -> bool:
     """An existing OUTPUT that is no regular file (a named pipe, ``/dev/stdout``, a process
     substitution): written straight through, as there is no file to replace atomically."""
@@ -106,7 +128,7 @@ def read_candidates(input_path: str) -> tuple[pd.DataFrame, str]:
 
 def check_output(output: str, input_path: str) -> None:
     """Refuse, before any scoring, an output that would overwrite the input or cannot be a file."""
-    if is_stream(output):
+    if is_stream(output) or open_descriptor(output) is not None:
         return
     if not output.strip():
         raise InputError("OUTPUT is empty; name a CSV file, or - for standard output")
@@ -170,6 +192,10 @@ def write_outputs(predictions: pd.DataFrame, rejects: pd.DataFrame, output: str)
         write_stream(encoded(predictions, Path("-")), len(predictions), rejects, sys.stdout.buffer, "standard output")
         return
     path = Path(output)
+    if (descriptor := open_descriptor(output)) is not None:
+        with os.fdopen(descriptor, "wb", closefd=False) as stream:
+            write_stream(encoded(predictions, path), len(predictions), rejects, stream, output)
+        return
     if is_special_file(path):
         with open(path, "wb") as stream:
             write_stream(encoded(predictions, path), len(predictions), rejects, stream, output)
@@ -290,22 +316,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from electrode_ml.runner import setup_logging  # here: runner's imports reach pandas, which --help need not load
+    try:  # from here a Ctrl-C is one line: the imports below take a second or so
+        from electrode_ml.runner import setup_logging  # here: runner's imports reach pandas, which --help need not load
 
-    setup_logging()
-    # pymatgen orders a formula's elements by electronegativity and warns, three lines a time, that
-    # a noble gas has none; the candidate is flagged for its unseen element anyway
-    warnings.filterwarnings("ignore", message="No Pauling electronegativity", category=UserWarning)
-    try:
+        setup_logging()
+        # pymatgen orders a formula's elements by electronegativity and warns, three lines a time, that
+        # a noble gas has none; the candidate is flagged for its unseen element anyway
+        warnings.filterwarnings("ignore", message="No Pauling electronegativity", category=UserWarning)
         check_output(args.output, args.input)
         from electrode_ml import candidates  # the scoring stack: see the module docstring
 
         frame, where = read_candidates(args.input)
         screened_ion = args.ion if args.command == "screen" else None
         if screened_ion:
-            frame = candidates.of_ion(frame, screened_ion)
+            frame, positions = candidates.of_ion(frame, screened_ion)
         predictions, rejects = candidates.score(frame, where, args.model, args.results, args.skip_bad,
                                                 args.precision)
+        if screened_ion:
+            rejects = candidates.numbered_in_file(rejects, positions)
         if args.command == "screen":
             thresholds = {name: getattr(args, name) for name in CRITERIA}
             predictions = predictions.assign(

@@ -19,7 +19,8 @@ from electrode_ml import __version__
 from electrode_ml.errors import InputError
 from electrode_ml.fileio import temporary_pattern
 
-QUIET_LOGGERS = ("ax", "botorch", "mp_api", "urllib3", "matplotlib", "pymatgen", "filelock")
+# torch: its exit hook logs FakeTensor cache statistics at INFO after an interrupted import
+QUIET_LOGGERS = ("ax", "botorch", "mp_api", "urllib3", "matplotlib", "pymatgen", "filelock", "torch")
 
 
 class CurrentStderrHandler(logging.StreamHandler):
