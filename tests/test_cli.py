@@ -892,18 +892,25 @@ def test_output_through_a_link_replaces_the_linked_file(tiny_run, candidates, tm
     assert link.is_symlink() and target.read_bytes() == direct.read_bytes()
 
 
-def test_output_into_a_named_pipe_is_written_through_with_rejects_on_stderr(tiny_run, candidates, tmp_path, capsys):
-    """A pipe (or /dev/stdout, or a shell's >(...)) is no file to replace: the table goes into it
-    once scored, and the rejected rows to stderr, as with -o -."""
-    import os
-    import threading
-
+def scored_with_a_reject(tiny_run, candidates: Path, tmp_path: Path, capsys) -> tuple[Path, pd.DataFrame, Path]:
+    """The candidates with row 4 of an unknown ion, scored to a plain file with --skip-bad: the run's
+    results, the rows, and the file (its rejects beside it) that another OUTPUT must match."""
     _, results, _ = tiny_run
     rows = pd.read_csv(candidates, dtype=str, keep_default_na=False)
     rows.loc[3, "working_ion"] = "Xe"
     rows.to_csv(candidates, index=False)
     direct = tmp_path / "direct.csv"
     assert predict_in_process(capsys, candidates, direct, results, "--skip-bad")[0] == 0
+    return results, rows, direct
+
+
+def test_output_into_a_named_pipe_is_written_through_with_rejects_on_stderr(tiny_run, candidates, tmp_path, capsys):
+    """A pipe (or /dev/stdout, or a shell's >(...)) is no file to replace: the table goes into it
+    once scored, and the rejected rows to stderr, as with -o -."""
+    import os
+    import threading
+
+    results, rows, direct = scored_with_a_reject(tiny_run, candidates, tmp_path, capsys)
     pipe = tmp_path / "pipe"
     os.mkfifo(pipe)
     received = []
@@ -921,12 +928,7 @@ def test_dev_stdout_redirected_to_a_file_is_written_through_the_shells_descripto
                                                                                   capsys):
     """-o /dev/stdout with stdout redirected to a file (`>> log.csv`): opened again by name, the file
     was replaced, losing what the shell wrote before and after, and the rejects went beside it."""
-    _, results, _ = tiny_run
-    rows = pd.read_csv(candidates, dtype=str, keep_default_na=False)
-    rows.loc[3, "working_ion"] = "Xe"
-    rows.to_csv(candidates, index=False)
-    direct = tmp_path / "direct.csv"
-    assert predict_in_process(capsys, candidates, direct, results, "--skip-bad")[0] == 0
+    results, _, direct = scored_with_a_reject(tiny_run, candidates, tmp_path, capsys)
     appended = tmp_path / "appended.csv"
     appended.write_bytes(b"written before\n")
     for target in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
