@@ -116,6 +116,21 @@ def test_predict_flags_dft_values_outside_the_training_range(tiny_run, tmp_path,
     assert "DFT energies imply a voltage outside" in table["physics_note"][1]
 
 
+def test_predict_flags_a_composition_outside_the_training_range(tiny_run, tmp_path, capsys):
+    """A million ions per framework unit read, as element fractions, as an almost pure-ion formula:
+    model1 scored it as a plausible electrode, with no flag."""
+    _, results, _ = tiny_run
+    trained = pd.read_parquet(results / "split" / "split.parquet").query("split == 'train'")["battery_id"]
+    rows = pd.read_parquet(results / "data" / "electrodes.parquet")
+    rows = rows[rows["battery_id"].isin(trained) & (rows["working_ion"] == "Li")].head(2)
+    rows = rows[candidate_columns("model1")].reset_index(drop=True)
+    rows.loc[1, "formula_discharge"] = f"Li1000000{rows.loc[1, 'formula_charge']}"
+    table, text = predict_rows(capsys, rows, tmp_path, results, "model1")
+    assert table["composition_outside_training"].tolist() == ["", "discharge:Li"]
+    assert "1 candidate(s) hold an element at a share of a formula outside the training formulas' range " \
+           "(discharge:Li)" in text
+
+
 def test_values_that_overflow_once_scaled_are_bad_rows_naming_the_field(tiny_run, tmp_path, capsys):
     """3.4e38 lies inside float32's range, so it passed the checks; standardised it overflowed and
     the networks returned a constant (or NaN, by host), with no flag."""
@@ -577,6 +592,10 @@ def test_outside_training_on_a_handmade_frame():
                           "implausible_values": ["", "", "", "", "average_voltage"]})
     assert outside_training(frame).tolist() == [False, True, True, False, True]
     assert outside_training(frame.drop(columns="dft_outside_training")).tolist() == [False, True, False, False, True]
+    # a share outside the training range counts only where a network gave a value, as an unseen element
+    shares = frame.assign(unseen_elements="", composition_outside_training=["discharge:Li", "", "", "discharge:Li", ""])
+    shares.loc[3, "average_voltage_source"] = "network"
+    assert outside_training(shares).tolist() == [False, False, True, True, True]
 
 
 def test_passes_on_a_handmade_frame():
@@ -877,7 +896,8 @@ def test_help_lists_the_output_columns(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     text = capsys.readouterr().out
-    assert all(name in text for name in ("_pi_low", "_source", "physics_note", "unseen_elements", "dft_outside_training"))
+    assert all(name in text for name in ("_pi_low", "_source", "physics_note", "unseen_elements",
+                                         "composition_outside_training", "dft_outside_training"))
 
 
 def test_output_through_a_link_replaces_the_linked_file(tiny_run, candidates, tmp_path, capsys):

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 
 from electrode_ml.data import read_electrode_csv, validate_electrodes
-from electrode_ml.features import (build_featurizer, describe_features, fit_feature_sets, dft_outside_training,
-                                    training_elements, unseen_elements)
+from electrode_ml.features import (applicability, build_featurizer, composition_outside_training, describe_features,
+                                   dft_outside_training, fit_feature_sets, training_elements, unseen_elements)
 from electrode_ml.models import DFT_FIELDS
 from electrode_ml.schema import TARGETS, WORKING_IONS
 from electrode_ml.split import make_split
@@ -169,8 +169,6 @@ def test_elements_no_training_formula_held_are_invisible_and_flagged(electrodes,
 
 def test_space_groups_no_training_electrode_had_are_invisible_and_flagged(electrodes, split):
     """A space group absent from training was encoded as no space group at all, and flagged nowhere."""
-    from electrode_ml.features import applicability
-
     featurizer = fit_feature_sets(electrodes, split, "model1", space_groups=True)[0]
     train = electrodes[electrodes["battery_id"].isin(split.loc[split["split"] == "train", "battery_id"])]
     seen_charge = set(train["charge_space_group_number"])
@@ -208,6 +206,26 @@ def test_dft_values_outside_the_training_range_are_flagged(electrodes, split):
     foreign.loc[foreign.index[1], ["discharge_band_gap", "stability_charge"]] = [99.0, -0.5]
     assert dft_outside_training(featurizer, foreign) == ["charge_energy_per_atom", "discharge_band_gap stability_charge"]
     assert dft_outside_training(fit_feature_sets(electrodes, split, "model1", space_groups=True)[0], foreign) is None
+
+
+def test_composition_outside_the_training_range_is_flagged(electrodes, split):
+    """10^6 Na per FePO4 is an almost pure-Na formula: model1's element fractions read it as a
+    plausible electrode, which was scored 0.63 V and 1004 mAh/g unflagged."""
+    featurizer = fit_feature_sets(electrodes, split, "model1", space_groups=False)[0]
+    train = electrodes[electrodes["battery_id"].isin(split.loc[split["split"] == "train", "battery_id"])]
+    assert set(composition_outside_training(featurizer, train)) == {""}
+    sodium = train[train["working_ion"] == "Na"].head(1)
+    host = sodium["formula_charge"].iloc[0]
+    candidates = pd.concat([sodium, sodium.assign(formula_discharge=f"Na1000000{host}"),
+                            sodium.assign(formula_charge=f"Pu{host}")], ignore_index=True)
+    # the element no training formula held is unseen_elements', not this flag's
+    assert composition_outside_training(featurizer, candidates) == ["", "discharge:Na", ""]
+    flags = applicability(featurizer, candidates)
+    assert list(flags["composition_outside_training"]) == ["", "discharge:Na", ""]
+    assert list(flags["unseen_elements"]) == ["", "", "Pu"]
+    after = fit_feature_sets(electrodes, split, "model1", formula_scaling="after_pca", space_groups=False)[0]
+    assert composition_outside_training(after, candidates) is None  # no range per element to compare with
+    assert "composition_outside_training" not in applicability(after, candidates)
 
 
 def test_a_candidate_of_an_ion_the_run_never_trained_on_is_a_bad_row(electrodes, split):

@@ -174,7 +174,10 @@ def test_ensembles_flag_the_electrodes_the_training_data_cannot_vouch_for(tiny_r
         scored = json.loads((results / "ensemble" / model / "metrics.json").read_text())["outside_training"]
         assert "train" not in scored
         test_voltage = summary[(summary["split"] == "test") & (summary["target"] == "average_voltage")]
-        flagged = (test_voltage["unseen_elements"] != "") & (test_voltage["source"] == "network")
+        assert (marked["composition_outside_training"] == marked["composition_outside_training_expected"]).all()
+        assert (summary.loc[summary["split"] == "train", "composition_outside_training"] == "").all()
+        flagged = ((test_voltage["unseen_elements"] != "") | (test_voltage["composition_outside_training"] != "")) \
+            & (test_voltage["source"] == "network")
         if "dft_outside_training" in summary:
             flagged |= test_voltage["dft_outside_training"] != ""
         assert scored["test"]["average_voltage"]["battery_ids"] == test_voltage.loc[flagged, "battery_id"].tolist()

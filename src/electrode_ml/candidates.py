@@ -238,6 +238,10 @@ def warn_outside_training(predictions: pd.DataFrame) -> None:
         warn_flagged(predictions["unseen_space_groups"][from_network(predictions)],
                      "have space groups that no training electrode had (%s): the networks cannot tell them "
                      "from none, so their network values and intervals are extrapolations")
+    if "composition_outside_training" in predictions:
+        warn_flagged(predictions["composition_outside_training"][from_network(predictions)],
+                     "hold an element at a share of a formula outside the training formulas' range (%s): "
+                     "their network values and intervals are extrapolations")
     if "dft_outside_training" in predictions:
         warn_flagged(predictions["dft_outside_training"],
                      "have DFT values outside the training range (%s): the model extrapolates there; the DFT "
@@ -292,5 +296,6 @@ def report_screen(screened: pd.DataFrame, shown: int = 10, ion: str | None = Non
     if len(doubtful):
         more = f" and {len(doubtful) - shown} more" if len(doubtful) > shown else ""
         log.warning("%d passing candidate(s) lie outside the training data, their values extrapolated: %s%s "
-                    "(columns unseen_elements, unseen_space_groups, dft_outside_training, implausible_values)", len(doubtful),
+                    "(columns unseen_elements, unseen_space_groups, composition_outside_training, dft_outside_training, "
+                    "implausible_values)", len(doubtful),
                     ", ".join(doubtful[:shown]), more)

@@ -37,7 +37,9 @@ OUTPUT_COLUMNS = ("Output per candidate: for each target (average_voltage, capac
                   "_pi_high) and _source (physics or network); physics_note (physics models: why the physics "
                   "did not apply); unseen_elements (elements no training formula held: the networks cannot see "
                   "them); unseen_space_groups (runs with features.space_groups: the space groups no training "
-                  "electrode had, as charge:N discharge:N); dft_outside_training (model2 variants: DFT fields "
+                  "electrode had, as charge:N discharge:N); composition_outside_training (elements whose share of "
+                  "a formula lies outside the training formulas' range, as discharge:Na); dft_outside_training "
+                  "(model2 variants: DFT fields "
                   "outside the training range); "
                   "implausible_values (targets whose mean no electrode can have: voltage outside "
                   f"{PLAUSIBLE_VOLTAGE_TEXT}, capacity below 0).")
@@ -302,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     screen = commands.add_parser("screen", help="predict, then apply the paper's thresholds (Table 5; with "
                                                  "--ion Na, its whole filter)",
                                  epilog=OUTPUT_COLUMNS + " screen adds passes and passes_at_pi_low, and names the "
-                                        "passing candidates any of the four flags marks.")
+                                        "passing candidates any of the five flags marks.")
     common(screen)
     screen.add_argument("--ion", choices=WORKING_IONS, metavar="ION",
                         help=f"keep only candidates of this working ion ({', '.join(WORKING_IONS)}; default all; "

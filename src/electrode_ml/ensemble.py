@@ -154,15 +154,16 @@ def _summarise_members(per_seed: list[pd.DataFrame], truth: pd.DataFrame, physic
 
 def outside_training(rows: pd.DataFrame, from_network: pd.Series | None = None) -> pd.Series:
     """Rows the training data cannot vouch for: network values of electrodes with elements, or space
-    groups, no training electrode held (physics values do not depend on them), and any value of an
-    electrode with DFT fields outside the training range. ``from_network`` says which rows hold a network
-    value (default: ``source`` is 'network', as in a summary; ``electrode-ml screen`` passes its own
-    for a wide table)."""
+    groups, no training electrode held, or with an element's share of a formula outside the training
+    range (physics values do not depend on them), and any value of an electrode with DFT fields
+    outside the training range. ``from_network`` says which rows hold a network value (default:
+    ``source`` is 'network', as in a summary; ``electrode-ml screen`` passes its own for a wide table)."""
     if from_network is None:
         from_network = rows["source"] == "network"
     flagged = (rows["unseen_elements"] != "") & from_network
-    if "unseen_space_groups" in rows:
-        flagged |= (rows["unseen_space_groups"] != "") & from_network
+    for column in ("unseen_space_groups", "composition_outside_training"):
+        if column in rows:
+            flagged |= (rows[column] != "") & from_network
     if "dft_outside_training" in rows:
         flagged |= rows["dft_outside_training"] != ""
     return flagged

@@ -421,7 +421,8 @@ def beyond_test_split(context: dict) -> str:
                  f"<ul class='legend'>{''.join(sources)}</ul>" if sources else "")
     outside = [line for model, metrics in models if (line := _outside_training(model, metrics.get("outside_training", {})))]
     flagged = ("<p class='legend'>Test electrodes the training data cannot vouch for (network values of elements "
-               "no training formula held; DFT fields outside the training range), their MAE against the other "
+               "no training formula held, or at a share of a formula outside the training range; DFT fields outside "
+               "the training range), their MAE against the other "
                f"test electrodes', and the share the calibrated interval holds:</p><ul class='legend'>{''.join(outside)}</ul>" if outside else "")
     peer_figures = ""
     if context.get("peer") is not None:
