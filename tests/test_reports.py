@@ -64,7 +64,7 @@ def test_best_time_runs_the_call():
     result = timing.best_time(lambda: calls.append(1), repeats=5, warmup=1)
     assert len(calls) == 6 and 0 <= result["best_s"] <= result["median_s"]
     # the end-to-end prediction is timed from the formulas: the caches an earlier call filled are emptied first
-    from electrode_ml.chemistry import parse_formula
+    from electrode_ml.chemistry import fraction_items, parse_formula
     from electrode_ml.redox import electrode_features
 
     misses = []
@@ -73,8 +73,10 @@ def test_best_time_runs_the_call():
                      repeats=3, warmup=1, before_each=timing.forget_formulas)
     assert misses == [1, 1, 1, 1]  # every call worked the electrode out afresh
     assert parse_formula.cache_info().currsize > 0
+    fraction_items("LiFePO4")
     timing.forget_formulas()
     assert parse_formula.cache_info().currsize == 0 and electrode_features.cache_info().currsize == 0
+    assert fraction_items.cache_info().currsize == 0
 
 
 def test_shade_colours_by_direction():

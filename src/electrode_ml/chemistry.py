@@ -88,9 +88,18 @@ def _unmatched_bracket(formula: str) -> int | None:
 def element_fractions(formula: str) -> np.ndarray:
     """Atomic fractions over the 118 elements, indexed by atomic number - 1 (the paper's 'manual coding')."""
     vector = np.zeros(N_ELEMENTS)
-    for element, fraction in parse_formula(formula).fractional_composition.items():
-        vector[element.Z - 1] = fraction
+    for index, fraction in fraction_items(formula):
+        vector[index] = fraction
     return vector
+
+
+@lru_cache(maxsize=65536)
+def fraction_items(formula: str) -> tuple[tuple[int, float], ...]:
+    """(atomic number - 1, atomic fraction) of each element of a formula. The features and the
+    composition flag both read a formula's fractions: cached, the validation split's 776 formulas
+    take 0.33 ms instead of 0.91 the second time. The pairs, not the 118-wide vector, are kept: a
+    few per formula."""
+    return tuple((element.Z - 1, fraction) for element, fraction in parse_formula(formula).fractional_composition.items())
 
 
 def ion_count(formula: str, working_ion: str) -> float:

@@ -218,12 +218,11 @@ def composition_outside_training(featurizer: ColumnTransformer, electrodes: pd.D
     """
     flagged: list[list[str]] = [[] for _ in range(len(electrodes))]
     for end in ("charge", "discharge"):
-        column = f"formula_{end}"
-        fractions, scaler = featurizer.named_transformers_[column].steps[:2]
-        if not isinstance(scaler[1], MinMaxScaler):
+        fractions, scaler = (step for _, step in featurizer.named_transformers_[f"formula_{end}"].steps[:2])
+        if not isinstance(scaler, MinMaxScaler):
             return None
-        shares = fractions[1].transform(electrodes[[column]])
-        outside = ((shares > scaler[1].data_max_) | (shares < scaler[1].data_min_)) & (scaler[1].data_max_ > 0)
+        shares = fractions.transform(electrodes[[f"formula_{end}"]])
+        outside = ((shares > scaler.data_max_) | (shares < scaler.data_min_)) & (scaler.data_max_ > 0)
         for row, element in zip(*np.nonzero(outside)):
             flagged[row].append(f"{end}:{Element.from_Z(int(element) + 1).symbol}")
     return [" ".join(entries) for entries in flagged]

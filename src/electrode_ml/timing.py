@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from electrode_ml.chemistry import parse_formula
+from electrode_ml.chemistry import fraction_items, parse_formula
 from electrode_ml.errors import InputError
 from electrode_ml.models import paper_counterpart
 from electrode_ml.redox import electrode_features
@@ -68,9 +68,10 @@ def best_time(call: Callable[[], object], repeats: int = 20, warmup: int = 2,
 
 
 def forget_formulas() -> None:
-    """Empty the caches of parsed formulas and their redox features: a candidate list is read once,
-    so its featurisation is timed from its formulas, not from an earlier call's cache."""
+    """Empty the caches of parsed formulas, their fractions and their redox features: a candidate list
+    is read once, so its featurisation is timed from its formulas, not from an earlier call's cache."""
     parse_formula.cache_clear()
+    fraction_items.cache_clear()
     electrode_features.cache_clear()
 
 
