@@ -144,3 +144,13 @@ def test_a_change_to_the_job_runner_or_the_atomic_writes_reruns_every_rule(shipp
 
     assert changed(shipped, versions(tmp_path, "runner", slower_watch)) == set(SCRIPTS)
     assert changed(shipped, versions(tmp_path, "fileio", other_temporary_name)) == set(SCRIPTS)
+
+
+def test_the_fingerprints_hold_the_numerical_libraries_versions_and_no_others():
+    """An upgrade of what the numbers come from reruns everything; of Snakemake, tqdm, mp-api or
+    emmet-core (progress, scheduling, the download client) nothing (docs/reliability.md)."""
+    from electrode_ml.code_version import library_versions
+
+    versions = library_versions()
+    assert {"python", "torch", "numpy", "scikit-learn", "pymatgen", "botorch", "matminer"} <= set(versions)
+    assert not {"snakemake", "tqdm", "mp-api", "emmet-core"} & set(versions)

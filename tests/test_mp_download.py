@@ -544,6 +544,38 @@ def test_closed_port_is_one_line_input_error_after_bounded_retries():
     assert "could not reach" in text and "connection refused" in text and "after 2 retries" in text
 
 
+def test_a_proxy_that_refuses_the_connection_is_named_in_one_line(monkeypatch):
+    """A site proxy (HTTPS_PROXY) answering the tunnel request with 403: the error names the proxy
+    and its variables, not the API."""
+    tunnels = []
+
+    class RefusingProxy(BaseHTTPRequestHandler):
+        def do_CONNECT(self):
+            tunnels.append(self.path)
+            self.send_response(403)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), RefusingProxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        for name in ("HTTPS_PROXY", "https_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.server_address[1]}")
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        with pytest.raises(InputError) as caught:
+            download_electrodes(IONS, WINDOW, api_key=FAKE_KEY, endpoint="https://api.materialsproject.org/",
+                                max_retries=2, timeout_s=3.0)
+    finally:
+        proxy.shutdown()
+    text = assert_one_line_error(caught.value)
+    assert "the proxy refused the connection to https://api.materialsproject.org/ (HTTPS_PROXY / HTTP_PROXY)" in text
+    assert tunnels and all(path == "api.materialsproject.org:443" for path in tunnels)
+
+
 @pytest.mark.parametrize("endpoint", ["api.materialsproject.org", "htps://api.materialsproject.org"])
 def test_an_endpoint_without_a_usable_scheme_is_named_and_not_retried(endpoint):
     with pytest.raises(InputError) as caught:
