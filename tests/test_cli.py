@@ -964,6 +964,28 @@ def test_dev_stdout_redirected_to_a_file_is_written_through_the_shells_descripto
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "appended.csv", "candidates.csv", "direct.csv", "direct.rejects.csv"]
 
+    def redirected(target: str, into: Path, mode: str = "ab") -> subprocess.CompletedProcess:
+        with open(into, mode) as stdout:
+            return subprocess.run([sys.executable, "-m", "electrode_ml.cli", "predict", str(candidates), "-o", target,
+                                   "--model", "model1", "--results", str(results), "--skip-bad"],
+                                  stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300)
+
+    # compressed as the file behind the descriptor is named, as a named OUTPUT is
+    packed = tmp_path / "packed.csv.gz"
+    assert redirected("/dev/stdout", packed, "wb").returncode == 0
+    assert gzip.decompress(packed.read_bytes()) == table
+    packed.unlink()
+    # into the input (`>> candidates.csv`): refused before any scoring, as -o candidates.csv is
+    before = candidates.read_bytes()
+    for target in ("/dev/stdout", "-"):
+        run = redirected(target, candidates)
+        assert run.returncode == 2 and run.stderr.strip().splitlines() == [
+            f"electrode-ml: error: {target}: standard output is redirected into the input {candidates}; write elsewhere"]
+    assert candidates.read_bytes() == before
+    # a descriptor number no process can have is a path like any other: one line
+    run = run_cli("predict", str(candidates), "-o", "/dev/fd/99999999999999999999", "--results", str(results))
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
+
 
 def test_input_from_a_named_pipe_or_a_file_named_dash(tiny_run, candidates, tmp_path, capsys, monkeypatch):
     import os

@@ -23,7 +23,7 @@ from electrode_ml.errors import InputError
 from electrode_ml.model import MLP, NetworkParams, TrainedNetwork, TrainSettings, predict, train_network
 from electrode_ml.predict import (OneDNNNetworks, StackedEnsemble, consecutive_shares, in_streams, relu_,
                                   stream_workers)
-from electrode_ml.runner import SNAKEMAKE, Terminated, snakemake_identity, watch_snakemake
+from electrode_ml.runner import SNAKEMAKE, Terminated, snakemake_identity, snakemake_to_watch
 from electrode_ml.training_kernels import FlatRMSprop, ReLUDropout, TrainingStep
 
 PARAMS = NetworkParams(32, 16, 8, 0.1, 0.1, 0.1, 1e-3)
@@ -826,7 +826,7 @@ run_step(types.SimpleNamespace(log=[{str(log_file)!r}], rule="tune", input={{}},
             time.sleep(0.1)
         log = log_file.read_text()
         assert "rule tune terminated (SIGTERM) after" in log
-        assert (f"between Snakemake (pid {parent.pid}) and this job: watching it" in log) == shell_between
+        assert (f"watching Snakemake (pid {parent.pid})" in log) == shell_between
         assert not (tmp_path / "finished").exists()
     finally:  # a job the signal missed would run on past the test
         try:
@@ -857,32 +857,56 @@ run_step(types.SimpleNamespace(log=[{str(log_file)!r}], rule="train", input={{}}
     parent = subprocess.run([sys.executable, "-c", snakemake_stand_in], timeout=60)
     assert parent.returncode == 0
     deadline = time.monotonic() + 60
-    while not (log_file.exists() and re.search("terminated|done in", log_file.read_text())) and time.monotonic() < deadline:
+    while not (log_file.exists() and re.search("stopped|done in", log_file.read_text())) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert "rule train terminated (its Snakemake (pid" in log_file.read_text()
-    assert "had ended before it started)" in log_file.read_text()
+    assert re.search(r"rule train stopped before its step: its Snakemake \(pid \d+\) had ended before it started$",
+                     log_file.read_text().strip())
     assert not (tmp_path / "ran").exists()
 
 
 def test_a_job_watches_only_the_snakemake_that_started_it(monkeypatch):
-    """The environment's Snakemake is watched only where its pid means that process (the same boot and
-    pid namespace) and is an ancestor; one that stands above through its parent alone is the
-    parent-death signal's to cover, and one from another host or container is nothing to compare."""
+    """The environment's Snakemake is watched only where its pid means that process (the same boot, pid
+    and time namespaces) and is an ancestor; a parent Snakemake is the parent-death signal's to cover
+    where it was asked for, and one from another host or container is nothing to compare."""
     monkeypatch.setenv(SNAKEMAKE, snakemake_identity())
-    assert watch_snakemake() is None  # this process: alive, not an ancestor of itself
-    for value in ("", "not an identity", "12 34 56"):
+    assert snakemake_to_watch(signalled=True) is None  # this process: alive, not an ancestor of itself
+    for value in ("", "not an identity", "12 34 56 78"):
         monkeypatch.setenv(SNAKEMAKE, value)
-        assert watch_snakemake() is None
+        assert snakemake_to_watch(signalled=True) is None
     stranger = subprocess.run([sys.executable, "-c", "from electrode_ml.runner import snakemake_identity; "
                                "print(snakemake_identity())"], capture_output=True, text=True, check=True)
     gone = stranger.stdout.split()
-    assert len(gone) == 4
-    monkeypatch.setenv(SNAKEMAKE, " ".join([*gone[:2], "another-boot", gone[3]]))
-    assert watch_snakemake() is None  # another host's pid says nothing here
+    assert len(gone) == 3
+    monkeypatch.setenv(SNAKEMAKE, " ".join([*gone[:2], "another-boot" + gone[2][gone[2].index(":"):]]))
+    assert snakemake_to_watch(signalled=True) is None  # another host's pid says nothing here
     monkeypatch.setenv(SNAKEMAKE, stranger.stdout)
     with pytest.raises(Terminated, match=rf"its Snakemake \(pid {gone[0]}\) had ended"):
-        watch_snakemake()
-    assert not any(thread.name == "snakemake-watch" for thread in threading.enumerate())
+        snakemake_to_watch(signalled=True)
+    # the parent: watched only where the parent-death signal could not be asked for
+    parent = subprocess.run([sys.executable, "-c", f"""
+import os
+from electrode_ml.runner import snakemake_identity
+os.environ[{SNAKEMAKE!r}] = snakemake_identity()
+import subprocess, sys
+print(subprocess.run([sys.executable, "-c", "from electrode_ml.runner import snakemake_to_watch as w; "
+                      "print(w(signalled=True), w(signalled=False))"], capture_output=True, text=True).stdout, os.getpid())
+"""], capture_output=True, text=True, check=True).stdout.split()
+    assert parent == ["None", parent[2], parent[2]]
+
+
+def test_a_snakemake_the_job_cannot_see_in_proc_counts_as_alive(monkeypatch):
+    """/proc mounted with hidepid hides another user's process: read as gone, every job of a run
+    under a wrapper of another uid stopped at its start. Only the kernel's word that it is gone counts."""
+    from electrode_ml import runner
+
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        monkeypatch.setattr(runner, "_process_state", lambda pid: None)
+        assert runner._alive(stranger.pid, "any start time")
+    finally:
+        stranger.kill()
+        stranger.wait()
+    assert not runner._alive(stranger.pid, "any start time")
 
 
 def test_a_job_of_one_thread_runs_scikit_learns_openmp_on_one_thread(tmp_path):

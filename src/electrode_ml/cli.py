@@ -100,9 +100,37 @@ def open_descriptor(output: str) -> int | None:
         return None
     try:
         os.fstat(descriptor)
-    except OSError:  # not open here: the name is written as a path, and the write says why
+    except (OSError, OverflowError):  # not open here: the name is written as a path, and the write says why
         return None
     return descriptor
+
+
+def descriptor_file(descriptor: int) -> Path | None:
+    """The regular file behind an open descriptor (``> out.csv.gz``), or None (a pipe, a terminal):
+    its name says how to compress, and it must not be the input."""
+    try:
+        if stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return Path(os.readlink(f"/proc/self/fd/{descriptor}"))
+    except OSError:
+        pass
+    return None
+
+
+def check_descriptor_output(output: str, descriptor: int, input_path: str) -> None:
+    """A descriptor OUTPUT (``-``, ``/dev/stdout``) redirected into the input file would write into
+    it (``>> candidates.csv``): as a named OUTPUT over the input is, it is refused."""
+    if is_stream(input_path):
+        return
+    try:
+        written, read = os.fstat(descriptor), os.stat(input_path)
+    except OSError:  # the input's own error comes when it is read
+        return
+    if stat.S_ISREG(written.st_mode) and (written.st_dev, written.st_ino) == (read.st_dev, read.st_ino):
+        raise InputError(f"{output}: standard output is redirected into the input {input_path}; write elsewhere")
+    target = descriptor_file(descriptor) if not is_stream(output) else None
+    if target is not None and (refused := refused_suffix(target)):
+        raise InputError(f"{output}: writes into {target}, and {refused} is not written; redirect it to a .csv, "
+                         "or a .csv.gz, .csv.bz2 or .csv.xz to compress it")
 
 
 def is_special_file(path: Path) -> bool:
@@ -130,7 +158,9 @@ def read_candidates(input_path: str) -> tuple[pd.DataFrame, str]:
 
 def check_output(output: str, input_path: str) -> None:
     """Refuse, before any scoring, an output that would overwrite the input or cannot be a file."""
-    if is_stream(output) or open_descriptor(output) is not None:
+    descriptor = 1 if is_stream(output) else open_descriptor(output)
+    if descriptor is not None:
+        check_descriptor_output(output, descriptor, input_path)
         return
     if not output.strip():
         raise InputError("OUTPUT is empty; name a CSV file, or - for standard output")
@@ -196,7 +226,8 @@ def write_outputs(predictions: pd.DataFrame, rejects: pd.DataFrame, output: str)
     path = Path(output)
     if (descriptor := open_descriptor(output)) is not None:
         with os.fdopen(descriptor, "wb", closefd=False) as stream:
-            write_stream(encoded(predictions, path), len(predictions), rejects, stream, output)
+            write_stream(encoded(predictions, descriptor_file(descriptor) or path), len(predictions), rejects, stream,
+                         output)
         return
     if is_special_file(path):
         with open(path, "wb") as stream:

@@ -40,14 +40,14 @@ class CurrentStderrHandler(logging.StreamHandler):
         pass
 
 
-def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
+def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO, append: bool = False) -> None:
     """Log to the rule's log file and to stderr; third-party chatter only from WARNING up."""
     terminal = CurrentStderrHandler()
     terminal.addFilter(lambda record: not getattr(record, "log_file_only", False))
     handlers: list[logging.Handler] = [terminal]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w"))
+        handlers.append(logging.FileHandler(log_file, mode="a" if append else "w"))
     logging.basicConfig(level=level, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # a warning printed by Python itself would reach stderr only, not the rule's log
@@ -108,12 +108,31 @@ def _process_state(pid: int) -> tuple[str, int, str] | None:
 
 
 def _boot_and_namespace() -> str | None:
-    """This boot of this host and this process's pid namespace: where a pid means the same process."""
+    """This boot of this host and this process's pid and time namespaces: where a pid means the same
+    process and ``/proc`` gives its start time on the same clock (a time namespace offsets it)."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        return f"{boot} {os.stat('/proc/self/ns/pid').st_ino}"
+        namespaces = [os.stat(f"/proc/self/ns/{kind}").st_ino for kind in ("pid", "time")
+                      if kind == "pid" or Path("/proc/self/ns/time").exists()]  # time: Linux 5.6 and later
+        return ":".join([boot, *map(str, namespaces)])
     except OSError:
         return None
+
+
+def _alive(pid: int, started: str) -> bool:
+    """Whether the process that started at ``started`` still runs as ``pid``. One ``/proc`` cannot
+    show (another user's, with ``hidepid``) counts as alive unless the kernel says it is gone: a
+    job must not stop for what it cannot see."""
+    state = _process_state(pid)
+    if state is None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return state[0] != "Z" and state[2] == started
 
 
 def snakemake_identity() -> str:
@@ -135,43 +154,60 @@ def _is_ancestor(pid: int) -> bool:
     return False
 
 
-def watch_snakemake(interval: float = 1.0) -> int | None:
-    """SIGTERM this job when the Snakemake that started it ends, where a process stays between them;
-    Snakemake's pid while it is watched, None where there is nothing to watch. Raises
-    :class:`Terminated` where Snakemake has already ended.
+def snakemake_to_watch(signalled: bool) -> int | None:
+    """The pid of the Snakemake that started this job, where the job must watch it (a process stands
+    between them, or the parent-death signal could not be asked for: ``signalled`` False); None
+    where there is nothing to watch. Raises :class:`Terminated` where that Snakemake has already
+    ended.
 
     :func:`end_with_parent` covers a job whose parent is Snakemake. An older bash (RHEL 8's 4.4) or a
     wrapper stays as the parent, and it outlives a Snakemake killed with ``kill -9``. A Snakemake
     killed before the job asked for the parent-death signal (the job's first second: Python starting,
     Snakemake's script preamble) left no parent to signal either. The Snakefile says who it is in the
-    environment; a job on another host or in another pid namespace (a container) has nothing to
-    compare it with, and one run by hand from another process is not watched. A zombie counts as
+    environment; a job on another host or in another pid or time namespace (a container) has nothing
+    to compare it with, and one run by hand from another process is not watched. A zombie counts as
     gone, as does a pid reused by a process started later.
     """
     try:
-        pid_text, started, boot, namespace = os.environ.get(SNAKEMAKE, "").split()
+        pid_text, started, where = os.environ.get(SNAKEMAKE, "").split()
         pid = int(pid_text)
     except ValueError:
         return None
-    if f"{boot} {namespace}" != _boot_and_namespace():
+    if where != _boot_and_namespace():
         return None
-
-    def alive() -> bool:
-        state = _process_state(pid)
-        return state is not None and state[0] != "Z" and state[2] == started
-
-    if not alive():
+    # the ancestry first: a Snakemake that dies after it is found alive is then still watched
+    above = _is_ancestor(pid)
+    if not _alive(pid, started):
         raise Terminated(f"its Snakemake (pid {pid}) had ended before it started")
-    if pid == os.getppid() or not _is_ancestor(pid):
+    if not above or (signalled and pid == os.getppid()):
         return None
+    return pid
+
+
+def watch_snakemake(pid: int, interval: float = 1.0) -> None:
+    """SIGTERM this job once Snakemake's ``pid`` (from :func:`snakemake_to_watch`) has ended."""
+    started = os.environ[SNAKEMAKE].split()[1]
 
     def watch() -> None:
-        while alive():
+        while _alive(pid, started):
             time.sleep(interval)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="snakemake-watch", daemon=True).start()
-    return pid
+
+
+def stop_if_orphaned(smk: Any, signalled_parent: int | None) -> int | None:
+    """The Snakemake to watch (:func:`snakemake_to_watch`); where it or the job's parent has already
+    ended, the job stops here, before it opens its log for writing or removes any file: a rerun
+    started after ``--unlock`` may be running the same job. The reason is added to the log."""
+    try:
+        if signalled_parent is not None and os.getppid() != signalled_parent:  # died before the request
+            raise Terminated(f"its parent (pid {signalled_parent}) ended as it started")
+        return snakemake_to_watch(signalled=signalled_parent is not None)
+    except Terminated as reason:
+        setup_logging(smk.log[0] if smk.log else None, append=True)
+        logging.getLogger(f"electrode_ml.{smk.rule}").error("rule %s stopped before its step: %s", smk.rule, reason)
+        sys.exit(143)
 
 
 def run_step(smk: Any, step: str | Callable[..., Any]) -> None:
@@ -184,6 +220,7 @@ def run_step(smk: Any, step: str | Callable[..., Any]) -> None:
     """
     # first: a parent that dies before the request sends no signal (until here SIGTERM's default action stops the job)
     parent = end_with_parent()
+    watched = stop_if_orphaned(smk, parent)
     setup_logging(smk.log[0] if smk.log else None)
     log = logging.getLogger(f"electrode_ml.{smk.rule}")
     # which library ran: a second checkout sharing one environment would otherwise go unnoticed
@@ -192,11 +229,10 @@ def run_step(smk: Any, step: str | Callable[..., Any]) -> None:
     started = time.perf_counter()
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        if parent is not None and os.getppid() != parent:  # it died before the request: no signal will come
-            raise Terminated(f"its parent (pid {parent}) ended as it started")
-        watched = watch_snakemake()
         if watched is not None:
-            log.info("a process stands between Snakemake (pid %d) and this job: watching it", watched)
+            watch_snakemake(watched)
+            log.info("watching Snakemake (pid %d): a process stands between them, or the parent-death "
+                     "signal could not be asked for", watched)
         if isinstance(step, str):
             step = getattr(importlib.import_module("electrode_ml.steps"), step)
         # the job's threads for scikit-learn's OpenMP and numpy's BLAS too: Snakemake sets OMP_NUM_THREADS
@@ -211,9 +247,8 @@ def run_step(smk: Any, step: str | Callable[..., Any]) -> None:
     except KeyboardInterrupt:  # Ctrl-C: no traceback from wherever the step was, and the log says so
         log.error("rule %s interrupted after %.1f s", smk.rule, time.perf_counter() - started)
         sys.exit(130)
-    except Terminated as reason:
-        log.error("rule %s terminated (%s) after %.1f s", smk.rule, str(reason) or "SIGTERM",
-                  time.perf_counter() - started)
+    except Terminated:
+        log.error("rule %s terminated (SIGTERM) after %.1f s", smk.rule, time.perf_counter() - started)
         sys.exit(143)
     except Exception:
         # the handlers write to stderr as well, so Python's own print of it would be a second copy
