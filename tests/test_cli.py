@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -980,11 +981,23 @@ def test_dev_stdout_redirected_to_a_file_is_written_through_the_shells_descripto
     for target in ("/dev/stdout", "-"):
         run = redirected(target, candidates)
         assert run.returncode == 2 and run.stderr.strip().splitlines() == [
-            f"electrode-ml: error: {target}: standard output is redirected into the input {candidates}; write elsewhere"]
+            f"electrode-ml: error: {target}: the shell redirected it into the input {candidates}; write elsewhere"]
     assert candidates.read_bytes() == before
     # a descriptor number no process can have is a path like any other: one line
-    run = run_cli("predict", str(candidates), "-o", "/dev/fd/99999999999999999999", "--results", str(results))
-    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
+    for huge in ("9" * 20, "9" * 5000):
+        run = run_cli("predict", str(candidates), "-o", f"/dev/fd/{huge}", "--results", str(results))
+        assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
+    # a file behind the descriptor named as what is not written, with the candidates from standard input
+    with open(candidates, "rb") as stdin, open(tmp_path / "out.zip", "wb") as stdout:
+        run = subprocess.run([sys.executable, "-m", "electrode_ml.cli", "predict", "-", "-o", "/dev/stdout",
+                              "--model", "model1", "--results", str(results)],
+                             stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert run.returncode == 2 and ".zip is not written" in run.stderr and not (tmp_path / "out.zip").read_bytes()
+    closed = subprocess.run(f"{shlex.quote(sys.executable)} -m electrode_ml.cli predict {shlex.quote(str(candidates))} "
+                            f"-o - --model model1 --results {shlex.quote(str(results))} >&-", shell=True,
+                            capture_output=True, text=True, timeout=300)
+    assert closed.returncode == 2 and closed.stderr.strip().splitlines() == [
+        "electrode-ml: error: OUTPUT -: standard output is closed; name a CSV file"]
 
 
 def test_input_from_a_named_pipe_or_a_file_named_dash(tiny_run, candidates, tmp_path, capsys, monkeypatch):

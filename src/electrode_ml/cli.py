@@ -84,7 +84,7 @@ def is_stream(path: str) -> bool:
     return path == "-"
 
 
-_DESCRIPTOR_PATH = re.compile(r"/(?:dev|proc/self)/fd/(\d+)")
+_DESCRIPTOR_PATH = re.compile(r"/(?:dev|proc/self)/fd/(\d{1,9})")  # longer: no descriptor, a path like any other
 
 
 def open_descriptor(output: str) -> int | None:
@@ -118,7 +118,14 @@ def descriptor_file(descriptor: int) -> Path | None:
 
 def check_descriptor_output(output: str, descriptor: int, input_path: str) -> None:
     """A descriptor OUTPUT (``-``, ``/dev/stdout``) redirected into the input file would write into
-    it (``>> candidates.csv``): as a named OUTPUT over the input is, it is refused."""
+    it (``>> candidates.csv``): as a named OUTPUT over the input is, it is refused; so is a file
+    behind it whose name asks for what is not written (``> out.zip``)."""
+    if is_stream(output) and sys.stdout is None:  # `>&-`: there is nowhere to write
+        raise InputError("OUTPUT -: standard output is closed; name a CSV file")
+    target = descriptor_file(descriptor) if not is_stream(output) else None
+    if target is not None and (refused := refused_suffix(target)):
+        raise InputError(f"{output}: writes into {target}, and {refused} is not written; redirect it to a .csv, "
+                         "or a .csv.gz, .csv.bz2 or .csv.xz to compress it")
     if is_stream(input_path):
         return
     try:
@@ -126,11 +133,7 @@ def check_descriptor_output(output: str, descriptor: int, input_path: str) -> No
     except OSError:  # the input's own error comes when it is read
         return
     if stat.S_ISREG(written.st_mode) and (written.st_dev, written.st_ino) == (read.st_dev, read.st_ino):
-        raise InputError(f"{output}: standard output is redirected into the input {input_path}; write elsewhere")
-    target = descriptor_file(descriptor) if not is_stream(output) else None
-    if target is not None and (refused := refused_suffix(target)):
-        raise InputError(f"{output}: writes into {target}, and {refused} is not written; redirect it to a .csv, "
-                         "or a .csv.gz, .csv.bz2 or .csv.xz to compress it")
+        raise InputError(f"{output}: the shell redirected it into the input {input_path}; write elsewhere")
 
 
 def is_special_file(path: Path) -> bool:
