@@ -100,7 +100,7 @@ def open_descriptor(output: str) -> int | None:
         return None
     try:
         os.fstat(descriptor)
-    except (OSError, OverflowError):  # not open here: the name is written as a path, and the write says why
+    except OSError:  # not open here: the name is written as a path, and the write says why
         return None
     return descriptor
 
@@ -137,8 +137,8 @@ def check_descriptor_output(output: str, descriptor: int, input_path: str) -> No
 
 
 def is_special_file(path: Path) -> bool:
-    """An existing OUTPUT that is no regular file (a named pipe, ``/dev/stdout``, a process
-    substitution): written straight through, as there is no file to replace atomically."""
+    """An existing OUTPUT that is no regular file (a named pipe, a device such as ``/dev/null``):
+    written straight through, as there is no file to replace atomically."""
     try:
         mode = path.stat().st_mode  # through symbolic links
     except OSError:  # none there (or a file in the path): the write says why, if it cannot be

@@ -111,10 +111,10 @@ def _boot_and_namespace() -> str | None:
     """This boot of this host and this process's pid and time namespaces: where a pid means the same
     process and ``/proc`` gives its start time on the same clock (a time namespace offsets it)."""
     try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        namespaces = [os.stat(f"/proc/self/ns/{kind}").st_ino for kind in ("pid", "time")
-                      if kind == "pid" or Path("/proc/self/ns/time").exists()]  # time: Linux 5.6 and later
-        return ":".join([boot, *map(str, namespaces)])
+        where = [Path("/proc/sys/kernel/random/boot_id").read_text().strip(), os.stat("/proc/self/ns/pid").st_ino]
+        if Path("/proc/self/ns/time").exists():  # Linux 5.6 and later
+            where.append(os.stat("/proc/self/ns/time").st_ino)
+        return ":".join(map(str, where))
     except OSError:
         return None
 
@@ -129,8 +129,8 @@ def _alive(pid: int, started: str) -> bool:
             os.kill(pid, 0)
         except ProcessLookupError:
             return False
-        except PermissionError:
-            return True
+        except PermissionError:  # another user's: it is there
+            pass
         return True
     return state[0] != "Z" and state[2] == started
 
