@@ -154,6 +154,16 @@ def _is_ancestor(pid: int) -> bool:
     return False
 
 
+def _snakemake_in_environment() -> tuple[int, str] | None:
+    """(pid, start time) of the Snakemake ``SNAKEMAKE`` names, where that pid means it here (the
+    same boot, pid and time namespaces); None where there is none to compare."""
+    try:
+        pid, started, where = os.environ.get(SNAKEMAKE, "").split()
+        return (int(pid), started) if where == _boot_and_namespace() else None
+    except ValueError:
+        return None
+
+
 def snakemake_to_watch(signalled: bool) -> int | None:
     """The pid of the Snakemake that started this job, where the job must watch it (a process stands
     between them, or the parent-death signal could not be asked for: ``signalled`` False); None
@@ -168,13 +178,10 @@ def snakemake_to_watch(signalled: bool) -> int | None:
     to compare it with, and one run by hand from another process is not watched. A zombie counts as
     gone, as does a pid reused by a process started later.
     """
-    try:
-        pid_text, started, where = os.environ.get(SNAKEMAKE, "").split()
-        pid = int(pid_text)
-    except ValueError:
+    named = _snakemake_in_environment()
+    if named is None:
         return None
-    if where != _boot_and_namespace():
-        return None
+    pid, started = named
     # the ancestry first: a Snakemake that dies after it is found alive is then still watched
     above = _is_ancestor(pid)
     if not _alive(pid, started):
@@ -186,7 +193,7 @@ def snakemake_to_watch(signalled: bool) -> int | None:
 
 def watch_snakemake(pid: int, interval: float = 1.0) -> None:
     """SIGTERM this job once Snakemake's ``pid`` (from :func:`snakemake_to_watch`) has ended."""
-    started = os.environ[SNAKEMAKE].split()[1]
+    _, started = _snakemake_in_environment()
 
     def watch() -> None:
         while _alive(pid, started):

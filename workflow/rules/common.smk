@@ -20,7 +20,7 @@ from electrode_ml.models import (FEATURE_SETS, KNOWN_MODELS, PHYSICS_BASES, base
                                  uses_voltage_trees, variants_of, voltage_tree_settings)
 from electrode_ml.runner import SNAKEMAKE, snakemake_identity
 
-# Whom the jobs watch, should this process be killed (runner.watch_snakemake)
+# Whom the jobs watch, should this process be killed (runner.snakemake_to_watch)
 os.environ[SNAKEMAKE] = snakemake_identity()
 
 NO_JOB_FLAGS = {"--unlock", "--lint", "--cleanup-metadata", "--cm", "--list-rules", "--list", "-l",
